@@ -1,0 +1,96 @@
+"""The closedloop exception tree.
+
+Every error a user can cause or meet carries a one-line ``message`` (what is wrong) and a
+``hint`` (what to do), and names the campaign, trial or device it concerns where there is one.
+The CLI prints ``str(error)`` on one line and never a traceback for these.
+
+::
+
+    ClosedLoopError                 root: message + hint (+ campaign_id, trial_id, device_id)
+     ├── SpecError                  a campaign file is malformed or inconsistent (CLI exit 2)
+     ├── CampaignNotFoundError      no campaign of that id in the log
+     ├── StorageError               the event store cannot be reached or refused a write
+     │    └── AppendConflictError   another writer appended the same seq: history would fork
+     ├── BrokerError                the MQTT broker cannot be reached or refused us
+     ├── DeviceMessageError         a device sent a payload that breaks protocol v1
+     └── OptimizerError             the optimizer could not suggest or record a trial
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AppendConflictError",
+    "BrokerError",
+    "CampaignNotFoundError",
+    "ClosedLoopError",
+    "DeviceMessageError",
+    "OptimizerError",
+    "SpecError",
+    "StorageError",
+]
+
+
+class ClosedLoopError(Exception):
+    """Root of every error closedloop raises on purpose.
+
+    Args:
+        message: What is wrong, in one line.
+        hint: What the user should do about it, in one line.
+        campaign_id: The campaign concerned, if any.
+        trial_id: The trial concerned, if any.
+        device_id: The device concerned, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        hint: str = "",
+        *,
+        campaign_id: str | None = None,
+        trial_id: str | None = None,
+        device_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.campaign_id = campaign_id
+        self.trial_id = trial_id
+        self.device_id = device_id
+
+    def __str__(self) -> str:
+        text = " ".join(self.message.split())
+        if self.hint:
+            text += f" — {' '.join(self.hint.split())}"
+        return text
+
+
+class SpecError(ClosedLoopError):
+    """A campaign spec is malformed or inconsistent; nothing has run."""
+
+
+class CampaignNotFoundError(ClosedLoopError):
+    """No campaign with the given id exists in the event log."""
+
+
+class StorageError(ClosedLoopError):
+    """The event store cannot be reached, or refused a read or a write."""
+
+
+class AppendConflictError(StorageError):
+    """An append lost the race for its ``seq``: another writer appended first.
+
+    The log is unchanged by the failed append; the writer must re-read the log before
+    deciding anything else.
+    """
+
+
+class BrokerError(ClosedLoopError):
+    """The MQTT broker cannot be reached, or refused the connection."""
+
+
+class DeviceMessageError(ClosedLoopError):
+    """A device payload breaks protocol v1; the message is rejected, the loop goes on."""
+
+
+class OptimizerError(ClosedLoopError):
+    """The optimizer could not suggest, or could not record, a trial."""

@@ -1,0 +1,187 @@
+"""The campaign's events: the facts of its append-only log, each a frozen pydantic model.
+
+Every event carries ``campaign_id``, a contiguous ``seq`` (1, 2, 3, ... per campaign), a UTC
+``time``, an ``actor`` (``optimizer``, ``orchestrator``, ``device:<id>``, ``user:<name>``) and a
+``schema_version``. The ``kind`` literal is the discriminator.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from campaigns.spec import CampaignSpec
+
+__all__ = [
+    "CampaignCreated",
+    "CampaignFinished",
+    "Event",
+    "EventBase",
+    "Measurement",
+    "MessageRejected",
+    "RunStarted",
+    "SuggestedTrial",
+    "TrialCompleted",
+    "TrialDispatched",
+    "TrialFailed",
+    "TrialsSuggested",
+    "event_from_doc",
+    "event_to_doc",
+    "utcnow",
+]
+
+ParameterValue = float | int | str
+
+
+def utcnow() -> datetime:
+    """The current time, UTC, at millisecond precision (what MongoDB stores)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class _Fact(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Measurement(_Fact):
+    """One measured value: a mean and, if known, its standard error."""
+
+    mean: float
+    sem: float | None = None
+
+    @field_validator("mean")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("a measurement must be a finite number")
+        return v
+
+    @field_validator("sem")
+    @classmethod
+    def _sem(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise ValueError("sem must be a finite number >= 0")
+        return v
+
+
+class EventBase(_Fact):
+    """What every event carries."""
+
+    schema_version: Literal[1] = 1
+    campaign_id: str
+    seq: int = Field(ge=1)
+    time: datetime = Field(default_factory=utcnow)
+    actor: str
+
+    @field_validator("time")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
+
+class CampaignCreated(EventBase):
+    """The campaign exists, with this spec."""
+
+    kind: Literal["CampaignCreated"] = "CampaignCreated"
+    spec: CampaignSpec
+
+
+class RunStarted(EventBase):
+    """An orchestrator process took the campaign and started (or resumed) running it."""
+
+    kind: Literal["RunStarted"] = "RunStarted"
+    host: str
+    pid: int
+    flow_run_id: str | None = None
+
+
+class SuggestedTrial(_Fact):
+    """A trial the optimizer proposed."""
+
+    trial_id: str
+    parameters: dict[str, ParameterValue]
+    generator: str
+    sobol_position: int | None = None
+
+
+class TrialsSuggested(EventBase):
+    """The optimizer proposed these trials (known to Ax as pending from now on)."""
+
+    kind: Literal["TrialsSuggested"] = "TrialsSuggested"
+    trials: list[SuggestedTrial] = Field(min_length=1)
+
+
+class TrialDispatched(EventBase):
+    """Intent: this trial is being sent to this device with this request id (logged before publish)."""
+
+    kind: Literal["TrialDispatched"] = "TrialDispatched"
+    trial_id: str
+    device_id: str
+    request_id: str
+
+
+class TrialCompleted(EventBase):
+    """A device returned measurements for a trial."""
+
+    kind: Literal["TrialCompleted"] = "TrialCompleted"
+    trial_id: str
+    device_id: str
+    request_id: str
+    measurements: dict[str, Measurement]
+
+
+class TrialFailed(EventBase):
+    """A trial produced no usable result: ``reason`` is ``timeout``, ``device_error``, ..."""
+
+    kind: Literal["TrialFailed"] = "TrialFailed"
+    trial_id: str
+    reason: str
+    detail: str = ""
+    device_id: str | None = None
+    request_id: str | None = None
+
+
+class MessageRejected(EventBase):
+    """A device message was ignored: malformed, duplicated, or for an unknown trial."""
+
+    kind: Literal["MessageRejected"] = "MessageRejected"
+    device_id: str | None = None
+    topic: str
+    reason: str
+    excerpt: str = ""
+
+
+class CampaignFinished(EventBase):
+    """The campaign ended: ``budget_exhausted``, ``max_hours``, ``stopped``, ..."""
+
+    kind: Literal["CampaignFinished"] = "CampaignFinished"
+    reason: str
+
+
+Event = Annotated[
+    CampaignCreated
+    | RunStarted
+    | TrialsSuggested
+    | TrialDispatched
+    | TrialCompleted
+    | TrialFailed
+    | MessageRejected
+    | CampaignFinished,
+    Field(discriminator="kind"),
+]
+
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def event_to_doc(event: EventBase) -> dict[str, Any]:
+    """The JSON-compatible document stored for an event (time as ISO-8601 UTC text)."""
+    return event.model_dump(mode="json")
+
+
+def event_from_doc(doc: dict[str, Any]) -> Event:
+    """Parse a stored document back into its event (unknown keys such as ``_id`` dropped)."""
+    data = {k: v for k, v in doc.items() if k != "_id"}
+    return _ADAPTER.validate_python(data)

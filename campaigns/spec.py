@@ -1,0 +1,445 @@
+"""The campaign spec: a YAML file describing what to optimize, with what, and for how long.
+
+A spec is validated in full before anything runs. Every mistake becomes a `SpecError` whose
+one line names the field (``parameters[1].bounds``) and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from campaigns.errors import SpecError
+
+__all__ = [
+    "Budget",
+    "CampaignSpec",
+    "ChoiceParameter",
+    "DeviceSpec",
+    "FloatParameter",
+    "IntParameter",
+    "LinearConstraint",
+    "Objective",
+    "OutcomeConstraint",
+    "Parameter",
+    "load_spec",
+    "parse_spec",
+]
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_NAME_RE = re.compile(rf"^{_NAME}$")
+_DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a valid name; use letters, digits and _ (not first)")
+    return name
+
+
+class FloatParameter(_Model):
+    """A continuous parameter in ``[low, high]``."""
+
+    name: str
+    type: Literal["float"] = "float"
+    bounds: tuple[float, float]
+    log_scale: bool = False
+
+    _name = field_validator("name")(_check_name)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FloatParameter:
+        low, high = self.bounds
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError("bounds must be finite numbers")
+        if low >= high:
+            raise ValueError(f"lower bound {low:g} is not below upper bound {high:g}; write [low, high]")
+        if self.log_scale and low <= 0:
+            raise ValueError("log_scale needs bounds above 0; raise the lower bound or drop log_scale")
+        return self
+
+
+class IntParameter(_Model):
+    """An integer parameter in ``[low, high]``."""
+
+    name: str
+    type: Literal["int"]
+    bounds: tuple[int, int]
+    log_scale: bool = False
+
+    _name = field_validator("name")(_check_name)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> IntParameter:
+        low, high = self.bounds
+        if low >= high:
+            raise ValueError(f"lower bound {low} is not below upper bound {high}; write [low, high]")
+        if self.log_scale and low <= 0:
+            raise ValueError("log_scale needs bounds above 0; raise the lower bound or drop log_scale")
+        return self
+
+
+class ChoiceParameter(_Model):
+    """A parameter taking one of a list of values (e.g. a solvent)."""
+
+    name: str
+    type: Literal["choice"]
+    values: list[str] | list[int] | list[float]
+    is_ordered: bool = False
+
+    _name = field_validator("name")(_check_name)
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, values: list[Any]) -> list[Any]:
+        if len(values) < 2:
+            raise ValueError("a choice needs at least 2 values")
+        if len(set(values)) != len(values):
+            raise ValueError("values must be distinct")
+        return values
+
+
+Parameter = Annotated[FloatParameter | IntParameter | ChoiceParameter, Field(discriminator="type")]
+
+
+class Objective(_Model):
+    """One metric to optimize."""
+
+    name: str
+    minimize: bool = False
+    threshold: float | None = None
+
+    _name = field_validator("name")(_check_name)
+
+
+class OutcomeConstraint(_Model):
+    """``metric >= bound`` or ``metric <= bound``, parsed from a string like ``"yield >= 0.2"``."""
+
+    metric: str
+    op: Literal[">=", "<="]
+    bound: float
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound!r}"
+
+
+class LinearConstraint(_Model):
+    """``sum(coef * parameter) <= bound`` (``>=`` is stored negated), from ``"x1 + 2*x2 <= 10"``."""
+
+    coefficients: dict[str, float]
+    bound: float
+    text: str
+
+    def holds(self, parameters: Mapping[str, Any]) -> bool:
+        """Whether a point satisfies the constraint (with a small tolerance)."""
+        total = sum(c * float(parameters[n]) for n, c in self.coefficients.items())
+        return total <= self.bound + 1e-9 * max(1.0, abs(self.bound))
+
+
+class Budget(_Model):
+    """How much the campaign may spend: trials, and optionally wall-clock hours."""
+
+    max_trials: int = Field(gt=0)
+    max_hours: float | None = Field(default=None, gt=0)
+
+
+class DeviceSpec(_Model):
+    """An instrument: a real one (give ``measures``) or a simulated one (give ``simulator``)."""
+
+    id: str
+    simulator: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    measures: list[str] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _DEVICE_ID_RE.match(value):
+            raise ValueError(f"device id {value!r} may hold only letters, digits and _ . : -")
+        return value
+
+
+class OptimizerSettings(_Model):
+    """Optional tuning of the optimizer; the defaults suit most campaigns."""
+
+    initialization_trials: int | None = Field(default=None, ge=1)
+    method: Literal["botorch", "sobol"] = "botorch"
+
+
+class CampaignSpec(_Model):
+    """A whole campaign, as written in its YAML file."""
+
+    schema_version: Literal[1] = 1
+    name: str
+    description: str = ""
+    parameters: list[Parameter] = Field(min_length=1)
+    objectives: list[Objective] = Field(min_length=1)
+    outcome_constraints: list[str] = Field(default_factory=list)
+    parameter_constraints: list[str] = Field(default_factory=list)
+    budget: Budget
+    batch_size: int = Field(default=1, ge=1)
+    trial_timeout_s: float = Field(default=600.0, gt=0)
+    seed: int = 0
+    devices: list[DeviceSpec] = Field(min_length=1)
+    optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _DEVICE_ID_RE.match(value):
+            raise ValueError(f"name {value!r} may hold only letters, digits and _ . : -")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CampaignSpec:
+        names = [p.name for p in self.parameters]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"parameters: duplicate name {sorted(dup)[0]!r}; give each parameter its own name")
+        objs = [o.name for o in self.objectives]
+        if len(set(objs)) != len(objs):
+            raise ValueError("objectives: the same metric is listed twice; list each once")
+        if len(self.objectives) == 1 and self.objectives[0].threshold is not None:
+            raise ValueError("objectives[0].threshold: thresholds are for multi-objective campaigns; remove it")
+        ids = [d.id for d in self.devices]
+        if len(set(ids)) != len(ids):
+            raise ValueError("devices: two devices share an id; give each its own id")
+        for i, d in enumerate(self.devices):
+            if d.simulator is None and not d.measures:
+                raise ValueError(
+                    f"devices[{i}]: a real device needs `measures: [metric, ...]` (or set `simulator:`)"
+                )
+        for i, text in enumerate(self.outcome_constraints):
+            _parse_outcome(text, f"outcome_constraints[{i}]")
+        for i, text in enumerate(self.parameter_constraints):
+            _parse_linear(text, self._range_names(), f"parameter_constraints[{i}]")
+        return self
+
+    def _range_names(self) -> set[str]:
+        return {p.name for p in self.parameters if not isinstance(p, ChoiceParameter)}
+
+    @property
+    def parsed_outcome_constraints(self) -> list[OutcomeConstraint]:
+        """The outcome constraints, parsed."""
+        return [_parse_outcome(t, f"outcome_constraints[{i}]") for i, t in enumerate(self.outcome_constraints)]
+
+    @property
+    def parsed_parameter_constraints(self) -> list[LinearConstraint]:
+        """The linear parameter constraints, parsed."""
+        names = self._range_names()
+        return [
+            _parse_linear(t, names, f"parameter_constraints[{i}]") for i, t in enumerate(self.parameter_constraints)
+        ]
+
+    @property
+    def metrics(self) -> list[str]:
+        """Every metric the campaign needs measured: objectives, then constraint metrics."""
+        out = [o.name for o in self.objectives]
+        for c in self.parsed_outcome_constraints:
+            if c.metric not in out:
+                out.append(c.metric)
+        return out
+
+    def check_devices(
+        self,
+        simulators: Mapping[str, Any],
+        validate_options: Callable[[str, Mapping[str, Any]], list[str]],
+        inputs_of: Callable[[str, Mapping[str, Any]], list[str]],
+    ) -> None:
+        """Check devices against the simulators closedloop knows, and that the metrics are measured.
+
+        Args:
+            simulators: The known simulator names (a mapping or set).
+            validate_options: ``(simulator, options) -> measured metrics``; raises ``ValueError``
+                for bad options.
+            inputs_of: ``(simulator, options) -> parameter names the simulator reads``.
+
+        Raises:
+            SpecError: naming the device field and the fix.
+        """
+        params = {p.name for p in self.parameters}
+        per_device: list[tuple[int, DeviceSpec, set[str]]] = []
+        for i, d in enumerate(self.devices):
+            if d.simulator is None:
+                per_device.append((i, d, set(d.measures or [])))
+                continue
+            if d.simulator not in simulators:
+                close = difflib.get_close_matches(d.simulator, list(simulators), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"choose one of: {', '.join(sorted(simulators))}"
+                raise SpecError(f"devices[{i}].simulator: unknown simulator {d.simulator!r}", hint)
+            try:
+                metrics = validate_options(d.simulator, d.options)
+                inputs = inputs_of(d.simulator, d.options)
+            except ValueError as exc:
+                raise SpecError(f"devices[{i}].options: {_first_line(exc)}", "fix the option or remove it") from None
+            missing = [n for n in inputs if n not in params]
+            if missing:
+                raise SpecError(
+                    f"devices[{i}]: simulator {d.simulator!r} reads parameter {missing[0]!r}, "
+                    "which the campaign does not define",
+                    "add the parameter, or map inputs with `options: {inputs: [...]}`",
+                )
+            per_device.append((i, d, set(metrics)))
+        # Any device may get any trial, so every device must measure every metric the campaign needs.
+        for where, metric in self._needed_metrics():
+            for i, d, measured in per_device:
+                if metric not in measured:
+                    raise SpecError(
+                        f"{where}: device {d.id!r} (devices[{i}]) does not measure {metric!r}"
+                        f" (it measures: {', '.join(sorted(measured)) or 'nothing'})",
+                        "fix the metric name, or use devices that measure it",
+                    )
+
+    def _needed_metrics(self) -> list[tuple[str, str]]:
+        out = [(f"objectives[{i}].name", o.name) for i, o in enumerate(self.objectives)]
+        out += [(f"outcome_constraints[{i}]", c.metric) for i, c in enumerate(self.parsed_outcome_constraints)]
+        return out
+
+
+def _parse_outcome(text: str, where: str) -> OutcomeConstraint:
+    m = re.fullmatch(rf"\s*({_NAME})\s*(>=|<=)\s*({_NUMBER})\s*", text)
+    if not m:
+        raise ValueError(f"{where}: cannot read {text!r}; write it like \"yield >= 0.2\"")
+    return OutcomeConstraint(metric=m[1], op=m[2], bound=float(m[3]))  # type: ignore[arg-type]
+
+
+def _parse_linear(text: str, names: set[str], where: str) -> LinearConstraint:
+    m = re.fullmatch(r"\s*(.+?)\s*(<=|>=)\s*(" + _NUMBER + r")\s*", text)
+    if not m:
+        raise ValueError(f"{where}: cannot read {text!r}; write it like \"x1 + 2*x2 <= 10\"")
+    lhs, op, bound = m[1], m[2], float(m[3])
+    coefficients: dict[str, float] = {}
+    term_re = re.compile(rf"\s*([-+]?)\s*(?:({_NUMBER})\s*\*?\s*)?({_NAME})\s*")
+    pos = 0
+    first = True
+    while pos < len(lhs):
+        t = term_re.match(lhs, pos)
+        if not t or t.end() == pos or (not first and not t[1]):
+            raise ValueError(f"{where}: cannot read {text!r}; write it like \"x1 + 2*x2 <= 10\"")
+        sign = -1.0 if t[1] == "-" else 1.0
+        coef = sign * (float(t[2]) if t[2] else 1.0)
+        if t[3] not in names:
+            raise ValueError(f"{where}: {t[3]!r} is not a float or int parameter of this campaign")
+        coefficients[t[3]] = coefficients.get(t[3], 0.0) + coef
+        pos = t.end()
+        first = False
+    if op == ">=":
+        coefficients = {k: -v for k, v in coefficients.items()}
+        bound = -bound
+    return LinearConstraint(coefficients=coefficients, bound=bound, text=text.strip())
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _loc(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"float", "int", "choice"} or part.startswith(("function-", "tagged-union")):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_FIELD_HELP: dict[str, str] = {
+    "name": "give the campaign a name",
+    "parameters": "list at least one parameter",
+    "objectives": "list at least one objective: `- {name: METRIC, minimize: true}`",
+    "budget": "add `budget: {max_trials: N}`",
+    "devices": "list at least one device: `- {id: dev-1, simulator: branin}`",
+}
+
+
+def _validation_to_spec_error(exc: ValidationError, source: str) -> SpecError:
+    err = exc.errors()[0]
+    where = _loc(err["loc"])
+    kind = err["type"]
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1])
+        known = _known_keys(err["loc"][:-1])
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed keys here: {', '.join(sorted(known))}"
+        return SpecError(f"{source}: {where}: unknown key", hint)
+    if kind == "missing":
+        return SpecError(f"{source}: {where}: required field is missing", _FIELD_HELP.get(where, "add it"))
+    if kind == "union_tag_invalid":
+        return SpecError(f"{source}: {where}.type: unknown parameter type", "use one of: float, int, choice")
+    if kind == "union_tag_not_found":
+        return SpecError(f"{source}: {where}: parameter has no `type`", "add `type: float` (or int, choice)")
+    if ": " in msg and where == "" and msg.split(":", 1)[0].replace("[", "").replace("]", "").replace(".", "").replace("_", "").isalnum():
+        head, tail = msg.split(": ", 1)
+        return SpecError(f"{source}: {head}: {tail.split('; ')[0]}", tail.split("; ", 1)[1] if "; " in tail else "")
+    text, _, hint = msg.partition("; ")
+    return SpecError(f"{source}: {where or 'spec'}: {text}", hint or "fix the value")
+
+
+def _known_keys(loc: Sequence[int | str]) -> list[str]:
+    model: Any = CampaignSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part in {"float", "int", "choice"}:
+            model = {"float": FloatParameter, "int": IntParameter, "choice": ChoiceParameter}[part]
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            break
+        ann = field.annotation
+        for candidate in (Budget, DeviceSpec, Objective, OptimizerSettings):
+            if ann is candidate or candidate in getattr(ann, "__args__", ()):
+                model = candidate
+                break
+    return list(getattr(model, "model_fields", {}))
+
+
+def parse_spec(data: Any, source: str = "spec") -> CampaignSpec:
+    """Validate already-loaded spec data.
+
+    Raises:
+        SpecError: one line naming the field and the fix.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the file must hold a mapping of keys (name:, parameters:, ...)", "see campaigns/examples/")
+    try:
+        return CampaignSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_to_spec_error(exc, source) from None
+
+
+def load_spec(path: str | Path) -> CampaignSpec:
+    """Read and validate a campaign YAML file.
+
+    Raises:
+        SpecError: the file is missing, is not YAML, or is not a valid campaign.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{p}: no such file", "check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{p}: cannot read: {_first_line(exc)}", "check the file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}", "fix the YAML syntax") from None
+    return parse_spec(data, str(p))

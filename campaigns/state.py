@@ -1,0 +1,197 @@
+"""``fold(events) -> CampaignState``: the campaign's state, derived from its log alone.
+
+``fold`` is pure and total: any sequence of events gives a state, never an exception.
+Events that make no sense where they stand (a result for a trial never suggested, a second
+result for a finished trial) are counted in ``anomalies`` and otherwise ignored, so a damaged
+or hand-edited log can still be read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from campaigns.events import (
+    CampaignCreated,
+    CampaignFinished,
+    EventBase,
+    Measurement,
+    MessageRejected,
+    ParameterValue,
+    RunStarted,
+    TrialCompleted,
+    TrialDispatched,
+    TrialFailed,
+    TrialsSuggested,
+)
+from campaigns.spec import CampaignSpec
+
+__all__ = ["CampaignState", "TrialRecord", "TrialStatus", "apply", "fold"]
+
+TrialStatus = Literal["suggested", "running", "completed", "failed"]
+
+
+@dataclass
+class TrialRecord:
+    """One trial, as the log tells it."""
+
+    trial_id: str
+    index: int
+    parameters: dict[str, ParameterValue]
+    generator: str
+    sobol_position: int | None
+    suggested_at: datetime
+    status: TrialStatus = "suggested"
+    device_id: str | None = None
+    request_id: str | None = None
+    dispatched_at: datetime | None = None
+    finished_at: datetime | None = None
+    measurements: dict[str, Measurement] = field(default_factory=dict)
+    failure_reason: str | None = None
+    failure_detail: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the trial has an outcome (completed or failed)."""
+        return self.status in ("completed", "failed")
+
+
+@dataclass
+class CampaignState:
+    """Everything the log says about one campaign."""
+
+    campaign_id: str | None = None
+    spec: CampaignSpec | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_seq: int = 0
+    trials: dict[str, TrialRecord] = field(default_factory=dict)
+    finished_reason: str | None = None
+    runs: int = 0
+    rejected_messages: int = 0
+    anomalies: int = 0
+
+    @property
+    def status(self) -> Literal["empty", "running", "finished"]:
+        """``empty`` (no CampaignCreated yet), ``running`` or ``finished``."""
+        if self.spec is None:
+            return "empty"
+        return "finished" if self.finished_reason is not None else "running"
+
+    def count(self, status: TrialStatus) -> int:
+        """How many trials have this status."""
+        return sum(1 for t in self.trials.values() if t.status == status)
+
+    @property
+    def in_flight(self) -> list[TrialRecord]:
+        """Trials dispatched to a device and not yet answered."""
+        return [t for t in self.trials.values() if t.status == "running"]
+
+    @property
+    def undispatched(self) -> list[TrialRecord]:
+        """Trials suggested but not yet sent to a device."""
+        return [t for t in self.trials.values() if t.status == "suggested"]
+
+    def busy_devices(self) -> set[str]:
+        """Devices that hold a running trial."""
+        return {t.device_id for t in self.in_flight if t.device_id is not None}
+
+    def trial_by_request(self, request_id: str) -> TrialRecord | None:
+        """The trial dispatched with this request id, if any."""
+        for t in reversed(self.trials.values()):
+            if t.request_id == request_id:
+                return t
+        return None
+
+    def best(self) -> TrialRecord | None:
+        """The best completed trial for the first objective (the only one, when single-objective)."""
+        if self.spec is None:
+            return None
+        obj = self.spec.objectives[0]
+        done = [t for t in self.trials.values() if t.status == "completed" and obj.name in t.measurements]
+        if not done:
+            return None
+        sign = 1.0 if obj.minimize else -1.0
+        return min(done, key=lambda t: (sign * t.measurements[obj.name].mean, t.index))
+
+    def pareto_front(self) -> list[TrialRecord]:
+        """Completed trials not dominated on all objectives (single objective: the best trial)."""
+        if self.spec is None:
+            return []
+        objs = self.spec.objectives
+        done = [t for t in self.trials.values() if t.status == "completed" and all(o.name in t.measurements for o in objs)]
+
+        def vec(t: TrialRecord) -> tuple[float, ...]:
+            return tuple((1 if o.minimize else -1) * t.measurements[o.name].mean for o in objs)
+
+        front = []
+        for t in done:
+            v = vec(t)
+            if not any(all(a <= b for a, b in zip(vec(u), v, strict=True)) and vec(u) != v for u in done):
+                front.append(t)
+        return front
+
+
+def apply(state: CampaignState, event: EventBase) -> CampaignState:
+    """Advance ``state`` by one event, in place, and return it. Never raises."""
+    state.last_seq = max(state.last_seq, event.seq)
+    state.updated_at = event.time
+    if state.campaign_id is None:
+        state.campaign_id = event.campaign_id
+    if isinstance(event, CampaignCreated):
+        if state.spec is None:
+            state.spec = event.spec
+            state.created_at = event.time
+        else:
+            state.anomalies += 1
+    elif isinstance(event, RunStarted):
+        state.runs += 1
+    elif isinstance(event, TrialsSuggested):
+        for s in event.trials:
+            if s.trial_id in state.trials:
+                state.anomalies += 1
+                continue
+            state.trials[s.trial_id] = TrialRecord(
+                trial_id=s.trial_id,
+                index=len(state.trials),
+                parameters=dict(s.parameters),
+                generator=s.generator,
+                sobol_position=s.sobol_position,
+                suggested_at=event.time,
+            )
+    elif isinstance(event, TrialDispatched):
+        t = state.trials.get(event.trial_id)
+        if t is None or t.terminal:
+            state.anomalies += 1
+        else:
+            t.status, t.device_id, t.request_id, t.dispatched_at = "running", event.device_id, event.request_id, event.time
+    elif isinstance(event, TrialCompleted):
+        t = state.trials.get(event.trial_id)
+        if t is None or t.terminal:
+            state.anomalies += 1
+        else:
+            t.status, t.finished_at, t.measurements = "completed", event.time, dict(event.measurements)
+            t.device_id, t.request_id = event.device_id, event.request_id
+    elif isinstance(event, TrialFailed):
+        t = state.trials.get(event.trial_id)
+        if t is None or t.terminal:
+            state.anomalies += 1
+        else:
+            t.status, t.finished_at = "failed", event.time
+            t.failure_reason, t.failure_detail = event.reason, event.detail
+    elif isinstance(event, MessageRejected):
+        state.rejected_messages += 1
+    elif isinstance(event, CampaignFinished):
+        if state.finished_reason is None:
+            state.finished_reason = event.reason
+    return state
+
+
+def fold(events: Iterable[EventBase]) -> CampaignState:
+    """The state a sequence of events describes. Pure: a new state every call."""
+    state = CampaignState()
+    for event in events:
+        apply(state, event)
+    return state
