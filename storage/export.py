@@ -1,0 +1,150 @@
+"""Exports of a campaign's trials: one row per trial, as CSV or JSON, from its folded state.
+
+Columns, in order: ``trial_id, index, status, device_id, request_id, suggested_at,
+dispatched_at, finished_at, failure_reason, failure_detail``, then ``param.<name>`` for every
+parameter of the spec, then ``<metric>`` (the mean) and ``<metric>.sem`` for every metric the
+spec needs (objectives, then constraint metrics) and any other metric a device reported.
+Times are ISO-8601 UTC text; a missing value is ``None`` (an empty CSV cell, ``null`` in JSON).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from campaigns.state import CampaignState, TrialRecord
+
+__all__ = ["export_columns", "export_rows", "write_csv", "write_json"]
+
+_TRIAL_COLUMNS = [
+    "trial_id",
+    "index",
+    "status",
+    "device_id",
+    "request_id",
+    "suggested_at",
+    "dispatched_at",
+    "finished_at",
+    "failure_reason",
+    "failure_detail",
+]
+
+
+def _parameters(state: CampaignState) -> list[str]:
+    names = [p.name for p in state.spec.parameters] if state.spec is not None else []
+    for trial in state.trials.values():
+        names += [n for n in trial.parameters if n not in names]
+    return names
+
+
+def _metrics(state: CampaignState) -> list[str]:
+    names = list(state.spec.metrics) if state.spec is not None else []
+    extra = sorted({m for t in state.trials.values() for m in t.measurements} - set(names))
+    return names + extra
+
+
+def export_columns(state: CampaignState) -> list[str]:
+    """The column names of ``export_rows(state)``, in order.
+
+    Args:
+        state: A folded campaign state.
+
+    Returns:
+        The trial columns, then ``param.<name>``, then ``<metric>`` and ``<metric>.sem``.
+    """
+    columns = list(_TRIAL_COLUMNS)
+    columns += [f"param.{n}" for n in _parameters(state)]
+    for m in _metrics(state):
+        columns += [m, f"{m}.sem"]
+    return columns
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def _row(trial: TrialRecord, parameters: list[str], metrics: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "trial_id": trial.trial_id,
+        "index": trial.index,
+        "status": trial.status,
+        "device_id": trial.device_id,
+        "request_id": trial.request_id,
+        "suggested_at": _iso(trial.suggested_at),
+        "dispatched_at": _iso(trial.dispatched_at),
+        "finished_at": _iso(trial.finished_at),
+        "failure_reason": trial.failure_reason,
+        "failure_detail": trial.failure_detail or None,
+    }
+    for name in parameters:
+        row[f"param.{name}"] = trial.parameters.get(name)
+    for name in metrics:
+        measured = trial.measurements.get(name)
+        row[name] = measured.mean if measured is not None else None
+        row[f"{name}.sem"] = measured.sem if measured is not None else None
+    return row
+
+
+def export_rows(state: CampaignState) -> list[dict[str, Any]]:
+    """One row per trial, in the order the trials were suggested.
+
+    Args:
+        state: A folded campaign state (``campaigns.fold(events)``).
+
+    Returns:
+        Dicts with the keys of ``export_columns(state)``; JSON-ready (times as ISO text).
+    """
+    parameters, metrics = _parameters(state), _metrics(state)
+    trials = sorted(state.trials.values(), key=lambda t: t.index)
+    return [_row(t, parameters, metrics) for t in trials]
+
+
+@contextmanager
+def _text_out(path_or_stream: str | Path | IO[str]) -> Iterator[IO[str]]:
+    if isinstance(path_or_stream, str | Path):
+        with Path(path_or_stream).open("w", encoding="utf-8", newline="") as f:
+            yield f
+    else:
+        yield path_or_stream
+
+
+def write_csv(state: CampaignState, path_or_stream: str | Path | IO[str]) -> None:
+    """Write the trials as CSV: a header, then one line per trial.
+
+    Args:
+        state: A folded campaign state.
+        path_or_stream: A file path (created or replaced) or an open text stream (for a file
+            you open yourself, pass ``newline=""``).
+
+    Raises:
+        OSError: The file cannot be written.
+    """
+    with _text_out(path_or_stream) as out:
+        writer = csv.DictWriter(out, fieldnames=export_columns(state), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(export_rows(state))
+
+
+def write_json(state: CampaignState, path_or_stream: str | Path | IO[str]) -> None:
+    """Write ``{"campaign_id", "spec", "trials": rows}`` as indented JSON.
+
+    Args:
+        state: A folded campaign state.
+        path_or_stream: A file path (created or replaced) or an open text stream.
+
+    Raises:
+        OSError: The file cannot be written.
+    """
+    document = {
+        "campaign_id": state.campaign_id,
+        "spec": state.spec.model_dump(mode="json") if state.spec is not None else None,
+        "trials": export_rows(state),
+    }
+    with _text_out(path_or_stream) as out:
+        json.dump(document, out, indent=2, allow_nan=False)
+        out.write("\n")

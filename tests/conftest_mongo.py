@@ -1,0 +1,124 @@
+"""Pytest plugin: a MongoDB for the storage tests (registered from tests/conftest.py).
+
+- ``mongo_uri`` (session): ``CLOSEDLOOP_TEST_MONGODB_URI`` if set (a real MongoDB), else an
+  nx-27017 server started through ``EmbeddedMongo`` in a temporary directory.
+- ``store`` (function): a ``MongoEventStore`` on a fresh database, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pymongo
+import pytest
+
+from campaigns import (
+    CampaignCreated,
+    CampaignFinished,
+    Event,
+    Measurement,
+    MessageRejected,
+    RunStarted,
+    SuggestedTrial,
+    TrialCompleted,
+    TrialDispatched,
+    TrialFailed,
+    TrialsSuggested,
+    parse_spec,
+)
+from storage import EmbeddedMongo, MongoEventStore
+
+__all__ = ["mongo_uri", "sample_log", "store"]
+
+ENV = "CLOSEDLOOP_TEST_MONGODB_URI"
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB URI: the real server of ``CLOSEDLOOP_TEST_MONGODB_URI``, or embedded nx-27017."""
+    uri = os.environ.get(ENV)
+    if uri:
+        yield uri
+        return
+    with EmbeddedMongo(tmp_path_factory.mktemp("mongo-home")) as mongo:
+        yield mongo.uri
+
+
+@pytest.fixture
+def store(mongo_uri: str) -> Iterator[MongoEventStore]:
+    """A store on a database of its own (``cl_test_<random>``), dropped after the test."""
+    database = f"cl_test_{uuid.uuid4().hex[:12]}"
+    with MongoEventStore(mongo_uri, database=database, timeout_s=5.0) as s:
+        yield s
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    try:
+        client.drop_database(database)
+    finally:
+        client.close()
+
+
+def sample_log(campaign_id: str = "c-1", *, finished: bool = True) -> list[Event]:
+    """A short campaign log holding one event of every kind, seqs 1..N.
+
+    The spec carries booleans (``minimize: true``, ``is_ordered: true``), an int and a choice
+    parameter, so a round trip checks the types a document store might bend.
+    """
+    spec = parse_spec(
+        {
+            "name": "roundtrip",
+            "parameters": [
+                {"name": "x1", "type": "float", "bounds": [-5.0, 10.0]},
+                {"name": "n", "type": "int", "bounds": [1, 8], "log_scale": True},
+                {"name": "solvent", "type": "choice", "values": ["water", "ethanol"], "is_ordered": True},
+            ],
+            "objectives": [{"name": "yield_", "minimize": True}],
+            "outcome_constraints": ["purity >= 0.9"],
+            "budget": {"max_trials": 10, "max_hours": 1.5},
+            "devices": [{"id": "dev-1", "measures": ["yield_", "purity"]}],
+        }
+    )
+    t0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
+    kw: dict[str, Any] = {"campaign_id": campaign_id}
+
+    def at(seq: int) -> dict[str, Any]:
+        return {**kw, "seq": seq, "time": t0 + timedelta(seconds=seq)}
+
+    events: list[Event] = [
+        CampaignCreated(**at(1), actor="user:ada", spec=spec),
+        RunStarted(**at(2), actor="orchestrator", host="lab-pc", pid=4242, flow_run_id=None),
+        TrialsSuggested(
+            **at(3),
+            actor="optimizer",
+            trials=[
+                SuggestedTrial(
+                    trial_id="t0",
+                    parameters={"x1": 1.5, "n": 3, "solvent": "water"},
+                    generator="sobol",
+                    sobol_position=0,
+                ),
+                SuggestedTrial(
+                    trial_id="t1", parameters={"x1": -2.0, "n": 8, "solvent": "ethanol"}, generator="botorch"
+                ),
+            ],
+        ),
+        TrialDispatched(**at(4), actor="orchestrator", trial_id="t0", device_id="dev-1", request_id="r-0"),
+        TrialCompleted(
+            **at(5),
+            actor="device:dev-1",
+            trial_id="t0",
+            device_id="dev-1",
+            request_id="r-0",
+            measurements={"yield_": Measurement(mean=0.25, sem=0.01), "purity": Measurement(mean=1.0)},
+        ),
+        MessageRejected(
+            **at(6), actor="orchestrator", device_id="dev-1", topic="lab/dev-1/result", reason="duplicate", excerpt="{}"
+        ),
+        TrialFailed(**at(7), actor="orchestrator", trial_id="t1", reason="timeout", detail="no result in 60 s"),
+    ]
+    if finished:
+        events.append(CampaignFinished(**at(8), actor="user:ada", reason="stopped"))
+    return events

@@ -1,0 +1,166 @@
+"""The embedded nx-27017 server shared by several processes: who starts it, who stops it.
+
+Each test has its own ``home`` and so its own server. The other user of the server is a real
+second process (``python -c``), as a second terminal running ``closedloop status`` would be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from campaigns import RunStarted, StorageError
+from storage import EmbeddedMongo, MongoEventStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A second user: start the server of HOME, append one event to CAMPAIGN, report what it sees
+# of OTHER, then wait for a line on stdin before stopping (or to be killed).
+USER_SCRIPT = """
+import json, sys
+from pathlib import Path
+from campaigns import RunStarted
+from storage import EmbeddedMongo, MongoEventStore
+home, campaign, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+mongo = EmbeddedMongo(home)
+uri = mongo.start()
+with MongoEventStore(uri) as store:
+    store.append([RunStarted(campaign_id=campaign, seq=1, actor="user:child", host="h", pid=1)])
+    print(json.dumps({"uri": uri, "seen": store.last_seq(other)}), flush=True)
+    sys.stdin.readline()
+mongo.stop()
+print("stopped", flush=True)
+"""
+
+
+class User:
+    """A second process using the embedded server of ``home``."""
+
+    def __init__(self, home: Path, campaign: str, other: str = "-") -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", USER_SCRIPT, str(home), campaign, other],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"user process failed: {self.proc.communicate(timeout=10)[1][-2000:]}")
+        self.report: dict[str, Any] = json.loads(line)
+
+    def finish(self) -> None:
+        out, err = self.proc.communicate("\n", timeout=30)
+        assert self.proc.returncode == 0, err[-2000:]
+        assert out.strip() == "stopped"
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    """A fresh home; any server left running by a failed test is stopped afterwards."""
+    yield tmp_path
+    state = tmp_path / "mongo.json"
+    if state.exists():
+        pid = json.loads(state.read_text())["pid"]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _run(campaign: str, seq: int) -> RunStarted:
+    return RunStarted(campaign_id=campaign, seq=seq, actor="user:main", host="h", pid=seq)
+
+
+def _server_pid(home: Path) -> int:
+    return int(json.loads((home / "mongo.json").read_text())["pid"])
+
+
+def _gone(pid: int, within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().rpartition(")")[2].split()[0] == "Z":
+            return True  # killed, waiting for its parent to reap it
+        time.sleep(0.05)
+    return False
+
+
+def test_two_processes_see_each_others_writes_and_the_last_one_out_stops_the_server(home: Path) -> None:
+    main = EmbeddedMongo(home)
+    uri = main.start()
+    server = _server_pid(home)
+    with MongoEventStore(uri) as store:
+        store.append([_run("c-main", 1)])
+        user = User(home, "c-child", other="c-main")
+        assert user.report == {"uri": uri, "seen": 1}  # same server, and it sees our write
+        assert store.read("c-child")[0].actor == "user:child"  # we see its write
+    main.stop()  # we started the server, but the other process still uses it
+    assert not _gone(server, within_s=0.5)
+    with MongoEventStore(uri, timeout_s=2.0) as store:
+        assert store.last_seq("c-child") == 1
+    user.finish()  # last one out
+    assert _gone(server)
+    assert not (home / "mongo.json").exists()
+
+
+def test_data_survives_a_restart_of_the_server(home: Path) -> None:
+    events = [_run("c-1", 1), _run("c-1", 2)]
+    with EmbeddedMongo(home) as mongo, MongoEventStore(mongo.uri) as store:
+        store.append(events)
+        first = _server_pid(home)
+    assert _gone(first)
+    with EmbeddedMongo(home) as mongo, MongoEventStore(mongo.uri) as store:
+        assert _server_pid(home) != first
+        assert store.read("c-1") == events
+
+
+def test_sigkill_of_a_user_leaves_the_server_usable_for_the_next(home: Path) -> None:
+    user = User(home, "c-killed")  # this process starts the server
+    server = _server_pid(home)
+    user.kill()
+    assert not _gone(server, within_s=0.5)  # its own session: not killed with the user
+    with EmbeddedMongo(home) as mongo, MongoEventStore(mongo.uri) as store:
+        assert mongo.uri == user.report["uri"]  # reused, not restarted
+        assert _server_pid(home) == server
+        assert store.last_seq("c-killed") == 1
+    assert _gone(server)  # and the last user turned it off
+
+
+def test_stop_is_idempotent_and_uri_needs_start(home: Path) -> None:
+    mongo = EmbeddedMongo(home)
+    with pytest.raises(StorageError, match="not started"):
+        _ = mongo.uri
+    mongo.start()
+    assert mongo.start() == mongo.uri
+    mongo.stop()
+    mongo.stop()
+    assert not (home / "mongo.json").exists()
+
+
+def test_a_server_that_cannot_start_gives_storage_error_with_its_output(home: Path) -> None:
+    (home / "data" / "admin.db").mkdir(parents=True)  # SQLite cannot open a directory
+    with pytest.raises(StorageError, match=r"did not start.*unable to open database file") as info:
+        EmbeddedMongo(home).start()
+    assert "mongo.log" in info.value.hint
+    assert not (home / "mongo.json").exists()

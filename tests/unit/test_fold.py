@@ -1,0 +1,101 @@
+"""fold(events) -> CampaignState: pure, total, and incremental."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from campaigns import (
+    CampaignCreated,
+    CampaignFinished,
+    Measurement,
+    MessageRejected,
+    SuggestedTrial,
+    TrialCompleted,
+    TrialDispatched,
+    TrialFailed,
+    TrialsSuggested,
+    apply,
+    event_from_doc,
+    event_to_doc,
+    fold,
+    load_spec,
+)
+from campaigns.events import EventBase, RunStarted
+
+SPEC = load_spec(Path(__file__).parents[2] / "campaigns" / "examples" / "branin.yaml")
+CID = "c1"
+
+
+def numbered(*events: EventBase) -> list[EventBase]:
+    return [e.model_copy(update={"seq": i}) for i, e in enumerate(events, start=1)]
+
+
+def story() -> list[EventBase]:
+    return numbered(
+        CampaignCreated(campaign_id=CID, seq=1, actor="user:ana", spec=SPEC),
+        RunStarted(campaign_id=CID, seq=1, actor="orchestrator", host="h", pid=1),
+        TrialsSuggested(campaign_id=CID, seq=1, actor="optimizer", trials=[
+            SuggestedTrial(trial_id="0", parameters={"x1": 1.0, "x2": 2.0}, generator="sobol", sobol_position=0),
+            SuggestedTrial(trial_id="1", parameters={"x1": 3.0, "x2": 4.0}, generator="sobol", sobol_position=1),
+            SuggestedTrial(trial_id="2", parameters={"x1": 5.0, "x2": 6.0}, generator="sobol", sobol_position=2),
+        ]),
+        TrialDispatched(campaign_id=CID, seq=1, actor="orchestrator", trial_id="0", device_id="d1", request_id="r0"),
+        TrialDispatched(campaign_id=CID, seq=1, actor="orchestrator", trial_id="1", device_id="d2", request_id="r1"),
+        TrialCompleted(campaign_id=CID, seq=1, actor="device:d1", trial_id="0", device_id="d1", request_id="r0",
+                       measurements={"branin": Measurement(mean=5.0)}),
+        TrialFailed(campaign_id=CID, seq=1, actor="orchestrator", trial_id="1", reason="timeout", device_id="d2", request_id="r1"),
+        MessageRejected(campaign_id=CID, seq=1, actor="device:d2", device_id="d2", topic="t", reason="not JSON"),
+        TrialCompleted(campaign_id=CID, seq=1, actor="device:d2", trial_id="1", device_id="d2", request_id="r1",
+                       measurements={"branin": Measurement(mean=0.1)}),  # late: already failed
+    )
+
+
+def test_story() -> None:
+    state = fold(story())
+    assert state.status == "running" and state.last_seq == 9 and state.runs == 1
+    assert [t.status for t in state.trials.values()] == ["completed", "failed", "suggested"]
+    assert state.trials["1"].failure_reason == "timeout"
+    assert state.best() is not None and state.best().trial_id == "0"  # type: ignore[union-attr]
+    assert state.rejected_messages == 1 and state.anomalies == 1  # the late result is not applied
+    assert [t.trial_id for t in state.undispatched] == ["2"]
+    finished = fold([*story(), CampaignFinished(campaign_id=CID, seq=10, actor="orchestrator", reason="stopped")])
+    assert finished.status == "finished" and finished.finished_reason == "stopped"
+
+
+def test_fold_is_pure() -> None:
+    events = story()
+    a, b = fold(events), fold(events)
+    assert a == b and a is not b
+    assert fold([]).status == "empty"
+
+
+def test_docs_round_trip() -> None:
+    for e in story():
+        assert event_from_doc({**event_to_doc(e), "_id": "x"}) == e
+
+
+def test_minimize_false_and_maximize_best() -> None:
+    spec = SPEC.model_copy(update={"objectives": [SPEC.objectives[0].model_copy(update={"minimize": False})]})
+    events = list(story())
+    events[0] = CampaignCreated(campaign_id=CID, seq=1, actor="user:ana", spec=spec)
+    events.insert(6, TrialCompleted(campaign_id=CID, seq=1, actor="device:d2", trial_id="1", device_id="d2",
+                                    request_id="r1", measurements={"branin": Measurement(mean=9.0)}))
+    state = fold(numbered(*events))
+    assert state.best().trial_id == "1"  # type: ignore[union-attr]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(story()), max_size=30), st.integers(min_value=0, max_value=30))
+def test_fold_is_total_and_incremental(events: list[EventBase], cut: int) -> None:
+    """Any sequence folds without raising, and folding in two parts equals folding at once."""
+    events = numbered(*events)
+    whole = fold(events)
+    state = fold(events[:cut])
+    for e in events[cut:]:
+        apply(state, e)
+    assert state == whole
+    assert whole.last_seq == len(events)
+    assert sum(whole.count(s) for s in ("suggested", "running", "completed", "failed")) == len(whole.trials)
