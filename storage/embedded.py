@@ -61,7 +61,7 @@ class EmbeddedMongo:
     """
 
     def __init__(self, home: Path, *, start_timeout_s: float = 15.0) -> None:
-        self.home = Path(home)
+        self.home = Path(home).resolve()  # the server runs with another working directory
         self.start_timeout_s = start_timeout_s
         self._users: IO[bytes] | None = None
         self._uri: str | None = None

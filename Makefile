@@ -1,0 +1,25 @@
+# The two commands of README.md: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# A real Branin campaign on the embedded broker and database, two simulated instruments.
+demo: $(STAMP)
+	$(BIN)/closedloop run campaigns/examples/branin.yaml --campaign-id branin-demo-$$(date +%Y%m%d-%H%M%S)
+
+# Layer contracts, then the whole test suite (needs Mosquitto: `apt-get install mosquitto mosquitto-clients`).
+test: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .closedloop .pytest_cache

@@ -1,0 +1,68 @@
+"""Devices: MQTT protocol v1 between the orchestrator and lab instruments.
+
+The only package that imports paho. Public names:
+
+- messages: :class:`DeviceStatus`, :class:`RunTrial`, :class:`TrialResult`,
+  :class:`Measurement`, :func:`parse_result`, :func:`parse_status`, :func:`parse_request`,
+  :func:`encode`
+- topics: :class:`Topics`, :func:`validate_device_id`
+- connection: :class:`MqttSettings`, :func:`parse_broker_url`, :func:`redact_url`,
+  :func:`connect`, :class:`MqttConnection`
+- orchestrator side: :class:`MqttDeviceHub` and its events :class:`ResultReceived`,
+  :class:`StatusChanged`, :class:`MessageRejected`
+- embedded default broker: :class:`EmbeddedBroker`
+"""
+
+from .broker import EmbeddedBroker
+from .hub import HubEvent, MessageRejected, MqttDeviceHub, ResultReceived, StatusChanged
+from .messages import (
+    MAX_PAYLOAD_BYTES,
+    PROTOCOL_VERSION,
+    DeviceStatus,
+    Measurement,
+    RunTrial,
+    TrialResult,
+    encode,
+    parse_request,
+    parse_result,
+    parse_status,
+)
+from .mqtt import (
+    BrokerAddress,
+    MessageHandler,
+    MqttConnection,
+    MqttSettings,
+    connect,
+    parse_broker_url,
+    redact_url,
+)
+from .topics import Channel, Topics, validate_device_id
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "PROTOCOL_VERSION",
+    "BrokerAddress",
+    "Channel",
+    "DeviceStatus",
+    "EmbeddedBroker",
+    "HubEvent",
+    "Measurement",
+    "MessageHandler",
+    "MessageRejected",
+    "MqttConnection",
+    "MqttDeviceHub",
+    "MqttSettings",
+    "ResultReceived",
+    "RunTrial",
+    "StatusChanged",
+    "Topics",
+    "TrialResult",
+    "connect",
+    "encode",
+    "parse_broker_url",
+    "parse_request",
+    "parse_result",
+    "parse_status",
+    "redact_url",
+    "validate_device_id",
+]

@@ -1,0 +1,257 @@
+"""The orchestrator's side of protocol v1: send requests, collect results and statuses.
+
+The hub is transport only. It does not choose devices (the loop does, from the event log
+and :meth:`MqttDeviceHub.devices`) and does not de-duplicate results (the loop does, by
+``request_id``, from the log). Everything that arrives becomes a :data:`HubEvent` in a
+thread-safe queue; nothing a device sends can raise out of the network thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from campaigns.errors import BrokerError, DeviceMessageError
+
+from .messages import DeviceStatus, RunTrial, TrialResult, encode, parse_result, parse_status
+from .mqtt import MqttConnection, MqttSettings, connect
+from .topics import Topics
+
+__all__ = [
+    "HubEvent",
+    "MessageRejected",
+    "MqttDeviceHub",
+    "ResultReceived",
+    "StatusChanged",
+]
+
+log = logging.getLogger(__name__)
+
+_EXCERPT_CHARS = 200
+_EVENT = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResultReceived(BaseModel):
+    """A well-formed result arrived from a device (possibly a duplicate: QoS 1)."""
+
+    model_config = _EVENT
+
+    kind: Literal["result_received"] = "result_received"
+    device_id: str
+    result: TrialResult
+    received_at: datetime
+
+
+class StatusChanged(BaseModel):
+    """A device's status differs from the last one the hub saw (or is the first)."""
+
+    model_config = _EVENT
+
+    kind: Literal["status_changed"] = "status_changed"
+    device_id: str
+    status: DeviceStatus
+    received_at: datetime
+
+
+class MessageRejected(BaseModel):
+    """A message broke protocol v1 and was dropped.
+
+    Attributes:
+        device_id: The device named by the topic, when the topic could be parsed.
+        topic: The topic it came on.
+        reason: One line saying what is wrong.
+        excerpt: At most 200 characters of the payload, decoded with replacement.
+    """
+
+    model_config = _EVENT
+
+    kind: Literal["message_rejected"] = "message_rejected"
+    device_id: str | None
+    topic: str
+    reason: str
+    excerpt: str
+    received_at: datetime
+
+
+HubEvent = ResultReceived | StatusChanged | MessageRejected
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MqttDeviceHub:
+    """Talks to every device under one prefix through one MQTT connection.
+
+    Args:
+        settings: Broker URL and protocol prefix.
+        client_id: MQTT client id; keep it stable across restarts so the broker keeps the
+            session (results published while the orchestrator is away are delivered later).
+        clock: Returns the current UTC time; injected for tests.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        client_id: str,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._clock = clock
+        self._topics = Topics(settings.prefix)
+        self._events: queue.SimpleQueue[HubEvent] = queue.SimpleQueue()
+        self._devices: dict[str, DeviceStatus] = {}
+        self._lock = threading.Lock()
+        self._connection: MqttConnection | None = None
+
+    @property
+    def topics(self) -> Topics:
+        """The topics of this hub's prefix."""
+        return self._topics
+
+    def start(self, timeout_s: float = 10) -> None:
+        """Connect and subscribe to every device's status and results.
+
+        Raises:
+            BrokerError: The broker cannot be reached within ``timeout_s``.
+        """
+        if self._connection is not None:
+            return
+        self._connection = connect(
+            self._settings,
+            client_id=self._client_id,
+            subscriptions=[
+                self._topics.all_devices("status"),
+                self._topics.all_devices("results"),
+            ],
+            on_message=self._on_message,
+            timeout_s=timeout_s,
+        )
+
+    def stop(self) -> None:
+        """Disconnect. Events already queued can still be drained."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def __enter__(self) -> MqttDeviceHub:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def devices(self) -> dict[str, DeviceStatus]:
+        """Return the latest status of every device seen, by device id (a copy)."""
+        with self._lock:
+            return dict(self._devices)
+
+    def dispatch(self, device_id: str, request: RunTrial, timeout_s: float = 10) -> None:
+        """Publish a request to a device at QoS 1 and wait for the broker's PUBACK.
+
+        A PUBACK means the broker has the message, not that the device has run it. Sending
+        the same ``request_id`` again is safe: a device answers it from its store.
+
+        Raises:
+            BrokerError: The hub is not started, or the broker did not acknowledge in time.
+            DeviceMessageError: ``device_id`` cannot be a topic level.
+        """
+        if self._connection is None:
+            raise BrokerError(
+                "device hub is not started",
+                "call start() before dispatch()",
+                campaign_id=request.campaign_id,
+                trial_id=request.trial_id,
+                device_id=device_id,
+            )
+        topic = self._topics.requests(device_id)
+        try:
+            self._connection.publish(topic, encode(request), qos=1, timeout_s=timeout_s)
+        except BrokerError as exc:
+            raise BrokerError(
+                exc.message,
+                exc.hint,
+                campaign_id=request.campaign_id,
+                trial_id=request.trial_id,
+                device_id=device_id,
+            ) from None
+
+    def next_events(self, timeout_s: float) -> list[HubEvent]:
+        """Wait up to ``timeout_s`` for an event, then return it and all others queued.
+
+        Returns:
+            The events in arrival order; empty if none came in time.
+        """
+        try:
+            events: list[HubEvent] = [self._events.get(timeout=max(0.0, timeout_s))]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    # -- network thread ------------------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        now = self._clock()
+        device_id: str | None = None
+        if not topic.startswith(f"{self._topics.prefix}/devices/"):
+            # Not ours at all (some brokers replay retained messages too eagerly): no device
+            # broke the protocol, so nothing to report.
+            log.debug("ignored message on %s: outside %s", topic[:200], self._topics.prefix)
+            return
+        try:
+            device_id, channel = self._topics.parse(topic)
+            if channel == "results":
+                result = parse_result(payload)
+                self._events.put(ResultReceived(device_id=device_id, result=result, received_at=now))
+            elif channel == "status":
+                self._on_status(device_id, payload, now)
+        except DeviceMessageError as exc:
+            excerpt = payload[: _EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
+            log.warning("rejected message on %s: %s", topic[:200], exc.message)
+            self._events.put(
+                MessageRejected(
+                    device_id=device_id,
+                    topic=topic,
+                    reason=exc.message,
+                    excerpt=excerpt[:_EXCERPT_CHARS],
+                    received_at=now,
+                )
+            )
+
+    def _on_status(self, device_id: str, payload: bytes, now: datetime) -> None:
+        if not payload:
+            # An empty retained message is how an operator removes a device for good.
+            with self._lock:
+                self._devices.pop(device_id, None)
+            log.info("device %s removed (empty retained status)", device_id)
+            return
+        status = parse_status(payload)
+        if status.device_id != device_id:
+            raise DeviceMessageError(
+                f"invalid status: device_id {status.device_id[:60]!r} does not match the topic",
+                "publish a device's status on its own topic",
+                device_id=device_id,
+            )
+        with self._lock:
+            changed = self._devices.get(device_id) != status
+            self._devices[device_id] = status
+        if changed:
+            self._events.put(StatusChanged(device_id=device_id, status=status, received_at=now))

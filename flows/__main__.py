@@ -1,0 +1,5 @@
+"""``python -m flows`` runs the CLI."""
+
+from flows.cli import main
+
+raise SystemExit(main())

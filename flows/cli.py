@@ -1,0 +1,243 @@
+"""The `closedloop` command line.
+
+Exit codes: 0 success; 1 a runtime error (database or broker unreachable, ...); 2 a usage or
+campaign-file error; 130 interrupted. Every error of the user's is one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from campaigns import CampaignCreated, ClosedLoopError, SpecError, fold, load_spec
+from campaigns.errors import CampaignNotFoundError
+
+from flows.report import best_line, status_dict, status_text
+from flows.runtime import broker_url, check_spec_devices, event_store, mqtt_settings, running_broker_url, simulated_lab
+from flows.settings import Settings
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _quiet_prefect_defaults() -> None:
+    # Before Prefect is imported: keep its console logs out of the progress display, don't try
+    # to reach the internet, and give the ephemeral API server time to start on a slow machine.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    check_spec_devices(spec)
+    print(f"{args.spec}: campaign {spec.name!r} is valid ({len(spec.parameters)} parameters, "
+          f"{len(spec.objectives)} objective(s), {len(spec.devices)} device(s))")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    check_spec_devices(spec)
+    settings = Settings()
+    campaign_id = args.campaign_id or spec.name
+    with event_store(settings) as store:
+        state = fold(store.read(campaign_id))
+        if state.spec is None:
+            store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{_user()}", spec=spec)])
+            print(f"campaign {campaign_id}: created from {args.spec}")
+        elif state.status == "finished":
+            print(status_text(state))
+            raise ClosedLoopError(
+                f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
+                "pass --campaign-id NEW_ID to run the spec again as a new campaign",
+                campaign_id=campaign_id,
+            )
+        elif state.spec != spec:
+            raise SpecError(
+                f"campaign {campaign_id!r} exists with a different spec than {args.spec}",
+                "pass --campaign-id NEW_ID for a new campaign, or run it with its original spec",
+                campaign_id=campaign_id,
+            )
+        else:
+            print(f"campaign {campaign_id}: resuming at event {state.last_seq}")
+        with broker_url(settings) as url:
+            # The flow reads its settings from the environment (composition root; no credentials
+            # in Prefect's flow-run parameters).
+            os.environ["CLOSEDLOOP_MQTT_URL"] = url
+            os.environ["CLOSEDLOOP_MONGODB_URI"] = store.uri
+            os.environ["CLOSEDLOOP_MONGODB_DATABASE"] = settings.mongodb_database
+            with simulated_lab(spec, mqtt_settings(settings, url)) if not args.no_simulators else _nothing():
+                from flows.progress import ProgressReporter
+
+                _quiet_prefect_defaults()
+                from flows.flow import campaign
+
+                with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet):
+                    campaign(campaign_id, max_runtime_s=args.max_runtime)
+        final = fold(store.read(campaign_id))
+    print(status_text(final))
+    return EXIT_OK if final.status == "finished" else EXIT_ERROR
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _user() -> str:
+    try:
+        return os.getlogin()
+    except OSError:
+        import getpass
+
+        return getpass.getuser()
+
+
+def _load_state(campaign_id: str):  # type: ignore[no-untyped-def]
+    with event_store(Settings()) as store:
+        state = fold(store.read(campaign_id))
+    if state.spec is None:
+        raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
+    return state
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    state = _load_state(args.campaign)
+    if args.json:
+        print(json.dumps(status_dict(state), indent=2))
+    else:
+        print(status_text(state))
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from storage import write_csv, write_json
+
+    state = _load_state(args.campaign)
+    writer = write_csv if args.format == "csv" else write_json
+    if args.output in (None, "-"):
+        writer(state, sys.stdout)
+    else:
+        writer(state, Path(args.output))
+        print(f"wrote {len(state.trials)} trial(s) to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    with event_store(Settings()) as store:
+        rows = store.list_campaigns()
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") if hasattr(r, "model_dump") else vars(r) for r in rows], indent=2, default=str))
+        return EXIT_OK
+    if not rows:
+        print("no campaigns yet: start one with `closedloop run SPEC.yaml`")
+    for r in rows:
+        print(f"{r.campaign_id}\t{'finished' if r.finished else 'open'}\t{r.last_seq} events\tcreated {r.created_at}")
+    return EXIT_OK
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from simulators import SIMULATORS, run_standalone
+
+    if args.simulator not in SIMULATORS:
+        raise SpecError(f"unknown simulator {args.simulator!r}", f"choose one of: {', '.join(sorted(SIMULATORS))}")
+    options: dict[str, object] = {}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SpecError(f"--option {item!r}: expected KEY=VALUE", "e.g. --option noise_sd=0.1")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    settings = Settings()
+    url = args.broker or running_broker_url(settings)
+    if url is None:
+        raise ClosedLoopError(
+            "no MQTT broker to join: CLOSEDLOOP_MQTT_URL is not set and no `closedloop run` is running here",
+            "pass --broker mqtt://HOST:PORT or set CLOSEDLOOP_MQTT_URL",
+        )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"simulator {args.simulator} serving as device {args.device_id}; Ctrl-C to stop", file=sys.stderr)
+    try:
+        run_standalone(args.simulator, args.device_id, mqtt_settings(settings, url), options, stop)
+    except KeyboardInterrupt:
+        stop.set()
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="closedloop", description="Run closed-loop experiment campaigns for self-driving labs.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the loop does")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="create (or continue) a campaign from a spec file and run it to its budget")
+    r.add_argument("spec", help="campaign YAML file")
+    r.add_argument("--campaign-id", help="campaign id (default: the spec's name)")
+    r.add_argument("--no-simulators", action="store_true", help="do not start the spec's simulated devices here")
+    r.add_argument("--max-runtime", type=float, default=None, metavar="S", help="stop this run after S seconds")
+    r.add_argument("--quiet", action="store_true", help="no progress display")
+    r.set_defaults(func=_cmd_run)
+
+    v = sub.add_parser("validate", help="check a campaign file without running anything")
+    v.add_argument("spec")
+    v.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("status", help="where a campaign stands")
+    s.add_argument("campaign")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_status)
+
+    e = sub.add_parser("export", help="one row per trial: parameters, measurements, status, device, times")
+    e.add_argument("campaign")
+    e.add_argument("--format", choices=["csv", "json"], default="csv")
+    e.add_argument("--output", "-o", help="file to write (default: standard output)")
+    e.set_defaults(func=_cmd_export)
+
+    ls = sub.add_parser("list", help="all campaigns in the log")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_cmd_list)
+
+    sm = sub.add_parser("sim", help="run a simulated instrument that speaks MQTT protocol v1")
+    sm.add_argument("simulator")
+    sm.add_argument("--device-id", required=True)
+    sm.add_argument("--broker", help="mqtt[s]://[user:pass@]host[:port] (default: CLOSEDLOOP_MQTT_URL or the local run's broker)")
+    sm.add_argument("--option", action="append", metavar="KEY=VALUE", help="simulator option, e.g. noise_sd=0.1")
+    sm.set_defaults(func=_cmd_sim)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `closedloop` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ClosedLoopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: the campaign's log is intact; `closedloop run` the same spec to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""The Prefect flow ``campaign``: one flow run per campaign run (or resume), the loop inside it.
+
+Connection settings come from the environment (``CLOSEDLOOP_*``), not from flow parameters,
+so that no credential is ever stored with the flow run in Prefect's database.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+from functools import partial
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+
+from campaigns import CampaignSpec, SuggestedTrial, TrialRecord
+from devices import MqttDeviceHub
+from optimizer import AxOptimizer
+
+from flows.loop import CampaignLoop, LoopOptions
+from flows.runtime import broker_url, event_store, mqtt_settings
+from flows.settings import Settings
+
+__all__ = ["campaign"]
+
+
+# NO_CACHE: inputs are live objects (the optimizer), not values worth hashing or caching.
+@task(name="rebuild-optimizer", persist_result=False, cache_policy=NO_CACHE)
+def rebuild_optimizer(spec: CampaignSpec, trials: list[TrialRecord], threads: int | None) -> AxOptimizer:
+    """Rebuild the Ax optimizer by replaying the log's trials into a fresh client."""
+    return AxOptimizer.rebuild(spec, trials, threads=threads)
+
+
+@task(name="suggest-trials", persist_result=False, cache_policy=NO_CACHE)
+def suggest_trials(optimizer: AxOptimizer, n: int) -> list[SuggestedTrial]:
+    """Ask the optimizer for ``n`` trials (pending ones known)."""
+    return optimizer.suggest(n)
+
+
+class _TaskOptimizer:
+    """The optimizer, with suggestions run as Prefect tasks so they show in the flow run."""
+
+    def __init__(self, inner: AxOptimizer) -> None:
+        self.inner = inner
+
+    def suggest(self, n: int) -> list[SuggestedTrial]:
+        return suggest_trials(self.inner, n)
+
+    def complete(self, trial_id: str, measurements: dict) -> None:  # type: ignore[type-arg]
+        self.inner.complete(trial_id, measurements)
+
+    def fail(self, trial_id: str, reason: str) -> None:
+        self.inner.fail(trial_id, reason)
+
+
+def _make_optimizer(threads: int | None, spec: CampaignSpec, trials: Iterable[TrialRecord]) -> _TaskOptimizer:
+    return _TaskOptimizer(rebuild_optimizer(spec, list(trials), threads))
+
+
+@flow(name="campaign", persist_result=False, validate_parameters=True)
+def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, object]:
+    """Run a campaign from its log until its budget is spent.
+
+    Args:
+        campaign_id: The campaign, which must already exist in the event log.
+        max_runtime_s: Stop this run (not the campaign) after so many seconds.
+
+    Returns:
+        A summary: status, trials completed/failed, best trial.
+    """
+    logger = get_run_logger()
+    settings = Settings()
+    flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    with event_store(settings) as store, broker_url(settings) as url:
+        client_id = f"closedloop-{campaign_id}-{socket.gethostname()}-{os.getpid()}"[:128]
+        hub = MqttDeviceHub(mqtt_settings(settings, url), client_id=client_id)
+        hub.start()
+        try:
+            loop = CampaignLoop(
+                campaign_id, store, hub,
+                make_optimizer=partial(_make_optimizer, settings.optimizer_threads),
+                options=LoopOptions(max_runtime_s=max_runtime_s),
+                flow_run_id=flow_run_id,
+            )
+            state = loop.run()
+        finally:
+            hub.stop()
+    best = state.best()
+    summary: dict[str, object] = {
+        "campaign_id": campaign_id,
+        "status": state.status,
+        "finished_reason": state.finished_reason,
+        "completed": state.count("completed"),
+        "failed": state.count("failed"),
+        "best": None if best is None else {"trial_id": best.trial_id, "parameters": best.parameters,
+                                           "measurements": {k: v.mean for k, v in best.measurements.items()}},
+    }
+    logger.info("campaign %s: %s", campaign_id, summary)
+    return summary

@@ -1,0 +1,91 @@
+"""What the CLI shows of a campaign: a status summary (text or JSON), built from the fold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from campaigns import CampaignState, TrialRecord
+
+__all__ = ["best_line", "status_dict", "status_text"]
+
+
+def _trial_summary(t: TrialRecord) -> dict[str, Any]:
+    return {
+        "trial_id": t.trial_id,
+        "parameters": t.parameters,
+        "measurements": {k: v.mean for k, v in t.measurements.items()},
+        "device_id": t.device_id,
+    }
+
+
+def status_dict(state: CampaignState) -> dict[str, Any]:
+    """The campaign's status as JSON-ready data (``closedloop status --json``)."""
+    spec = state.spec
+    best = state.best()
+    out: dict[str, Any] = {
+        "campaign_id": state.campaign_id,
+        "status": state.status,
+        "finished_reason": state.finished_reason,
+        "budget": None if spec is None else spec.budget.model_dump(),
+        "trials": {
+            "total": len(state.trials),
+            "waiting": state.count("suggested"),
+            "running": state.count("running"),
+            "completed": state.count("completed"),
+            "failed": state.count("failed"),
+        },
+        "best": None if best is None else _trial_summary(best),
+        "objectives": [] if spec is None else [o.model_dump() for o in spec.objectives],
+        "runs": state.runs,
+        "rejected_messages": state.rejected_messages,
+        "last_seq": state.last_seq,
+        "created_at": None if state.created_at is None else state.created_at.isoformat(),
+        "updated_at": None if state.updated_at is None else state.updated_at.isoformat(),
+    }
+    if spec is not None and len(spec.objectives) > 1:
+        out["pareto_front"] = [_trial_summary(t) for t in state.pareto_front()]
+    return out
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def best_line(state: CampaignState) -> str:
+    """One line: the best trial so far (or the Pareto front's size for several objectives)."""
+    spec = state.spec
+    if spec is None:
+        return "best: -"
+    if len(spec.objectives) > 1:
+        front = state.pareto_front()
+        return f"Pareto front: {len(front)} trial(s)" + (
+            ": " + "; ".join(
+                ", ".join(f"{o.name}={_fmt(t.measurements[o.name].mean)}" for o in spec.objectives) for t in front[:5]
+            ) if front else ""
+        )
+    best = state.best()
+    if best is None:
+        return "best: - (no completed trial yet)"
+    obj = spec.objectives[0]
+    params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.parameters.items())
+    return f"best {obj.name} = {_fmt(best.measurements[obj.name].mean)} (trial {best.trial_id}) at {params}"
+
+
+def status_text(state: CampaignState) -> str:
+    """A few human lines (``closedloop status``)."""
+    d = status_dict(state)
+    spec = state.spec
+    head = f"campaign {state.campaign_id}: {state.status}"
+    if state.finished_reason:
+        head += f" ({state.finished_reason})"
+    t = d["trials"]
+    budget = "" if spec is None else f" of a budget of {spec.budget.max_trials}"
+    lines = [
+        head,
+        f"trials: {t['completed']} completed, {t['running']} running, {t['failed']} failed, "
+        f"{t['waiting']} waiting{budget}",
+        best_line(state),
+    ]
+    if state.rejected_messages:
+        lines.append(f"rejected device messages: {state.rejected_messages} (see `closedloop export`)")
+    return "\n".join(lines)

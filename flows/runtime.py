@@ -1,0 +1,114 @@
+"""Wiring: the event store, the broker and the simulated lab, embedded when nothing is configured."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from campaigns import CampaignSpec
+from devices import EmbeddedBroker, MqttSettings
+from simulators import SIMULATORS, SimInstrument
+from storage import EmbeddedMongo, MongoEventStore
+
+from flows.settings import Settings
+
+__all__ = ["broker_url", "check_spec_devices", "event_store", "simulated_lab", "mqtt_settings"]
+
+
+@contextmanager
+def event_store(settings: Settings) -> Iterator[MongoEventStore]:
+    """The campaign log: ``CLOSEDLOOP_MONGODB_URI``, or an embedded nx-27017 under ``home``."""
+    with ExitStack() as stack:
+        if settings.mongodb_uri is not None:
+            uri = settings.mongodb_uri.get_secret_value()
+        else:
+            settings.home.mkdir(parents=True, exist_ok=True)
+            uri = stack.enter_context(EmbeddedMongo(settings.home)).uri
+        store = stack.enter_context(MongoEventStore(uri, database=settings.mongodb_database))
+        yield store
+
+
+def _broker_file(home: Path) -> Path:
+    return home / "broker.json"
+
+
+@contextmanager
+def broker_url(settings: Settings) -> Iterator[str]:
+    """The broker URL: ``CLOSEDLOOP_MQTT_URL``, or an embedded amqtt broker for this run.
+
+    The embedded broker's URL (with its generated credentials) is written to
+    ``home/broker.json`` (mode 0600) so that `closedloop sim` in another terminal can join.
+    """
+    if settings.mqtt_url is not None:
+        yield settings.mqtt_url.get_secret_value()
+        return
+    settings.home.mkdir(parents=True, exist_ok=True)
+    path = _broker_file(settings.home)
+    with EmbeddedBroker(settings.home / "broker") as broker:
+        url = broker.url
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"url": url, "pid": os.getpid()}, f)
+        try:
+            yield url
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def running_broker_url(settings: Settings) -> str | None:
+    """The URL of a broker to join: configured, or the embedded one a `closedloop run` started."""
+    if settings.mqtt_url is not None:
+        return settings.mqtt_url.get_secret_value()
+    try:
+        data = json.loads(_broker_file(settings.home).read_text())
+    except (OSError, ValueError):
+        return None
+    url = data.get("url")
+    return url if isinstance(url, str) else None
+
+
+def mqtt_settings(settings: Settings, url: str) -> MqttSettings:
+    """MQTT settings for a broker URL under the configured topic prefix."""
+    return MqttSettings(url=url, prefix=settings.mqtt_prefix)
+
+
+def check_spec_devices(spec: CampaignSpec) -> None:
+    """Check the spec's devices against the simulator catalog (unknown simulator, bad options,
+    metrics no device measures). Raises SpecError."""
+
+    def validate(name: str, options: Mapping[str, object]) -> list[str]:
+        info = SIMULATORS[name]
+        try:
+            info.options_model.model_validate(dict(options))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{where}: {first['msg']}") from None
+        return list(info.measures(options))
+
+    def inputs(name: str, options: Mapping[str, object]) -> list[str]:
+        return list(SIMULATORS[name].inputs(options))
+
+    spec.check_devices(SIMULATORS, validate, inputs)
+
+
+@contextmanager
+def simulated_lab(spec: CampaignSpec, mqtt: MqttSettings, record_dir: Path | None = None) -> Iterator[list[str]]:
+    """Start a simulated instrument for every ``simulator:`` device of the spec; yields their ids."""
+    with ExitStack() as stack:
+        ids = []
+        for d in spec.devices:
+            if d.simulator is None:
+                continue
+            record = None if record_dir is None else record_dir / f"{d.id}.jsonl"
+            inst = SimInstrument(d.id, d.simulator, d.options, mqtt, record_path=record)
+            stack.enter_context(inst)
+            ids.append(d.id)
+        yield ids
+
+

@@ -1,0 +1,280 @@
+"""A simulated instrument that speaks MQTT protocol v1 exactly as lab hardware should.
+
+It runs one trial at a time, keeps every result by ``request_id`` (in memory, and in a JSON
+lines file when given one), and answers a repeated ``request_id`` from that store without
+running the trial again: at-least-once delivery never becomes at-least-once execution.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from campaigns.errors import BrokerError, DeviceMessageError, SpecError
+from devices import (
+    DeviceStatus,
+    Measurement,
+    MqttConnection,
+    MqttSettings,
+    RunTrial,
+    Topics,
+    TrialResult,
+    connect,
+    encode,
+    parse_request,
+    parse_result,
+    validate_device_id,
+)
+
+from .catalog import SIMULATORS, SimulatorInfo, SimulatorOptions
+
+__all__ = ["SimInstrument", "simulator_info"]
+
+log = logging.getLogger(__name__)
+
+State = Literal["idle", "busy", "offline"]
+
+
+def simulator_info(simulator: str) -> SimulatorInfo:
+    """Look a simulator up in the catalog.
+
+    Raises:
+        SpecError: No simulator of that name.
+    """
+    try:
+        return SIMULATORS[simulator]
+    except KeyError:
+        raise SpecError(
+            f"unknown simulator {simulator!r}",
+            f"choose one of: {', '.join(sorted(SIMULATORS))}",
+        ) from None
+
+
+class SimInstrument:
+    """A simulated device on the broker.
+
+    Args:
+        device_id: Its id (one topic level).
+        simulator: Catalog name, e.g. ``branin``.
+        options: Simulator options (see :class:`~simulators.catalog.SimulatorOptions`).
+        settings: Broker URL and protocol prefix.
+        record_path: JSON lines file of answered results; loaded on start, appended to.
+        client_id: MQTT client id; stable by default so the broker keeps its session.
+
+    Raises:
+        SpecError: Unknown simulator.
+        pydantic.ValidationError: Invalid options.
+        DeviceMessageError: Invalid device id.
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        simulator: str,
+        options: Mapping[str, Any] | SimulatorOptions,
+        settings: MqttSettings,
+        *,
+        record_path: Path | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.device_id = validate_device_id(device_id)
+        self._info = simulator_info(simulator)
+        self._options = self._info.options(options)
+        self._settings = settings
+        self._record_path = record_path
+        self._client_id = client_id or f"closedloop-sim-{device_id}"
+        self._topics = Topics(settings.prefix)
+        self._rng = random.Random(self._options.seed)
+        self._store: dict[str, TrialResult] = {}
+        self._executions: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue[RunTrial | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._state: State = "idle"
+        self._connection: MqttConnection | None = None
+        self._worker: threading.Thread | None = None
+
+    @property
+    def measures(self) -> list[str]:
+        """Metrics this instrument reports."""
+        return self._info.measures(self._options)
+
+    @property
+    def executions(self) -> dict[str, int]:
+        """How many times each ``request_id`` was actually run (a copy)."""
+        with self._lock:
+            return dict(self._executions)
+
+    def _status(self, state: State) -> bytes:
+        return encode(DeviceStatus(state=state, device_id=self.device_id, measures=self.measures))
+
+    def start(self) -> None:
+        """Load the record, connect, announce ``idle`` and start serving requests.
+
+        Raises:
+            BrokerError: The broker cannot be reached.
+        """
+        if self._connection is not None:
+            return
+        self._load_record()
+        self._stopping.clear()
+        self._connection = connect(
+            self._settings,
+            client_id=self._client_id,
+            will=(self._topics.status(self.device_id), self._status("offline")),
+            subscriptions=[self._topics.requests(self.device_id)],
+            on_message=self._on_message,
+            on_connect=self._announce,
+        )
+        self._worker = threading.Thread(
+            target=self._serve, name=f"sim-{self.device_id}", daemon=True
+        )
+        self._worker.start()
+
+    def stop(self) -> None:
+        """Stop serving (a trial in progress is abandoned), publish ``offline``, disconnect."""
+        if self._connection is None:
+            return
+        self._stopping.set()
+        self._requests.put(None)
+        if self._worker is not None:
+            self._worker.join(10)
+        try:
+            self._set_state("offline")
+        except BrokerError as exc:
+            log.warning("device %s: could not publish offline: %s", self.device_id, exc)
+        self._connection.close()
+        self._connection = None
+
+    def __enter__(self) -> SimInstrument:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- network thread ------------------------------------------------------------------
+
+    def _announce(self, connection: MqttConnection) -> None:
+        # On every (re)connect: the broker may have published our last will meanwhile.
+        connection.publish(
+            self._topics.status(self.device_id), self._status(self._state),
+            retain=True, timeout_s=None,
+        )
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic != self._topics.requests(self.device_id):
+            log.debug("device %s ignored a message on %s", self.device_id, topic[:200])
+            return
+        try:
+            request = parse_request(payload)
+        except DeviceMessageError as exc:
+            log.warning("device %s ignored a request: %s", self.device_id, exc.message)
+            return
+        self._requests.put(request)
+
+    # -- worker thread -------------------------------------------------------------------
+
+    def _set_state(self, state: State) -> None:
+        self._state = state
+        assert self._connection is not None
+        self._connection.publish(
+            self._topics.status(self.device_id), self._status(state), retain=True
+        )
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            request = self._requests.get()
+            if request is None:
+                return
+            with self._lock:
+                stored = self._store.get(request.request_id)
+            try:
+                if stored is not None:
+                    log.info("device %s: %s answered from store", self.device_id, request.request_id)
+                    self._publish_result(stored)
+                    continue
+                self._set_state("busy")
+                result = self._run(request)
+                if result is None:
+                    return
+                self._publish_result(result)
+                if self._requests.empty():
+                    self._set_state("idle")
+            except BrokerError as exc:
+                # paho resends unacknowledged messages once the connection returns.
+                log.warning("device %s: %s", self.device_id, exc)
+
+    def _run(self, request: RunTrial) -> TrialResult | None:
+        with self._lock:
+            self._executions[request.request_id] = self._executions.get(request.request_id, 0) + 1
+        try:
+            outcome = self._info.run(self._options, request.parameters, self._rng)
+        except Exception as exc:  # a simulator bug becomes a failed trial, reported
+            log.exception("device %s: trial %s crashed", self.device_id, request.trial_id)
+            return self._record(self._failed(request, f"simulator error: {exc}"))
+        if self._stopping.wait(outcome.duration_s):
+            return None  # stopped mid-trial: like a power cut, nothing is recorded
+        if outcome.values is None:
+            return self._record(self._failed(request, outcome.error or "failed"))
+        return self._record(
+            TrialResult(
+                request_id=request.request_id,
+                trial_id=request.trial_id,
+                status="completed",
+                measurements={k: Measurement(mean=v, sem=outcome.sem) for k, v in outcome.values.items()},
+            )
+        )
+
+    @staticmethod
+    def _failed(request: RunTrial, error: str) -> TrialResult:
+        return TrialResult(
+            request_id=request.request_id, trial_id=request.trial_id, status="failed", error=error
+        )
+
+    def _publish_result(self, result: TrialResult) -> None:
+        assert self._connection is not None
+        self._connection.publish(self._topics.results(self.device_id), encode(result))
+
+    # -- store ---------------------------------------------------------------------------
+
+    def _record(self, result: TrialResult) -> TrialResult:
+        # The result is durable before it is sent: a crash in between is answered from
+        # the record when the orchestrator repeats the request.
+        with self._lock:
+            self._store[result.request_id] = result
+        if self._record_path is not None:
+            with self._record_path.open("ab") as handle:
+                handle.write(encode(result) + b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        return result
+
+    def _load_record(self) -> None:
+        if self._record_path is None or not self._record_path.exists():
+            return
+        loaded = 0
+        for number, line in enumerate(self._record_path.read_bytes().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                result = parse_result(line)
+            except DeviceMessageError as exc:  # e.g. a line cut short by a crash
+                log.warning("%s line %d skipped: %s", self._record_path, number, exc.message)
+                continue
+            with self._lock:
+                self._store[result.request_id] = result
+            loaded += 1
+        log.info("device %s: %d results loaded from %s", self.device_id, loaded, self._record_path)

@@ -1,0 +1,46 @@
+"""Helpers for running the `closedloop` CLI as a user does: a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CLOSEDLOOP = str(Path(sys.executable).parent / "closedloop")
+
+
+def cli_env(home: Path, prefect: dict[str, str], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOSEDLOOP_")}
+    env.update(prefect)
+    env["CLOSEDLOOP_HOME"] = str(home)
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLOSEDLOOP, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def status(campaign: str, env: dict[str, str]) -> dict[str, Any]:
+    out = run(["status", campaign, "--json"], env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def branin(x1: float, x2: float) -> float:
+    """Branin, written out here independently of the simulator."""
+    import math
+
+    b, c, r, s, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 6.0, 10.0, 1 / (8 * math.pi)
+    return (x2 - b * x1**2 + c * x1 - r) ** 2 + s * (1 - t) * math.cos(x1) + s

@@ -1,0 +1,87 @@
+"""`closedloop run` end to end on the embedded broker and database, watched from a second process."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.cli import CLOSEDLOOP, branin, cli_env, run, status, write_spec
+
+SPEC = {
+    "name": "branin-e2e",
+    "seed": 7,
+    "parameters": [
+        {"name": "x1", "type": "float", "bounds": [-5.0, 10.0]},
+        {"name": "x2", "type": "float", "bounds": [0.0, 15.0]},
+    ],
+    "objectives": [{"name": "branin", "minimize": True}],
+    "budget": {"max_trials": 8},
+    "batch_size": 2,
+    "trial_timeout_s": 60,
+    "devices": [
+        {"id": "sim-a", "simulator": "branin", "options": {"duration_s": [0.4, 0.8], "seed": 1}},
+        {"id": "sim-b", "simulator": "branin", "options": {"duration_s": [0.4, 0.8], "seed": 2}},
+    ],
+}
+
+
+@pytest.mark.timeout(600)
+def test_run_status_export(tmp_path: Path, prefect_server: dict[str, str]) -> None:
+    env = cli_env(tmp_path / "home", prefect_server)
+    spec = write_spec(tmp_path / "branin.yaml", SPEC)
+    proc = subprocess.Popen([CLOSEDLOOP, "run", str(spec)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen_while_running: list[dict] = []
+    try:
+        while proc.poll() is None:
+            time.sleep(1.0)
+            if not (tmp_path / "home" / "mongo.json").exists():
+                continue
+            out = run(["status", "branin-e2e", "--json"], env, timeout=60)
+            if out.returncode == 0 and proc.poll() is None:
+                seen_while_running.append(json.loads(out.stdout))
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "best branin =" in stdout
+
+    # A second process saw the campaign while it ran, with counts a user would check.
+    assert any(s["status"] == "running" and s["trials"]["completed"] >= 1 for s in seen_while_running), seen_while_running
+    for s in seen_while_running:
+        assert set(s["trials"]) >= {"completed", "running", "failed"} and "best" in s
+
+    final = status("branin-e2e", env)
+    assert final["status"] == "finished" and final["finished_reason"] == "budget_exhausted"
+    assert final["trials"] == {"total": 8, "waiting": 0, "running": 0, "completed": 8, "failed": 0}
+
+    # Export: one row per trial, with parameters, measurements, status, device and timestamps.
+    out = run(["export", "branin-e2e", "--format", "csv"], env)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert len(rows) == 8
+    for row in rows:
+        assert row["status"] == "completed" and row["device_id"] in {"sim-a", "sim-b"}
+        assert row["suggested_at"] and row["dispatched_at"] and row["finished_at"]
+        assert float(row["branin"]) == pytest.approx(branin(float(row["param.x1"]), float(row["param.x2"])), rel=1e-9)
+    assert {row["device_id"] for row in rows} == {"sim-a", "sim-b"}  # both instruments worked
+    best = min(float(r["branin"]) for r in rows)
+    assert final["best"]["measurements"]["branin"] == pytest.approx(best)
+
+    out = run(["export", "branin-e2e", "--format", "json"], env)
+    assert out.returncode == 0 and len(json.loads(out.stdout)["trials"]) == 8
+
+    listed = run(["list"], env)
+    assert listed.returncode == 0 and "branin-e2e" in listed.stdout
+
+    # Running a finished campaign again is refused with a hint, and the log is untouched.
+    again = run(["run", str(spec)], env)
+    assert again.returncode == 1 and "already finished" in again.stderr and "--campaign-id" in again.stderr
+    assert status("branin-e2e", env)["last_seq"] == final["last_seq"]
