@@ -81,6 +81,12 @@ def test_run_status_export(tmp_path: Path, prefect_server: dict[str, str]) -> No
     listed = run(["list"], env)
     assert listed.returncode == 0 and "branin-e2e" in listed.stdout
 
+    # The embedded broker's generated password never reaches the console or the event log.
+    password = (tmp_path / "home" / "broker" / "password").read_text().strip()
+    assert len(password) >= 16
+    for text in (stdout, stderr, out.stdout, (tmp_path / "home" / "mongo.log").read_text()):
+        assert password not in text
+
     # Running a finished campaign again is refused with a hint, and the log is untouched.
     again = run(["run", str(spec)], env)
     assert again.returncode == 1 and "already finished" in again.stderr and "--campaign-id" in again.stderr
