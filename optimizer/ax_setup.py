@@ -1,0 +1,251 @@
+"""Campaign spec → Ax ``Client``: the search space, the optimization config, quiet logs, errors.
+
+Everything here speaks Ax 1.x's public ``Client`` API (``ax.api.client``), except
+``set_ax_logger_levels`` which is how Ax itself documents turning its INFO chatter down.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Literal
+
+from ax import ChoiceParameterConfig, Client, RangeParameterConfig
+from ax.adapter.registry import Generators
+from ax.core.experiment_status import ExperimentStatus
+from ax.exceptions.core import AxError
+from ax.generation_strategy.dispatch_utils import get_derelativize_config
+from ax.generation_strategy.generation_node import GenerationNode
+from ax.generation_strategy.generation_strategy import GenerationStrategy
+from ax.generation_strategy.generator_spec import GeneratorSpec
+from ax.generators.torch.botorch_modular.surrogate import SurrogateSpec
+from ax.generators.torch.botorch_modular.utils import ModelConfig
+from ax.utils.common.logger import set_ax_logger_levels
+from botorch.exceptions.errors import BotorchError, ModelFittingError
+
+from campaigns.errors import OptimizerError
+from campaigns.events import ParameterValue
+from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntParameter, LinearConstraint
+
+__all__ = [
+    "AX_ERRORS",
+    "botorch_strategy",
+    "build_client",
+    "coerce_parameters",
+    "objective_string",
+    "optimizer_error",
+    "outcome_constraint_strings",
+    "parameter_constraint_string",
+    "quiet_ax",
+]
+
+
+
+#: What Ax (and BoTorch, torch and the numerics under it) raise for a bad configuration or a
+#: failed generation. Each is turned into an ``OptimizerError`` with a hint, never swallowed.
+AX_ERRORS: tuple[type[BaseException], ...] = (
+    AxError,
+    BotorchError,
+    ModelFittingError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    RuntimeError,
+)
+
+
+def optimizer_error(
+    spec: CampaignSpec, what: str, exc: BaseException, hint: str, trial_id: str | None = None
+) -> OptimizerError:
+    """An ``OptimizerError`` for an exception Ax raised, in one line.
+
+    Args:
+        spec: The campaign concerned.
+        what: What the optimizer was doing (``"setting up the search space"``).
+        exc: The exception from Ax.
+        hint: What the user should do.
+        trial_id: The trial concerned, if any.
+    """
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if len(detail) > 300:
+        detail = detail[:297] + "..."
+    return OptimizerError(
+        f"campaign {spec.name!r}: Ax failed while {what}: {type(exc).__name__}: {detail}",
+        hint,
+        trial_id=trial_id,
+    )
+
+
+def quiet_ax(verbose: bool) -> None:
+    """Set Ax's loggers to WARNING (or back to INFO when ``verbose``).
+
+    Ax's loggers are process-wide, so this affects every Ax client in the process; it is called
+    again before each Ax call because Ax creates loggers lazily, at INFO, as it imports modules.
+    """
+    set_ax_logger_levels(logging.INFO if verbose else logging.WARNING)
+
+
+def objective_string(spec: CampaignSpec) -> str:
+    """Ax's objective expression: ``"-branin"`` to minimize, ``"-branin, -currin"`` for two."""
+    return ", ".join(f"-{o.name}" if o.minimize else o.name for o in spec.objectives)
+
+
+def outcome_constraint_strings(spec: CampaignSpec) -> list[str]:
+    """Outcome constraints, then (multi-objective) objective thresholds, as Ax strings.
+
+    Ax 1.3.1's ``configure_optimization`` takes no separate thresholds: in a multi-objective
+    config, a constraint on an objective's own metric becomes that objective's threshold
+    (``optimization_config_from_string``). A threshold bounds the side one wants to leave:
+    ``metric <= t`` when minimizing, ``metric >= t`` when maximizing.
+    """
+    out = [str(c) for c in spec.parsed_outcome_constraints]
+    if len(spec.objectives) > 1:
+        for o in spec.objectives:
+            if o.threshold is not None:
+                out.append(f"{o.name} {'<=' if o.minimize else '>='} {o.threshold!r}")
+    return out
+
+
+def parameter_constraint_string(c: LinearConstraint) -> str:
+    """``sum(coef * name) <= bound`` rendered from the parsed constraint, as Ax reads it."""
+    terms = []
+    for i, (name, coef) in enumerate(c.coefficients.items()):
+        if i == 0:
+            terms.append(f"{coef!r}*{name}")
+        else:
+            terms.append(f"{'-' if coef < 0 else '+'} {abs(coef)!r}*{name}")
+    return f"{' '.join(terms)} <= {c.bound!r}"
+
+
+def _parameter_config(
+    p: FloatParameter | IntParameter | ChoiceParameter,
+) -> RangeParameterConfig | ChoiceParameterConfig:
+    if isinstance(p, ChoiceParameter):
+        values: list[str] | list[int] | list[float]
+        kind: Literal["str", "int", "float"]
+        if isinstance(p.values[0], str):
+            kind, values = "str", [str(v) for v in p.values]
+        elif all(isinstance(v, int) for v in p.values):
+            kind, values = "int", [int(v) for v in p.values]
+        else:
+            kind, values = "float", [float(v) for v in p.values]
+        return ChoiceParameterConfig(name=p.name, values=values, parameter_type=kind, is_ordered=p.is_ordered)
+    return RangeParameterConfig(
+        name=p.name,
+        parameter_type=p.type,
+        bounds=(float(p.bounds[0]), float(p.bounds[1])) if p.type == "float" else (p.bounds[0], p.bounds[1]),
+        scaling="log" if p.log_scale else "linear",
+    )
+
+
+#: Hit-and-run settings for the starting points of the acquisition optimizer under linear
+#: parameter constraints. BoTorch's defaults (10,000 burn-in steps, thinning 32: ~43,000 steps
+#: of a Python loop) cost 8-11 s per candidate here; these cost ~0.5 s. The samples only seed
+#: a gradient optimizer, so their independence matters little.
+POLYTOPE_SAMPLER_OPTIONS: dict[str, int] = {"n_burnin": 500, "n_thinning": 2}
+
+
+def botorch_strategy(spec: CampaignSpec) -> GenerationStrategy:
+    """A generation strategy with one node: Ax's BoTorch (MBM) defaults, as ``method="fast"``.
+
+    It is what ``configure_generation_strategy(method="fast", initialization_budget=0,
+    initialize_with_center=False)`` builds (``ax/api/utils/generation_strategy_dispatch.py``)
+    with two differences: cheaper polytope sampling when the campaign has parameter
+    constraints on float parameters, and no silent fallback to Ax's own Sobol generator when BoTorch only finds
+    repeated points (``GenerationStrategyRepeatedPoints`` is raised instead, and the caller
+    tops the batch up with points of its own Sobol sequence).
+    """
+    gen_kwargs: dict[str, object] = {}
+    # Only BoTorch's continuous optimizer (all parameters float) samples the polytope and takes
+    # these options; the mixed optimizer used with int or choice parameters refuses them.
+    if spec.parameter_constraints and all(isinstance(p, FloatParameter) for p in spec.parameters):
+        gen_kwargs = {"model_gen_options": {"optimizer_kwargs": {"options": dict(POLYTOPE_SAMPLER_OPTIONS)}}}
+    node = GenerationNode(
+        name="MBM",
+        generator_specs=[
+            GeneratorSpec(
+                generator_enum=Generators.BOTORCH_MODULAR,
+                generator_kwargs={
+                    "surrogate_spec": SurrogateSpec(model_configs=[ModelConfig(name="MBM defaults")]),
+                    "torch_device": None,
+                    "transform_configs": get_derelativize_config(derelativize_with_raw_status_quo=True),
+                    "acquisition_options": {"prune_irrelevant_parameters": False},
+                },
+                generator_gen_kwargs=gen_kwargs,
+            )
+        ],
+        should_deduplicate=True,
+        suggested_experiment_status=ExperimentStatus.OPTIMIZATION,
+        fallback_specs={},
+    )
+    return GenerationStrategy(name="MBM:fast", nodes=[node])
+
+
+def build_client(spec: CampaignSpec) -> Client:
+    """A configured Ax ``Client`` (experiment and optimization; no trials, no strategy yet).
+
+    Raises:
+        OptimizerError: Ax rejects something the spec parser accepted.
+    """
+    client = Client()
+    try:
+        client.configure_experiment(
+            parameters=[_parameter_config(p) for p in spec.parameters],
+            parameter_constraints=[parameter_constraint_string(c) for c in spec.parsed_parameter_constraints],
+            name=spec.name,
+            description=spec.description or None,
+        )
+    except AX_ERRORS as exc:
+        raise optimizer_error(
+            spec, "setting up the search space", exc,
+            "check parameters and parameter_constraints in the campaign file "
+            "(Ax allows no constraint on a log_scale parameter)",
+        ) from exc
+    try:
+        client.configure_optimization(
+            objective=objective_string(spec),
+            outcome_constraints=outcome_constraint_strings(spec) or None,
+        )
+    except AX_ERRORS as exc:
+        raise optimizer_error(
+            spec, "setting up the objectives", exc,
+            "check objectives and outcome_constraints (a single objective's own metric "
+            "cannot also be an outcome constraint)",
+        ) from exc
+    return client
+
+
+def coerce_parameters(spec: CampaignSpec, parameters: Mapping[str, ParameterValue]) -> dict[str, ParameterValue]:
+    """Parameters with each value in its parameter's Python type (a JSON round trip turns 3 into 3.0).
+
+    Raises:
+        OptimizerError: a parameter is missing, unknown, or has a value of the wrong kind.
+    """
+    hint = "the log and the spec disagree; check the campaign's spec"
+    unknown = sorted(set(parameters) - {p.name for p in spec.parameters})
+    if unknown:
+        raise OptimizerError(f"campaign {spec.name!r}: a trial has unknown parameter {unknown[0]!r}", hint)
+    out: dict[str, ParameterValue] = {}
+    for p in spec.parameters:
+        if p.name not in parameters:
+            raise OptimizerError(f"campaign {spec.name!r}: a trial lacks parameter {p.name!r}", hint)
+        value = _coerce(p, parameters[p.name])
+        if value is None:
+            raise OptimizerError(
+                f"campaign {spec.name!r}: parameter {p.name!r} has value {parameters[p.name]!r}, not a {p.type}", hint
+            )
+        out[p.name] = value
+    return out
+
+
+def _coerce(p: FloatParameter | IntParameter | ChoiceParameter, v: ParameterValue) -> ParameterValue | None:
+    number = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(p, FloatParameter):
+        return float(v) if number else None
+    if isinstance(p, IntParameter):
+        return int(v) if number and float(v).is_integer() else None
+    exact = [c for c in p.values if c == v and type(c) is type(v)]
+    loose = [c for c in p.values if c == v]
+    return exact[0] if exact else (loose[0] if loose else None)

@@ -1,0 +1,150 @@
+"""Quasi-random initialization: scrambled Sobol points mapped onto a campaign's search space.
+
+The initialization phase is ours, not Ax's, so that it is a pure function of the spec and a
+position in one Sobol sequence: the point at position ``p`` is the same in every process, and
+a campaign rebuilt from its log continues the sequence at ``max(recorded positions) + 1``
+instead of starting it again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+
+from campaigns.errors import OptimizerError
+from campaigns.events import ParameterValue
+from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntParameter, LinearConstraint
+
+__all__ = ["SobolPoint", "SobolSampler"]
+
+
+
+#: How many consecutive positions may be rejected before the search space is declared empty.
+MAX_REJECTIONS = 20_000
+_CHUNK = 64
+
+
+class SobolPoint:
+    """One accepted point of the sequence: its position and its parameters.
+
+    Args:
+        position: The point's position in the scrambled Sobol sequence (0-based).
+        parameters: The point mapped onto the search space.
+    """
+
+    __slots__ = ("parameters", "position")
+
+    def __init__(self, position: int, parameters: dict[str, ParameterValue]) -> None:
+        self.position = position
+        self.parameters = parameters
+
+    def __repr__(self) -> str:
+        return f"SobolPoint(position={self.position}, parameters={self.parameters})"
+
+
+class SobolSampler:
+    """Maps positions of a scrambled Sobol sequence onto a campaign's search space.
+
+    Each parameter takes one dimension of the unit cube: a float parameter linearly (or
+    linearly in log space when ``log_scale``), an int parameter by equal-width bins (in log
+    space when ``log_scale``), a choice parameter by the index of its value. Points that break
+    a parameter constraint are skipped, and so are points a caller rejects (e.g. repeats).
+
+    Args:
+        spec: The campaign; its ``seed`` seeds the scrambling.
+    """
+
+    def __init__(self, spec: CampaignSpec) -> None:
+        self._spec = spec
+        self._constraints: list[LinearConstraint] = spec.parsed_parameter_constraints
+        self._dimension = len(spec.parameters)
+
+    def point_at(self, position: int) -> dict[str, ParameterValue]:
+        """The parameters at one position, whether or not they satisfy the constraints.
+
+        Args:
+            position: A position in the sequence, ``>= 0``.
+        """
+        return self._map(self._draw(position, 1)[0])
+
+    def next_points(
+        self,
+        start: int,
+        n: int,
+        accept: Callable[[Mapping[str, ParameterValue]], bool] | None = None,
+    ) -> list[SobolPoint]:
+        """The first ``n`` acceptable points at or after position ``start``.
+
+        Args:
+            start: The first position to look at.
+            n: How many points to return.
+            accept: An extra test a point must pass besides the parameter constraints. It is
+                called once per candidate, in order, and a point is taken as soon as it returns
+                True, so a test that rejects repeats can remember what it accepted.
+
+        Raises:
+            OptimizerError: ``MAX_REJECTIONS`` positions in a row were rejected.
+        """
+        out: list[SobolPoint] = []
+        rejected = 0
+        for position, parameters in self._walk(start):
+            if len(out) == n:
+                break
+            if all(c.holds(parameters) for c in self._constraints) and (accept is None or accept(parameters)):
+                out.append(SobolPoint(position, parameters))
+                rejected = 0
+                continue
+            rejected += 1
+            if rejected >= MAX_REJECTIONS:
+                raise OptimizerError(
+                    f"campaign {self._spec.name!r}: no new point satisfying the parameter constraints "
+                    f"in {MAX_REJECTIONS} Sobol positions after position {position - rejected + 1}",
+                    "loosen the parameter constraints, or widen the bounds (the feasible region "
+                    "may be empty, or every point of a small discrete space may be taken)",
+                )
+        return out
+
+    def _walk(self, start: int) -> Iterator[tuple[int, dict[str, ParameterValue]]]:
+        position = start
+        while True:
+            for row in self._draw(position, _CHUNK):
+                yield position, self._map(row)
+                position += 1
+
+    def _draw(self, start: int, n: int) -> list[list[float]]:
+        if start < 0:
+            raise ValueError("a Sobol position is >= 0")
+        engine = torch.quasirandom.SobolEngine(  # type: ignore[no-untyped-call]
+            self._dimension, scramble=True, seed=self._spec.seed
+        )
+        if start:
+            engine.fast_forward(start)  # type: ignore[no-untyped-call]
+        return engine.draw(n, dtype=torch.float64).tolist()
+
+    def _map(self, row: list[float]) -> dict[str, ParameterValue]:
+        out: dict[str, ParameterValue] = {}
+        for u, p in zip(row, self._spec.parameters, strict=True):
+            out[p.name] = _map_one(u, p)
+        return out
+
+
+def _map_one(u: float, p: FloatParameter | IntParameter | ChoiceParameter) -> ParameterValue:
+    if isinstance(p, ChoiceParameter):
+        return p.values[min(int(u * len(p.values)), len(p.values) - 1)]
+    if isinstance(p, FloatParameter):
+        low, high = p.bounds
+        if p.log_scale:
+            value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+        else:
+            value = low + u * (high - low)
+        return min(max(value, low), high)
+    ilow, ihigh = p.bounds
+    if p.log_scale:
+        # Bins of equal width in log space around each integer: [k - 0.5, k + 0.5].
+        lo, hi = math.log(ilow - 0.5), math.log(ihigh + 0.5)  # ilow >= 1: the spec checks it
+        k = round(math.exp(lo + u * (hi - lo)))
+    else:
+        k = ilow + int(u * (ihigh - ilow + 1))
+    return min(max(int(k), ilow), ihigh)

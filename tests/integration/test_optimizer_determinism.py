@@ -1,0 +1,162 @@
+"""The optimizer is derived state: rebuilt from the log, it makes the live optimizer's next move.
+
+Real Ax, real BoTorch, no mocks. The log is built from the events the loop would append
+(CampaignCreated, TrialsSuggested, TrialDispatched, TrialCompleted / TrialFailed) and folded
+with ``campaigns.state.fold``, exactly as a resume does.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from campaigns import (
+    CampaignCreated,
+    CampaignSpec,
+    Measurement,
+    SuggestedTrial,
+    TrialCompleted,
+    TrialDispatched,
+    TrialFailed,
+    TrialsSuggested,
+    fold,
+    load_spec,
+)
+from campaigns.events import EventBase
+from optimizer import AxOptimizer
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::pandas.errors.Pandas4Warning")
+
+EXAMPLES = Path(__file__).parents[2] / "campaigns" / "examples"
+BRANIN = load_spec(EXAMPLES / "branin.yaml")
+BRANIN_OPTIMUM = 0.397887
+
+
+def branin(x1: float, x2: float) -> float:
+    """The Branin function (minimum 0.397887 at three points)."""
+    b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
+    return float((x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * np.cos(x1) + 10)
+
+
+class Loop:
+    """A live optimizer and the events the loop appends for it, side by side."""
+
+    def __init__(self, spec: CampaignSpec) -> None:
+        self.spec = spec
+        self.opt = AxOptimizer(spec, threads=1)
+        self.events: list[EventBase] = [CampaignCreated(campaign_id="c", seq=1, actor="user:t", spec=spec)]
+
+    def _next(self) -> int:
+        return len(self.events) + 1
+
+    def suggest(self, n: int) -> list[SuggestedTrial]:
+        trials = self.opt.suggest(n)
+        self.events.append(TrialsSuggested(campaign_id="c", seq=self._next(), actor="optimizer", trials=trials))
+        for t in trials:
+            self.events.append(TrialDispatched(
+                campaign_id="c", seq=self._next(), actor="orchestrator", trial_id=t.trial_id,
+                device_id="dev-1", request_id=f"r{t.trial_id}",
+            ))
+        return trials
+
+    def complete(self, trial: SuggestedTrial) -> float:
+        value = branin(float(trial.parameters["x1"]), float(trial.parameters["x2"]))
+        measurements = {"branin": Measurement(mean=value)}
+        self.opt.complete(trial.trial_id, measurements)
+        self.events.append(TrialCompleted(
+            campaign_id="c", seq=self._next(), actor="device:dev-1", trial_id=trial.trial_id,
+            device_id="dev-1", request_id=f"r{trial.trial_id}", measurements=measurements,
+        ))
+        return value
+
+    def fail(self, trial: SuggestedTrial) -> None:
+        self.opt.fail(trial.trial_id, "timeout")
+        self.events.append(TrialFailed(
+            campaign_id="c", seq=self._next(), actor="orchestrator", trial_id=trial.trial_id, reason="timeout",
+        ))
+
+    def rebuilt(self) -> AxOptimizer:
+        state = fold(self.events)
+        assert state.spec is not None and state.anomalies == 0
+        return AxOptimizer.rebuild(state.spec, state.trials.values(), threads=1)
+
+
+def test_rebuilt_optimizer_continues_the_sobol_sequence() -> None:
+    loop = Loop(BRANIN)
+    first = loop.suggest(2)
+    loop.complete(first[0])
+    loop.fail(first[1])
+    second = loop.suggest(2)  # second[*] stay pending: dispatched, no answer yet
+
+    rebuilt = loop.rebuilt()
+    assert rebuilt.phase == loop.opt.phase == "sobol"
+    assert rebuilt.next_sobol_position == loop.opt.next_sobol_position == 4
+
+    nxt_rebuilt, nxt_live = rebuilt.suggest(2), loop.opt.suggest(2)
+    assert nxt_rebuilt == nxt_live
+    assert [t.trial_id for t in nxt_live] == ["4", "5"]
+    assert [t.sobol_position for t in nxt_live] == [4, 5]
+    assert all(t.generator == "sobol" for t in first + second + nxt_live)
+
+
+def test_rebuilt_optimizer_makes_the_live_optimizers_next_bo_suggestion() -> None:
+    loop = Loop(BRANIN)
+    late: list[SuggestedTrial] = []
+    pending: list[SuggestedTrial] = []
+    for batch in range(6):  # 12 trials in batches of 2; results arrive out of order
+        trials = loop.suggest(2)
+        for t in reversed(trials):
+            if batch == 5 or t.trial_id == "6":
+                pending.append(t)  # dispatched, never answered
+            elif t.trial_id == "3":
+                loop.fail(t)
+            elif t.trial_id == "7":
+                late.append(t)  # answered after trials 8 and 9
+            else:
+                loop.complete(t)
+        if batch == 4:
+            loop.complete(late.pop())
+    assert sorted(t.trial_id for t in pending) == ["10", "11", "6"] and not late
+    assert loop.opt.phase == "botorch"
+
+    rebuilt = loop.rebuilt()
+    assert rebuilt.num_trials == 12 and rebuilt.phase == "botorch"
+    # Not a fresh Sobol phase: the rebuilt optimizer knows the positions already used.
+    assert rebuilt.next_sobol_position == loop.opt.next_sobol_position == 5
+
+    nxt_rebuilt = rebuilt.suggest(2)
+    nxt_live = loop.opt.suggest(2)
+    assert nxt_rebuilt == nxt_live
+    assert [t.trial_id for t in nxt_live] == ["12", "13"]
+    assert all(t.generator == "botorch" for t in nxt_live)
+    # Pending trials are known to Ax: the new points are not repeats of them.
+    pending_points = {tuple(t.parameters.values()) for t in pending}
+    assert not pending_points & {tuple(t.parameters.values()) for t in nxt_live}
+
+
+def test_bo_phase_waits_for_data_without_idling_devices() -> None:
+    loop = Loop(BRANIN)  # 5 initialization trials, BO once 3 are completed
+    trials = loop.suggest(4) + loop.suggest(4)  # nothing completed yet: still Sobol, 8 trials
+    assert [t.generator for t in trials] == ["sobol"] * 8
+    assert [t.sobol_position for t in trials] == list(range(8))
+    for t in trials[:3]:
+        loop.complete(t)
+    assert loop.opt.phase == "botorch"
+    rebuilt = loop.rebuilt()
+    assert rebuilt.phase == "botorch"
+    assert rebuilt.suggest(1) == loop.opt.suggest(1)
+
+
+@pytest.mark.parametrize("seed", [7])
+def test_thirty_trials_of_branin_get_within_0_1_of_the_optimum(seed: int) -> None:
+    spec = BRANIN.model_copy(update={"seed": seed})
+    loop = Loop(spec)
+    best = math.inf
+    for _ in range(15):  # 30 trials in batches of 2
+        for t in loop.suggest(2):
+            best = min(best, loop.complete(t))
+    assert loop.opt.num_trials == 30
+    assert best - BRANIN_OPTIMUM < 0.1, f"seed {seed}: best {best:.4f} after 30 trials"
