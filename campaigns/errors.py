@@ -9,7 +9,9 @@ The CLI prints ``str(error)`` on one line and never a traceback for these.
     ClosedLoopError                 root: message + hint (+ campaign_id, trial_id, device_id)
      ├── SpecError                  a campaign file is malformed or inconsistent (CLI exit 2)
      ├── CampaignNotFoundError      no campaign of that id in the log
+     ├── CampaignLockedError        another live process holds the campaign's lease
      ├── StorageError               the event store cannot be reached or refused a write
+     │    ├── StorageUnavailableError  the server cannot be reached now: retry later
      │    └── AppendConflictError   another writer appended the same seq: history would fork
      ├── BrokerError                the MQTT broker cannot be reached or refused us
      ├── DeviceMessageError         a device sent a payload that breaks protocol v1
@@ -21,12 +23,14 @@ from __future__ import annotations
 __all__ = [
     "AppendConflictError",
     "BrokerError",
+    "CampaignLockedError",
     "CampaignNotFoundError",
     "ClosedLoopError",
     "DeviceMessageError",
     "OptimizerError",
     "SpecError",
     "StorageError",
+    "StorageUnavailableError",
 ]
 
 
@@ -72,8 +76,20 @@ class CampaignNotFoundError(ClosedLoopError):
     """No campaign with the given id exists in the event log."""
 
 
+class CampaignLockedError(ClosedLoopError):
+    """Another live orchestrator holds the campaign's lease: one writer per campaign."""
+
+
 class StorageError(ClosedLoopError):
     """The event store cannot be reached, or refused a read or a write."""
+
+
+class StorageUnavailableError(StorageError):
+    """The database cannot be reached right now (down, restarting, network): worth retrying.
+
+    An append that failed this way may or may not have been written; appending the very same
+    events again is safe (the store recognises its own earlier write).
+    """
 
 
 class AppendConflictError(StorageError):

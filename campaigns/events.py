@@ -16,17 +16,25 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from campaigns.spec import CampaignSpec
 
 __all__ = [
+    "ParameterValue",
     "CampaignCreated",
+    "BrokerDisconnected",
+    "BrokerReconnected",
     "CampaignFinished",
+    "CampaignPaused",
+    "CampaignResumed",
     "Event",
     "EventBase",
     "Measurement",
     "MessageRejected",
+    "LateResultRecorded",
+    "RequestResent",
     "RunStarted",
     "SuggestedTrial",
     "TrialCompleted",
     "TrialDispatched",
     "TrialFailed",
+    "TrialRetried",
     "TrialsSuggested",
     "event_from_doc",
     "event_to_doc",
@@ -144,6 +152,60 @@ class TrialFailed(EventBase):
     request_id: str | None = None
 
 
+class RequestResent(EventBase):
+    """Intent: a running trial's request is published again with the same request id.
+
+    Sent when a run resumes with the trial in flight, or when its device comes back online.
+    A v1 device answers a request id it has already run from its store, without re-running it.
+    """
+
+    kind: Literal["RequestResent"] = "RequestResent"
+    trial_id: str
+    device_id: str
+    request_id: str
+    reason: str
+
+
+class TrialRetried(EventBase):
+    """An attempt of a trial failed and the failure policy allows another: the trial waits for
+    a device again (its next dispatch carries a new request id)."""
+
+    kind: Literal["TrialRetried"] = "TrialRetried"
+    trial_id: str
+    attempt: int = Field(ge=1, description="the attempt that failed (1 = the first)")
+    reason: str
+    detail: str = ""
+    device_id: str | None = None
+    request_id: str | None = None
+
+
+class LateResultRecorded(EventBase):
+    """A result arrived for a trial that had already failed (e.g. by timeout): kept, not lost.
+
+    The trial stays failed for the optimizer; the measurements are on the record and exported.
+    """
+
+    kind: Literal["LateResultRecorded"] = "LateResultRecorded"
+    trial_id: str
+    device_id: str
+    request_id: str
+    measurements: dict[str, Measurement]
+
+
+class BrokerDisconnected(EventBase):
+    """The orchestrator lost its MQTT broker; it keeps reconnecting with back-off."""
+
+    kind: Literal["BrokerDisconnected"] = "BrokerDisconnected"
+    detail: str = ""
+
+
+class BrokerReconnected(EventBase):
+    """The orchestrator is connected to its MQTT broker again."""
+
+    kind: Literal["BrokerReconnected"] = "BrokerReconnected"
+    down_s: float = Field(ge=0)
+
+
 class MessageRejected(EventBase):
     """A device message was ignored: malformed, duplicated, or for an unknown trial."""
 
@@ -152,6 +214,21 @@ class MessageRejected(EventBase):
     topic: str
     reason: str
     excerpt: str = ""
+
+
+class CampaignPaused(EventBase):
+    """The campaign stops dispatching until resumed: too many failures, or a person said so."""
+
+    kind: Literal["CampaignPaused"] = "CampaignPaused"
+    reason: str
+    detail: str = ""
+
+
+class CampaignResumed(EventBase):
+    """A paused campaign dispatches again."""
+
+    kind: Literal["CampaignResumed"] = "CampaignResumed"
+    reason: str = ""
 
 
 class CampaignFinished(EventBase):
@@ -168,7 +245,14 @@ Event = Annotated[
     | TrialDispatched
     | TrialCompleted
     | TrialFailed
+    | RequestResent
+    | TrialRetried
+    | LateResultRecorded
+    | BrokerDisconnected
+    | BrokerReconnected
     | MessageRejected
+    | CampaignPaused
+    | CampaignResumed
     | CampaignFinished,
     Field(discriminator="kind"),
 ]

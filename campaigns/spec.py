@@ -23,6 +23,7 @@ __all__ = [
     "CampaignSpec",
     "ChoiceParameter",
     "DeviceSpec",
+    "FailurePolicy",
     "FloatParameter",
     "IntParameter",
     "LinearConstraint",
@@ -178,6 +179,20 @@ class OptimizerSettings(_Model):
     method: Literal["botorch", "sobol"] = "botorch"
 
 
+class FailurePolicy(_Model):
+    """What to do when trials fail.
+
+    Attributes:
+        retries: How many more times a failed trial is tried (same parameters, a new request id).
+        max_failure_rate: Above this fraction of failed trials the campaign pauses ...
+        min_failures: ... once at least this many trials have failed.
+    """
+
+    retries: int = Field(default=0, ge=0)
+    max_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    min_failures: int = Field(default=5, ge=1)
+
+
 class CampaignSpec(_Model):
     """A whole campaign, as written in its YAML file."""
 
@@ -194,6 +209,7 @@ class CampaignSpec(_Model):
     seed: int = 0
     devices: list[DeviceSpec] = Field(min_length=1)
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
 
     @field_validator("name")
     @classmethod
@@ -402,7 +418,7 @@ def _known_keys(loc: Sequence[int | str]) -> list[str]:
         if field is None:
             break
         ann = field.annotation
-        for candidate in (Budget, DeviceSpec, Objective, OptimizerSettings):
+        for candidate in (Budget, DeviceSpec, Objective, OptimizerSettings, FailurePolicy):
             if ann is candidate or candidate in getattr(ann, "__args__", ()):
                 model = candidate
                 break

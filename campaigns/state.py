@@ -14,8 +14,15 @@ from datetime import datetime
 from typing import Literal
 
 from campaigns.events import (
+    BrokerDisconnected,
+    BrokerReconnected,
     CampaignCreated,
     CampaignFinished,
+    CampaignPaused,
+    CampaignResumed,
+    LateResultRecorded,
+    RequestResent,
+    TrialRetried,
     EventBase,
     Measurement,
     MessageRejected,
@@ -51,6 +58,9 @@ class TrialRecord:
     measurements: dict[str, Measurement] = field(default_factory=dict)
     failure_reason: str | None = None
     failure_detail: str = ""
+    attempts: int = 0
+    resends: int = 0
+    late_measurements: dict[str, Measurement] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -72,13 +82,21 @@ class CampaignState:
     runs: int = 0
     rejected_messages: int = 0
     anomalies: int = 0
+    paused_reason: str | None = None
+    paused_detail: str = ""
+    window_completed: int = 0
+    window_failed: int = 0
+    broker_down_since: datetime | None = None
+    broker_outages: int = 0
 
     @property
-    def status(self) -> Literal["empty", "running", "finished"]:
-        """``empty`` (no CampaignCreated yet), ``running`` or ``finished``."""
+    def status(self) -> Literal["empty", "running", "paused", "finished"]:
+        """``empty`` (no CampaignCreated yet), ``running``, ``paused`` or ``finished``."""
         if self.spec is None:
             return "empty"
-        return "finished" if self.finished_reason is not None else "running"
+        if self.finished_reason is not None:
+            return "finished"
+        return "paused" if self.paused_reason is not None else "running"
 
     def count(self, status: TrialStatus) -> int:
         """How many trials have this status."""
@@ -93,6 +111,17 @@ class CampaignState:
     def undispatched(self) -> list[TrialRecord]:
         """Trials suggested but not yet sent to a device."""
         return [t for t in self.trials.values() if t.status == "suggested"]
+
+    def failure_rate_exceeded(self) -> str | None:
+        """Why the failure policy says pause (failures since the last resume), or None."""
+        if self.spec is None:
+            return None
+        policy = self.spec.failure_policy
+        done = self.window_completed + self.window_failed
+        if self.window_failed >= policy.min_failures and self.window_failed > policy.max_failure_rate * done:
+            return (f"{self.window_failed} of {done} trials failed, more than the tolerated "
+                    f"{policy.max_failure_rate:.0%} (failure_policy.max_failure_rate)")
+        return None
 
     def busy_devices(self) -> set[str]:
         """Devices that hold a running trial."""
@@ -167,6 +196,25 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             state.anomalies += 1
         else:
             t.status, t.device_id, t.request_id, t.dispatched_at = "running", event.device_id, event.request_id, event.time
+            t.attempts += 1
+    elif isinstance(event, RequestResent):
+        t = state.trials.get(event.trial_id)
+        if t is None or t.status != "running" or t.request_id != event.request_id:
+            state.anomalies += 1
+        else:
+            t.resends += 1
+    elif isinstance(event, TrialRetried):
+        t = state.trials.get(event.trial_id)
+        if t is None or t.status != "running":
+            state.anomalies += 1
+        else:
+            t.status, t.device_id, t.request_id, t.dispatched_at = "suggested", None, None, None
+    elif isinstance(event, LateResultRecorded):
+        t = state.trials.get(event.trial_id)
+        if t is None or t.status != "failed":
+            state.anomalies += 1
+        else:
+            t.late_measurements = dict(event.measurements)
     elif isinstance(event, TrialCompleted):
         t = state.trials.get(event.trial_id)
         if t is None or t.terminal:
@@ -174,6 +222,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
         else:
             t.status, t.finished_at, t.measurements = "completed", event.time, dict(event.measurements)
             t.device_id, t.request_id = event.device_id, event.request_id
+            state.window_completed += 1
     elif isinstance(event, TrialFailed):
         t = state.trials.get(event.trial_id)
         if t is None or t.terminal:
@@ -181,8 +230,21 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
         else:
             t.status, t.finished_at = "failed", event.time
             t.failure_reason, t.failure_detail = event.reason, event.detail
+            state.window_failed += 1
     elif isinstance(event, MessageRejected):
         state.rejected_messages += 1
+    elif isinstance(event, BrokerDisconnected):
+        if state.broker_down_since is None:
+            state.broker_down_since = event.time
+            state.broker_outages += 1
+    elif isinstance(event, BrokerReconnected):
+        state.broker_down_since = None
+    elif isinstance(event, CampaignPaused):
+        state.paused_reason, state.paused_detail = event.reason, event.detail
+    elif isinstance(event, CampaignResumed):
+        # The failure-rate window restarts: a person looked at the failures and resumed.
+        state.paused_reason, state.paused_detail = None, ""
+        state.window_completed = state.window_failed = 0
     elif isinstance(event, CampaignFinished):
         if state.finished_reason is None:
             state.finished_reason = event.reason

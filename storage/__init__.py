@@ -4,6 +4,8 @@ Public names::
 
     MongoEventStore   append / read / last_seq / exists / list_campaigns on a MongoDB URI
     CampaignSummary   one campaign as ``list_campaigns`` reports it
+    MongoLease        one writer per campaign: acquire / renew / release, a heartbeat thread
+    LeaseInfo         the lease as ``acquire`` took it (and whose stale lease it replaced)
     EmbeddedMongo     the shared local nx-27017 server used when no URI is configured
     export_rows, export_columns, write_csv, write_json   one row per trial, for spreadsheets and notebooks
     redact_uri        a MongoDB URI safe to print (password replaced by ``***``)
@@ -12,12 +14,15 @@ Public names::
 from storage._uri import redact_uri
 from storage.embedded import EmbeddedMongo
 from storage.export import export_columns, export_rows, write_csv, write_json
+from storage.lease import LeaseInfo, MongoLease
 from storage.mongo import CampaignSummary, MongoEventStore
 
 __all__ = [
     "CampaignSummary",
     "EmbeddedMongo",
+    "LeaseInfo",
     "MongoEventStore",
+    "MongoLease",
     "export_columns",
     "export_rows",
     "redact_uri",

@@ -53,6 +53,9 @@ class EmbeddedMongo:
     Args:
         home: The directory holding the data (``home/data/``) and the coordination files.
         start_timeout_s: How long a new server may take to answer before ``StorageError``.
+        port: The port a new server binds; None picks a free one. A fixed port keeps the URI
+            valid across a restart of the server, so clients reconnect by themselves. A server
+            already running for ``home`` is reused on whatever port it has.
 
     Use it as a context manager, or call ``start()`` and ``stop()``::
 
@@ -60,9 +63,10 @@ class EmbeddedMongo:
             store = MongoEventStore(mongo.uri)
     """
 
-    def __init__(self, home: Path, *, start_timeout_s: float = 15.0) -> None:
+    def __init__(self, home: Path, *, start_timeout_s: float = 15.0, port: int | None = None) -> None:
         self.home = Path(home).resolve()  # the server runs with another working directory
         self.start_timeout_s = start_timeout_s
+        self.port = port
         self._users: IO[bytes] | None = None
         self._uri: str | None = None
         self._child: subprocess.Popen[bytes] | None = None
@@ -164,8 +168,8 @@ class EmbeddedMongo:
                 f"cannot create {self.data_dir} for the embedded MongoDB server: {exc.strerror or exc}",
                 "check the directory, or set CLOSEDLOOP_MONGODB_URI",
             ) from None
-        for _ in range(_PORT_ATTEMPTS):
-            port = _free_port()
+        for _ in range(_PORT_ATTEMPTS if self.port is None else 1):
+            port = _free_port() if self.port is None else self.port
             with self.log_file.open("wb") as log:
                 child = subprocess.Popen(
                     [*_nx_command(), "--data-dir", str(self.data_dir), "--host", _HOST, "--port", str(port),

@@ -10,7 +10,10 @@ The same code talks to MongoDB / Atlas in production and to the embedded nx-2701
 ``insert_many``, ``find`` with a sort, and ``find_one``.
 
 Every pymongo failure leaves this module as a ``StorageError`` (one line, a hint, the URI with
-its password redacted), never as a driver traceback.
+its password redacted), never as a driver traceback. A server that cannot be reached now (down,
+restarting, a dropped connection, a timeout) gives its subclass ``StorageUnavailableError``: the
+caller waits and retries the same call, and the pymongo client reconnects by itself when the
+server is back. Appends are safe to retry (see ``MongoEventStore.append``).
 """
 
 from __future__ import annotations
@@ -25,29 +28,20 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pymongo import ASCENDING, DESCENDING, MongoClient, WriteConcern
 from pymongo.collection import Collection
-from pymongo.errors import (
-    BulkWriteError,
-    ConfigurationError,
-    ConnectionFailure,
-    DuplicateKeyError,
-    OperationFailure,
-    PyMongoError,
-)
+from pymongo.errors import BulkWriteError, ConfigurationError, DuplicateKeyError
 
 from campaigns.errors import AppendConflictError, StorageError
 from campaigns.events import Event, EventBase, event_from_doc, event_to_doc
-from storage._uri import redact_uri, scrub
+from storage._errors import driver_errors, short
+from storage._uri import redact_uri
 
 __all__ = ["CampaignSummary", "MongoEventStore"]
 
 _COLLECTION = "events"
 _INDEX_NAME = "campaign_id_seq_unique"
 _DUPLICATE_KEY = 11000
+_SOCKET_TIMEOUT_MS = 30_000
 _CONFLICT_HINT = "another closedloop process is writing this campaign; re-read the log"
-_UNREACHABLE_HINT = (
-    "check that MongoDB is running and the URI (CLOSEDLOOP_MONGODB_URI) is right, "
-    "or unset it to use the embedded server"
-)
 
 
 def _eq(value: Any) -> dict[str, Any]:
@@ -78,7 +72,8 @@ class MongoEventStore:
     Args:
         uri: A MongoDB connection URI (``mongodb://...`` or ``mongodb+srv://...``).
         database: The database holding the ``events`` collection.
-        timeout_s: How long to look for a reachable server before raising ``StorageError``.
+        timeout_s: How long to look for a reachable server before raising
+            ``StorageUnavailableError``.
 
     Raises:
         StorageError: The URI is malformed.
@@ -100,11 +95,14 @@ class MongoEventStore:
                 uri,
                 serverSelectionTimeoutMS=ms,
                 connectTimeoutMS=ms,
+                # A server that vanishes without closing the connection (a cut network, a frozen
+                # host) still gives StorageUnavailableError, after this long.
+                socketTimeoutMS=max(ms, _SOCKET_TIMEOUT_MS),
                 appname="closedloop",
             )
         except ConfigurationError as exc:
             raise StorageError(
-                f"invalid MongoDB URI {self._where}: {self._short(exc)}",
+                f"invalid MongoDB URI {self._where}: {short(exc, self._uri)}",
                 "write it as mongodb://[user:password@]host[:port]/ (escape the password)",
             ) from None
         self._events: Collection[dict[str, Any]] = self._client.get_database(database).get_collection(
@@ -121,10 +119,13 @@ class MongoEventStore:
 
         Several events go in one ordered ``insert_many``: the server writes them in order and
         stops at the first failure. So a failure mid-batch (a lost connection, a server crash)
-        leaves a prefix written and the rest not, and the log stays contiguous; re-read
-        ``last_seq`` to learn what landed. A conflict always comes at the first event of the
-        batch when every writer goes through this method (another writer's events also start
-        right after an existing one), so a conflicting append leaves the log unchanged.
+        leaves a prefix written and the rest not, and the log stays contiguous.
+
+        Calling ``append`` again with the very same events is safe, and is what to do after a
+        ``StorageUnavailableError``: an append whose acknowledgement was lost may have been
+        written, in whole or in part. Events carry their own ``time``, so a retry writes
+        identical documents; where a seq is taken by an identical document, that is our
+        earlier write and it counts as done, and the events after it are appended.
 
         Args:
             events: Events of one campaign with contiguous seqs. An empty sequence is a no-op.
@@ -132,9 +133,10 @@ class MongoEventStore:
         Raises:
             ValueError: The events mix campaigns, their seqs are not contiguous, or the first
                 seq would leave a gap after the campaign's last event (a programming error).
-            AppendConflictError: Another writer already appended an event with one of these
-                seqs; nothing of this call past that point is written.
-            StorageError: The database cannot be reached or refused the write.
+            AppendConflictError: Another writer already appended a different event at one of
+                these seqs; nothing of this call from that seq on is written.
+            StorageUnavailableError: The database cannot be reached now; retry the same call.
+            StorageError: The database refused the write.
         """
         if not events:
             return
@@ -155,19 +157,63 @@ class MongoEventStore:
                     f"campaign {campaign_id!r}: appending seq {first} would leave a gap"
                     f" (seq {first - 1} is not in the log)"
                 )
-            try:
-                if len(docs) == 1:
-                    events_coll.insert_one(docs[0])
-                else:
-                    events_coll.insert_many(docs, ordered=True)
-            except DuplicateKeyError:
-                raise self._conflict(campaign_id, first, 0) from None
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if errors and errors[0].get("code") == _DUPLICATE_KEY:
-                    index = int(errors[0].get("index", 0))
-                    raise self._conflict(campaign_id, first + index, index) from None
-                raise
+            done = 0  # docs[:done] are in the log
+            while done < len(docs):
+                inserted = self._insert(events_coll, docs[done:])
+                if inserted is None:
+                    return
+                done += inserted
+                # docs[done] hit a taken seq: our own earlier write, or another writer's event.
+                same = self._already_there(events_coll, campaign_id, docs[done:], first)
+                if same == 0:  # the seq is reported taken yet holds nothing: do not spin
+                    raise self._conflict(campaign_id, first + done, done)
+                done += same
+
+    @staticmethod
+    def _insert(coll: Collection[dict[str, Any]], docs: list[dict[str, Any]]) -> int | None:
+        """Insert ``docs`` in order; None if all went in, else how many did before a duplicate."""
+        fresh = [{k: v for k, v in d.items() if k != "_id"} for d in docs]  # pymongo adds _id in place
+        try:
+            if len(fresh) == 1:
+                coll.insert_one(fresh[0])
+            else:
+                coll.insert_many(fresh, ordered=True)
+        except DuplicateKeyError:
+            return 0
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if errors and errors[0].get("code") == _DUPLICATE_KEY:
+                return int(errors[0].get("index", 0))
+            raise
+        return None
+
+    @staticmethod
+    def _stored(
+        coll: Collection[dict[str, Any]], campaign_id: str, docs: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The stored documents (minus ``_id``) at the seqs of ``docs``, in seq order."""
+        lo, hi = docs[0]["seq"], docs[-1]["seq"]
+        query = {"campaign_id": _eq(campaign_id), "seq": {"$gte": lo, "$lte": hi}}
+        return list(coll.find(query, {"_id": 0}).sort("seq", ASCENDING))
+
+    def _already_there(
+        self, coll: Collection[dict[str, Any]], campaign_id: str, docs: list[dict[str, Any]], call_first: int
+    ) -> int:
+        """How many of ``docs``, from the first, are stored exactly as they are (an earlier write).
+
+        Raises:
+            AppendConflictError: The first stored document that is not ours differs from ours.
+        """
+        stored = {d.get("seq"): d for d in self._stored(coll, campaign_id, docs)}
+        same = 0
+        for doc in docs:
+            there = stored.get(doc["seq"])
+            if there is None:
+                break
+            if there != doc:
+                raise self._conflict(campaign_id, doc["seq"], doc["seq"] - call_first)
+            same += 1
+        return same
 
     def _conflict(self, campaign_id: str, seq: int, written: int) -> AppendConflictError:
         landed = f" (the {written} event(s) before it were written)" if written else ""
@@ -288,40 +334,10 @@ class MongoEventStore:
 
     @contextmanager
     def _errors(self, action: str, campaign_id: str | None) -> Iterator[None]:
-        """Turn driver errors into one-line ``StorageError``s without credentials."""
-        try:
+        """Driver errors as one-line ``StorageError``s (``StorageUnavailableError`` if transient)."""
+        what = f"the event log{f' of campaign {campaign_id!r}' if campaign_id else ''}"
+        with driver_errors(self._uri, action, what, campaign_id):
             yield
-        except StorageError:
-            raise
-        except ConnectionFailure as exc:
-            raise StorageError(
-                f"cannot reach MongoDB at {self._where}: {self._short(exc)}",
-                _UNREACHABLE_HINT,
-                campaign_id=campaign_id,
-            ) from None
-        except OperationFailure as exc:
-            raise StorageError(
-                f"MongoDB at {self._where} refused to {action} the event log"
-                f"{f' of campaign {campaign_id!r}' if campaign_id else ''}: {self._short(exc)}",
-                "check the user's permissions on the database, then retry",
-                campaign_id=campaign_id,
-            ) from None
-        except PyMongoError as exc:
-            raise StorageError(
-                f"could not {action} the event log{f' of campaign {campaign_id!r}' if campaign_id else ''}"
-                f" at {self._where}: {self._short(exc)}",
-                "retry; if it was an append, re-read the log first to see which events landed",
-                campaign_id=campaign_id,
-            ) from None
-
-    def _short(self, exc: BaseException) -> str:
-        """The first useful clause of a driver message, scrubbed of credentials."""
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        for cut in (" (configured timeouts", ", Timeout:", ", Topology Description", ", full error:"):
-            text = text.split(cut, 1)[0]
-        if len(text) > 200:
-            text = text[:197] + "..."
-        return scrub(text, self._uri)
 
     @property
     def uri(self) -> str:

@@ -17,16 +17,23 @@ import pymongo
 import pytest
 
 from campaigns import (
+    BrokerDisconnected,
+    BrokerReconnected,
     CampaignCreated,
     CampaignFinished,
+    CampaignPaused,
+    CampaignResumed,
     Event,
+    LateResultRecorded,
     Measurement,
     MessageRejected,
+    RequestResent,
     RunStarted,
     SuggestedTrial,
     TrialCompleted,
     TrialDispatched,
     TrialFailed,
+    TrialRetried,
     TrialsSuggested,
     parse_spec,
 )
@@ -117,8 +124,23 @@ def sample_log(campaign_id: str = "c-1", *, finished: bool = True) -> list[Event
         MessageRejected(
             **at(6), actor="orchestrator", device_id="dev-1", topic="lab/dev-1/result", reason="duplicate", excerpt="{}"
         ),
-        TrialFailed(**at(7), actor="orchestrator", trial_id="t1", reason="timeout", detail="no result in 60 s"),
+        TrialRetried(**at(7), actor="orchestrator", trial_id="t1", attempt=1, reason="device_offline"),
+        TrialDispatched(**at(8), actor="orchestrator", trial_id="t1", device_id="dev-1", request_id="r-1"),
+        RequestResent(**at(9), actor="orchestrator", trial_id="t1", device_id="dev-1", request_id="r-1", reason="resume"),
+        BrokerDisconnected(**at(10), actor="orchestrator", detail="connection lost"),
+        BrokerReconnected(**at(11), actor="orchestrator", down_s=2.5),
+        TrialFailed(**at(12), actor="orchestrator", trial_id="t1", reason="timeout", detail="no result in 60 s"),
+        LateResultRecorded(
+            **at(13),
+            actor="device:dev-1",
+            trial_id="t1",
+            device_id="dev-1",
+            request_id="r-1",
+            measurements={"yield_": Measurement(mean=0.1 + 0.2, sem=None)},
+        ),
+        CampaignPaused(**at(14), actor="user:ada", reason="manual", detail="lunch"),
+        CampaignResumed(**at(15), actor="user:ada"),
     ]
     if finished:
-        events.append(CampaignFinished(**at(8), actor="user:ada", reason="stopped"))
+        events.append(CampaignFinished(**at(len(events) + 1), actor="user:ada", reason="stopped"))
     return events
