@@ -73,7 +73,7 @@ def test_fold_is_pure() -> None:
 
 
 def test_docs_round_trip() -> None:
-    for e in story():
+    for e in every_kind():
         assert event_from_doc({**event_to_doc(e), "_id": "x"}) == e
 
 
@@ -87,8 +87,31 @@ def test_minimize_false_and_maximize_best() -> None:
     assert state.best().trial_id == "1"  # type: ignore[union-attr]
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(story()), max_size=30), st.integers(min_value=0, max_value=30))
+def every_kind() -> list[EventBase]:
+    from campaigns import (
+        BrokerDisconnected,
+        BrokerReconnected,
+        CampaignPaused,
+        CampaignResumed,
+        LateResultRecorded,
+        RequestResent,
+        TrialRetried,
+    )
+
+    return [*story(),
+            RequestResent(campaign_id=CID, seq=1, actor="orchestrator", trial_id="0", device_id="d1", request_id="r0",
+                          reason="resume"),
+            TrialRetried(campaign_id=CID, seq=1, actor="orchestrator", trial_id="1", attempt=1, reason="timeout"),
+            LateResultRecorded(campaign_id=CID, seq=1, actor="device:d2", trial_id="1", device_id="d2", request_id="r1",
+                               measurements={"branin": Measurement(mean=1.0)}),
+            BrokerDisconnected(campaign_id=CID, seq=1, actor="orchestrator"),
+            BrokerReconnected(campaign_id=CID, seq=1, actor="orchestrator", down_s=1.5),
+            CampaignPaused(campaign_id=CID, seq=1, actor="orchestrator", reason="failure_rate"),
+            CampaignResumed(campaign_id=CID, seq=1, actor="user:ana")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(every_kind()), max_size=30), st.integers(min_value=0, max_value=30))
 def test_fold_is_total_and_incremental(events: list[EventBase], cut: int) -> None:
     """Any sequence folds without raising, and folding in two parts equals folding at once."""
     events = numbered(*events)
@@ -99,3 +122,39 @@ def test_fold_is_total_and_incremental(events: list[EventBase], cut: int) -> Non
     assert state == whole
     assert whole.last_seq == len(events)
     assert sum(whole.count(s) for s in ("suggested", "running", "completed", "failed")) == len(whole.trials)
+
+
+def test_retry_late_result_and_pause_window() -> None:
+    from campaigns import CampaignPaused, CampaignResumed, LateResultRecorded, RequestResent, TrialRetried
+
+    spec = SPEC.model_copy(update={"failure_policy": SPEC.failure_policy.model_copy(update={"min_failures": 1})})
+    events = numbered(
+        CampaignCreated(campaign_id=CID, seq=1, actor="user:ana", spec=spec),
+        TrialsSuggested(campaign_id=CID, seq=1, actor="optimizer", trials=[
+            SuggestedTrial(trial_id="0", parameters={"x1": 1.0, "x2": 2.0}, generator="sobol", sobol_position=0)]),
+        TrialDispatched(campaign_id=CID, seq=1, actor="orchestrator", trial_id="0", device_id="d1", request_id="c1:0:1"),
+        RequestResent(campaign_id=CID, seq=1, actor="orchestrator", trial_id="0", device_id="d1", request_id="c1:0:1",
+                      reason="resume"),
+        TrialRetried(campaign_id=CID, seq=1, actor="orchestrator", trial_id="0", attempt=1, reason="timeout"),
+    )
+    state = fold(events)
+    t = state.trials["0"]
+    assert t.status == "suggested" and t.attempts == 1 and t.resends == 1 and t.request_id is None
+    assert [u.trial_id for u in state.undispatched] == ["0"]  # waits for a device again
+
+    events += numbered(*events, TrialDispatched(campaign_id=CID, seq=1, actor="orchestrator", trial_id="0",
+                                                device_id="d2", request_id="c1:0:2"),
+                       TrialFailed(campaign_id=CID, seq=1, actor="orchestrator", trial_id="0", reason="timeout"),
+                       LateResultRecorded(campaign_id=CID, seq=1, actor="device:d2", trial_id="0", device_id="d2",
+                                          request_id="c1:0:2", measurements={"branin": Measurement(mean=3.0)}))[len(events):]
+    state = fold(events)
+    t = state.trials["0"]
+    assert t.status == "failed" and t.attempts == 2 and t.late_measurements["branin"].mean == 3.0
+    assert state.best() is None  # a late result does not count for the optimizer or the best
+    assert state.failure_rate_exceeded() is not None  # 1 of 1 failed, min_failures 1
+
+    events += numbered(*events, CampaignPaused(campaign_id=CID, seq=1, actor="orchestrator", reason="failure_rate"))[len(events):]
+    assert fold(events).status == "paused"
+    events += numbered(*events, CampaignResumed(campaign_id=CID, seq=1, actor="user:ana", reason="fixed pump"))[len(events):]
+    resumed = fold(events)
+    assert resumed.status == "running" and resumed.failure_rate_exceeded() is None  # the window restarted
