@@ -2,7 +2,8 @@
 
 Real Ax, real BoTorch, no mocks. The log is built from the events the loop would append
 (CampaignCreated, TrialsSuggested, TrialDispatched, TrialCompleted / TrialFailed) and folded
-with ``campaigns.state.fold``, exactly as a resume does.
+with ``campaigns.state.fold``, exactly as a resume does. ``rebuild`` replays in bulk (its
+default); the largest log is also replayed trial by trial, the reference.
 """
 
 from __future__ import annotations
@@ -160,3 +161,43 @@ def test_thirty_trials_of_branin_get_within_0_1_of_the_optimum(seed: int) -> Non
             best = min(best, loop.complete(t))
     assert loop.opt.num_trials == 30
     assert best - BRANIN_OPTIMUM < 0.1, f"seed {seed}: best {best:.4f} after 30 trials"
+
+
+def test_rebuilt_optimizer_of_a_sixty_trial_log_makes_the_live_next_suggestion() -> None:
+    # 48 Sobol trials keep the test short; the last 12 come from BoTorch, live.
+    loop = Loop(BRANIN.model_copy(update={"optimizer": BRANIN.optimizer.model_copy(update={"initialization_trials": 48})}))
+    pending: list[SuggestedTrial] = []
+    waiting: list[SuggestedTrial] = []  # answered one batch late, out of order
+    for batch in range(15):  # 60 trials in batches of 4
+        trials = loop.suggest(4)
+        for t in reversed(waiting):
+            loop.complete(t)
+        waiting = []
+        for t in trials:
+            number = int(t.trial_id)
+            if number % 11 == 3:
+                loop.fail(t)
+            elif number % 13 == 5 or batch == 14:
+                pending.append(t)  # dispatched, never answered
+            elif number % 4 == 1:
+                waiting.append(t)
+            else:
+                loop.complete(t)
+    failed = [e for e in loop.events if isinstance(e, TrialFailed)]
+    assert loop.opt.num_trials == 60 and len(failed) == 6 and len(pending) == 7 and not waiting
+
+    state = fold(loop.events)
+    assert state.spec is not None
+    records = sorted(state.trials.values(), key=lambda r: r.index)
+    assert [r.generator for r in records] == ["sobol"] * 48 + ["botorch"] * 12
+    statuses = [r.status for r in records]
+    assert statuses.count("completed") == 47 and statuses.count("failed") == 6 and statuses.count("running") == 7
+
+    rebuilt = loop.rebuilt()  # the bulk replay
+    per_trial = AxOptimizer.rebuild(state.spec, state.trials.values(), threads=1, replay="per_trial")
+    assert rebuilt.num_trials == per_trial.num_trials == 60
+    assert rebuilt.phase == per_trial.phase == "botorch"
+    nxt_rebuilt, nxt_per_trial, nxt_live = rebuilt.suggest(3), per_trial.suggest(3), loop.opt.suggest(3)
+    assert nxt_rebuilt == nxt_per_trial == nxt_live
+    assert [t.trial_id for t in nxt_live] == ["60", "61", "62"]
+    assert all(t.generator == "botorch" for t in nxt_live)

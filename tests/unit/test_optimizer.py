@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -190,3 +190,44 @@ def test_what_ax_refuses_becomes_one_line_optimizer_error(extra: dict[str, Any],
     with pytest.raises(OptimizerError, match=match) as info:
         AxOptimizer(spec)
     assert "\n" not in str(info.value) and hint in info.value.hint
+
+
+@pytest.mark.parametrize("replay", ["bulk", "per_trial"])
+def test_rebuild_counts_only_completed_trials_with_data_toward_the_bo_phase(replay: Literal["bulk", "per_trial"]) -> None:
+    from campaigns import TrialRecord, utcnow
+
+    points = optimizer.SobolSampler(BRANIN).next_points(0, 4)
+    records = [
+        TrialRecord(trial_id=str(i), index=i, parameters=p.parameters, generator="sobol", sobol_position=p.position,
+                    suggested_at=utcnow(), status="completed",
+                    measurements={} if i == 1 else {"branin": Measurement(mean=float(i), sem=0.1)})
+        for i, p in enumerate(points)
+    ]
+    records[3].status, records[3].measurements, records[3].failure_reason = "failed", {}, "timeout"
+    opt = AxOptimizer.rebuild(BRANIN, reversed(records), replay=replay)
+    assert opt.num_trials == 4 and opt.next_sobol_position == 4
+    assert opt.phase == "sobol"  # 2 trials with data; BO needs ceil(5 / 2) = 3
+    with pytest.raises(OptimizerError, match="trial 1 is already completed"):
+        opt.complete("1", {"branin": Measurement(mean=1.0)})
+    with pytest.raises(OptimizerError, match="trial 3 is already failed"):
+        opt.fail("3", "late")
+    nxt = opt.suggest(2)
+    assert [(t.trial_id, t.sobol_position) for t in nxt] == [("4", 4), ("5", 5)]
+
+
+def test_rebuild_keeps_a_recorded_trial_outside_todays_bounds() -> None:
+    from campaigns import TrialRecord, utcnow
+
+    # The bounds may have changed since the trial ran; Ax attaches it and uses its data.
+    record = TrialRecord(trial_id="0", index=0, parameters={"x1": 20.0, "x2": 1.0}, generator="sobol",
+                         sobol_position=0, suggested_at=utcnow(), status="completed",
+                         measurements={"branin": Measurement(mean=3.0)})
+    for replay in ("bulk", "per_trial"):
+        opt = AxOptimizer.rebuild(BRANIN, [record], replay=replay)  # type: ignore[arg-type]
+        assert opt.num_trials == 1 and opt.suggest(1)[0].trial_id == "1"
+
+
+def test_rebuild_rejects_an_unknown_replay() -> None:
+    with pytest.raises(OptimizerError, match="unknown replay") as info:
+        AxOptimizer.rebuild(BRANIN, [], replay="fast")  # type: ignore[arg-type]
+    assert "bulk" in info.value.hint
