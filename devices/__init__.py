@@ -6,15 +6,26 @@ The only package that imports paho. Public names:
   :class:`Measurement`, :func:`parse_result`, :func:`parse_status`, :func:`parse_request`,
   :func:`encode`
 - topics: :class:`Topics`, :func:`validate_device_id`
-- connection: :class:`MqttSettings`, :func:`parse_broker_url`, :func:`redact_url`,
-  :func:`connect`, :class:`MqttConnection`
-- orchestrator side: :class:`MqttDeviceHub` and its events :class:`ResultReceived`,
-  :class:`StatusChanged`, :class:`MessageRejected`
+- settings: :class:`MqttSettings`, :class:`BrokerAddress`, :func:`parse_broker_url`,
+  :func:`redact_url`
+- connection: :func:`connect`, :class:`MqttConnection`, :class:`Delivery`,
+  :data:`MessageHandler`
+- orchestrator side: :class:`MqttDeviceHub` and its events (:data:`HubEvent`)
+  :class:`ResultReceived`, :class:`StatusChanged`, :class:`MessageRejected`,
+  :class:`ConnectionLost`, :class:`ConnectionRestored`
 - embedded default broker: :class:`EmbeddedBroker`
 """
 
 from .broker import EmbeddedBroker
-from .hub import HubEvent, MessageRejected, MqttDeviceHub, ResultReceived, StatusChanged
+from .events import (
+    ConnectionLost,
+    ConnectionRestored,
+    HubEvent,
+    MessageRejected,
+    ResultReceived,
+    StatusChanged,
+)
+from .hub import MqttDeviceHub
 from .messages import (
     MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
@@ -27,15 +38,8 @@ from .messages import (
     parse_result,
     parse_status,
 )
-from .mqtt import (
-    BrokerAddress,
-    MessageHandler,
-    MqttConnection,
-    MqttSettings,
-    connect,
-    parse_broker_url,
-    redact_url,
-)
+from .mqtt import Delivery, MessageHandler, MqttConnection, connect
+from .settings import BrokerAddress, MqttSettings, parse_broker_url, redact_url
 from .topics import Channel, Topics, validate_device_id
 
 __all__ = [
@@ -43,6 +47,9 @@ __all__ = [
     "PROTOCOL_VERSION",
     "BrokerAddress",
     "Channel",
+    "ConnectionLost",
+    "ConnectionRestored",
+    "Delivery",
     "DeviceStatus",
     "EmbeddedBroker",
     "HubEvent",

@@ -4,6 +4,10 @@ The hub is transport only. It does not choose devices (the loop does, from the e
 and :meth:`MqttDeviceHub.devices`) and does not de-duplicate results (the loop does, by
 ``request_id``, from the log). Everything that arrives becomes a :data:`HubEvent` in a
 thread-safe queue; nothing a device sends can raise out of the network thread.
+
+Exactly-once effect: the hub keeps a persistent session (stable client id) and holds the
+acknowledgement of every result until the loop calls :meth:`MqttDeviceHub.ack` after logging
+it, so a result is never lost between the broker and the event log; it may come twice.
 """
 
 from __future__ import annotations
@@ -11,76 +15,30 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict
 
 from campaigns.errors import BrokerError, DeviceMessageError
 
-from .messages import DeviceStatus, RunTrial, TrialResult, encode, parse_result, parse_status
-from .mqtt import MqttConnection, MqttSettings, connect
+from .events import (
+    ConnectionLost,
+    ConnectionRestored,
+    HubEvent,
+    MessageRejected,
+    ResultReceived,
+    StatusChanged,
+)
+from .messages import DeviceStatus, RunTrial, encode, parse_result, parse_status
+from .mqtt import Delivery, MqttConnection, MqttSettings, connect
 from .topics import Topics
 
-__all__ = [
-    "HubEvent",
-    "MessageRejected",
-    "MqttDeviceHub",
-    "ResultReceived",
-    "StatusChanged",
-]
+__all__ = ["MqttDeviceHub"]
 
 log = logging.getLogger(__name__)
 
 _EXCERPT_CHARS = 200
-_EVENT = ConfigDict(extra="forbid", frozen=True)
-
-
-class ResultReceived(BaseModel):
-    """A well-formed result arrived from a device (possibly a duplicate: QoS 1)."""
-
-    model_config = _EVENT
-
-    kind: Literal["result_received"] = "result_received"
-    device_id: str
-    result: TrialResult
-    received_at: datetime
-
-
-class StatusChanged(BaseModel):
-    """A device's status differs from the last one the hub saw (or is the first)."""
-
-    model_config = _EVENT
-
-    kind: Literal["status_changed"] = "status_changed"
-    device_id: str
-    status: DeviceStatus
-    received_at: datetime
-
-
-class MessageRejected(BaseModel):
-    """A message broke protocol v1 and was dropped.
-
-    Attributes:
-        device_id: The device named by the topic, when the topic could be parsed.
-        topic: The topic it came on.
-        reason: One line saying what is wrong.
-        excerpt: At most 200 characters of the payload, decoded with replacement.
-    """
-
-    model_config = _EVENT
-
-    kind: Literal["message_rejected"] = "message_rejected"
-    device_id: str | None
-    topic: str
-    reason: str
-    excerpt: str
-    received_at: datetime
-
-
-HubEvent = ResultReceived | StatusChanged | MessageRejected
 
 
 def _utcnow() -> datetime:
@@ -91,10 +49,12 @@ class MqttDeviceHub:
     """Talks to every device under one prefix through one MQTT connection.
 
     Args:
-        settings: Broker URL and protocol prefix.
-        client_id: MQTT client id; keep it stable across restarts so the broker keeps the
-            session (results published while the orchestrator is away are delivered later).
+        settings: Broker URL, protocol, session and topic prefix.
+        client_id: MQTT client id. Keep it stable across restarts (one per campaign, not per
+            process): the broker keeps the session under it, and results published while the
+            orchestrator is away are delivered when a hub with the same id returns.
         clock: Returns the current UTC time; injected for tests.
+        monotonic: Monotonic seconds, for ``down_s``; injected for tests.
     """
 
     def __init__(
@@ -103,20 +63,28 @@ class MqttDeviceHub:
         *,
         client_id: str,
         clock: Callable[[], datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._client_id = client_id
         self._clock = clock
+        self._monotonic = monotonic
         self._topics = Topics(settings.prefix)
         self._events: queue.SimpleQueue[HubEvent] = queue.SimpleQueue()
         self._devices: dict[str, DeviceStatus] = {}
         self._lock = threading.Lock()
         self._connection: MqttConnection | None = None
+        self._lost_at: float | None = None
 
     @property
     def topics(self) -> Topics:
         """The topics of this hub's prefix."""
         return self._topics
+
+    @property
+    def connected(self) -> bool:
+        """Whether the hub holds a connection to the broker right now."""
+        return self._connection is not None and self._connection.is_connected()
 
     def start(self, timeout_s: float = 10) -> None:
         """Connect and subscribe to every device's status and results.
@@ -134,11 +102,17 @@ class MqttDeviceHub:
                 self._topics.all_devices("results"),
             ],
             on_message=self._on_message,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            manual_ack=True,
             timeout_s=timeout_s,
         )
 
     def stop(self) -> None:
-        """Disconnect. Events already queued can still be drained."""
+        """Disconnect cleanly, keeping the session: unacknowledged results come again later.
+
+        Events already queued can still be drained, but acknowledging them does nothing.
+        """
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -163,11 +137,15 @@ class MqttDeviceHub:
     def dispatch(self, device_id: str, request: RunTrial, timeout_s: float = 10) -> None:
         """Publish a request to a device at QoS 1 and wait for the broker's PUBACK.
 
-        A PUBACK means the broker has the message, not that the device has run it. Sending
-        the same ``request_id`` again is safe: a device answers it from its store.
+        A PUBACK means the broker has the message (queued in the device's session if the
+        device is away), not that the device has run it. While the connection is down it
+        waits for paho to reconnect, within the same ``timeout_s``. Sending the same
+        ``request_id`` again is always safe: a device answers it from its store.
 
         Raises:
-            BrokerError: The hub is not started, or the broker did not acknowledge in time.
+            BrokerError: The hub is not started; or no connection within ``timeout_s``
+                (nothing was sent); or no PUBACK in time (paho keeps the message in memory
+                and sends it after a reconnect while this process lives).
             DeviceMessageError: ``device_id`` cannot be a topic level.
         """
         if self._connection is None:
@@ -190,6 +168,18 @@ class MqttDeviceHub:
                 device_id=device_id,
             ) from None
 
+    def ack(self, event: HubEvent) -> None:
+        """Acknowledge a received message, once its event is durably logged.
+
+        Call it for every event (it does nothing for those without a ``delivery``). A
+        result never acknowledged is delivered again after the next reconnect; an ack for a
+        message that came on an earlier connection is dropped for the same reason.
+        """
+        delivery: Delivery | None = getattr(event, "delivery", None)
+        connection = self._connection
+        if delivery is not None and connection is not None:
+            connection.ack(delivery)
+
     def next_events(self, timeout_s: float) -> list[HubEvent]:
         """Wait up to ``timeout_s`` for an event, then return it and all others queued.
 
@@ -208,19 +198,35 @@ class MqttDeviceHub:
 
     # -- network thread ------------------------------------------------------------------
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_disconnect(self, connection: MqttConnection, detail: str) -> None:
+        self._lost_at = self._monotonic()
+        self._events.put(ConnectionLost(detail=detail, at=self._clock()))
+
+    def _on_connect(self, connection: MqttConnection) -> None:
+        if self._lost_at is None:
+            return
+        down_s = max(0.0, self._monotonic() - self._lost_at)
+        self._lost_at = None
+        self._events.put(ConnectionRestored(
+            down_s=down_s, at=self._clock(), session_present=connection.session_present))
+
+    def _on_message(self, topic: str, payload: bytes, delivery: Delivery | None) -> bool:
+        # Returns whether the acknowledgement is held for the loop's ack(): results only.
         now = self._clock()
         device_id: str | None = None
         if not topic.startswith(f"{self._topics.prefix}/devices/"):
             # Not ours at all (some brokers replay retained messages too eagerly): no device
             # broke the protocol, so nothing to report.
             log.debug("ignored message on %s: outside %s", topic[:200], self._topics.prefix)
-            return
+            return False
+        held: Delivery | None = None
         try:
             device_id, channel = self._topics.parse(topic)
             if channel == "results":
+                held = delivery
                 result = parse_result(payload)
-                self._events.put(ResultReceived(device_id=device_id, result=result, received_at=now))
+                self._events.put(ResultReceived(
+                    device_id=device_id, result=result, received_at=now, delivery=held))
             elif channel == "status":
                 self._on_status(device_id, payload, now)
         except DeviceMessageError as exc:
@@ -233,8 +239,10 @@ class MqttDeviceHub:
                     reason=exc.message,
                     excerpt=excerpt[:_EXCERPT_CHARS],
                     received_at=now,
+                    delivery=held,
                 )
             )
+        return held is not None
 
     def _on_status(self, device_id: str, payload: bytes, now: datetime) -> None:
         if not payload:

@@ -1,191 +1,74 @@
-"""MQTT connection settings and the one place that builds a connected paho client.
+"""The one place that builds a connected paho client, and what it does on the wire.
 
-Credentials travel in the broker URL (``mqtt://user:password@host:1883``) and must never
-reach a log line, an exception or an event: everything here that shows a URL shows
-:func:`redact_url` of it.
+Sessions are persistent by default (a stable client id, clean session/start off, and under
+MQTT 5 a Session Expiry Interval, without which an MQTT 5 broker keeps no session). With
+``manual_ack`` a received QoS 1 message is acknowledged only when the receiver calls
+:meth:`MqttConnection.ack`, so a message the receiver never made durable is delivered again
+after a reconnect. paho reconnects by itself, with back-off from 1 s up to 30 s.
+Credentials never reach a log line or an exception: addresses are shown without them.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict
 
-from campaigns.errors import BrokerError, ClosedLoopError
+from campaigns.errors import BrokerError
 
-from .topics import Topics
+from .settings import BrokerAddress, MqttSettings
 
-__all__ = [
-    "BrokerAddress",
-    "MessageHandler",
-    "MqttConnection",
-    "MqttSettings",
-    "connect",
-    "parse_broker_url",
-    "redact_url",
-]
+__all__ = ["Delivery", "MessageHandler", "MqttConnection", "connect"]
 
 log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes], None]
-"""Called in the MQTT network thread with ``(topic, payload)`` of each message."""
-
-_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-_URL_HINT = "use mqtt://[user:password@]host[:port] or mqtts://... for TLS"
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
 
 
-def redact_url(url: str) -> str:
-    """Return the URL with its password replaced by ``***``.
-
-    Args:
-        url: A broker URL, well-formed or not.
-
-    Returns:
-        A string that is safe to log; ``<unparseable URL>`` when it cannot be split at all.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if "@" not in parts.netloc:
-        return url
-    userinfo, hostport = parts.netloc.rsplit("@", 1)
-    user, has_password, _ = userinfo.partition(":")
-    netloc = f"{user}:***@{hostport}" if has_password else f"{user}@{hostport}"
-    return parts._replace(netloc=netloc).geturl()
-
-
-class BrokerAddress(BaseModel):
-    """A parsed broker URL.
+class Delivery(BaseModel):
+    """What acknowledges one received QoS 1 message: its packet id on one connection.
 
     Attributes:
-        scheme: ``mqtt`` or ``mqtts`` (TLS).
-        host: Host name or address.
-        port: TCP port (default 1883, or 8883 for ``mqtts``).
-        username: User name, if any.
-        password: Password, if any; a secret that never prints.
+        message_id: The MQTT packet id the broker gave the message.
+        qos: The QoS it was delivered at (1).
+        connection: Which network connection received it (a number unique in the process,
+            new at every connect and disconnect); an ack for an older connection is dropped,
+            since the broker delivers the message again on the new one.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    scheme: str
-    host: str
-    port: int
-    username: str | None = None
-    password: SecretStr | None = None
-
-    @property
-    def tls(self) -> bool:
-        """Whether the connection uses TLS."""
-        return self.scheme == "mqtts"
-
-    @property
-    def display(self) -> str:
-        """``scheme://host:port``, without credentials, for messages."""
-        return f"{self.scheme}://{self.host}:{self.port}"
+    message_id: int
+    qos: int
+    connection: int
 
 
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse ``mqtt://[user:password@]host[:port]`` or ``mqtts://...``.
+MessageHandler = Callable[[str, bytes, Delivery | None], bool]
+"""Called in the MQTT network thread with ``(topic, payload, delivery)`` of each message.
 
-    Args:
-        url: The broker URL.
+``delivery`` is set when the connection has ``manual_ack`` and the message came at QoS 1.
+Return ``True`` to hold its acknowledgement (then pass ``delivery`` to
+:meth:`MqttConnection.ack` once the message is dealt with), ``False`` to acknowledge now.
+"""
 
-    Returns:
-        The address, with percent-decoded user name and password.
-
-    Raises:
-        BrokerError: The URL is malformed; the message shows it redacted.
-    """
-    shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise BrokerError(f"invalid MQTT broker URL {shown}: {exc}", _URL_HINT) from None
-    if parts.scheme not in _DEFAULT_PORTS:
-        raise BrokerError(
-            f"invalid MQTT broker URL {shown}: scheme must be mqtt or mqtts", _URL_HINT
-        )
-    if not parts.hostname:
-        raise BrokerError(f"invalid MQTT broker URL {shown}: no host", _URL_HINT)
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise BrokerError(
-            f"invalid MQTT broker URL {shown}: unexpected path or query", _URL_HINT
-        )
-    return BrokerAddress(
-        scheme=parts.scheme,
-        host=parts.hostname,
-        port=port or _DEFAULT_PORTS[parts.scheme],
-        username=unquote(parts.username) if parts.username else None,
-        password=SecretStr(unquote(parts.password)) if parts.password is not None else None,
-    )
-
-
-class MqttSettings(BaseModel):
-    """How to reach the MQTT broker. Its repr and validation errors never show the password.
-
-    Attributes:
-        url: ``mqtt://[user:password@]host[:port]``, or ``mqtts://`` for TLS (port 8883).
-        prefix: Topic prefix of protocol v1.
-        keepalive_s: MQTT keep-alive; the broker declares a silent client dead (and
-            publishes its last will) after 1.5 times this.
-        ca_file: CA bundle for ``mqtts``; the system CAs when ``None``.
-        clean_session: ``False`` keeps a persistent session on the broker, so QoS 1
-            messages sent while the client is away are delivered when it returns (the
-            client id must then be stable).
-        connect_timeout_s: Deadline for TCP connect plus CONNACK.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-    url: str = Field(repr=False)
-    prefix: str = "closedloop"
-    keepalive_s: int = Field(default=30, ge=2, le=65535)
-    ca_file: Path | None = None
-    clean_session: bool = False
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _valid_url(cls, value: str) -> str:
-        try:
-            parse_broker_url(value)
-        except BrokerError as exc:
-            raise ValueError(exc.message) from None
-        return value
-
-    @field_validator("prefix")
-    @classmethod
-    def _valid_prefix(cls, value: str) -> str:
-        try:
-            Topics(value)
-        except ClosedLoopError as exc:
-            raise ValueError(exc.message) from None
-        return value
-
-    @property
-    def address(self) -> BrokerAddress:
-        """The parsed URL."""
-        return parse_broker_url(self.url)
-
-    @property
-    def redacted_url(self) -> str:
-        """The URL without its password, safe to log."""
-        return redact_url(self.url)
-
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        yield "url", self.redacted_url
-        yield from super().__repr_args__()
+# Unsubscribing from a filter nobody uses is a round trip the broker answers only after the
+# packets sent before it: a barrier that flushes pending PUBACKs before a disconnect.
+_BARRIER_TOPIC = "closedloop/_barrier"
+# Connection numbers are unique in the process, so a Delivery of a closed MqttConnection can
+# never acknowledge a message of a later one.
+_CONNECTIONS = itertools.count(1)
+_HINT_DOWN = "check the broker is up; the client reconnects by itself, then send again (safe)"
 
 
 def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -200,18 +83,54 @@ def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
 class MqttConnection:
     """A connected paho client running its network loop in a background thread.
 
-    Built by :func:`connect`; paho reconnects on its own after a network failure, and
-    subscriptions are renewed on every reconnect.
+    Built by :func:`connect`. paho reconnects on its own after a network failure (back-off
+    1 s doubling to 30 s), and subscriptions are renewed on every reconnect.
+
+    Attributes:
+        client: The paho client.
+        address: The broker, without credentials.
+        client_id: The MQTT client id.
+        session_present: Whether the broker resumed a stored session at the last connect.
     """
 
     def __init__(self, client: mqtt.Client, address: BrokerAddress, client_id: str) -> None:
         self.client = client
         self.address = address
         self.client_id = client_id
+        self.session_present = False
+        self._up = threading.Event()
+        self._closing = False
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._unacked: set[int] = set()
+        self._barrier = threading.Condition(self._lock)
+        self._unsubacks: set[int] = set()
 
     def is_connected(self) -> bool:
         """Whether the client currently holds a connection to the broker."""
-        return bool(self.client.is_connected())
+        return self._up.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a connection; return whether there is one."""
+        return self._up.wait(max(0.0, timeout_s))
+
+    def ack(self, delivery: Delivery) -> bool:
+        """Acknowledge a message received with ``manual_ack`` (send its PUBACK).
+
+        Args:
+            delivery: The message's :class:`Delivery`.
+
+        Returns:
+            Whether a PUBACK was sent. ``False`` when the message came on an earlier
+            connection (the broker delivers it again, to be acknowledged then) or was
+            acknowledged already.
+        """
+        with self._lock:
+            if delivery.connection != self._generation or delivery.message_id not in self._unacked:
+                return False
+            self._unacked.discard(delivery.message_id)
+            rc = self.client.ack(delivery.message_id, delivery.qos)
+        return rc == mqtt.MQTT_ERR_SUCCESS
 
     def publish(
         self,
@@ -224,41 +143,101 @@ class MqttConnection:
     ) -> None:
         """Publish, and for QoS ≥ 1 wait up to ``timeout_s`` for the broker's PUBACK.
 
+        While the connection is down it first waits (within ``timeout_s``) for paho to
+        reconnect. A message handed to paho is kept in its memory and resent after a
+        reconnect until acknowledged, but only as long as this process lives.
+
         Args:
             topic: Topic name.
             payload: Payload bytes.
             qos: 0, 1 or 2.
             retain: Ask the broker to retain the message.
-            timeout_s: Wait for the acknowledgement; ``None`` returns at once (required
-                inside a paho callback, where waiting would block the network thread).
+            timeout_s: Deadline for the connection plus the acknowledgement; ``None`` hands
+                the message to paho and returns at once (required inside a paho callback,
+                where waiting would block the network thread).
 
         Raises:
-            BrokerError: The message was refused or not acknowledged in time. It may still
-                be delivered later (paho resends on reconnect): receivers de-duplicate.
+            BrokerError: Not connected within ``timeout_s`` (the message was not sent), or
+                not acknowledged in time (paho may still deliver it after a reconnect).
         """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if timeout_s is not None and not self.wait_connected(timeout_s):
+            raise BrokerError(
+                f"not connected to {self.address.display} for {timeout_s:g} s; "
+                f"nothing was published to {topic}",
+                _HINT_DOWN,
+            )
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        if timeout_s is None or qos == 0:
+        if info.rc == mqtt.MQTT_ERR_NO_CONN and qos > 0:
+            if deadline is None:
+                return  # queued by paho, sent when the connection returns
+            raise BrokerError(
+                f"connection to {self.address.display} lost while publishing to {topic}",
+                "paho sends it once the connection returns; receivers de-duplicate",
+            )
+        if deadline is None or qos == 0:
             return
         try:
-            info.wait_for_publish(timeout_s)
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
         except (RuntimeError, ValueError) as exc:
             raise BrokerError(
-                f"publish to {topic} via {self.address.display} failed: {exc}",
-                "check the broker is up; the message is resent when the connection returns",
+                f"publish to {topic} via {self.address.display} failed: {exc}", _HINT_DOWN
             ) from None
         if not info.is_published():
             raise BrokerError(
                 f"no PUBACK from {self.address.display} within {timeout_s:g} s for {topic}",
-                "check the broker is up; the message is resent when the connection returns",
+                "paho resends it once the connection returns; receivers de-duplicate",
             )
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Disconnect cleanly (no last will) and stop the network thread."""
+        """Disconnect cleanly (no last will, no unsubscribe) and stop the network thread.
+
+        The broker keeps a persistent session, with every message not yet acknowledged.
+        """
+        self._closing = True
+        if self.is_connected():
+            # paho closes the socket right after writing DISCONNECT; if unread data is
+            # waiting, the kernel resets the connection and the broker may lose what was
+            # written last (PUBACKs, DISCONNECT). Let the broker confirm it has them first.
+            self._flush(timeout_s)
         self.client.disconnect()
-        deadline = time.monotonic() + timeout_s
-        while self.client.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.01)
         self.client.loop_stop()
+        self._up.clear()
+
+    def _flush(self, timeout_s: float) -> None:
+        rc, mid = self.client.unsubscribe(_BARRIER_TOPIC)
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            return
+        with self._barrier:
+            self._barrier.wait_for(lambda: mid in self._unsubacks, timeout_s)
+            self._unsubacks.discard(mid)
+
+    # -- network thread ------------------------------------------------------------------
+
+    def _connected(self, session_present: bool) -> None:
+        with self._lock:
+            self._generation = next(_CONNECTIONS)
+            self._unacked.clear()
+            self.session_present = session_present
+        self._up.set()
+
+    def _disconnected(self) -> None:
+        with self._lock:
+            self._generation = next(_CONNECTIONS)
+            self._unacked.clear()
+        self._up.clear()
+
+    def _unsubscribed(self, mid: int) -> None:
+        with self._barrier:
+            self._unsubacks.add(mid)
+            self._barrier.notify_all()
+
+    def _received(self, message: mqtt.MQTTMessage, manual_ack: bool) -> Delivery | None:
+        if not manual_ack or message.qos == 0:
+            return None
+        with self._lock:
+            self._unacked.add(message.mid)
+            return Delivery(message_id=message.mid, qos=message.qos, connection=self._generation)
 
 
 def connect(
@@ -269,20 +248,26 @@ def connect(
     subscriptions: Sequence[str] = (),
     on_message: MessageHandler | None = None,
     on_connect: Callable[[MqttConnection], None] | None = None,
+    on_disconnect: Callable[[MqttConnection, str], None] | None = None,
+    manual_ack: bool = False,
     timeout_s: float | None = None,
 ) -> MqttConnection:
-    """Connect to the broker (MQTT 3.1.1) and return once the CONNACK has arrived.
+    """Connect to the broker and return once the CONNACK has arrived.
 
     Args:
-        settings: Broker URL, TLS, keep-alive, session kind.
+        settings: Broker URL, TLS, keep-alive, protocol (3.1.1 or 5), session kind.
         client_id: MQTT client id; must be stable when ``settings.clean_session`` is off.
         will: ``(topic, payload)`` the broker publishes, retained at QoS 1, if the
             connection dies without a clean disconnect.
         subscriptions: Topic filters to subscribe at QoS 1 on every (re)connect.
-        on_message: Handler of incoming messages; an exception it raises is logged,
-            never allowed to stop the network thread.
+        on_message: Handler of incoming messages (see :data:`MessageHandler`); an
+            exception it raises is logged (and the message acknowledged), never allowed to
+            stop the network thread.
         on_connect: Called in the network thread after every (re)connect; it may publish
             with ``timeout_s=None`` only.
+        on_disconnect: Called in the network thread with a one-line reason when an
+            established connection is lost (not after :meth:`MqttConnection.close`).
+        manual_ack: Hold the PUBACK of every QoS 1 message until :meth:`MqttConnection.ack`.
         timeout_s: Deadline for TCP connect plus CONNACK; ``settings.connect_timeout_s``
             when ``None``.
 
@@ -295,14 +280,18 @@ def connect(
     address = settings.address
     deadline_s = settings.connect_timeout_s if timeout_s is None else timeout_s
     start = time.monotonic()
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv311,
-        clean_session=settings.clean_session,
-    )
+    if settings.protocol == 5:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+            manual_ack=manual_ack,
+        )
+    else:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+            clean_session=settings.clean_session, manual_ack=manual_ack,
+        )
     client.on_socket_open = _set_nodelay
-    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
     client.connect_timeout = deadline_s
     if address.username is not None:
         password = address.password.get_secret_value() if address.password else None
@@ -312,35 +301,66 @@ def connect(
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
     connection = MqttConnection(client, address, client_id)
-    connected = threading.Event()
+    first = threading.Event()
     refused: list[str] = []
 
     def handle_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            refused.append(str(reason))
-            connected.set()
+            log.warning("%s refused %s: %s", address.display, client_id, reason)
+            if not first.is_set():
+                refused.append(str(reason))
+                first.set()
             return
+        connection._connected(bool(flags.session_present))
         for topic in subscriptions:
             c.subscribe(topic, qos=1)
-        log.info("connected to %s as %s", address.display, client_id)
-        connected.set()
+        log.info("connected to %s as %s (session present: %s)", address.display, client_id,
+                 bool(flags.session_present))
+        first.set()
         if on_connect is not None:
             _guarded("on_connect", on_connect, connection)
 
     def handle_disconnect(c: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            log.warning("lost %s (%s as %s); reconnecting", address.display, reason, client_id)
+        was_up = connection.is_connected()
+        connection._disconnected()
+        if connection._closing or not was_up:
+            return
+        log.warning("lost %s (%s as %s); reconnecting", address.display, reason, client_id)
+        if on_disconnect is not None:
+            _guarded("on_disconnect", on_disconnect, connection, str(reason))
 
     def handle_message(c: mqtt.Client, u: Any, message: mqtt.MQTTMessage) -> None:
+        delivery = connection._received(message, manual_ack)
+        held = False
         if on_message is not None:
-            _guarded("on_message", on_message, message.topic, bytes(message.payload))
+            # A handler that fails does not hold the message: it must not stall the session.
+            held = _guarded("on_message", on_message, message.topic, bytes(message.payload),
+                            delivery) is True
+        if delivery is not None and not held:
+            connection.ack(delivery)
+
+    def handle_unsubscribe(c: mqtt.Client, u: Any, mid: int, codes: Any, props: Any) -> None:
+        connection._unsubscribed(mid)
 
     client.on_connect = handle_connect
+    client.on_unsubscribe = handle_unsubscribe
     client.on_disconnect = handle_disconnect
     client.on_message = handle_message
+    properties: Properties | None = None
+    if settings.protocol == 5 and not settings.clean_session:
+        # paho sends no Session Expiry Interval by itself, and without one an MQTT 5 broker
+        # drops the session at disconnect: clean_start=False alone keeps nothing.
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = settings.session_expiry_s
     hint = "check the broker runs, and the host, port, credentials and TLS settings of its URL"
+    if settings.protocol == 5:
+        hint += "; and that it speaks MQTT 5 (the embedded amqtt broker does not: use protocol=4)"
     try:
-        client.connect(address.host, address.port, keepalive=settings.keepalive_s)
+        if settings.protocol == 5:
+            client.connect(address.host, address.port, keepalive=settings.keepalive_s,
+                           clean_start=settings.clean_session, properties=properties)
+        else:
+            client.connect(address.host, address.port, keepalive=settings.keepalive_s)
     except (OSError, ValueError) as exc:
         reason = str(exc) or type(exc).__name__
         raise BrokerError(
@@ -348,7 +368,8 @@ def connect(
         ) from None
     client.loop_start()
     remaining = max(0.0, deadline_s - (time.monotonic() - start))
-    if not connected.wait(remaining) or refused:
+    if not first.wait(remaining) or refused:
+        connection._closing = True
         client.disconnect()
         client.loop_stop()
         reason = f"refused: {refused[0]}" if refused else f"no CONNACK within {deadline_s:g} s"
@@ -356,9 +377,10 @@ def connect(
     return connection
 
 
-def _guarded(name: str, func: Callable[..., None], *args: Any) -> None:
+def _guarded(name: str, func: Callable[..., object], *args: Any) -> object:
     # An exception escaping a paho callback kills its network thread: log it, go on.
     try:
-        func(*args)
+        return func(*args)
     except Exception:
         log.exception("%s handler failed; the connection goes on", name)
+        return None

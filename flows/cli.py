@@ -16,8 +16,19 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from campaigns import CampaignCreated, ClosedLoopError, SpecError, fold, load_spec
-from campaigns.errors import CampaignNotFoundError
+from campaigns import (
+    AppendConflictError,
+    CampaignCreated,
+    CampaignNotFoundError,
+    CampaignResumed,
+    ClosedLoopError,
+    SpecError,
+    fold,
+    load_spec,
+)
+from storage import MongoEventStore
+
+from flows.lease import hold_lease
 
 from flows.report import best_line, status_dict, status_text
 from flows.runtime import broker_url, check_spec_devices, event_store, mqtt_settings, running_broker_url, simulated_lab
@@ -53,30 +64,63 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with event_store(settings) as store:
         state = fold(store.read(campaign_id))
         if state.spec is None:
-            store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{_user()}", spec=spec)])
-            print(f"campaign {campaign_id}: created from {args.spec}")
-        elif state.status == "finished":
+            try:
+                store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{_user()}", spec=spec)])
+            except AppendConflictError:
+                pass  # created a moment ago by a concurrent `run`: the lease below decides who runs it
+            else:
+                print(f"campaign {campaign_id}: created from {args.spec}")
+            state = fold(store.read(campaign_id))
+        if state.spec != spec:
+            raise SpecError(
+                f"campaign {campaign_id!r} exists with a different spec than {args.spec}",
+                "pass --campaign-id NEW_ID for a new campaign, or `closedloop resume` it",
+                campaign_id=campaign_id,
+            )
+        return _drive(store, settings, campaign_id, args, resume=False)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    settings = Settings()
+    with event_store(settings) as store:
+        return _drive(store, settings, args.campaign, args, resume=True)
+
+
+def _drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: argparse.Namespace, *, resume: bool) -> int:
+    """Run a campaign that exists, under its lease, until it finishes or pauses."""
+    with hold_lease(store.uri, settings.mongodb_database, campaign_id,
+                    lambda prev: print(f"campaign {campaign_id}: took over the stale lease of {prev}")):
+        state = fold(store.read(campaign_id))  # re-read: we are the only writer from here on
+        spec = state.spec
+        if spec is None:
+            raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
+        if state.status == "finished":
             print(status_text(state))
             raise ClosedLoopError(
                 f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
                 "pass --campaign-id NEW_ID to run the spec again as a new campaign",
                 campaign_id=campaign_id,
             )
-        elif state.spec != spec:
-            raise SpecError(
-                f"campaign {campaign_id!r} exists with a different spec than {args.spec}",
-                "pass --campaign-id NEW_ID for a new campaign, or run it with its original spec",
-                campaign_id=campaign_id,
-            )
-        else:
-            print(f"campaign {campaign_id}: resuming at event {state.last_seq}")
+        if state.status == "paused":
+            if not resume:
+                raise ClosedLoopError(
+                    f"campaign {campaign_id!r} is paused: {state.paused_detail or state.paused_reason}",
+                    f"fix the cause, then `closedloop resume {campaign_id} --reason ...`",
+                    campaign_id=campaign_id,
+                )
+            store.append([CampaignResumed(campaign_id=campaign_id, seq=state.last_seq + 1, actor=f"user:{_user()}",
+                                          reason=args.reason or "resumed from the command line")])
+        elif state.last_seq > 1:
+            print(f"campaign {campaign_id}: continuing from event {state.last_seq} "
+                  f"({state.count('completed')} completed, {len(state.in_flight)} in flight)")
         with broker_url(settings) as url:
-            # The flow reads its settings from the environment (composition root; no credentials
-            # in Prefect's flow-run parameters).
+            # The flow reads its settings from the environment (composition root; no
+            # credentials in Prefect's flow-run parameters).
             os.environ["CLOSEDLOOP_MQTT_URL"] = url
             os.environ["CLOSEDLOOP_MONGODB_URI"] = store.uri
             os.environ["CLOSEDLOOP_MONGODB_DATABASE"] = settings.mongodb_database
-            with simulated_lab(spec, mqtt_settings(settings, url)) if not args.no_simulators else _nothing():
+            lab = _nothing() if args.no_simulators else simulated_lab(spec, mqtt_settings(settings, url), settings.home / "devices")
+            with lab:
                 from flows.progress import ProgressReporter
 
                 _quiet_prefect_defaults()
@@ -84,8 +128,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
                 with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet):
                     campaign(campaign_id, max_runtime_s=args.max_runtime)
-        final = fold(store.read(campaign_id))
+    final = fold(store.read(campaign_id))
     print(status_text(final))
+    if final.status == "paused":
+        print(f"error: campaign {campaign_id} paused: {final.paused_detail or final.paused_reason} — "
+              f"fix the cause, then `closedloop resume {campaign_id}`", file=sys.stderr)
     return EXIT_OK if final.status == "finished" else EXIT_ERROR
 
 
@@ -174,7 +221,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"simulator {args.simulator} serving as device {args.device_id}; Ctrl-C to stop", file=sys.stderr)
     try:
-        run_standalone(args.simulator, args.device_id, mqtt_settings(settings, url), options, stop)
+        run_standalone(args.simulator, args.device_id, mqtt_settings(settings, url), options, stop,
+                       record_path=None if args.record is None else Path(args.record))
     except KeyboardInterrupt:
         stop.set()
     return EXIT_OK
@@ -191,7 +239,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-simulators", action="store_true", help="do not start the spec's simulated devices here")
     r.add_argument("--max-runtime", type=float, default=None, metavar="S", help="stop this run after S seconds")
     r.add_argument("--quiet", action="store_true", help="no progress display")
-    r.set_defaults(func=_cmd_run)
+    r.set_defaults(func=_cmd_run, reason=None)
+
+    rs = sub.add_parser("resume", help="continue a campaign from its log (after a crash, a stop, or a pause)")
+    rs.add_argument("campaign")
+    rs.add_argument("--reason", help="why a paused campaign may go on (recorded in the log)")
+    rs.add_argument("--no-simulators", action="store_true", help="do not start the campaign's simulated devices here")
+    rs.add_argument("--max-runtime", type=float, default=None, metavar="S", help="stop this run after S seconds")
+    rs.add_argument("--quiet", action="store_true", help="no progress display")
+    rs.set_defaults(func=_cmd_resume)
 
     v = sub.add_parser("validate", help="check a campaign file without running anything")
     v.add_argument("spec")
@@ -217,6 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--device-id", required=True)
     sm.add_argument("--broker", help="mqtt[s]://[user:pass@]host[:port] (default: CLOSEDLOOP_MQTT_URL or the local run's broker)")
     sm.add_argument("--option", action="append", metavar="KEY=VALUE", help="simulator option, e.g. noise_sd=0.1")
+    sm.add_argument("--record", metavar="PATH", help="keep the results here, to answer repeated requests after a restart")
     sm.set_defaults(func=_cmd_sim)
     return p
 

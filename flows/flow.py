@@ -19,6 +19,7 @@ from campaigns import CampaignSpec, SuggestedTrial, TrialRecord
 from devices import MqttDeviceHub
 from optimizer import AxOptimizer
 
+from flows.lease import hold_lease
 from flows.loop import CampaignLoop, LoopOptions
 from flows.runtime import broker_url, event_store, mqtt_settings
 from flows.settings import Settings
@@ -73,25 +74,35 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, 
     logger = get_run_logger()
     settings = Settings()
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
-    with event_store(settings) as store, broker_url(settings) as url:
-        client_id = f"closedloop-{campaign_id}-{socket.gethostname()}-{os.getpid()}"[:128]
-        hub = MqttDeviceHub(mqtt_settings(settings, url), client_id=client_id)
-        hub.start()
-        try:
-            loop = CampaignLoop(
-                campaign_id, store, hub,
-                make_optimizer=partial(_make_optimizer, settings.optimizer_threads),
-                options=LoopOptions(max_runtime_s=max_runtime_s),
-                flow_run_id=flow_run_id,
-            )
-            state = loop.run()
-        finally:
-            hub.stop()
+
+    def took_over(previous: str) -> None:
+        logger.warning("campaign %s: took over the stale lease of %s", campaign_id, previous)
+
+    # The lease first (one writer per campaign), then the run's resources under it.
+    with event_store(settings) as store, hold_lease(store.uri, settings.mongodb_database, campaign_id, took_over) as held:
+        with broker_url(settings) as url:
+            # A stable client id per campaign: the broker keeps the session (and queues the
+            # results devices publish) while no orchestrator is connected.
+            client_id = f"closedloop-orchestrator-{campaign_id}"[:128]
+            hub = MqttDeviceHub(mqtt_settings(settings, url), client_id=client_id)
+            hub.start()
+            try:
+                loop = CampaignLoop(
+                    campaign_id, store, hub,
+                    make_optimizer=partial(_make_optimizer, settings.optimizer_threads),
+                    options=LoopOptions(max_runtime_s=max_runtime_s),
+                    run_info={"host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run_id},
+                    lease_lost=held.lost_error,
+                )
+                state = loop.run()
+            finally:
+                hub.stop()
     best = state.best()
     summary: dict[str, object] = {
         "campaign_id": campaign_id,
         "status": state.status,
         "finished_reason": state.finished_reason,
+        "paused": state.paused_detail or state.paused_reason,
         "completed": state.count("completed"),
         "failed": state.count("failed"),
         "best": None if best is None else {"trial_id": best.trial_id, "parameters": best.parameters,

@@ -1,15 +1,15 @@
 """The closed loop itself: log → fold → optimizer → devices → log, until the budget is spent.
 
-The loop is the campaign's single writer. Every decision is appended to the event log before
-it takes effect (``TrialDispatched`` before the MQTT publish) and every outcome after it
-arrives; the in-memory state is always ``fold(log)``, advanced one appended event at a time.
+The loop is the campaign's single writer (it holds the campaign's lease). Every decision is
+appended to the event log before it takes effect (``TrialDispatched`` before the MQTT
+publish) and every outcome after it arrives; a device message is acknowledged to the broker
+only once what it caused is in the log, so a crash in between makes the broker deliver it
+again. The in-memory state is always ``fold(log)``, advanced one appended event at a time.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,28 +17,43 @@ from datetime import datetime
 from typing import Protocol
 
 from campaigns import (
+    BrokerDisconnected,
+    BrokerReconnected,
     CampaignFinished,
     CampaignNotFoundError,
+    CampaignPaused,
     CampaignSpec,
     CampaignState,
-    EventBase,
+    LateResultRecorded,
     Measurement,
+    RequestResent,
     RunStarted,
     SuggestedTrial,
     TrialCompleted,
     TrialDispatched,
     TrialFailed,
     TrialRecord,
+    TrialRetried,
     TrialsSuggested,
-    apply,
     fold,
     utcnow,
 )
 from campaigns import MessageRejected as MessageRejectedEvent
 from campaigns.errors import BrokerError
-from devices import MessageRejected, MqttDeviceHub, ResultReceived, RunTrial, StatusChanged, TrialResult
+from devices import (
+    ConnectionLost,
+    ConnectionRestored,
+    MessageRejected,
+    MqttDeviceHub,
+    ResultReceived,
+    RunTrial,
+    StatusChanged,
+    TrialResult,
+)
 from optimizer import AxOptimizer
 from storage import MongoEventStore
+
+from flows.writer import EventWriter
 
 __all__ = ["CampaignLoop", "LoopOptions", "Optimizer"]
 
@@ -60,20 +75,22 @@ class LoopOptions:
     poll_s: float = 0.05
     dispatch_timeout_s: float = 10.0
     max_runtime_s: float | None = None
+    resend_min_interval_s: float = 5.0
 
 
 class CampaignLoop:
-    """Runs one campaign from its log until the budget is spent (or ``max_runtime_s`` passes).
+    """Runs one campaign from its log until it finishes or pauses (or ``max_runtime_s`` passes).
 
     Args:
         campaign_id: The campaign to run; it must exist in ``store``.
         store: The event log.
-        hub: Connected MQTT device hub.
+        hub: Connected MQTT device hub (persistent session, stable client id).
         make_optimizer: ``(spec, trials) -> Optimizer``, rebuilding the optimizer from the log.
         options: Loop tuning.
         clock: Monotonic clock (seconds) for trial deadlines, injected for tests.
         wallclock: UTC clock for the campaign's ``max_hours``, injected for tests.
-        flow_run_id: The Prefect flow run driving this loop, recorded in ``RunStarted``.
+        run_info: ``host``, ``pid`` and ``flow_run_id`` recorded in ``RunStarted``.
+        lease_lost: Returns the exception to stop on once the campaign's lease was lost.
     """
 
     def __init__(
@@ -85,62 +102,61 @@ class CampaignLoop:
         options: LoopOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], datetime] = utcnow,
-        flow_run_id: str | None = None,
+        run_info: dict[str, object] | None = None,
+        lease_lost: Callable[[], BaseException | None] = lambda: None,
     ) -> None:
         self.campaign_id = campaign_id
-        self.store = store
-        self.hub = hub
+        self.store, self.hub = store, hub
         self.options = options or LoopOptions()
-        self.clock = clock
-        self.wallclock = wallclock
-        self.flow_run_id = flow_run_id
+        self.clock, self.wallclock = clock, wallclock
+        self.run_info = run_info or {}
+        self._lease_lost = lease_lost
         self._make_optimizer = make_optimizer
         self.state = CampaignState()
+        self.writer = EventWriter(store, self.state)
         self._deadlines: dict[str, float] = {}
-
-    # -- writing the log -------------------------------------------------------------------
-
-    def _append(self, *events: EventBase) -> None:
-        self.store.append(events)
-        for e in events:
-            apply(self.state, e)
-
-    def _next(self) -> dict[str, object]:
-        return {"campaign_id": self.campaign_id, "seq": self.state.last_seq + 1}
+        self._last_resend: dict[str, float] = {}
 
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> CampaignState:
-        """Run until the campaign finishes (or ``max_runtime_s``); returns the final state."""
+        """Run until the campaign finishes or pauses (or ``max_runtime_s``); returns the state."""
         self.state = fold(self.store.read(self.campaign_id))
+        self.writer = EventWriter(self.store, self.state)
         spec = self.state.spec
         if spec is None:
             raise CampaignNotFoundError(
                 f"campaign {self.campaign_id!r} does not exist", "start it with `closedloop run SPEC.yaml`",
                 campaign_id=self.campaign_id,
             )
-        if self.state.status == "finished":
+        if self.state.status in ("finished", "paused"):
             return self.state
         optimizer = self._make_optimizer(spec, list(self.state.trials.values()))
-        self._append(RunStarted(**self._next(), actor="orchestrator", host=socket.gethostname(),  # type: ignore[arg-type]
-                                pid=os.getpid(), flow_run_id=self.flow_run_id))
+        self.writer.append(RunStarted(**self.writer.fields("orchestrator"), **self.run_info))  # type: ignore[arg-type]
         started = self.clock()
+        # Trials in flight when the last run stopped: ask their devices again, with the same
+        # request id (a v1 device answers a request it has run from its store), and give them
+        # a fresh deadline from now.
         for t in self.state.in_flight:
-            # Trials in flight when the last run stopped get a fresh deadline from now.
-            self._deadlines[t.trial_id] = started + spec.trial_timeout_s
+            self._resend(t, "resume", force=True)
         while True:
+            lost = self._lease_lost()
+            if lost is not None:
+                raise lost
             for event in self.hub.next_events(self.options.poll_s):
                 self._handle(event, spec, optimizer)
             self._expire(spec, optimizer)
+            if self.state.status == "paused":
+                return self.state
             out_of_time = spec.budget.max_hours is not None and self._hours_used() >= spec.budget.max_hours
             out_of_trials = len(self.state.trials) >= spec.budget.max_trials
-            if not out_of_time:
+            if not out_of_time and self.hub.connected:
                 self._dispatch(spec, optimizer, suggest_more=not out_of_trials)
             if (out_of_time or out_of_trials) and not self.state.in_flight and (
                 out_of_time or not self.state.undispatched
             ):
                 reason = "max_hours" if out_of_time and not out_of_trials else "budget_exhausted"
-                self._append(CampaignFinished(**self._next(), actor="orchestrator", reason=reason))  # type: ignore[arg-type]
+                self.writer.append(CampaignFinished(**self.writer.fields("orchestrator"), reason=reason))  # type: ignore[arg-type]
                 return self.state
             if self.options.max_runtime_s is not None and self.clock() - started > self.options.max_runtime_s:
                 return self.state
@@ -149,6 +165,8 @@ class CampaignLoop:
         # The wall-clock budget counts from the campaign's creation, across runs and pauses.
         created = self.state.created_at
         return 0.0 if created is None else (self.wallclock() - created).total_seconds() / 3600.0
+
+    # -- sending -----------------------------------------------------------------------------
 
     def _free_devices(self, spec: CampaignSpec) -> list[str]:
         statuses = self.hub.devices()
@@ -168,21 +186,40 @@ class CampaignLoop:
             n = min(len(free) - len(queue), spec.batch_size, room)
             if n > 0:
                 suggested = optimizer.suggest(n)
-                self._append(TrialsSuggested(**self._next(), actor="optimizer", trials=suggested))  # type: ignore[arg-type]
+                self.writer.append(TrialsSuggested(**self.writer.fields("optimizer"), trials=suggested))  # type: ignore[arg-type]
                 queue += [s.trial_id for s in suggested]
         for device_id, trial_id in zip(free, queue, strict=False):
             trial = self.state.trials[trial_id]
-            request_id = f"{self.campaign_id}:{trial_id}:1"
-            self._append(TrialDispatched(**self._next(), actor="orchestrator",  # type: ignore[arg-type]
-                                         trial_id=trial_id, device_id=device_id, request_id=request_id))
-            self._deadlines[trial_id] = self.clock() + spec.trial_timeout_s
-            request = RunTrial(request_id=request_id, campaign_id=self.campaign_id, trial_id=trial_id,
-                               parameters=dict(trial.parameters))
-            try:
-                self.hub.dispatch(device_id, request, timeout_s=self.options.dispatch_timeout_s)
-            except BrokerError as exc:
-                # The intent is logged; if the request never arrives the trial times out.
-                log.warning("dispatch of trial %s to %s failed: %s", trial_id, device_id, exc)
+            request_id = f"{self.campaign_id}:{trial_id}:{trial.attempts + 1}"
+            self.writer.append(TrialDispatched(**self.writer.fields("orchestrator"),  # type: ignore[arg-type]
+                                               trial_id=trial_id, device_id=device_id, request_id=request_id))
+            self._publish(self.state.trials[trial_id])
+
+    def _publish(self, t: TrialRecord) -> None:
+        assert t.device_id is not None and t.request_id is not None
+        spec = self.state.spec
+        assert spec is not None
+        self._deadlines[t.trial_id] = self.clock() + spec.trial_timeout_s
+        self._last_resend[t.trial_id] = self.clock()
+        request = RunTrial(request_id=t.request_id, campaign_id=self.campaign_id, trial_id=t.trial_id,
+                           parameters=dict(t.parameters))
+        try:
+            self.hub.dispatch(t.device_id, request, timeout_s=self.options.dispatch_timeout_s)
+        except BrokerError as exc:
+            # The intent is logged; the request is re-sent when the broker is back, or the
+            # trial times out.
+            log.warning("publishing trial %s to %s failed: %s", t.trial_id, t.device_id, exc)
+
+    def _resend(self, t: TrialRecord, reason: str, *, force: bool = False) -> None:
+        if t.device_id is None or t.request_id is None:
+            return
+        if not force and self.clock() - self._last_resend.get(t.trial_id, -1e9) < self.options.resend_min_interval_s:
+            return
+        self.writer.append(RequestResent(**self.writer.fields("orchestrator"), trial_id=t.trial_id,  # type: ignore[arg-type]
+                                         device_id=t.device_id, request_id=t.request_id, reason=reason))
+        self._publish(t)
+
+    # -- outcomes ------------------------------------------------------------------------------
 
     def _expire(self, spec: CampaignSpec, optimizer: Optimizer) -> None:
         now = self.clock()
@@ -192,29 +229,58 @@ class CampaignLoop:
                 self._fail(optimizer, t, "timeout", f"no result within {spec.trial_timeout_s:g} s")
 
     def _fail(self, optimizer: Optimizer, t: TrialRecord, reason: str, detail: str) -> None:
-        self._append(TrialFailed(**self._next(), actor="orchestrator", trial_id=t.trial_id,  # type: ignore[arg-type]
-                                 reason=reason, detail=detail, device_id=t.device_id, request_id=t.request_id))
+        spec = self.state.spec
+        assert spec is not None
         self._deadlines.pop(t.trial_id, None)
+        common = {"trial_id": t.trial_id, "reason": reason, "detail": detail,
+                  "device_id": t.device_id, "request_id": t.request_id}
+        if t.attempts <= spec.failure_policy.retries:
+            self.writer.append(TrialRetried(**self.writer.fields("orchestrator"), attempt=t.attempts, **common))  # type: ignore[arg-type]
+            return
+        self.writer.append(TrialFailed(**self.writer.fields("orchestrator"), **common))  # type: ignore[arg-type]
         optimizer.fail(t.trial_id, reason)
+        why = self.state.failure_rate_exceeded()
+        if why is not None:
+            self.writer.append(CampaignPaused(**self.writer.fields("orchestrator"), reason="failure_rate", detail=why))  # type: ignore[arg-type]
 
     def _reject(self, device_id: str | None, topic: str, reason: str, excerpt: str = "") -> None:
         log.warning("rejected message from %s on %s: %s", device_id or "?", topic, reason)
-        self._append(MessageRejectedEvent(**self._next(), actor=f"device:{device_id}" if device_id else "orchestrator",  # type: ignore[arg-type]
-                                          device_id=device_id, topic=topic, reason=reason, excerpt=excerpt[:200]))
+        actor = f"device:{device_id}" if device_id else "orchestrator"
+        self.writer.append(MessageRejectedEvent(**self.writer.fields(actor), device_id=device_id,  # type: ignore[arg-type]
+                                                topic=topic, reason=reason, excerpt=excerpt[:200]))
 
     def _handle(self, event: object, spec: CampaignSpec, optimizer: Optimizer) -> None:
         if isinstance(event, MessageRejected):
             self._reject(event.device_id, event.topic, event.reason, event.excerpt)
+            self.hub.ack(event)
         elif isinstance(event, ResultReceived):
             self._result(event.device_id, event.result, spec, optimizer)
+            self.hub.ack(event)  # only now: what the result caused is in the log
         elif isinstance(event, StatusChanged):
-            log.debug("device %s is %s", event.device_id, event.status.state)
+            if event.status.state == "idle":
+                # A device that is idle while the log says it runs a trial lost the request or
+                # restarted: ask again (it answers from its store if it did run it).
+                for t in self.state.in_flight:
+                    if t.device_id == event.device_id:
+                        self._resend(t, "device_idle")
+        elif isinstance(event, ConnectionLost):
+            self.writer.append(BrokerDisconnected(**self.writer.fields("orchestrator"), detail=event.detail))  # type: ignore[arg-type]
+        elif isinstance(event, ConnectionRestored):
+            self.writer.append(BrokerReconnected(**self.writer.fields("orchestrator"), down_s=event.down_s))  # type: ignore[arg-type]
+            for t in self.state.in_flight:
+                self._resend(t, "broker_reconnected", force=True)
 
     def _result(self, device_id: str, result: TrialResult, spec: CampaignSpec, optimizer: Optimizer) -> None:
         topic = f"devices/{device_id}/results"
         t = self.state.trial_by_request(result.request_id)
         if t is None or t.trial_id != result.trial_id:
             self._reject(device_id, topic, f"result for unknown request {result.request_id!r} / trial {result.trial_id!r}")
+            return
+        measurements = {k: Measurement(mean=m.mean, sem=m.sem) for k, m in result.measurements.items()}
+        if t.status == "failed" and result.status == "completed" and not t.late_measurements:
+            self.writer.append(LateResultRecorded(**self.writer.fields(f"device:{device_id}"),  # type: ignore[arg-type]
+                                                  trial_id=t.trial_id, device_id=device_id,
+                                                  request_id=result.request_id, measurements=measurements))
             return
         if t.terminal:
             self._reject(device_id, topic, f"duplicate result for trial {t.trial_id} (already {t.status})")
@@ -225,12 +291,11 @@ class CampaignLoop:
         if result.status == "failed":
             self._fail(optimizer, t, "device_error", result.error or "device reported failure")
             return
-        measurements = {k: Measurement(mean=m.mean, sem=m.sem) for k, m in result.measurements.items()}
         missing = [m for m in spec.metrics if m not in measurements]
         if missing:
             self._fail(optimizer, t, "invalid_result", f"result lacks metric {missing[0]!r}")
             return
-        self._append(TrialCompleted(**self._next(), actor=f"device:{device_id}", trial_id=t.trial_id,  # type: ignore[arg-type]
-                                    device_id=device_id, request_id=result.request_id, measurements=measurements))
+        self.writer.append(TrialCompleted(**self.writer.fields(f"device:{device_id}"), trial_id=t.trial_id,  # type: ignore[arg-type]
+                                          device_id=device_id, request_id=result.request_id, measurements=measurements))
         self._deadlines.pop(t.trial_id, None)
         optimizer.complete(t.trial_id, measurements)

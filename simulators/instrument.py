@@ -3,12 +3,18 @@
 It runs one trial at a time, keeps every result by ``request_id`` (in memory, and in a JSON
 lines file when given one), and answers a repeated ``request_id`` from that store without
 running the trial again: at-least-once delivery never becomes at-least-once execution.
+
+It keeps a persistent session under a stable client id, and acknowledges a request only once
+it has answered it, so a request sent while it is away, or one it was running when it died,
+is delivered again when it returns. With a record file, every run is also journalled before
+it starts (``<record>.started``): :func:`read_executions` and :func:`read_completions` count
+started and finished runs across restarts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import queue
 import random
 import threading
@@ -19,6 +25,7 @@ from typing import Any, Literal
 
 from campaigns.errors import BrokerError, DeviceMessageError, SpecError
 from devices import (
+    Delivery,
     DeviceStatus,
     Measurement,
     MqttConnection,
@@ -34,12 +41,14 @@ from devices import (
 )
 
 from .catalog import SIMULATORS, SimulatorInfo, SimulatorOptions
+from .record import append_line, executions_path
 
 __all__ = ["SimInstrument", "simulator_info"]
 
 log = logging.getLogger(__name__)
 
 State = Literal["idle", "busy", "offline"]
+_RETRY_S = 0.5
 
 
 def simulator_info(simulator: str) -> SimulatorInfo:
@@ -94,8 +103,11 @@ class SimInstrument:
         self._rng = random.Random(self._options.seed)
         self._store: dict[str, TrialResult] = {}
         self._executions: dict[str, int] = {}
+        self._completions: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._requests: queue.SimpleQueue[RunTrial | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[RunTrial, Delivery | None] | None] = (
+            queue.SimpleQueue()
+        )
         self._stopping = threading.Event()
         self._state: State = "idle"
         self._connection: MqttConnection | None = None
@@ -108,9 +120,21 @@ class SimInstrument:
 
     @property
     def executions(self) -> dict[str, int]:
-        """How many times each ``request_id`` was actually run (a copy)."""
+        """How many runs of each ``request_id`` this instance started (a copy).
+
+        Across restarts, see :func:`read_executions`.
+        """
         with self._lock:
             return dict(self._executions)
+
+    @property
+    def completions(self) -> dict[str, int]:
+        """How many runs of each ``request_id`` this instance finished and recorded (a copy).
+
+        Across restarts, see :func:`read_completions`.
+        """
+        with self._lock:
+            return dict(self._completions)
 
     def _status(self, state: State) -> bytes:
         return encode(DeviceStatus(state=state, device_id=self.device_id, measures=self.measures))
@@ -132,6 +156,7 @@ class SimInstrument:
             subscriptions=[self._topics.requests(self.device_id)],
             on_message=self._on_message,
             on_connect=self._announce,
+            manual_ack=True,
         )
         self._worker = threading.Thread(
             target=self._serve, name=f"sim-{self.device_id}", daemon=True
@@ -139,7 +164,11 @@ class SimInstrument:
         self._worker.start()
 
     def stop(self) -> None:
-        """Stop serving (a trial in progress is abandoned), publish ``offline``, disconnect."""
+        """Stop serving, publish ``offline``, disconnect (the session stays on the broker).
+
+        A trial in progress is abandoned unrecorded and its request unacknowledged, so the
+        broker delivers it again when the instrument returns.
+        """
         if self._connection is None:
             return
         self._stopping.set()
@@ -174,16 +203,18 @@ class SimInstrument:
             retain=True, timeout_s=None,
         )
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes, delivery: Delivery | None) -> bool:
+        # Returns whether the acknowledgement is held until the request is answered.
         if topic != self._topics.requests(self.device_id):
             log.debug("device %s ignored a message on %s", self.device_id, topic[:200])
-            return
+            return False
         try:
             request = parse_request(payload)
         except DeviceMessageError as exc:
             log.warning("device %s ignored a request: %s", self.device_id, exc.message)
-            return
-        self._requests.put(request)
+            return False
+        self._requests.put((request, delivery))
+        return True
 
     # -- worker thread -------------------------------------------------------------------
 
@@ -194,32 +225,51 @@ class SimInstrument:
             self._topics.status(self.device_id), self._status(state), retain=True
         )
 
+    def _try_state(self, state: State) -> None:
+        try:
+            self._set_state(state)
+        except BrokerError as exc:  # announced again on reconnect (_announce)
+            log.warning("device %s: %s", self.device_id, exc)
+
     def _serve(self) -> None:
         while not self._stopping.is_set():
-            request = self._requests.get()
-            if request is None:
+            item = self._requests.get()
+            if item is None:
                 return
+            request, delivery = item
             with self._lock:
-                stored = self._store.get(request.request_id)
-            try:
-                if stored is not None:
-                    log.info("device %s: %s answered from store", self.device_id, request.request_id)
-                    self._publish_result(stored)
-                    continue
-                self._set_state("busy")
+                result = self._store.get(request.request_id)
+            if result is not None:
+                log.info("device %s: %s answered from store", self.device_id, request.request_id)
+            else:
+                self._try_state("busy")
                 result = self._run(request)
                 if result is None:
-                    return
+                    return  # stopped mid-trial: unacknowledged, so it comes again
+            if not self._send(result):
+                return
+            if delivery is not None and self._connection is not None:
+                self._connection.ack(delivery)
+            if self._requests.empty():
+                self._try_state("idle")
+
+    def _send(self, result: TrialResult) -> bool:
+        # The result is recorded: keep trying through broker outages until it is out.
+        while not self._stopping.is_set():
+            try:
                 self._publish_result(result)
-                if self._requests.empty():
-                    self._set_state("idle")
+                return True
             except BrokerError as exc:
-                # paho resends unacknowledged messages once the connection returns.
                 log.warning("device %s: %s", self.device_id, exc)
+                self._stopping.wait(_RETRY_S)
+        return False
 
     def _run(self, request: RunTrial) -> TrialResult | None:
         with self._lock:
             self._executions[request.request_id] = self._executions.get(request.request_id, 0) + 1
+        if self._record_path is not None:
+            started = {"request_id": request.request_id, "trial_id": request.trial_id}
+            append_line(executions_path(self._record_path), json.dumps(started).encode())
         try:
             outcome = self._info.run(self._options, request.parameters, self._rng)
         except Exception as exc:  # a simulator bug becomes a failed trial, reported
@@ -253,14 +303,13 @@ class SimInstrument:
     def _record(self, result: TrialResult) -> TrialResult:
         # The result is durable before it is sent: a crash in between is answered from
         # the record when the orchestrator repeats the request.
+        if self._record_path is not None:
+            append_line(self._record_path, encode(result))
         with self._lock:
             self._store[result.request_id] = result
-        if self._record_path is not None:
-            with self._record_path.open("ab") as handle:
-                handle.write(encode(result) + b"\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            self._completions[result.request_id] = self._completions.get(result.request_id, 0) + 1
         return result
+
 
     def _load_record(self) -> None:
         if self._record_path is None or not self._record_path.exists():

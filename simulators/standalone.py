@@ -1,7 +1,21 @@
-"""Run one simulated instrument until told to stop (``closedloop sim <simulator>``)."""
+"""Run one simulated instrument until told to stop (``closedloop sim <simulator>``).
+
+Also runnable without the closedloop CLI, as a lab device would be::
+
+    echo '{"url": "mqtt://user:pass@host:1883", "prefix": "closedloop"}' | \
+        python -m simulators.standalone branin sim-1 --record sim-1.jsonl --options '{}'
+
+The :class:`~devices.MqttSettings` come as one JSON line on standard input, so the broker
+password never shows in ``ps``. SIGTERM or SIGINT stops it cleanly (``offline``).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import signal
+import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,3 +61,24 @@ def run_standalone(
     """
     with SimInstrument(device_id, simulator, options, settings, record_path=record_path):
         stop_event.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m simulators.standalone``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m simulators.standalone")
+    parser.add_argument("simulator")
+    parser.add_argument("device_id")
+    parser.add_argument("--record", type=Path, default=None)
+    parser.add_argument("--options", default="{}", help="simulator options as a JSON object")
+    args = parser.parse_args(argv)
+    settings = MqttSettings.model_validate(json.loads(sys.stdin.readline()))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    run_standalone(args.simulator, args.device_id, settings, json.loads(args.options), stop,
+                   record_path=args.record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,8 @@ because the durability tests are only meaningful on it.
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -20,7 +22,7 @@ import pytest
 
 from devices import EmbeddedBroker, HubEvent, MqttDeviceHub, MqttSettings
 
-__all__ = ["free_port", "unique", "wait_for"]
+__all__ = ["Mosquitto", "free_port", "unique", "wait_for"]
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
@@ -32,58 +34,105 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mosquitto exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    pytest.fail(f"mosquitto did not open port {port} within {deadline_s} s")
-
-
-@pytest.fixture(scope="session")
-def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a Mosquitto broker with persistence, anonymous, on a free loopback port."""
-    binary = Path(MOSQUITTO) if Path(MOSQUITTO).exists() else None
-    if binary is None:
-        found = shutil.which("mosquitto")
-        binary = Path(found) if found else None
-    if binary is None:
+def _mosquitto_binary() -> Path:
+    if Path(MOSQUITTO).exists():
+        return Path(MOSQUITTO)
+    found = shutil.which("mosquitto")
+    if found is None:
         pytest.fail(
             f"mosquitto not found at {MOSQUITTO} nor on PATH: it is required "
             "(apt-get install mosquitto mosquitto-clients)",
             pytrace=False,
         )
-    directory = tmp_path_factory.mktemp("mosquitto")
-    port = free_port()
-    config = directory / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "set_tcp_nodelay true\n"
-        "persistence true\n"
-        f"persistence_location {directory}/\n"
-        "log_dest stderr\n"
-        "log_type error\nlog_type warning\nlog_type notice\n"
-    )
-    log = directory / "mosquitto.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([str(binary), "-c", str(config)], stdout=out, stderr=out)
-    try:
-        _wait_port(port, process, log, 10.0)
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
+    return Path(found)
+
+
+class Mosquitto:
+    """A Mosquitto process with ``persistence true`` on a fixed port, that can be restarted.
+
+    Args:
+        directory: Where the config, the persistence database and the log go.
+        port: The TCP port; a free one when ``None``. It stays the same across restarts.
+    """
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port if port is not None else free_port()
+        self.log = directory / "mosquitto.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "set_tcp_nodelay true\n"
+            # Run as root, Mosquitto drops to the user `mosquitto`, which cannot write its
+            # database into our temporary directory: persistence would silently not persist.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+            "persistence true\n"
+            f"persistence_location {directory}/\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+
+    @property
+    def url(self) -> str:
+        """``mqtt://127.0.0.1:<port>``."""
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, deadline_s: float = 10.0) -> None:
+        """Start it and wait until its port accepts connections."""
+        with self.log.open("ab") as out:
+            self._process = subprocess.Popen(
+                [str(_mosquitto_binary()), "-c", str(self.config)], stdout=out, stderr=out
+            )
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                pytest.fail(f"mosquitto exited with {self._process.returncode}: "
+                            f"{self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self._process.kill()
+        pytest.fail(f"mosquitto did not open port {self.port} within {deadline_s} s")
+
+    def stop(self) -> None:
+        """SIGTERM (Mosquitto saves its persistence database), then wait for the exit."""
+        process, self._process = self._process, None
+        if process is None:
+            return
         process.terminate()
         try:
             process.wait(5)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a Mosquitto broker with persistence, anonymous, on a free loopback port."""
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    try:
+        yield broker.url
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def restartable_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A Mosquitto of this test alone, started, that the test may stop and start again."""
+    directory = tmp_path / "mosquitto"
+    directory.mkdir()
+    broker = Mosquitto(directory)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +16,13 @@ import devices
 from campaigns.errors import BrokerError, DeviceMessageError
 from devices import (
     MAX_PAYLOAD_BYTES,
+    ConnectionLost,
+    ConnectionRestored,
+    Delivery,
     DeviceStatus,
     Measurement,
     MqttSettings,
+    ResultReceived,
     RunTrial,
     Topics,
     TrialResult,
@@ -27,6 +33,8 @@ from devices import (
     parse_status,
     redact_url,
 )
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def result_payload(**changes: Any) -> bytes:
@@ -164,6 +172,51 @@ def test_settings_never_show_the_password() -> None:
     assert "hunter2" not in str(caught.value)
     with pytest.raises(ValueError):
         MqttSettings(url="mqtt://h", extra_field=1)  # type: ignore[call-arg]
+
+
+def test_settings_protocol_and_session_expiry() -> None:
+    settings = MqttSettings(url="mqtt://h")
+    assert (settings.protocol, settings.clean_session) == (4, False)
+    assert settings.session_expiry_s == 7 * 24 * 3600
+    assert MqttSettings(url="mqtt://h", protocol=5, session_expiry_s=0).protocol == 5
+    for bad in [{"protocol": 3}, {"protocol": "5"}, {"session_expiry_s": -1},
+                {"session_expiry_s": 2**32}]:
+        with pytest.raises(ValueError):
+            MqttSettings(url="mqtt://h", **bad)
+
+
+def test_hub_events_carry_their_delivery() -> None:
+    delivery = Delivery(message_id=7, qos=1, connection=3)
+    result = parse_result(result_payload())
+    event = ResultReceived(device_id="d", result=result, received_at=NOW, delivery=delivery)
+    assert ResultReceived.model_validate_json(event.model_dump_json()) == event
+    assert ResultReceived(device_id="d", result=result, received_at=NOW).delivery is None
+    lost = ConnectionLost(detail="Unspecified error", at=NOW)
+    back = ConnectionRestored(down_s=1.0, at=NOW, session_present=True)
+    assert (lost.kind, back.kind) == ("connection_lost", "connection_restored")
+    with pytest.raises(ValueError):
+        ConnectionRestored(down_s=1.0, at=NOW)  # type: ignore[call-arg]
+
+
+def test_simulators_all_is_exported() -> None:
+    import simulators
+
+    for name in simulators.__all__:
+        assert hasattr(simulators, name), name
+
+
+def test_execution_counts_survive_torn_lines(tmp_path: Path) -> None:
+    from simulators import executions_path, read_completions, read_executions
+
+    record = tmp_path / "sim.jsonl"
+    assert (read_executions(record), read_completions(record)) == ({}, {})
+    executions_path(record).write_bytes(
+        b'{"request_id": "r1", "trial_id": "t1"}\n{"request_id": "r1", "trial_id": "t1"}\n'
+        b'{"request_id": "r2", "trial_id": "t2"}\n{"request_id": "r3", "tri'
+    )
+    record.write_bytes(encode(parse_result(result_payload(request_id="r1"))) + b"\n{\"requ")
+    assert read_executions(record) == {"r1": 2, "r2": 1}
+    assert read_completions(record) == {"r1": 1}
 
 
 json_values = st.recursive(

@@ -1,0 +1,118 @@
+"""Holding a campaign's lease for the life of a run: one writer per campaign.
+
+The CLI takes the lease before it starts anything for a run (simulators included), and the
+flow takes it if nobody in this process holds it yet (a flow run started some other way).
+Within one process the lease is re-entrant: the flow reuses the CLI's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from campaigns import CampaignLockedError, StorageUnavailableError
+from storage import MongoLease
+
+__all__ = ["HeldLease", "hold_lease", "owner_name"]
+
+log = logging.getLogger("closedloop.lease")
+
+
+def owner_name() -> str:
+    """How this process is named as a lease owner: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _dead_local_owner(message: str) -> str | None:
+    """The owner named in a lock error, if it is a process of this host that no longer runs.
+
+    A SIGKILLed orchestrator leaves a live-looking lease for up to its ttl; on the same host we
+    can tell at once that its process is gone and take over without waiting.
+    """
+    host = socket.gethostname()
+    marker = f"is being run by {host}:"
+    if marker not in message:
+        return None
+    pid_text = message.split(marker, 1)[1].split(" ", 1)[0]
+    if not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"{host}:{pid}"
+    except PermissionError:
+        return None  # alive, someone else's
+    return None
+
+
+def _acquire(lease: MongoLease) -> str | None:
+    try:
+        return lease.acquire().taken_over_from
+    except CampaignLockedError as exc:
+        dead = _dead_local_owner(exc.message)
+        if dead is None:
+            raise
+        log.warning("the lease's owner %s is not running any more: taking over", dead)
+        return lease.acquire(dead_owner=dead).taken_over_from or dead
+
+
+@dataclass
+class HeldLease:
+    """A lease this process holds, and what it learned if it lost it."""
+
+    lease: MongoLease
+    lost: list[BaseException] = field(default_factory=list)
+    users: int = 0
+
+    def lost_error(self) -> BaseException | None:
+        """The error to stop on once the lease was taken by someone else, else None."""
+        return self.lost[0] if self.lost else None
+
+
+_HELD: dict[str, HeldLease] = {}
+_LOCK = threading.Lock()
+
+
+@contextmanager
+def hold_lease(uri: str, database: str, campaign_id: str,
+               on_takeover: Callable[[str], None] | None = None) -> Iterator[HeldLease]:
+    """Acquire (or re-use, within this process) the campaign's lease, heartbeat it, release it.
+
+    Raises:
+        CampaignLockedError: another live process holds it (the message names the owner).
+    """
+    with _LOCK:
+        held = _HELD.get(campaign_id)
+        if held is None:
+            lease = MongoLease(uri, campaign_id, owner=owner_name(), database=database)
+            try:
+                previous = _acquire(lease)
+            except BaseException:
+                lease.close()
+                raise
+            if previous and on_takeover is not None:
+                on_takeover(previous)
+            held = HeldLease(lease)
+            lease.start_heartbeat(on_lost=held.lost.append)
+            _HELD[campaign_id] = held
+        held.users += 1
+    try:
+        yield held
+    finally:
+        with _LOCK:
+            held.users -= 1
+            if held.users == 0:
+                del _HELD[campaign_id]
+                held.lease.stop_heartbeat()
+                try:
+                    held.lease.release()
+                except StorageUnavailableError:
+                    log.warning("could not release the lease (database down); it expires after %g s", held.lease.ttl_s)
+                finally:
+                    held.lease.close()
