@@ -14,10 +14,19 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from campaigns import CampaignState, ClosedLoopError, TrialCompleted, TrialFailed, apply
+from campaigns import (
+    BrokerDisconnected,
+    BrokerReconnected,
+    CampaignPaused,
+    CampaignState,
+    ClosedLoopError,
+    TrialCompleted,
+    TrialFailed,
+    apply,
+)
 from storage import MongoEventStore
 
-from flows.report import best_line
+from flows.report import best_line, condition_line
 
 __all__ = ["ProgressReporter"]
 
@@ -31,6 +40,7 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="closedloop-progress", daemon=True)
         self.state = CampaignState()
+        self.db_down = False
 
     def __enter__(self) -> ProgressReporter:
         if not self.quiet:
@@ -54,7 +64,15 @@ class ProgressReporter:
         try:
             events = store.read(self.campaign_id, after_seq=self.state.last_seq)
         except ClosedLoopError:
-            return  # the display skips a beat; the loop itself reports storage trouble
+            if not self.db_down:
+                self.db_down = True
+                if on_event is not None:
+                    on_event("database unreachable: nothing is dispatched until it is back; retrying")
+            return
+        if self.db_down:
+            self.db_down = False
+            if on_event is not None:
+                on_event("database is back")
         for e in events:
             apply(self.state, e)
             if on_event is not None:
@@ -70,7 +88,7 @@ class ProgressReporter:
                 spec = self.state.spec
                 done = self.state.count("completed") + self.state.count("failed")
                 detail = (f"running {self.state.count('running')}, failed {self.state.count('failed')} | "
-                          f"{best_line(self.state)}")
+                          f"{condition_line(self.state, self.db_down) or best_line(self.state)}")
                 bar.update(task, completed=done, total=None if spec is None else spec.budget.max_trials, detail=detail)
                 if self._stop.wait(self.interval_s):
                     self._poll(store)
@@ -78,7 +96,11 @@ class ProgressReporter:
 
     def _lines(self, store: MongoEventStore) -> None:
         def show(e: object) -> None:
-            if isinstance(e, TrialCompleted | TrialFailed):
+            if isinstance(e, str):
+                print(e, file=sys.stderr, flush=True)
+            elif isinstance(e, BrokerDisconnected | BrokerReconnected | CampaignPaused):
+                print(condition_line(self.state, self.db_down) or "broker is back", file=sys.stderr, flush=True)
+            elif isinstance(e, TrialCompleted | TrialFailed):
                 spec = self.state.spec
                 done = self.state.count("completed") + self.state.count("failed")
                 total = "?" if spec is None else spec.budget.max_trials

@@ -6,7 +6,7 @@ from typing import Any
 
 from campaigns import CampaignState, TrialRecord
 
-__all__ = ["best_line", "status_dict", "status_text"]
+__all__ = ["best_line", "condition_line", "status_dict", "status_text"]
 
 
 def _trial_summary(t: TrialRecord) -> dict[str, Any]:
@@ -37,6 +37,9 @@ def status_dict(state: CampaignState) -> dict[str, Any]:
         "best": None if best is None else _trial_summary(best),
         "objectives": [] if spec is None else [o.model_dump() for o in spec.objectives],
         "runs": state.runs,
+        "paused": None if state.paused_reason is None else {"reason": state.paused_reason, "detail": state.paused_detail},
+        "broker_down_since": None if state.broker_down_since is None else state.broker_down_since.isoformat(),
+        "late_results": sum(1 for t in state.trials.values() if t.late_measurements),
         "rejected_messages": state.rejected_messages,
         "last_seq": state.last_seq,
         "created_at": None if state.created_at is None else state.created_at.isoformat(),
@@ -71,6 +74,17 @@ def best_line(state: CampaignState) -> str:
     return f"best {obj.name} = {_fmt(best.measurements[obj.name].mean)} (trial {best.trial_id}) at {params}"
 
 
+def condition_line(state: CampaignState, database_down: bool = False) -> str:
+    """What keeps the campaign from running normally right now, or "" when nothing does."""
+    if database_down:
+        return "database unreachable: nothing is dispatched until it is back; retrying"
+    if state.paused_reason is not None:
+        return f"paused: {state.paused_detail or state.paused_reason}"
+    if state.broker_down_since is not None:
+        return f"MQTT broker down since {state.broker_down_since:%H:%M:%S} UTC: reconnecting with back-off"
+    return ""
+
+
 def status_text(state: CampaignState) -> str:
     """A few human lines (``closedloop status``)."""
     d = status_dict(state)
@@ -86,6 +100,8 @@ def status_text(state: CampaignState) -> str:
         f"{t['waiting']} waiting{budget}",
         best_line(state),
     ]
+    if condition_line(state):
+        lines.append(condition_line(state))
     if state.rejected_messages:
         lines.append(f"rejected device messages: {state.rejected_messages} (see `closedloop export`)")
     return "\n".join(lines)

@@ -32,6 +32,7 @@ _TRIAL_COLUMNS = [
     "finished_at",
     "failure_reason",
     "failure_detail",
+    "attempts",
 ]
 
 
@@ -48,6 +49,10 @@ def _metrics(state: CampaignState) -> list[str]:
     return names + extra
 
 
+def _late_metrics(state: CampaignState) -> list[str]:
+    return sorted({m for t in state.trials.values() for m in t.late_measurements})
+
+
 def export_columns(state: CampaignState) -> list[str]:
     """The column names of ``export_rows(state)``, in order.
 
@@ -55,12 +60,14 @@ def export_columns(state: CampaignState) -> list[str]:
         state: A folded campaign state.
 
     Returns:
-        The trial columns, then ``param.<name>``, then ``<metric>`` and ``<metric>.sem``.
+        The trial columns, then ``param.<name>``, then ``<metric>`` and ``<metric>.sem``, then
+        ``late.<metric>`` for results that arrived after their trial had failed (if any did).
     """
     columns = list(_TRIAL_COLUMNS)
     columns += [f"param.{n}" for n in _parameters(state)]
     for m in _metrics(state):
         columns += [m, f"{m}.sem"]
+    columns += [f"late.{m}" for m in _late_metrics(state)]
     return columns
 
 
@@ -68,7 +75,7 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
-def _row(trial: TrialRecord, parameters: list[str], metrics: list[str]) -> dict[str, Any]:
+def _row(trial: TrialRecord, parameters: list[str], metrics: list[str], late: list[str]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "trial_id": trial.trial_id,
         "index": trial.index,
@@ -80,6 +87,7 @@ def _row(trial: TrialRecord, parameters: list[str], metrics: list[str]) -> dict[
         "finished_at": _iso(trial.finished_at),
         "failure_reason": trial.failure_reason,
         "failure_detail": trial.failure_detail or None,
+        "attempts": trial.attempts,
     }
     for name in parameters:
         row[f"param.{name}"] = trial.parameters.get(name)
@@ -87,6 +95,9 @@ def _row(trial: TrialRecord, parameters: list[str], metrics: list[str]) -> dict[
         measured = trial.measurements.get(name)
         row[name] = measured.mean if measured is not None else None
         row[f"{name}.sem"] = measured.sem if measured is not None else None
+    for name in late:
+        late_value = trial.late_measurements.get(name)
+        row[f"late.{name}"] = late_value.mean if late_value is not None else None
     return row
 
 
@@ -101,7 +112,8 @@ def export_rows(state: CampaignState) -> list[dict[str, Any]]:
     """
     parameters, metrics = _parameters(state), _metrics(state)
     trials = sorted(state.trials.values(), key=lambda t: t.index)
-    return [_row(t, parameters, metrics) for t in trials]
+    late = _late_metrics(state)
+    return [_row(t, parameters, metrics, late) for t in trials]
 
 
 @contextmanager

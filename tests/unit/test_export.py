@@ -124,3 +124,13 @@ def test_an_empty_state_exports_a_header_only() -> None:
     stream = io.StringIO()
     write_csv(empty, stream)
     assert stream.getvalue().splitlines() == [",".join(export_columns(empty))]
+
+
+def test_a_late_result_is_exported_beside_the_failure(state: CampaignState) -> None:
+    from campaigns import LateResultRecorded, apply
+
+    apply(state, LateResultRecorded(**_at(8), actor="device:dev-1", trial_id="t1", device_id="dev-1",
+                                    request_id="r1", measurements={"yield_": Measurement(mean=0.4)}))
+    rows = {r["trial_id"]: r for r in export_rows(state)}
+    assert rows["t1"]["status"] == "failed" and rows["t1"]["late.yield_"] == 0.4 and rows["t1"]["yield_"] is None
+    assert rows["t0"]["late.yield_"] is None and export_columns(state)[-1] == "late.yield_"
