@@ -44,6 +44,7 @@ from pymongo.errors import ConfigurationError, DuplicateKeyError
 
 from campaigns.errors import CampaignLockedError, StorageError, StorageUnavailableError
 from storage._errors import driver_errors, short
+from storage._query import _eq
 from storage._uri import redact_uri
 
 __all__ = ["LeaseInfo", "MongoLease"]
@@ -52,11 +53,6 @@ _COLLECTION = "leases"
 _ATTEMPTS = 3
 _RETRY_S = 1.0  # heartbeat retry pace while the database is unreachable
 _LOST_HINT = "stop writing to this campaign; re-read the log before acquiring it again"
-
-
-def _eq(value: Any) -> dict[str, Any]:
-    """An explicit ``$eq``: nx-27017 turns it into an index search (see ``storage.mongo``)."""
-    return {"$eq": value}
 
 
 class LeaseInfo(BaseModel):

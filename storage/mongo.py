@@ -33,6 +33,7 @@ from pymongo.errors import BulkWriteError, ConfigurationError, DuplicateKeyError
 from campaigns.errors import AppendConflictError, StorageError
 from campaigns.events import Event, EventBase, event_from_doc, event_to_doc
 from storage._errors import driver_errors, short
+from storage._query import _eq
 from storage._uri import redact_uri
 
 __all__ = ["CampaignSummary", "MongoEventStore"]
@@ -42,16 +43,6 @@ _INDEX_NAME = "campaign_id_seq_unique"
 _DUPLICATE_KEY = 11000
 _SOCKET_TIMEOUT_MS = 30_000
 _CONFLICT_HINT = "another closedloop process is writing this campaign; re-read the log"
-
-
-def _eq(value: Any) -> dict[str, Any]:
-    """An explicit ``$eq``: the same match in MongoDB, and nx-27017 then uses the unique index.
-
-    nx-27017 translates a bare ``{"field": value}`` into SQL that also searches arrays, which
-    defeats the index and scans the collection (8 ms at 5,000 events, growing linearly);
-    ``{"$eq": value}`` becomes an index search (0.8 ms, flat).
-    """
-    return {"$eq": value}
 
 
 class CampaignSummary(BaseModel):
