@@ -236,22 +236,32 @@ class SimInstrument:
             item = self._requests.get()
             if item is None:
                 return
-            request, delivery = item
-            with self._lock:
-                result = self._store.get(request.request_id)
-            if result is not None:
-                log.info("device %s: %s answered from store", self.device_id, request.request_id)
-            else:
-                self._try_state("busy")
-                result = self._run(request)
-                if result is None:
-                    return  # stopped mid-trial: unacknowledged, so it comes again
-            if not self._send(result):
-                return
-            if delivery is not None and self._connection is not None:
-                self._connection.ack(delivery)
-            if self._requests.empty():
+            try:
+                if not self._answer(*item):
+                    return
+            except (OSError, BrokerError) as exc:
+                # The instrument stays up: the request stays unacknowledged and comes again.
+                log.error("device %s: could not serve %s: %s", self.device_id, item[0].request_id, exc)
                 self._try_state("idle")
+
+    def _answer(self, request: RunTrial, delivery: Delivery | None) -> bool:
+        """Serve one request; False when the instrument is stopping."""
+        with self._lock:
+            result = self._store.get(request.request_id)
+        if result is not None:
+            log.info("device %s: %s answered from store", self.device_id, request.request_id)
+        else:
+            self._try_state("busy")
+            result = self._run(request)
+            if result is None:
+                return False  # stopped mid-trial: unacknowledged, so it comes again
+        if not self._send(result):
+            return False
+        if delivery is not None and self._connection is not None:
+            self._connection.ack(delivery)
+        if self._requests.empty():
+            self._try_state("idle")
+        return True
 
     def _send(self, result: TrialResult) -> bool:
         # The result is recorded: keep trying through broker outages until it is out.

@@ -16,7 +16,8 @@ __all__ = ["append_line", "executions_path", "read_completions", "read_execution
 
 
 def append_line(path: Path, line: bytes) -> None:
-    """Append one line to ``path`` and fsync it, so it survives a crash right after."""
+    """Append one line to ``path`` (creating its folder) and fsync it, so it survives a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("ab") as handle:
         handle.write(line + b"\n")
         handle.flush()

@@ -184,3 +184,31 @@ def test_result_published_while_orchestrator_down_is_logged(tmp_path: Path, mosq
     done = [e for e in events if isinstance(e, TrialCompleted)]
     assert len(done) == 1 and done[0].measurements["y"].mean == 1.25
     assert not [e for e in events if isinstance(e, MessageRejected)]
+
+
+@pytest.mark.timeout(600)
+def test_embedded_defaults_sigkill_then_run_again(tmp_path: Path, prefect_server: dict[str, str]) -> None:
+    """The demo's set-up — embedded broker and database, simulators inside the run — killed
+    mid-campaign and started again with the same command: it finishes, nothing runs twice."""
+    home = tmp_path / "home"
+    env = cli_env(home, prefect_server)
+    spec_data = {**SPEC, "name": "embedded-crash",
+                 "devices": [{"id": d, "simulator": "branin", "options": {"duration_s": [0.8, 1.5], "seed": i}}
+                             for i, d in enumerate(("dev-a", "dev-b"))]}
+    spec = write_spec(tmp_path / "spec.yaml", spec_data)
+    orch = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (x := status_or_none("embedded-crash", env)) and x["trials"]["completed"] >= 3
+             and x["trials"]["running"] >= 1, 240, "trials in flight")
+    orch.send_signal(signal.SIGKILL)
+    orch.wait(timeout=30)
+    out = run(["run", str(spec), "--quiet"], env)
+    assert out.returncode == 0, out.stderr
+    assert "continuing from event" in out.stdout
+    final = status("embedded-crash", env)
+    assert final["status"] == "finished" and final["trials"]["completed"] == 10
+    events = log_events(home, "embedded-crash")
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    for device in ("dev-a", "dev-b"):
+        finished = read_completions(home / "devices" / f"{device}.jsonl")
+        assert finished and set(finished.values()) == {1}  # answered from the record, not run again
