@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from campaigns.changes import apply_change
+from campaigns.errors import SpecError
 from campaigns.events import (
+    ApprovalGiven,
+    ApprovalRejected,
+    ApprovalRequested,
+    CampaignChanged,
     BrokerDisconnected,
     BrokerReconnected,
     CampaignCreated,
@@ -35,9 +41,9 @@ from campaigns.events import (
 )
 from campaigns.spec import CampaignSpec
 
-__all__ = ["CampaignState", "TrialRecord", "TrialStatus", "apply", "fold"]
+__all__ = ["CampaignState", "OpenApproval", "TrialRecord", "TrialStatus", "apply", "fold"]
 
-TrialStatus = Literal["suggested", "running", "completed", "failed"]
+TrialStatus = Literal["suggested", "running", "completed", "failed", "rejected"]
 
 
 @dataclass
@@ -61,11 +67,27 @@ class TrialRecord:
     attempts: int = 0
     resends: int = 0
     late_measurements: dict[str, Measurement] = field(default_factory=dict)
+    requests: dict[str, str] = field(default_factory=dict)  # every attempt: request id -> device
+    awaiting_approval: str | None = None
+    suggested_parameters: dict[str, ParameterValue] | None = None
+    decided_by: str | None = None
 
     @property
     def terminal(self) -> bool:
-        """Whether the trial has an outcome (completed or failed)."""
-        return self.status in ("completed", "failed")
+        """Whether the trial has an outcome (completed, failed, or rejected by a person)."""
+        return self.status in ("completed", "failed", "rejected")
+
+
+@dataclass
+class OpenApproval:
+    """An approval request nobody has answered yet."""
+
+    approval_id: str
+    trial_ids: list[str]
+    requested_at: datetime
+    deadline: datetime | None
+    on_timeout: str
+    why: str
 
 
 @dataclass
@@ -74,6 +96,7 @@ class CampaignState:
 
     campaign_id: str | None = None
     spec: CampaignSpec | None = None
+    original_spec: CampaignSpec | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
     last_seq: int = 0
@@ -88,6 +111,9 @@ class CampaignState:
     window_failed: int = 0
     broker_down_since: datetime | None = None
     broker_outages: int = 0
+    open_approvals: dict[str, OpenApproval] = field(default_factory=dict)
+    applied_commands: set[str] = field(default_factory=set)
+    changes: int = 0
 
     @property
     def status(self) -> Literal["empty", "running", "paused", "finished"]:
@@ -109,8 +135,13 @@ class CampaignState:
 
     @property
     def undispatched(self) -> list[TrialRecord]:
-        """Trials suggested but not yet sent to a device."""
-        return [t for t in self.trials.values() if t.status == "suggested"]
+        """Trials ready to be sent to a device: suggested, not waiting for approval."""
+        return [t for t in self.trials.values() if t.status == "suggested" and t.awaiting_approval is None]
+
+    @property
+    def budget_used(self) -> int:
+        """Trials that count against ``max_trials``: every suggested trial but rejected ones."""
+        return sum(1 for t in self.trials.values() if t.status != "rejected")
 
     def failure_rate_exceeded(self) -> str | None:
         """Why the failure policy says pause (failures since the last resume), or None."""
@@ -128,9 +159,9 @@ class CampaignState:
         return {t.device_id for t in self.in_flight if t.device_id is not None}
 
     def trial_by_request(self, request_id: str) -> TrialRecord | None:
-        """The trial dispatched with this request id, if any."""
+        """The trial dispatched with this request id (any of its attempts), if any."""
         for t in reversed(self.trials.values()):
-            if t.request_id == request_id:
+            if request_id in t.requests:
                 return t
         return None
 
@@ -171,7 +202,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
         state.campaign_id = event.campaign_id
     if isinstance(event, CampaignCreated):
         if state.spec is None:
-            state.spec = event.spec
+            state.spec = state.original_spec = event.spec
             state.created_at = event.time
         else:
             state.anomalies += 1
@@ -196,6 +227,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             state.anomalies += 1
         else:
             t.status, t.device_id, t.request_id, t.dispatched_at = "running", event.device_id, event.request_id, event.time
+            t.requests[event.request_id] = event.device_id
             t.attempts += 1
     elif isinstance(event, RequestResent):
         t = state.trials.get(event.trial_id)
@@ -239,16 +271,73 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             state.broker_outages += 1
     elif isinstance(event, BrokerReconnected):
         state.broker_down_since = None
+    elif isinstance(event, ApprovalRequested):
+        _request_approval(state, event)
+    elif isinstance(event, ApprovalGiven | ApprovalRejected):
+        _decide(state, event)
+    elif isinstance(event, CampaignChanged):
+        _note_command(state, event.command_id)
+        if state.spec is not None:
+            try:
+                state.spec = apply_change(state.spec, event.change)
+                state.changes += 1
+            except SpecError:
+                state.anomalies += 1  # a change that no longer fits: ignored, the log still reads
     elif isinstance(event, CampaignPaused):
+        _note_command(state, event.command_id)
         state.paused_reason, state.paused_detail = event.reason, event.detail
     elif isinstance(event, CampaignResumed):
+        _note_command(state, event.command_id)
         # The failure-rate window restarts: a person looked at the failures and resumed.
         state.paused_reason, state.paused_detail = None, ""
         state.window_completed = state.window_failed = 0
     elif isinstance(event, CampaignFinished):
+        _note_command(state, event.command_id)
         if state.finished_reason is None:
             state.finished_reason = event.reason
     return state
+
+
+def _note_command(state: CampaignState, command_id: str | None) -> None:
+    if command_id is not None:
+        state.applied_commands.add(command_id)
+
+
+def _request_approval(state: CampaignState, event: ApprovalRequested) -> None:
+    if event.approval_id in state.open_approvals:
+        state.anomalies += 1
+        return
+    waiting = []
+    for trial_id in event.trial_ids:
+        t = state.trials.get(trial_id)
+        if t is None or t.status != "suggested" or t.awaiting_approval is not None:
+            state.anomalies += 1
+            continue
+        t.awaiting_approval = event.approval_id
+        waiting.append(trial_id)
+    if waiting:
+        state.open_approvals[event.approval_id] = OpenApproval(
+            event.approval_id, waiting, event.time, event.deadline, event.on_timeout, event.why
+        )
+
+
+def _decide(state: CampaignState, event: ApprovalGiven | ApprovalRejected) -> None:
+    _note_command(state, event.command_id)
+    request = state.open_approvals.pop(event.approval_id, None)
+    if request is None:
+        state.anomalies += 1
+        return
+    approved = getattr(event, "approved", [])
+    edited = getattr(event, "edited", {})
+    for trial_id in request.trial_ids:
+        t = state.trials[trial_id]
+        t.awaiting_approval, t.decided_by = None, event.actor
+        if trial_id in event.rejected or (trial_id not in approved and trial_id not in edited):
+            t.status, t.finished_at, t.failure_reason = "rejected", event.time, event.reason
+        elif trial_id in edited:
+            t.suggested_parameters = dict(t.parameters)
+            t.parameters = {**t.parameters, **edited[trial_id]}
+            t.generator = "human"
 
 
 def fold(events: Iterable[EventBase]) -> CampaignState:

@@ -272,6 +272,8 @@ class CampaignLoop:
 
     def _result(self, device_id: str, result: TrialResult, spec: CampaignSpec, optimizer: Optimizer) -> None:
         topic = f"devices/{device_id}/results"
+        # Any attempt's request id: a result for an earlier attempt of a retried trial measures
+        # the same parameters, and the first valid result wins.
         t = self.state.trial_by_request(result.request_id)
         if t is None or t.trial_id != result.trial_id:
             self._reject(device_id, topic, f"result for unknown request {result.request_id!r} / trial {result.trial_id!r}")
@@ -285,8 +287,9 @@ class CampaignLoop:
         if t.terminal:
             self._reject(device_id, topic, f"duplicate result for trial {t.trial_id} (already {t.status})")
             return
-        if t.device_id != device_id:
-            self._reject(device_id, topic, f"trial {t.trial_id} was sent to {t.device_id}, not {device_id}")
+        if t.requests.get(result.request_id) != device_id:
+            self._reject(device_id, topic, f"request {result.request_id} was sent to "
+                                           f"{t.requests.get(result.request_id)}, not {device_id}")
             return
         if result.status == "failed":
             self._fail(optimizer, t, "device_error", result.error or "device reported failure")
