@@ -12,7 +12,13 @@ from campaigns.errors import (
     StorageError,
     StorageUnavailableError,
 )
+from campaigns.approval import ApprovalPolicy
+from campaigns.changes import CampaignChange, apply_change
 from campaigns.events import (
+    ApprovalGiven,
+    ApprovalRejected,
+    ApprovalRequested,
+    CampaignChanged,
     BrokerDisconnected,
     BrokerReconnected,
     CampaignCreated,
@@ -40,6 +46,13 @@ from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntPar
 from campaigns.state import CampaignState, TrialRecord, apply, fold
 
 __all__ = [
+    "ApprovalGiven",
+    "ApprovalPolicy",
+    "ApprovalRejected",
+    "ApprovalRequested",
+    "CampaignChange",
+    "CampaignChanged",
+    "apply_change",
     "AppendConflictError",
     "BrokerDisconnected",
     "BrokerError",

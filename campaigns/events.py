@@ -13,9 +13,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from campaigns.changes import CampaignChange
 from campaigns.spec import CampaignSpec
 
 __all__ = [
+    "ApprovalGiven",
+    "ApprovalRejected",
+    "ApprovalRequested",
+    "CampaignChanged",
     "ParameterValue",
     "CampaignCreated",
     "BrokerDisconnected",
@@ -216,12 +221,64 @@ class MessageRejected(EventBase):
     excerpt: str = ""
 
 
+class ApprovalRequested(EventBase):
+    """Proposed trials wait for a person: nothing of them is dispatched until a decision.
+
+    Carries what a notifier needs: the trials (with their parameters in the log just before),
+    why the policy asks, the deadline, and the command that answers.
+    """
+
+    kind: Literal["ApprovalRequested"] = "ApprovalRequested"
+    approval_id: str
+    trial_ids: list[str] = Field(min_length=1)
+    why: str
+    deadline: datetime | None = None
+    on_timeout: str = "keep_waiting"
+    answer_with: str
+
+
+class ApprovalGiven(EventBase):
+    """A person (or the timeout policy) decided on an approval request: trials approved as
+    proposed, approved with edits (human-chosen parameters), and rejected (never run)."""
+
+    kind: Literal["ApprovalGiven"] = "ApprovalGiven"
+    approval_id: str
+    approved: list[str] = Field(default_factory=list)
+    edited: dict[str, dict[str, ParameterValue]] = Field(default_factory=dict)
+    rejected: list[str] = Field(default_factory=list)
+    reason: str
+    via: str = "cli"
+    command_id: str | None = None
+
+
+class ApprovalRejected(EventBase):
+    """Every trial of an approval request was rejected."""
+
+    kind: Literal["ApprovalRejected"] = "ApprovalRejected"
+    approval_id: str
+    rejected: list[str] = Field(min_length=1)
+    reason: str
+    via: str = "cli"
+    command_id: str | None = None
+
+
+class CampaignChanged(EventBase):
+    """A person changed the campaign while it runs (bounds, fixed parameters, constraints,
+    thresholds, batch size, trial timeout, budget); applies from here on."""
+
+    kind: Literal["CampaignChanged"] = "CampaignChanged"
+    change: CampaignChange
+    reason: str
+    command_id: str | None = None
+
+
 class CampaignPaused(EventBase):
     """The campaign stops dispatching until resumed: too many failures, or a person said so."""
 
     kind: Literal["CampaignPaused"] = "CampaignPaused"
     reason: str
     detail: str = ""
+    command_id: str | None = None
 
 
 class CampaignResumed(EventBase):
@@ -229,6 +286,7 @@ class CampaignResumed(EventBase):
 
     kind: Literal["CampaignResumed"] = "CampaignResumed"
     reason: str = ""
+    command_id: str | None = None
 
 
 class CampaignFinished(EventBase):
@@ -236,6 +294,8 @@ class CampaignFinished(EventBase):
 
     kind: Literal["CampaignFinished"] = "CampaignFinished"
     reason: str
+    detail: str = ""
+    command_id: str | None = None
 
 
 Event = Annotated[
@@ -251,6 +311,10 @@ Event = Annotated[
     | BrokerDisconnected
     | BrokerReconnected
     | MessageRejected
+    | ApprovalRequested
+    | ApprovalGiven
+    | ApprovalRejected
+    | CampaignChanged
     | CampaignPaused
     | CampaignResumed
     | CampaignFinished,

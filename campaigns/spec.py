@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from campaigns.approval import ApprovalPolicy, names_in, parse_condition
 from campaigns.errors import SpecError
 
 __all__ = [
@@ -210,6 +211,10 @@ class CampaignSpec(_Model):
     devices: list[DeviceSpec] = Field(min_length=1)
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    fixed_parameters: dict[str, float | int | str] = Field(
+        default_factory=dict, description="parameters held at a value (the optimizer varies the others)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -237,6 +242,20 @@ class CampaignSpec(_Model):
                 raise ValueError(
                     f"devices[{i}]: a real device needs `measures: [metric, ...]` (or set `simulator:`)"
                 )
+        by_name = {p.name: p for p in self.parameters}
+        for name, value in self.fixed_parameters.items():
+            p = by_name.get(name)
+            if p is None:
+                raise ValueError(f"fixed_parameters: {name!r} is not a parameter of this campaign; fix a parameter by its name")
+            if isinstance(p, ChoiceParameter):
+                if value not in p.values:
+                    raise ValueError(f"fixed_parameters.{name}: {value!r} is not one of its values {p.values}")
+            elif isinstance(value, str) or not (p.bounds[0] <= value <= p.bounds[1]):
+                raise ValueError(f"fixed_parameters.{name}: {value!r} is outside its bounds {list(p.bounds)}")
+        if self.approval.when is not None:
+            unknown = sorted(names_in(parse_condition(self.approval.when)) - set(by_name))
+            if unknown:
+                raise ValueError(f"approval.when: {unknown[0]!r} is not a parameter of this campaign; use parameter names")
         for i, text in enumerate(self.outcome_constraints):
             _parse_outcome(text, f"outcome_constraints[{i}]")
         for i, text in enumerate(self.parameter_constraints):
@@ -418,7 +437,7 @@ def _known_keys(loc: Sequence[int | str]) -> list[str]:
         if field is None:
             break
         ann = field.annotation
-        for candidate in (Budget, DeviceSpec, Objective, OptimizerSettings, FailurePolicy):
+        for candidate in (Budget, DeviceSpec, Objective, OptimizerSettings, FailurePolicy, ApprovalPolicy):
             if ann is candidate or candidate in getattr(ann, "__args__", ()):
                 model = candidate
                 break
