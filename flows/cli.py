@@ -29,6 +29,7 @@ from campaigns import (
 from storage import MongoEventStore
 
 from flows.lease import hold_lease
+from flows.people import add_commands
 
 from flows.report import best_line, status_dict, status_text
 from flows.runtime import broker_url, check_spec_devices, event_store, mqtt_settings, running_broker_url, simulated_lab
@@ -267,6 +268,8 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="all campaigns in the log")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_cmd_list)
+
+    add_commands(sub)
 
     sm = sub.add_parser("sim", help="run a simulated instrument that speaks MQTT protocol v1")
     sm.add_argument("simulator")

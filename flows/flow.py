@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable
+from typing import Any
 from functools import partial
 
 from prefect import flow, get_run_logger, task
@@ -18,6 +19,7 @@ from prefect.context import get_run_context
 from campaigns import CampaignSpec, SuggestedTrial, TrialRecord
 from devices import MqttDeviceHub
 from optimizer import AxOptimizer
+from storage import MongoCommandInbox
 
 from flows.lease import hold_lease
 from flows.loop import CampaignLoop, LoopOptions
@@ -60,6 +62,22 @@ def _make_optimizer(threads: int | None, spec: CampaignSpec, trials: Iterable[Tr
     return _TaskOptimizer(rebuild_optimizer(spec, list(trials), threads))
 
 
+def _prefect_notifier(campaign_id: str, inbox: MongoCommandInbox) -> Any:
+    """With a Prefect server configured, approval requests also wait in the Prefect UI as paused
+    flow runs with a form; an answer there becomes the same command a CLI answer is."""
+    from flows.prefect_approval import PrefectApprovals, prefect_server_configured
+
+    if not prefect_server_configured():
+        return None
+
+    def submit(command: dict[str, Any]) -> None:
+        by = str(command.pop("by", "") or "prefect-ui")
+        reason = str(command.pop("reason", "") or "answered in the Prefect UI")
+        inbox.submit(campaign_id, "approve", command, by=by, reason=reason)
+
+    return PrefectApprovals(campaign_id, submit)
+
+
 @flow(name="campaign", persist_result=False, validate_parameters=True)
 def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, object]:
     """Run a campaign from its log until its budget is spent.
@@ -86,6 +104,8 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, 
             client_id = f"closedloop-orchestrator-{campaign_id}"[:128]
             hub = MqttDeviceHub(mqtt_settings(settings, url), client_id=client_id)
             hub.start()
+            inbox = MongoCommandInbox(store.uri, database=settings.mongodb_database)
+            notifier = _prefect_notifier(campaign_id, inbox)
             try:
                 loop = CampaignLoop(
                     campaign_id, store, hub,
@@ -93,9 +113,14 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, 
                     options=LoopOptions(max_runtime_s=max_runtime_s),
                     run_info={"host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run_id},
                     lease_lost=held.lost_error,
+                    inbox=inbox,
+                    notifier=notifier,
                 )
                 state = loop.run()
             finally:
+                if notifier is not None:
+                    notifier.shutdown()
+                inbox.close()
                 hub.stop()
     best = state.best()
     summary: dict[str, object] = {

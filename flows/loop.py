@@ -13,10 +13,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from campaigns import (
+    ApprovalGiven,
+    ApprovalRejected,
+    ApprovalRequested,
     BrokerDisconnected,
     BrokerReconnected,
     CampaignFinished,
@@ -24,6 +27,8 @@ from campaigns import (
     CampaignPaused,
     CampaignSpec,
     CampaignState,
+    ClosedLoopError,
+    EventBase,
     LateResultRecorded,
     Measurement,
     RequestResent,
@@ -51,8 +56,9 @@ from devices import (
     TrialResult,
 )
 from optimizer import AxOptimizer
-from storage import MongoEventStore
+from storage import MongoCommandInbox, MongoEventStore
 
+from flows.commands import events_for
 from flows.writer import EventWriter
 
 __all__ = ["CampaignLoop", "LoopOptions", "Optimizer"]
@@ -76,6 +82,14 @@ class LoopOptions:
     dispatch_timeout_s: float = 10.0
     max_runtime_s: float | None = None
     resend_min_interval_s: float = 5.0
+    command_poll_s: float = 0.5
+
+
+class ApprovalNotifier(Protocol):
+    """Shows approval requests somewhere else too (e.g. the Prefect UI); answers come back as commands."""
+
+    def open(self, approval_id: str, trials: list[dict[str, object]], why: str, answer_with: str) -> None: ...
+    def close(self, approval_id: str) -> None: ...
 
 
 class CampaignLoop:
@@ -91,6 +105,8 @@ class CampaignLoop:
         wallclock: UTC clock for the campaign's ``max_hours``, injected for tests.
         run_info: ``host``, ``pid`` and ``flow_run_id`` recorded in ``RunStarted``.
         lease_lost: Returns the exception to stop on once the campaign's lease was lost.
+        inbox: Where people's commands (approve, change, pause, stop) arrive.
+        notifier: Also shows approval requests elsewhere (the Prefect UI).
     """
 
     def __init__(
@@ -104,6 +120,8 @@ class CampaignLoop:
         wallclock: Callable[[], datetime] = utcnow,
         run_info: dict[str, object] | None = None,
         lease_lost: Callable[[], BaseException | None] = lambda: None,
+        inbox: MongoCommandInbox | None = None,
+        notifier: ApprovalNotifier | None = None,
     ) -> None:
         self.campaign_id = campaign_id
         self.store, self.hub = store, hub
@@ -116,6 +134,9 @@ class CampaignLoop:
         self.writer = EventWriter(store, self.state)
         self._deadlines: dict[str, float] = {}
         self._last_resend: dict[str, float] = {}
+        self.inbox, self.notifier = inbox, notifier
+        self._next_command_poll = 0.0
+        self._optimizer: Optimizer | None = None
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -131,7 +152,7 @@ class CampaignLoop:
             )
         if self.state.status in ("finished", "paused"):
             return self.state
-        optimizer = self._make_optimizer(spec, list(self.state.trials.values()))
+        self._rebuild()
         self.writer.append(RunStarted(**self.writer.fields("orchestrator"), **self.run_info))  # type: ignore[arg-type]
         started = self.clock()
         # Trials in flight when the last run stopped: ask their devices again, with the same
@@ -139,27 +160,117 @@ class CampaignLoop:
         # a fresh deadline from now.
         for t in self.state.in_flight:
             self._resend(t, "resume", force=True)
+        for approval in self.state.open_approvals.values():
+            self._notify(approval.approval_id)
         while True:
             lost = self._lease_lost()
             if lost is not None:
                 raise lost
             for event in self.hub.next_events(self.options.poll_s):
-                self._handle(event, spec, optimizer)
-            self._expire(spec, optimizer)
-            if self.state.status == "paused":
+                self._handle(event, self._spec(), self._opt())
+            self._commands()
+            spec = self._spec()
+            self._expire(spec, self._opt())
+            self._expire_approvals()
+            if self.state.status in ("paused", "finished"):
                 return self.state
             out_of_time = spec.budget.max_hours is not None and self._hours_used() >= spec.budget.max_hours
-            out_of_trials = len(self.state.trials) >= spec.budget.max_trials
+            out_of_trials = self.state.budget_used >= spec.budget.max_trials
             if not out_of_time and self.hub.connected:
-                self._dispatch(spec, optimizer, suggest_more=not out_of_trials)
+                self._dispatch(spec, self._opt(), suggest_more=not out_of_trials and not self.state.open_approvals)
             if (out_of_time or out_of_trials) and not self.state.in_flight and (
-                out_of_time or not self.state.undispatched
+                out_of_time or (not self.state.undispatched and not self.state.open_approvals)
             ):
                 reason = "max_hours" if out_of_time and not out_of_trials else "budget_exhausted"
                 self.writer.append(CampaignFinished(**self.writer.fields("orchestrator"), reason=reason))  # type: ignore[arg-type]
                 return self.state
             if self.options.max_runtime_s is not None and self.clock() - started > self.options.max_runtime_s:
                 return self.state
+
+    def _spec(self) -> CampaignSpec:
+        assert self.state.spec is not None
+        return self.state.spec  # the effective spec: mid-campaign changes applied
+
+    def _opt(self) -> Optimizer:
+        assert self._optimizer is not None
+        return self._optimizer
+
+    def _rebuild(self) -> None:
+        # Decisions and changes reshape the optimizer: it is rebuilt from the log (cheap),
+        # exactly as a resume would rebuild it.
+        self._optimizer = self._make_optimizer(self._spec(), list(self.state.trials.values()))
+
+    # -- people ------------------------------------------------------------------------------
+
+    def _commands(self) -> None:
+        if self.inbox is None or self.clock() < self._next_command_poll:
+            return
+        self._next_command_poll = self.clock() + self.options.command_poll_s
+        for command in self.inbox.pending(self.campaign_id):
+            if command.command_id in self.state.applied_commands:
+                self.inbox.applied(command.command_id, None)  # logged before a crash; mark it now
+                continue
+            try:
+                events = events_for(self.state, command, self.writer.fields)
+            except ClosedLoopError as exc:
+                log.warning("refused %s command from %s: %s", command.kind, command.by, exc)
+                self.inbox.refused(command.command_id, str(exc))
+                continue
+            self.writer.append(*events)
+            self.inbox.applied(command.command_id, self.state.last_seq)
+            self._after_decision(events)
+
+    def _after_decision(self, events: list[EventBase]) -> None:
+        for e in events:
+            if isinstance(e, ApprovalGiven | ApprovalRejected) and self.notifier is not None:
+                self.notifier.close(e.approval_id)
+        self._rebuild()
+
+    def _notify(self, approval_id: str) -> None:
+        request = self.state.open_approvals.get(approval_id)
+        if self.notifier is None or request is None:
+            return
+        trials = [{"trial_id": t, "parameters": dict(self.state.trials[t].parameters)} for t in request.trial_ids]
+        self.notifier.open(approval_id, trials, request.why, self._answer_with(approval_id))
+
+    def _answer_with(self, approval_id: str) -> str:
+        return (f"closedloop approve {self.campaign_id} --approval {approval_id} "
+                f"[--trial ID ...] [--edit ID name=value ...] [--reject ID ...] --reason \"...\"")
+
+    def _ask(self, suggested: list[SuggestedTrial]) -> None:
+        spec = self._spec()
+        first = len(self.state.trials) - len(suggested)
+        need = [s.trial_id for i, s in enumerate(suggested) if spec.approval.needs_approval(s.parameters, first + i)]
+        if not need:
+            return
+        policy = spec.approval
+        why = {"every_batch": "every batch needs approval",
+               "first_n": f"the first {policy.first_n} trials need approval",
+               "when": f"approval needed when {policy.when}"}.get(policy.mode, policy.mode)
+        approval_id = f"a{need[0]}"
+        deadline = None if policy.timeout_s is None else self.wallclock() + timedelta(seconds=policy.timeout_s)
+        self.writer.append(ApprovalRequested(**self.writer.fields("orchestrator"), approval_id=approval_id,  # type: ignore[arg-type]
+                                             trial_ids=need, why=why, deadline=deadline,
+                                             on_timeout=policy.on_timeout, answer_with=self._answer_with(approval_id)))
+        log.warning("approval %s waits for a person: trials %s (%s)", approval_id, ", ".join(need), why)
+        self._notify(approval_id)
+
+    def _expire_approvals(self) -> None:
+        now = self.wallclock()
+        for request in list(self.state.open_approvals.values()):
+            if request.deadline is None or now < request.deadline or request.on_timeout == "keep_waiting":
+                continue
+            fields = self.writer.fields("orchestrator")
+            reason = f"nobody answered by {request.deadline:%Y-%m-%d %H:%M} UTC: on_timeout is {request.on_timeout}"
+            event: EventBase
+            if request.on_timeout == "approve":
+                event = ApprovalGiven(**fields, approval_id=request.approval_id, approved=request.trial_ids,  # type: ignore[arg-type]
+                                      reason=reason, via="timeout")
+            else:
+                event = ApprovalRejected(**fields, approval_id=request.approval_id, rejected=request.trial_ids,  # type: ignore[arg-type]
+                                         reason=reason, via="timeout")
+            self.writer.append(event)
+            self._after_decision([event])
 
     def _hours_used(self) -> float:
         # The wall-clock budget counts from the campaign's creation, across runs and pauses.
@@ -182,12 +293,13 @@ class CampaignLoop:
             return
         queue = [t.trial_id for t in self.state.undispatched]
         if len(queue) < len(free) and suggest_more:
-            room = spec.budget.max_trials - len(self.state.trials)
+            room = spec.budget.max_trials - self.state.budget_used
             n = min(len(free) - len(queue), spec.batch_size, room)
             if n > 0:
                 suggested = optimizer.suggest(n)
                 self.writer.append(TrialsSuggested(**self.writer.fields("optimizer"), trials=suggested))  # type: ignore[arg-type]
-                queue += [s.trial_id for s in suggested]
+                self._ask(suggested)
+                queue = [t.trial_id for t in self.state.undispatched]
         for device_id, trial_id in zip(free, queue, strict=False):
             trial = self.state.trials[trial_id]
             request_id = f"{self.campaign_id}:{trial_id}:{trial.attempts + 1}"

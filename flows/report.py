@@ -33,6 +33,7 @@ def status_dict(state: CampaignState) -> dict[str, Any]:
             "running": state.count("running"),
             "completed": state.count("completed"),
             "failed": state.count("failed"),
+            "rejected": state.count("rejected"),
         },
         "best": None if best is None else _trial_summary(best),
         "objectives": [] if spec is None else [o.model_dump() for o in spec.objectives],
@@ -40,6 +41,9 @@ def status_dict(state: CampaignState) -> dict[str, Any]:
         "paused": None if state.paused_reason is None else {"reason": state.paused_reason, "detail": state.paused_detail},
         "broker_down_since": None if state.broker_down_since is None else state.broker_down_since.isoformat(),
         "late_results": sum(1 for t in state.trials.values() if t.late_measurements),
+        "approvals_waiting": [{"approval_id": a.approval_id, "trial_ids": a.trial_ids, "why": a.why}
+                              for a in state.open_approvals.values()],
+        "changes": state.changes,
         "rejected_messages": state.rejected_messages,
         "last_seq": state.last_seq,
         "created_at": None if state.created_at is None else state.created_at.isoformat(),
@@ -80,6 +84,9 @@ def condition_line(state: CampaignState, database_down: bool = False) -> str:
         return "database unreachable: nothing is dispatched until it is back; retrying"
     if state.paused_reason is not None:
         return f"paused: {state.paused_detail or state.paused_reason}"
+    if state.open_approvals:
+        waiting = ", ".join(f"{a.approval_id} (trials {', '.join(a.trial_ids)})" for a in state.open_approvals.values())
+        return f"waiting for approval: {waiting} — see `closedloop pending`"
     if state.broker_down_since is not None:
         return f"MQTT broker down since {state.broker_down_since:%H:%M:%S} UTC: reconnecting with back-off"
     return ""

@@ -1,0 +1,285 @@
+"""The CLI's commands for people: pending, approve, change, pause, stop, history.
+
+A decision goes to the log by one of two paths, with the same events either way: when no
+orchestrator runs the campaign, the command takes the campaign's lease and appends the events
+itself; when one runs (it holds the lease), the command goes to the inbox, the orchestrator
+applies it within a second, and the command waits to report whether it was applied or refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from campaigns import (
+    ApprovalGiven,
+    ApprovalRejected,
+    ApprovalRequested,
+    BrokerDisconnected,
+    BrokerReconnected,
+    CampaignChanged,
+    CampaignCreated,
+    CampaignFinished,
+    CampaignLockedError,
+    CampaignNotFoundError,
+    CampaignPaused,
+    CampaignResumed,
+    ClosedLoopError,
+    EventBase,
+    RunStarted,
+    SpecError,
+    TrialRetried,
+    fold,
+)
+from storage import Command, MongoCommandInbox, MongoEventStore
+
+from flows.commands import events_for
+from flows.lease import hold_lease
+from flows.runtime import event_store
+from flows.settings import Settings
+
+__all__ = ["add_commands"]
+
+
+def _by(args: argparse.Namespace) -> str:
+    return str(args.by or getpass.getuser())
+
+
+def _deliver(campaign_id: str, kind: str, payload: dict[str, Any], args: argparse.Namespace) -> int:
+    settings = Settings()
+    now = datetime.now(UTC)
+    command = Command(command_id=uuid.uuid4().hex, campaign_id=campaign_id, kind=kind,  # type: ignore[arg-type]
+                      payload=payload, by=_by(args), reason=args.reason,
+                      submitted_at=now.replace(microsecond=now.microsecond // 1000 * 1000))
+    with event_store(settings) as store:
+        state = fold(store.read(campaign_id))
+        if state.spec is None:
+            raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
+
+        def fields(actor: str, offset: int) -> dict[str, Any]:
+            return {"campaign_id": campaign_id, "seq": state.last_seq + 1 + offset, "actor": actor}
+
+        events_for(state, command, fields)  # refuse what does not fit before anything is sent
+        try:
+            with hold_lease(store.uri, settings.mongodb_database, campaign_id):
+                state = fold(store.read(campaign_id))
+                events = events_for(state, command, fields)
+                store.append(events)
+                print(f"{campaign_id}: {_describe(events[-1])} (logged as event {events[-1].seq})")
+                if kind != "stop" and state.status != "finished":
+                    print(f"no orchestrator is running it: `closedloop resume {campaign_id}` to go on")
+                return 0
+        except CampaignLockedError as locked:
+            return _hand_over(store, settings, command, locked)
+
+
+def _hand_over(store: MongoEventStore, settings: Settings, command: Command, locked: CampaignLockedError) -> int:
+    with MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
+        submitted = inbox.submit(command.campaign_id, command.kind, command.payload, by=command.by,
+                                 reason=command.reason)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            current = inbox.get(submitted.command_id)
+            if current is not None and current.state == "applied":
+                events = store.read(command.campaign_id, after_seq=max(0, (current.seq or 1) - 1))
+                print(f"{command.campaign_id}: {_describe(events[0]) if events else 'applied'} "
+                      f"(applied by the running orchestrator, event {current.seq})")
+                return 0
+            if current is not None and current.state == "refused":
+                raise ClosedLoopError(f"refused: {current.error}", "fix the command and send it again",
+                                      campaign_id=command.campaign_id)
+            time.sleep(0.3)
+    print(f"{command.campaign_id}: sent to the orchestrator that runs it ({locked.message.split('run by ')[-1]}); "
+          "it applies it when it next checks (see `closedloop history`)")
+    return 0
+
+
+def _describe(e: EventBase) -> str:
+    if isinstance(e, ApprovalGiven):
+        parts = [f"approved {', '.join(e.approved)}" if e.approved else ""]
+        parts += [f"edited {t} ({', '.join(f'{k}={v}' for k, v in ch.items())})" for t, ch in e.edited.items()]
+        parts += [f"rejected {', '.join(e.rejected)}" if e.rejected else ""]
+        return f"approval {e.approval_id}: " + "; ".join(p for p in parts if p)
+    if isinstance(e, ApprovalRejected):
+        return f"approval {e.approval_id}: rejected {', '.join(e.rejected)}"
+    if isinstance(e, ApprovalRequested):
+        return f"approval {e.approval_id} requested for trials {', '.join(e.trial_ids)} ({e.why})"
+    if isinstance(e, CampaignChanged):
+        return f"changed: {e.change.describe()}"
+    if isinstance(e, CampaignPaused):
+        return f"paused ({e.reason})"
+    if isinstance(e, CampaignResumed):
+        return "resumed"
+    if isinstance(e, CampaignFinished):
+        return f"finished ({e.reason})"
+    if isinstance(e, CampaignCreated):
+        return f"created ({len(e.spec.parameters)} parameters, budget {e.spec.budget.max_trials})"
+    if isinstance(e, RunStarted):
+        return f"run started on {e.host} (pid {e.pid})"
+    if isinstance(e, TrialRetried):
+        return f"trial {e.trial_id} retried after {e.reason}"
+    if isinstance(e, BrokerDisconnected):
+        return "MQTT broker lost"
+    if isinstance(e, BrokerReconnected):
+        return f"MQTT broker back after {e.down_s:.1f} s"
+    return e.kind  # type: ignore[attr-defined, no-any-return]
+
+
+_HISTORY = (CampaignCreated, RunStarted, ApprovalRequested, ApprovalGiven, ApprovalRejected, CampaignChanged,
+            CampaignPaused, CampaignResumed, CampaignFinished, TrialRetried, BrokerDisconnected, BrokerReconnected)
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    with event_store(Settings()) as store:
+        events = store.read(args.campaign)
+    if not events:
+        raise CampaignNotFoundError(f"no campaign {args.campaign!r}", "see `closedloop list`", campaign_id=args.campaign)
+    for e in events:
+        if isinstance(e, _HISTORY):
+            why = getattr(e, "reason", "") if not isinstance(e, CampaignPaused | CampaignFinished) else (
+                getattr(e, "detail", "") or e.reason)
+            why_text = f"  — {why}" if why and not isinstance(e, RunStarted | TrialRetried) else ""
+            print(f"{e.time:%Y-%m-%d %H:%M:%S}  #{e.seq:<5} {e.actor:<18} {_describe(e)}{why_text}")
+    return 0
+
+
+def _cmd_pending(args: argparse.Namespace) -> int:
+    with event_store(Settings()) as store:
+        ids = [args.campaign] if args.campaign else [c.campaign_id for c in store.list_campaigns() if not c.finished]
+        shown = 0
+        for cid in ids:
+            state = fold(store.read(cid))
+            for request in state.open_approvals.values():
+                shown += 1
+                since = f"{request.requested_at:%Y-%m-%d %H:%M} UTC"
+                until = "" if request.deadline is None else f", on {request.deadline:%Y-%m-%d %H:%M} UTC: {request.on_timeout}"
+                print(f"{cid}  approval {request.approval_id}  since {since}{until}  ({request.why})")
+                for tid in request.trial_ids:
+                    params = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in state.trials[tid].parameters.items())
+                    print(f"    trial {tid}: {params}")
+                print(f"    answer: closedloop approve {cid} --approval {request.approval_id} --reason \"...\" "
+                      "[--trial ID ...] [--edit ID name=value ...] [--reject ID ...]")
+    if not shown:
+        print("no approvals waiting")
+    return 0
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"{flag} {item!r}: expected NAME=VALUE", f"e.g. {flag} x1=2.5")
+        out[key] = value
+    return out
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SpecError(f"{flag}: {text!r} is not a number", f"e.g. {flag} x1=2.5") from None
+
+
+def _cmd_approve(args: argparse.Namespace) -> int:
+    edits: dict[str, dict[str, str]] = {}
+    for group in args.edit or []:
+        if len(group) < 2:
+            raise SpecError(f"--edit {' '.join(group)}: expected a trial id then NAME=VALUE", "e.g. --edit 3 x1=2.5")
+        edits.setdefault(group[0], {}).update(_pairs(group[1:], "--edit"))
+    payload = {"approval_id": args.approval, "approve": args.trial, "edit": edits,
+               "reject": args.reject or [], "via": "cli"}
+    return _deliver(args.campaign, "approve", payload, args)
+
+
+def _cmd_change(args: argparse.Namespace) -> int:
+    change: dict[str, Any] = {}
+    bounds = {}
+    for name, text in _pairs(args.set_bounds or [], "--set-bounds").items():
+        low, sep, high = text.partition(":")
+        if not sep:
+            raise SpecError(f"--set-bounds {name}={text}: expected LOW:HIGH", "e.g. --set-bounds x1=0:5")
+        bounds[name] = (_number(low, "--set-bounds"), _number(high, "--set-bounds"))
+    if bounds:
+        change["set_bounds"] = bounds
+    fixed: dict[str, Any] = {}
+    for name, text in _pairs(args.fix or [], "--fix").items():
+        try:
+            fixed[name] = float(text)
+        except ValueError:
+            fixed[name] = text  # a choice parameter's value
+    if fixed:
+        change["fix"] = fixed
+    if args.free:
+        change["free"] = args.free
+    if args.add_constraint:
+        change["add_outcome_constraints"] = args.add_constraint
+    if args.threshold:
+        change["objective_thresholds"] = {k: _number(v, "--threshold") for k, v in _pairs(args.threshold, "--threshold").items()}
+    for name in ("batch_size", "trial_timeout_s", "max_trials", "max_hours"):
+        if getattr(args, name) is not None:
+            change[name] = getattr(args, name)
+    if not change:
+        raise SpecError("nothing to change", "give at least one of --set-bounds, --fix, --free, --batch-size, ...")
+    return _deliver(args.campaign, "change", change, args)
+
+
+def _cmd_pause(args: argparse.Namespace) -> int:
+    return _deliver(args.campaign, "pause", {}, args)
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    return _deliver(args.campaign, "stop", {}, args)
+
+
+def add_commands(sub: Any) -> None:
+    """Register the people's commands on the CLI's subparsers."""
+    def who(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--reason", required=True, help="why (recorded in the log with your name)")
+        p.add_argument("--by", help="your name (default: the OS user)")
+
+    p = sub.add_parser("pending", help="approval requests waiting for a person")
+    p.add_argument("campaign", nargs="?")
+    p.set_defaults(func=_cmd_pending)
+
+    a = sub.add_parser("approve", help="approve, edit or reject the trials of an approval request")
+    a.add_argument("campaign")
+    a.add_argument("--approval", help="the approval id (default: the only one waiting)")
+    a.add_argument("--trial", action="append", metavar="ID", help="approve this trial (default: all not edited/rejected)")
+    a.add_argument("--edit", action="append", nargs="+", metavar="ID NAME=VALUE", help="run trial ID with these values")
+    a.add_argument("--reject", action="append", metavar="ID", help="never run this trial")
+    who(a)
+    a.set_defaults(func=_cmd_approve)
+
+    c = sub.add_parser("change", help="change a running campaign: bounds, fixed parameters, budget, ...")
+    c.add_argument("campaign")
+    c.add_argument("--set-bounds", action="append", metavar="NAME=LOW:HIGH")
+    c.add_argument("--fix", action="append", metavar="NAME=VALUE", help="hold a parameter at a value")
+    c.add_argument("--free", action="append", metavar="NAME", help="let a fixed parameter vary again")
+    c.add_argument("--add-constraint", action="append", metavar='"METRIC >= X"', help="add an outcome constraint")
+    c.add_argument("--threshold", action="append", metavar="OBJECTIVE=VALUE", help="objective threshold (multi-objective)")
+    c.add_argument("--batch-size", dest="batch_size", type=int)
+    c.add_argument("--trial-timeout", dest="trial_timeout_s", type=float, metavar="S")
+    c.add_argument("--max-trials", dest="max_trials", type=int)
+    c.add_argument("--max-hours", dest="max_hours", type=float)
+    who(c)
+    c.set_defaults(func=_cmd_change)
+
+    ps = sub.add_parser("pause", help="stop dispatching until `closedloop resume`")
+    ps.add_argument("campaign")
+    who(ps)
+    ps.set_defaults(func=_cmd_pause)
+
+    st = sub.add_parser("stop", help="finish the campaign now (its data stays)")
+    st.add_argument("campaign")
+    who(st)
+    st.set_defaults(func=_cmd_stop)
+
+    h = sub.add_parser("history", help="every decision and change, with who, when and why")
+    h.add_argument("campaign")
+    h.set_defaults(func=_cmd_history)

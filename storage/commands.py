@@ -1,0 +1,111 @@
+"""The command inbox: how a person's decision reaches a campaign that another process runs.
+
+The running orchestrator is the campaign's only writer (it holds the lease), so `closedloop
+approve`, `change`, `pause` and `stop` do not append to the log themselves while it runs: they
+submit a command here, and the orchestrator validates it, appends the events it means (each
+carrying the ``command_id``, so a command is applied once even across a crash) and marks the
+command done, or refused with the reason. The log stays the only truth; the inbox only carries
+requests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from pymongo import ASCENDING, MongoClient, WriteConcern
+
+from storage._errors import driver_errors
+from storage._query import _eq
+
+__all__ = ["Command", "MongoCommandInbox"]
+
+CommandKind = Literal["approve", "change", "pause", "stop"]
+
+
+class Command(BaseModel):
+    """A person's request for a campaign, waiting to be applied by its orchestrator."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    command_id: str
+    campaign_id: str
+    kind: CommandKind
+    payload: dict[str, Any]
+    by: str
+    reason: str
+    submitted_at: datetime
+    state: Literal["pending", "applied", "refused"] = "pending"
+    seq: int | None = None
+    error: str | None = None
+
+
+class MongoCommandInbox:
+    """Commands for campaigns, in MongoDB beside the event log.
+
+    Args:
+        uri: MongoDB URI.
+        database: Database holding the log.
+        timeout_s: How long to wait for the server.
+    """
+
+    def __init__(self, uri: str, *, database: str = "closedloop", timeout_s: float = 5.0) -> None:
+        self._uri = uri
+        ms = max(1, int(timeout_s * 1000))
+        self._client: MongoClient[dict[str, Any]] = MongoClient(
+            uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, appname="closedloop"
+        )
+        self._commands = self._client.get_database(database).get_collection(
+            "commands", write_concern=WriteConcern(w="majority", j=True)
+        )
+        self._indexed = False
+
+    def _index(self) -> None:
+        if not self._indexed:
+            self._commands.create_index([("campaign_id", ASCENDING), ("submitted_at", ASCENDING)])
+            self._indexed = True
+
+    def submit(self, campaign_id: str, kind: CommandKind, payload: dict[str, Any], *, by: str, reason: str) -> Command:
+        """Queue a command; returns it (with its id)."""
+        now = datetime.now(UTC)
+        command = Command(command_id=uuid.uuid4().hex, campaign_id=campaign_id, kind=kind, payload=payload,
+                          by=by, reason=reason, submitted_at=now.replace(microsecond=now.microsecond // 1000 * 1000))
+        with driver_errors(self._uri, "submit a command to", f"campaign {campaign_id!r}", campaign_id):
+            self._index()
+            self._commands.insert_one({"_id": command.command_id, **command.model_dump(mode="json")})
+        return command
+
+    def pending(self, campaign_id: str) -> list[Command]:
+        """Commands not yet applied nor refused, oldest first."""
+        with driver_errors(self._uri, "read the commands of", f"campaign {campaign_id!r}", campaign_id):
+            docs = self._commands.find({"campaign_id": _eq(campaign_id), "state": _eq("pending")}).sort(
+                "submitted_at", ASCENDING)
+            return [Command.model_validate(d) for d in docs]
+
+    def get(self, command_id: str) -> Command | None:
+        """A command by id."""
+        with driver_errors(self._uri, "read", f"command {command_id!r}", None):
+            doc = self._commands.find_one({"_id": _eq(command_id)})
+        return None if doc is None else Command.model_validate(doc)
+
+    def applied(self, command_id: str, seq: int | None) -> None:
+        """Mark a command applied (its events end at ``seq``; None if it was applied before)."""
+        with driver_errors(self._uri, "update", f"command {command_id!r}", None):
+            self._commands.update_one({"_id": _eq(command_id)}, {"$set": {"state": "applied", "seq": seq}})
+
+    def refused(self, command_id: str, error: str) -> None:
+        """Mark a command refused, with the one-line reason the submitter will see."""
+        with driver_errors(self._uri, "update", f"command {command_id!r}", None):
+            self._commands.update_one({"_id": _eq(command_id)}, {"$set": {"state": "refused", "error": error}})
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._client.close()
+
+    def __enter__(self) -> MongoCommandInbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
