@@ -74,6 +74,11 @@ def one_line(exc: pytest.ExceptionInfo[SpecError]) -> str:
         (with_(outcome_constraints=["yield => 3"]), "outcome_constraints[0]", "yield >= 0.2"),
         ({k: v for k, v in BASE.items() if k != "budget"}, "budget", "max_trials"),
         (with_(devices=[{"id": "d1"}]), "devices[0]", "measures"),
+        (with_(approval="sometimes"), "approval", "every_batch"),
+        (with_(approval={"when": "zz > 1"}), "approval.when", "not a parameter"),
+        (with_(approval={"when": "__import__('os')"}), "approval.when", "only comparisons"),
+        (with_(approval={"first_n": 2, "on_timeout": "shrug"}), "approval.on_timeout", ""),
+        (with_(fixed_parameters={"x9": 1}), "fixed_parameters", "not a parameter"),
     ],
 )
 def test_bad_spec_is_one_line_naming_field_and_fix(data: dict, field: str, fix: str) -> None:
@@ -81,6 +86,15 @@ def test_bad_spec_is_one_line_naming_field_and_fix(data: dict, field: str, fix: 
         parse_spec(data, "c.yaml")
     text = one_line(exc)
     assert text.startswith("c.yaml: ") and field in text and fix in text
+
+
+def test_approval_policies() -> None:
+    spec = parse_spec(with_(approval={"when": "x1 > 0.5 and x2 <= 3", "timeout_s": 60, "on_timeout": "reject"}))
+    assert spec.approval.needs_approval({"x1": 0.9, "x2": 2}, 0) and not spec.approval.needs_approval({"x1": 0.1, "x2": 2}, 0)
+    first = parse_spec(with_(approval={"first_n": 2})).approval
+    assert [first.needs_approval({}, i) for i in range(4)] == [True, True, False, False]
+    assert parse_spec(with_(approval="every_batch")).approval.needs_approval({}, 99)
+    assert not parse_spec(BASE).approval.needs_approval({}, 0)
 
 
 def test_objective_no_device_measures() -> None:
