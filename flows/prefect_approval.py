@@ -292,6 +292,7 @@ class PrefectApprovals:
         from prefect.client.schemas.filters import (
             FlowRunFilter, FlowRunFilterName, FlowRunFilterState, FlowRunFilterStateType)
         from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
         from prefect.states import Cancelled
 
         with self._lock:
@@ -300,7 +301,9 @@ class PrefectApprovals:
             async with get_client() as client:
                 stale = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
                     name=FlowRunFilterName(any_=[name]),
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))),
+                    # prefect 3.8.8's client sends limit/sort null unless given; its server answers 422.
+                    limit=50, sort=FlowRunSort.START_TIME_DESC)
                 for run in stale:
                     if str(run.id) not in ours:
                         await client.set_flow_run_state(run.id, Cancelled(
@@ -334,6 +337,9 @@ class PrefectApprovals:
                         if run.state is not None and (run.state.is_final() or run.state.is_cancelling()):
                             tg.cancel_scope.cancel()
                             return
+                        if a.closed.is_set() and run.state is not None and run.state.is_paused():
+                            # Backstop for close(): its thread gives up after a minute.
+                            await client.resume_flow_run(run_id, run_input={CLOSED_KEY: a.close_reason})
 
             tg.start_soon(pause)
             tg.start_soon(watch)
