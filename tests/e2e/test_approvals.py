@@ -121,3 +121,53 @@ def test_changed_bounds_hold_for_every_later_suggestion_also_after_resume(
     assert status("narrowed", env)["status"] == "finished"
     history = run(["history", "narrowed"], env).stdout
     assert "changed: bounds x1=0:2" in history and "the reactor limits x1" in history and "user:cy" in history
+
+
+def paused_approval_run(name: str) -> Any:
+    """The paused approval flow run of that name, through Prefect's API (None until it exists)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]),
+                                          state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))),
+            limit=5, sort=FlowRunSort.START_TIME_DESC)
+        run_ = runs[0] if runs else None
+        if run_ is None or not (run_.state and run_.state.state_details.run_input_keyset):
+            return None
+        return run_
+
+
+@pytest.mark.timeout(600)
+def test_answering_in_prefect_has_the_same_effect_as_the_cli(tmp_path: Path, prefect_env: dict[str, str]) -> None:
+    from prefect.flow_runs import resume_flow_run
+
+    home = tmp_path / "home"
+    env = cli_env(home, prefect_env)
+    spec = write_spec(tmp_path / "spec.yaml", {**SPEC, "name": "via-prefect"})
+    orch = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The request is a paused flow run with an input form in Prefect...
+        first = wait_for(lambda: paused_approval_run("approval/via-prefect/a0"), 240, "a paused approval flow run")
+        assert first.state.type.value == "PAUSED" and first.parent_task_run_id is not None  # a child of the campaign run
+        # ...and an answer given through Prefect's API is logged like a CLI answer.
+        resume_flow_run(first.id, run_input={"decision": "approve", "edits": "0: x1=1.5", "reject": ["1"],
+                                             "reason": "x1 above 5 risks a runaway", "by": "dee"})
+        second = wait_for(lambda: paused_approval_run("approval/via-prefect/a2"), 240, "the second approval run")
+        resume_flow_run(second.id, run_input={"decision": "approve", "reason": "looks safe", "by": "dee"})
+        out, err = orch.communicate(timeout=300)
+        assert orch.returncode == 0, err
+    finally:
+        if orch.poll() is None:
+            orch.kill()
+    events = log_events(home, "via-prefect")
+    state = fold(events)
+    assert {t: s.status for t, s in state.trials.items()} == {"0": "completed", "1": "rejected", "2": "completed"}
+    assert state.trials["0"].parameters["x1"] == 1.5 and state.trials["0"].generator == "human"
+    decisions = [e for e in events if isinstance(e, ApprovalGiven)]
+    assert [(d.actor, d.via, d.reason, d.rejected) for d in decisions] == [
+        ("user:dee", "prefect", "x1 above 5 risks a runaway", ["1"]), ("user:dee", "prefect", "looks safe", [])]
