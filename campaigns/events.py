@@ -231,6 +231,9 @@ class ApprovalRequested(EventBase):
     kind: Literal["ApprovalRequested"] = "ApprovalRequested"
     approval_id: str
     trial_ids: list[str] = Field(min_length=1)
+    parameters: dict[str, dict[str, ParameterValue]] = Field(
+        default_factory=dict, description="each trial's proposed parameters, for whoever is notified"
+    )
     why: str
     deadline: datetime | None = None
     on_timeout: str = "keep_waiting"

@@ -251,6 +251,7 @@ class CampaignLoop:
         deadline = None if policy.timeout_s is None else self.wallclock() + timedelta(seconds=policy.timeout_s)
         self.writer.append(ApprovalRequested(**self.writer.fields("orchestrator"), approval_id=approval_id,  # type: ignore[arg-type]
                                              trial_ids=need, why=why, deadline=deadline,
+                                             parameters={t: dict(self.state.trials[t].parameters) for t in need},
                                              on_timeout=policy.on_timeout, answer_with=self._answer_with(approval_id)))
         log.warning("approval %s waits for a person: trials %s (%s)", approval_id, ", ".join(need), why)
         self._notify(approval_id)
