@@ -3,6 +3,7 @@
 This is the only package that imports ``ax``. Its public names::
 
     AxOptimizer                    suggest(n), complete(id, measurements), fail(id, reason),
+                                   reject(id, reason), unobserved_metrics,
                                    AxOptimizer.rebuild(spec, trials)
     SobolSampler, SobolPoint       the scrambled Sobol initialization, position by position
     default_initialization_trials  max(5, 2 * number of parameters) unless the spec says

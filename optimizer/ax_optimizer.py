@@ -16,19 +16,40 @@ one did. Three choices make that so:
   random, numpy and torch states are restored afterwards.
 
 The BO phase starts once ``initialization_trials`` trials were suggested *and* at least half
-of that many (rounded up) were completed with data; until then the optimizer keeps suggesting
-Sobol points, so devices never idle waiting for data. ``optimizer.method: sobol`` never leaves
-the Sobol phase.
+of that many (rounded up) were completed with data *and* every metric of the optimization
+config (objectives and outcome constraints) was measured at least once (Ax cannot model a
+metric it has no data for, e.g. right after an outcome constraint on a new metric is added);
+until then the optimizer keeps suggesting Sobol points, so devices never idle waiting for
+data. ``optimizer.method: sobol`` never leaves the Sobol phase.
+
+**People in the loop, and mid-campaign changes.** ``rebuild`` takes the campaign's *effective*
+spec (``CampaignState.spec``: every ``CampaignChanged`` applied), and the loop rebuilds after
+each decision or change, so a change applies at once and on every resume:
+
+- new bounds: Sobol points are mapped into the current bounds, and Ax's search space is built
+  from them; trials that ran outside (bounds narrowed since) stay in the experiment with their
+  data, out of design, and Ax's model uses them;
+- ``fixed_parameters``: every new suggestion carries the fixed value (the Sobol sampler sets
+  it; Ax gets it as ``get_next_trials(fixed_parameters=...)``, so its model still learns from
+  trials run at other values); a freed parameter varies again;
+- outcome constraints and objective thresholds: Ax's optimization config is the spec's;
+- the Sobol sequence goes on at ``max(recorded positions) + 1`` whatever changed;
+- an edited trial (``generator == "human"``) is attached with the edited parameters, its run
+  metadata noting that a person chose it, and completes or fails as any trial;
+- a rejected trial (status ``"rejected"``) is attached and abandoned: never suggested again,
+  never pending a result. It does not count toward the initialization trials.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from ax.core.observation import ObservationFeatures
 from ax.exceptions.generation_strategy import GenerationStrategyRepeatedPoints
 from ax.utils.common.random import with_rng_seed
 
@@ -43,12 +64,12 @@ from optimizer.ax_setup import (
     optimizer_error,
     quiet_ax,
 )
-from optimizer.replay import attach_in_bulk, ordered_trials, raw_data
-from optimizer.sobol import SobolSampler
+from optimizer.replay import OUT_OF_DESIGN, attach_in_bulk, ordered_trials, raw_data, trial_run_metadata
+from optimizer.sobol import SobolSampler, fixed_parameter_values
 
 __all__ = ["AxOptimizer", "default_initialization_trials"]
 
-_Status = Literal["pending", "completed", "failed"]
+_Status = Literal["pending", "completed", "failed", "rejected"]
 
 
 def default_initialization_trials(spec: CampaignSpec) -> int:
@@ -65,7 +86,11 @@ class _Trial:
     generator: str
     sobol_position: int | None
     status: _Status = "pending"
-    has_data: bool = False
+    metrics: frozenset[str] = frozenset()  # the metrics measured, once completed
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self.metrics)
 
 
 class AxOptimizer:
@@ -95,6 +120,7 @@ class AxOptimizer:
         quiet_ax(verbose)
         self._client = build_client(spec)
         self._sampler = SobolSampler(spec)
+        self._fixed = fixed_parameter_values(spec)
         self._trials: list[_Trial] = []
         self._by_id: dict[str, _Trial] = {}
 
@@ -111,11 +137,13 @@ class AxOptimizer:
     ) -> AxOptimizer:
         """A fresh optimizer with every recorded trial replayed, in index order.
 
-        Completed trials carry their measurements, failed ones their reason; suggested and
-        running trials stay pending. The Sobol phase resumes where the log left it.
+        Completed trials carry their measurements, failed ones their reason, rejected ones are
+        abandoned; suggested and running trials stay pending. Edited trials are attached with
+        the edited parameters. The Sobol phase resumes where the log left it.
 
         Args:
-            spec: The campaign (from its ``CampaignCreated`` event).
+            spec: The campaign's effective spec (``fold(events).spec``: its ``CampaignCreated``
+                spec with every ``CampaignChanged`` applied).
             trials: The trials of the folded log (``fold(events).trials.values()``).
             threads: As for the constructor.
             verbose: As for the constructor.
@@ -135,20 +163,22 @@ class AxOptimizer:
         ordered = ordered_trials(spec, trials)
         if replay == "per_trial":
             for record, parameters in ordered:
-                opt._attach(parameters, record.generator, record.sobol_position)
+                opt._attach(parameters, record.generator, record.sobol_position, trial_run_metadata(record))
                 if record.status == "completed":
                     opt.complete(record.trial_id, record.measurements)
                 elif record.status == "failed":
                     opt.fail(record.trial_id, record.failure_reason or "failed")
+                elif record.status == "rejected":
+                    opt.reject(record.trial_id, record.failure_reason or "rejected")
             return opt
         attach_in_bulk(opt._client, spec, ordered)
         for record, parameters in ordered:
             opt._record(record.trial_id, parameters, record.generator, record.sobol_position)
             trial = opt._by_id[record.trial_id]
             if record.status == "completed":
-                trial.status, trial.has_data = "completed", bool(record.measurements)
-            elif record.status == "failed":
-                trial.status = "failed"
+                trial.status, trial.metrics = "completed", frozenset(record.measurements)
+            elif record.status in ("failed", "rejected"):
+                trial.status = record.status
         return opt
 
     # --------------------------------------------------------------- properties
@@ -164,7 +194,7 @@ class AxOptimizer:
 
     @property
     def num_trials(self) -> int:
-        """How many trials exist (suggested, running, completed or failed)."""
+        """How many trials exist (suggested, running, completed, failed or rejected)."""
         return len(self._trials)
 
     @property
@@ -172,6 +202,16 @@ class AxOptimizer:
         """The position in the Sobol sequence where the next Sobol point is looked for."""
         positions = [t.sobol_position for t in self._trials if t.sobol_position is not None]
         return max(positions) + 1 if positions else 0
+
+    @property
+    def unobserved_metrics(self) -> list[str]:
+        """Metrics of the optimization config no completed trial has measured yet (spec order).
+
+        While any is left the optimizer stays in the Sobol phase: Ax cannot model a metric
+        without data. A metric nobody measures keeps the campaign on Sobol points for good.
+        """
+        seen = set().union(*(t.metrics for t in self._trials if t.status == "completed"))
+        return [m for m in self._spec.metrics if m not in seen]
 
     @property
     def phase(self) -> Literal["sobol", "botorch"]:
@@ -211,9 +251,11 @@ class AxOptimizer:
             return wanted
         init = self.initialization_trials
         observed = sum(1 for t in self._trials if t.status == "completed" and t.has_data)
-        if observed < math.ceil(init / 2):
+        if observed < math.ceil(init / 2) or self.unobserved_metrics:
             return wanted
-        return min(wanted, max(0, init - len(self._trials)))
+        # A rejected trial never ran: the initialization goes on without it.
+        counted = sum(1 for t in self._trials if t.status != "rejected")
+        return min(wanted, max(0, init - counted))
 
     def _suggest_sobol(self, n: int) -> list[SuggestedTrial]:
         taken = {_key(t.parameters) for t in self._trials}
@@ -230,11 +272,20 @@ class AxOptimizer:
 
     def _suggest_botorch(self, n: int) -> list[SuggestedTrial]:
         seed = (self._spec.seed * 1_000_003 + len(self._trials)) % 2**32
+        experiment = self._client._experiment
         try:
             # A fresh strategy: the model is fitted from scratch, as in a rebuilt optimizer.
-            self._client.set_generation_strategy(botorch_strategy(self._spec))
+            strategy = botorch_strategy(self._spec)
+            self._client.set_generation_strategy(strategy)
+            fixed = ObservationFeatures(parameters=dict(self._fixed)) if self._fixed else None
             with with_rng_seed(seed):
-                generated = self._client.get_next_trials(max_trials=n)
+                # What Client.get_next_trials(max_trials=n, fixed_parameters=...) does, except
+                # that a point repeated within the batch is dropped: Ax deduplicates against
+                # the experiment's trials only, and a batch's candidates are not trials yet
+                # (with a parameter fixed or the bounds narrowed, the model can propose the
+                # same corner twice). suggest() asks again for the rest, with the new trials
+                # pending.
+                generated = strategy.gen(experiment=experiment, n=1, fixed_features=fixed, num_trials=n)
         except GenerationStrategyRepeatedPoints:
             return []  # the model only proposes points already tried; suggest() uses Sobol
         except AX_ERRORS as exc:
@@ -243,14 +294,22 @@ class AxOptimizer:
                 "check the recorded measurements; to go on without a model set "
                 "`optimizer: {method: sobol}` in the campaign file",
             ) from exc
-        out = []
-        for index in sorted(generated):
-            if index != len(self._trials):
+        out: list[SuggestedTrial] = []
+        batch: set[tuple[tuple[str, ParameterValue], ...]] = set()
+        for runs in generated:
+            [run] = runs
+            parameters = dict(run.arms[0].parameters)
+            if _key(parameters) in batch:
+                continue
+            batch.add(_key(parameters))
+            trial = experiment.new_trial(generator_run=run)
+            trial.mark_running(no_runner_required=True)
+            if trial.index != len(self._trials):
                 raise OptimizerError(
-                    f"campaign {self._spec.name!r}: Ax created trial {index}, expected {len(self._trials)}",
+                    f"campaign {self._spec.name!r}: Ax created trial {trial.index}, expected {len(self._trials)}",
                     "this is a bug in closedloop; please report it",
                 )
-            out.append(self._record(str(index), dict(generated[index]), "botorch", None))
+            out.append(self._record(str(trial.index), parameters, "botorch", None))  # type: ignore[arg-type]
         return out
 
     # ----------------------------------------------------------------- outcomes
@@ -263,8 +322,8 @@ class AxOptimizer:
                 infers the noise).
 
         Raises:
-            OptimizerError: unknown trial, a trial already completed or failed, or Ax refuses
-                the data.
+            OptimizerError: unknown trial, a trial already completed, failed or rejected, or Ax
+                refuses the data.
         """
         trial = self._pending(trial_id)
         raw = raw_data(measurements)
@@ -274,7 +333,7 @@ class AxOptimizer:
             raise optimizer_error(
                 self._spec, f"completing trial {trial_id}", exc, "check the measurements", trial_id
             ) from exc
-        trial.status, trial.has_data = "completed", bool(raw)
+        trial.status, trial.metrics = "completed", frozenset(raw)
 
     def fail(self, trial_id: str, reason: str) -> None:
         """Record that a trial gave no usable result; Ax sees it as failed (never as a number).
@@ -284,7 +343,7 @@ class AxOptimizer:
             reason: Why (``timeout``, ``device_error``, ...).
 
         Raises:
-            OptimizerError: unknown trial, or a trial already completed or failed.
+            OptimizerError: unknown trial, or a trial already completed, failed or rejected.
         """
         trial = self._pending(trial_id)
         try:
@@ -292,6 +351,24 @@ class AxOptimizer:
         except AX_ERRORS as exc:
             raise optimizer_error(self._spec, f"failing trial {trial_id}", exc, "check the trial id", trial_id) from exc
         trial.status = "failed"
+
+    def reject(self, trial_id: str, reason: str) -> None:
+        """Record that a person rejected a trial: it is abandoned in Ax, never run nor suggested again.
+
+        Args:
+            trial_id: The trial, as suggested (pending).
+            reason: The person's reason.
+
+        Raises:
+            OptimizerError: unknown trial, or a trial already completed, failed or rejected.
+        """
+        trial = self._pending(trial_id)
+        try:
+            # Client.mark_trial_abandoned takes no reason; this is the call it makes, with one.
+            self._client._experiment.trials[int(trial_id)].mark_abandoned(reason=reason)
+        except AX_ERRORS as exc:
+            raise optimizer_error(self._spec, f"rejecting trial {trial_id}", exc, "check the trial id", trial_id) from exc
+        trial.status = "rejected"
 
     # ------------------------------------------------------------------ helpers
     def _pending(self, trial_id: str) -> _Trial:
@@ -305,14 +382,25 @@ class AxOptimizer:
         if trial.status != "pending":
             raise OptimizerError(
                 f"campaign {self._spec.name!r}: trial {trial_id} is already {trial.status}",
-                "a trial is completed or failed once; ignore the duplicate",
+                "a trial is completed, failed or rejected once; ignore the duplicate",
                 trial_id=trial_id,
             )
         return trial
 
-    def _attach(self, parameters: dict[str, ParameterValue], generator: str, position: int | None) -> SuggestedTrial:
+    def _attach(
+        self,
+        parameters: dict[str, ParameterValue],
+        generator: str,
+        position: int | None,
+        run_metadata: dict[str, object] | None = None,
+    ) -> SuggestedTrial:
         try:
-            index = self._client.attach_trial(parameters=parameters)
+            with warnings.catch_warnings():
+                # A replayed trial outside today's bounds is attached and used (see replay.py).
+                warnings.filterwarnings("ignore", message=OUT_OF_DESIGN, category=RuntimeWarning)
+                index = self._client.attach_trial(parameters=parameters)
+            if run_metadata is not None:
+                self._client._experiment.trials[index].update_run_metadata(run_metadata)
         except AX_ERRORS as exc:
             raise optimizer_error(
                 self._spec, f"attaching trial {len(self._trials)}", exc,

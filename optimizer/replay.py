@@ -10,8 +10,16 @@ builds the same experiment in one pass:
   trial properties are the live ones;
 - every measurement as one Ax ``DataRow`` with the values ``Client.complete_trial`` would
   make (``sem=None`` → NaN, step NaN), attached with a single ``Experiment.attach_data``;
-- then the statuses: ``mark_completed`` / ``mark_failed(reason)``; the rest stay running,
-  which Ax treats as pending.
+- then the statuses: ``mark_completed`` / ``mark_failed(reason)`` / ``mark_abandoned(reason)``
+  (a trial a person rejected); the rest stay running, which Ax treats as pending.
+
+People in the loop: a trial whose parameters a person edited (``generator == "human"``) is
+attached with the edited parameters, like every replayed trial, and its run metadata says so
+(``trial_run_metadata``). A rejected trial is attached and abandoned: Ax never suggests an
+abandoned arm again (its generation strategy deduplicates against it and passes it to the
+model as a pending point), and it expects no data for it. A trial outside today's bounds
+(the bounds were narrowed since it ran) is attached with its data, out of design: Ax expands
+its model space to fit it, and generates only inside the current search space.
 
 Metrics a device reported beyond the spec's become tracking metrics first, as
 ``Client.attach_data`` does (registered in name order here, in arrival order live).
@@ -32,7 +40,7 @@ from campaigns.spec import CampaignSpec
 from campaigns.state import TrialRecord
 from optimizer.ax_setup import AX_ERRORS, coerce_parameters, optimizer_error
 
-__all__ = ["RawData", "attach_in_bulk", "ordered_trials", "raw_data"]
+__all__ = ["RawData", "attach_in_bulk", "ordered_trials", "raw_data", "trial_run_metadata"]
 
 #: Ax's raw outcome of one trial: metric name → mean, or (mean, sem).
 RawData = dict[str, float | tuple[float, float]]
@@ -40,13 +48,30 @@ RawData = dict[str, float | tuple[float, float]]
 #: A trial of the log with its parameters coerced to the spec's types.
 Replayed = tuple[TrialRecord, dict[str, ParameterValue]]
 
-_OUT_OF_DESIGN = r"Parameterization .* is in out-of-design"
+#: The warning Ax gives for a trial attached outside the search space; such trials are expected.
+OUT_OF_DESIGN = r"Parameterization .* is in out-of-design"
 _ATTACH_HINT = "the trial does not fit the campaign's search space; check the spec and the log"
 
 
 def raw_data(measurements: Mapping[str, Measurement]) -> RawData:
     """Measurements as Ax raw data: ``(mean, sem)``, or the mean alone when ``sem`` is None."""
     return {name: (m.mean, m.sem) if m.sem is not None else m.mean for name, m in measurements.items()}
+
+
+def trial_run_metadata(record: TrialRecord) -> dict[str, object] | None:
+    """What Ax's trial run metadata notes about a trial a person chose, else None.
+
+    ``{"chosen_by": "human", "decided_by": "user:ana", "suggested_parameters": {...}}``: the
+    parameters were edited by a person at approval; ``suggested_parameters`` are the ones the
+    optimizer had proposed.
+    """
+    if record.generator != "human":
+        return None
+    return {
+        "chosen_by": "human",
+        "decided_by": record.decided_by,
+        "suggested_parameters": dict(record.suggested_parameters or {}),
+    }
 
 
 def ordered_trials(spec: CampaignSpec, trials: Iterable[TrialRecord]) -> list[Replayed]:
@@ -94,8 +119,10 @@ def attach_in_bulk(client: Client, spec: CampaignSpec, trials: Sequence[Replayed
                 # A recorded trial outside today's bounds (the bounds changed since) is
                 # attached and used, as live; Ax's warning would name this module and be
                 # an error under the test suite's filters.
-                warnings.filterwarnings("ignore", message=_OUT_OF_DESIGN, category=RuntimeWarning)
-                arms, index = experiment.attach_trial(parameterizations=[parameters])
+                warnings.filterwarnings("ignore", message=OUT_OF_DESIGN, category=RuntimeWarning)
+                arms, index = experiment.attach_trial(
+                    parameterizations=[parameters], run_metadata=trial_run_metadata(record)
+                )
         except AX_ERRORS as exc:
             raise optimizer_error(spec, f"attaching trial {record.trial_id}", exc, _ATTACH_HINT, record.trial_id) from exc
         if str(index) != record.trial_id:
@@ -136,3 +163,5 @@ def attach_in_bulk(client: Client, spec: CampaignSpec, trials: Sequence[Replayed
             trial.mark_completed()
         elif record.status == "failed":
             trial.mark_failed(reason=record.failure_reason or "failed")
+        elif record.status == "rejected":
+            trial.mark_abandoned(reason=record.failure_reason or "rejected")

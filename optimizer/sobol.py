@@ -4,6 +4,12 @@ The initialization phase is ours, not Ax's, so that it is a pure function of the
 position in one Sobol sequence: the point at position ``p`` is the same in every process, and
 a campaign rebuilt from its log continues the sequence at ``max(recorded positions) + 1``
 instead of starting it again.
+
+The sampler maps onto the spec it is given, which is the campaign's *effective* spec (after
+mid-campaign changes): narrowed or widened bounds change where a position lands, not which
+positions come next, and a fixed parameter (``fixed_parameters``) takes its fixed value at
+every position while keeping its dimension of the sequence (so fixing or freeing a parameter
+neither restarts nor shifts the sequence).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from campaigns.errors import OptimizerError
 from campaigns.events import ParameterValue
 from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntParameter, LinearConstraint
 
-__all__ = ["SobolPoint", "SobolSampler"]
+__all__ = ["SobolPoint", "SobolSampler", "fixed_parameter_values"]
 
 
 
@@ -49,8 +55,9 @@ class SobolSampler:
 
     Each parameter takes one dimension of the unit cube: a float parameter linearly (or
     linearly in log space when ``log_scale``), an int parameter by equal-width bins (in log
-    space when ``log_scale``), a choice parameter by the index of its value. Points that break
-    a parameter constraint are skipped, and so are points a caller rejects (e.g. repeats).
+    space when ``log_scale``), a choice parameter by the index of its value; a fixed parameter
+    takes its fixed value. Points that break a parameter constraint are skipped, and so are
+    points a caller rejects (e.g. repeats).
 
     Args:
         spec: The campaign; its ``seed`` seeds the scrambling.
@@ -60,6 +67,7 @@ class SobolSampler:
         self._spec = spec
         self._constraints: list[LinearConstraint] = spec.parsed_parameter_constraints
         self._dimension = len(spec.parameters)
+        self._fixed = fixed_parameter_values(spec)
 
     def point_at(self, position: int) -> dict[str, ParameterValue]:
         """The parameters at one position, whether or not they satisfy the constraints.
@@ -126,8 +134,30 @@ class SobolSampler:
     def _map(self, row: list[float]) -> dict[str, ParameterValue]:
         out: dict[str, ParameterValue] = {}
         for u, p in zip(row, self._spec.parameters, strict=True):
-            out[p.name] = _map_one(u, p)
+            out[p.name] = self._fixed[p.name] if p.name in self._fixed else _map_one(u, p)
         return out
+
+
+def fixed_parameter_values(spec: CampaignSpec) -> dict[str, ParameterValue]:
+    """The spec's ``fixed_parameters``, each value in its parameter's Python type, in spec order.
+
+    A fixed value read back from JSON or YAML may be ``3`` for a float parameter or ``3.0`` for
+    an int one; Ax and the trial records want ``3.0`` and ``3``. A choice keeps the listed value
+    (of the listed type). The spec has checked that each value is within bounds or listed.
+    """
+    out: dict[str, ParameterValue] = {}
+    for p in spec.parameters:
+        if p.name not in spec.fixed_parameters:
+            continue
+        v = spec.fixed_parameters[p.name]
+        if isinstance(p, FloatParameter):
+            out[p.name] = float(v)
+        elif isinstance(p, IntParameter):
+            out[p.name] = int(v)
+        else:
+            same = [c for c in p.values if c == v and type(c) is type(v)]
+            out[p.name] = same[0] if same else next((c for c in p.values if c == v), v)
+    return out
 
 
 def _map_one(u: float, p: FloatParameter | IntParameter | ChoiceParameter) -> ParameterValue:

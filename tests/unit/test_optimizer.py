@@ -231,3 +231,37 @@ def test_rebuild_rejects_an_unknown_replay() -> None:
     with pytest.raises(OptimizerError, match="unknown replay") as info:
         AxOptimizer.rebuild(BRANIN, [], replay="fast")  # type: ignore[arg-type]
     assert "bulk" in info.value.hint
+
+
+def test_fixed_parameters_of_every_type_hold_in_both_phases() -> None:
+    from campaigns import CampaignChange, apply_change
+
+    spec = apply_change(make_spec([
+        {"name": "temp", "type": "float", "bounds": [20.0, 80.0]},
+        {"name": "conc", "type": "float", "bounds": [0.001, 1.0], "log_scale": True},
+        {"name": "reps", "type": "int", "bounds": [1, 4]},
+        {"name": "solvent", "type": "choice", "values": ["water", "ethanol", "dmso"]},
+    ], optimizer={"initialization_trials": 4}), CampaignChange(fix={"solvent": "ethanol", "reps": 3.0, "conc": 0.1}))
+    opt = AxOptimizer(spec, threads=1)
+    trials = opt.suggest(4)
+    for t in trials:
+        opt.complete(t.trial_id, {"y": Measurement(mean=abs(float(t.parameters["temp"]) - 50))})
+    trials += opt.suggest(2)
+    assert [t.generator for t in trials] == ["sobol"] * 4 + ["botorch"] * 2
+    for t in trials:
+        assert {k: t.parameters[k] for k in ("conc", "reps", "solvent")} == {"conc": 0.1, "reps": 3, "solvent": "ethanol"}
+        assert isinstance(t.parameters["reps"], int)
+    assert len({t.parameters["temp"] for t in trials}) == 6
+
+
+def test_a_rejected_trial_takes_no_outcome() -> None:
+    opt = AxOptimizer(BRANIN)
+    a, b = opt.suggest(2)
+    opt.reject(a.trial_id, "too hot")
+    with pytest.raises(OptimizerError, match="trial 0 is already rejected"):
+        opt.complete(a.trial_id, {"branin": Measurement(mean=1.0)})
+    with pytest.raises(OptimizerError, match="trial 0 is already rejected"):
+        opt.reject(a.trial_id, "again")
+    # The rejected trial does not count toward the 5 initialization trials.
+    opt.complete(b.trial_id, {"branin": Measurement(mean=1.0)})
+    assert [t.sobol_position for t in opt.suggest(4)] == [2, 3, 4, 5]
