@@ -26,6 +26,8 @@ from campaigns import (
 )
 from storage import Command
 
+from flows.runtime import check_spec_devices
+
 __all__ = ["events_for"]
 
 Fields = Callable[[str, int], dict[str, Any]]
@@ -87,6 +89,13 @@ def _approval(state: CampaignState, command: Command, fields: Fields) -> EventBa
             raise _refuse(state, f"trial {undecided[0]} is not decided",
                           f"add --trial {undecided[0]} to approve it or --reject {undecided[0]}")
     edited = {tid: {k: _coerce(state, tid, k, v) for k, v in changes.items()} for tid, changes in edit.items()}
+    assert state.spec is not None
+    for tid, changes in edited.items():
+        point = {**state.trials[tid].parameters, **changes}
+        for c in state.spec.parsed_parameter_constraints:
+            if not c.holds(point):
+                raise _refuse(state, f"--edit {tid}: the edited trial breaks the parameter constraint {c.text!r}",
+                              "choose values that satisfy it")
     common = {"approval_id": approval_id, "reason": command.reason, "via": p.get("via", "cli"),
               "command_id": command.command_id}
     if not approved and not edited:
@@ -117,7 +126,9 @@ def events_for(state: CampaignState, command: Command, fields: Fields) -> list[E
         change = CampaignChange.model_validate(command.payload)
         if change.is_empty():
             raise _refuse(state, "the change changes nothing", "see `closedloop change --help`")
-        apply_change(state.spec, change)  # refuses what does not fit, before anything is logged
+        changed = apply_change(state.spec, change)  # refuses what does not fit, before anything is logged
+        if change.add_outcome_constraints:
+            check_spec_devices(changed)  # every device must measure a newly constrained metric
         return [CampaignChanged(**fields(actor, 0), change=change, reason=command.reason, command_id=command.command_id)]
     if command.kind == "pause":
         if state.status == "paused":

@@ -92,6 +92,7 @@ def test_changes_apply_to_the_effective_spec_and_bad_ones_are_refused() -> None:
                              ({"set_bounds": {"x1": (3, 1)}}, "lower bound 3 is not below upper bound 1"),
                              ({"free": ["x1"]}, "the parameter is not fixed"),
                              ({"fix": {"x1": 50.0}}, "outside its bounds"),
+                             ({"add_outcome_constraints": ["purity >= 0.9"]}, "does not measure 'purity'"),
                              ({}, "the change changes nothing")]:
         with pytest.raises(ClosedLoopError) as exc:
             events_for(state, command("change", payload), fields_of(state))
