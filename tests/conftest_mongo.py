@@ -21,6 +21,11 @@ from campaigns import (
     BrokerReconnected,
     CampaignCreated,
     CampaignFinished,
+    ApprovalGiven,
+    ApprovalRejected,
+    ApprovalRequested,
+    CampaignChange,
+    CampaignChanged,
     CampaignPaused,
     CampaignResumed,
     Event,
@@ -140,6 +145,21 @@ def sample_log(campaign_id: str = "c-1", *, finished: bool = True) -> list[Event
         ),
         CampaignPaused(**at(14), actor="user:ada", reason="manual", detail="lunch"),
         CampaignResumed(**at(15), actor="user:ada"),
+        TrialsSuggested(**at(16), actor="optimizer", trials=[
+            SuggestedTrial(trial_id="t2", parameters={"x1": 0.5, "n": 2, "solvent": "water"}, generator="botorch"),
+            SuggestedTrial(trial_id="t3", parameters={"x1": 0.7, "n": 4, "solvent": "water"}, generator="botorch"),
+            SuggestedTrial(trial_id="t4", parameters={"x1": 0.9, "n": 6, "solvent": "water"}, generator="botorch"),
+        ]),
+        ApprovalRequested(**at(17), actor="orchestrator", approval_id="a2", trial_ids=["t2", "t3"],
+                          parameters={"t2": {"x1": 0.5, "n": 2, "solvent": "water"}}, why="every batch",
+                          answer_with="closedloop approve c-1", on_timeout="reject"),
+        ApprovalGiven(**at(18), actor="user:ada", approval_id="a2", approved=["t2"], edited={"t3": {"x1": 1.0, "n": 5}},
+                      reason="x1 stays low", command_id="cmd-1"),
+        ApprovalRequested(**at(19), actor="orchestrator", approval_id="a4", trial_ids=["t4"], why="first_n",
+                          answer_with="closedloop approve c-1"),
+        ApprovalRejected(**at(20), actor="user:bob", approval_id="a4", rejected=["t4"], reason="too hot", via="prefect"),
+        CampaignChanged(**at(21), actor="user:ada", reason="reactor limit", command_id="cmd-2",
+                        change=CampaignChange(set_bounds={"x1": (-1.0, 1.0)}, fix={"solvent": "water"}, batch_size=3)),
     ]
     if finished:
         events.append(CampaignFinished(**at(len(events) + 1), actor="user:ada", reason="stopped"))

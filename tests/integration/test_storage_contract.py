@@ -51,7 +51,7 @@ def test_public_names() -> None:
     import storage
 
     assert sorted(storage.__all__) == [
-        "CampaignSummary", "EmbeddedMongo", "LeaseInfo", "MongoEventStore", "MongoLease",
+        "CampaignSummary", "Command", "EmbeddedMongo", "LeaseInfo", "MongoCommandInbox", "MongoEventStore", "MongoLease",
         "export_columns", "export_rows", "redact_uri", "write_csv", "write_json",
     ]
     for name in storage.__all__:
@@ -67,7 +67,8 @@ def test_round_trip_gives_back_every_kind_of_event_equal(store: MongoEventStore)
     kinds = {a.__name__ for a in typing.get_args(typing.get_args(Event)[0])}
     assert {type(e).__name__ for e in back} == kinds
     assert isinstance(back[0], CampaignCreated) and back[0].spec.objectives[0].minimize is True
-    assert fold(back).spec == back[0].spec
+    assert fold(back).original_spec == back[0].spec  # fold(...).spec is the effective spec, changes applied
+    assert fold(back).spec.batch_size == 3
 
 
 def test_stored_documents_keep_booleans_and_times_as_written(store: MongoEventStore, raw: RawEvents) -> None:
