@@ -131,6 +131,10 @@ def _drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: a
                     campaign(campaign_id, max_runtime_s=args.max_runtime)
     final = fold(store.read(campaign_id))
     print(status_text(final))
+    if final.status == "paused" and final.paused_reason == "user":
+        print(f"campaign {campaign_id} paused on request: {final.paused_detail} — "
+              f"`closedloop resume {campaign_id}` to go on", file=sys.stderr)
+        return EXIT_OK
     if final.status == "paused":
         print(f"error: campaign {campaign_id} paused: {final.paused_detail or final.paused_reason} — "
               f"fix the cause, then `closedloop resume {campaign_id}`", file=sys.stderr)
