@@ -97,3 +97,17 @@ def test_changes_apply_to_the_effective_spec_and_bad_ones_are_refused() -> None:
         with pytest.raises(ClosedLoopError) as exc:
             events_for(state, command("change", payload), fields_of(state))
         assert message in str(exc.value), (payload, str(exc.value))
+
+
+def test_pause_and_stop() -> None:
+    state = waiting_state()
+    [paused] = events_for(state, command("pause", {}), fields_of(state))
+    apply(state, paused)
+    assert state.status == "paused" and state.paused_reason == "user" and state.paused_detail == "because"
+    with pytest.raises(ClosedLoopError, match="already paused"):
+        events_for(state, command("pause", {}), fields_of(state))
+    [stopped] = events_for(state, command("stop", {}), fields_of(state))
+    apply(state, stopped)
+    assert state.status == "finished" and state.finished_reason == "stopped"
+    with pytest.raises(ClosedLoopError, match="has finished"):
+        events_for(state, command("change", {"batch_size": 3}), fields_of(state))
