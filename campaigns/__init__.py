@@ -42,7 +42,8 @@ from campaigns.events import (
     event_to_doc,
     utcnow,
 )
-from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntParameter, load_spec, parse_spec
+from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntParameter
+from campaigns.spec_file import load_spec, parse_spec
 from campaigns.state import CampaignState, TrialRecord, apply, fold
 
 __all__ = [

@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from campaigns.errors import SpecError
-from campaigns.spec import CampaignSpec, ChoiceParameter, parse_spec
+from campaigns.spec import CampaignSpec, ChoiceParameter
+from campaigns.spec_file import parse_spec
 
 __all__ = ["CampaignChange", "apply_change"]
 

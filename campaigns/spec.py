@@ -1,7 +1,8 @@
 """The campaign spec: a YAML file describing what to optimize, with what, and for how long.
 
 A spec is validated in full before anything runs. Every mistake becomes a `SpecError` whose
-one line names the field (``parameters[1].bounds``) and the fix.
+one line names the field (``parameters[1].bounds``) and the fix; reading files and turning
+validation errors into that line is `campaigns.spec_file`.
 """
 
 from __future__ import annotations
@@ -9,12 +10,10 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from campaigns.approval import ApprovalPolicy, names_in, parse_condition
 from campaigns.errors import SpecError
@@ -31,8 +30,6 @@ __all__ = [
     "Objective",
     "OutcomeConstraint",
     "Parameter",
-    "load_spec",
-    "parse_spec",
 ]
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -378,103 +375,3 @@ def _parse_linear(text: str, names: set[str], where: str) -> LinearConstraint:
 
 def _first_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _loc(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in {"float", "int", "choice"} or part.startswith(("function-", "tagged-union")):
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-_FIELD_HELP: dict[str, str] = {
-    "name": "give the campaign a name",
-    "parameters": "list at least one parameter",
-    "objectives": "list at least one objective: `- {name: METRIC, minimize: true}`",
-    "budget": "add `budget: {max_trials: N}`",
-    "devices": "list at least one device: `- {id: dev-1, simulator: branin}`",
-}
-
-
-def _validation_to_spec_error(exc: ValidationError, source: str) -> SpecError:
-    err = exc.errors()[0]
-    where = _loc(err["loc"])
-    kind = err["type"]
-    msg = err["msg"].removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        key = str(err["loc"][-1])
-        known = _known_keys(err["loc"][:-1])
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"allowed keys here: {', '.join(sorted(known))}"
-        return SpecError(f"{source}: {where}: unknown key", hint)
-    if kind == "missing":
-        return SpecError(f"{source}: {where}: required field is missing", _FIELD_HELP.get(where, "add it"))
-    if kind == "union_tag_invalid":
-        return SpecError(f"{source}: {where}.type: unknown parameter type", "use one of: float, int, choice")
-    if kind == "union_tag_not_found":
-        return SpecError(f"{source}: {where}: parameter has no `type`", "add `type: float` (or int, choice)")
-    if ": " in msg and where == "" and msg.split(":", 1)[0].replace("[", "").replace("]", "").replace(".", "").replace("_", "").isalnum():
-        head, tail = msg.split(": ", 1)
-        return SpecError(f"{source}: {head}: {tail.split('; ')[0]}", tail.split("; ", 1)[1] if "; " in tail else "")
-    text, _, hint = msg.partition("; ")
-    return SpecError(f"{source}: {where or 'spec'}: {text}", hint or "fix the value")
-
-
-def _known_keys(loc: Sequence[int | str]) -> list[str]:
-    model: Any = CampaignSpec
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if part in {"float", "int", "choice"}:
-            model = {"float": FloatParameter, "int": IntParameter, "choice": ChoiceParameter}[part]
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            break
-        ann = field.annotation
-        for candidate in (Budget, DeviceSpec, Objective, OptimizerSettings, FailurePolicy, ApprovalPolicy):
-            if ann is candidate or candidate in getattr(ann, "__args__", ()):
-                model = candidate
-                break
-    return list(getattr(model, "model_fields", {}))
-
-
-def parse_spec(data: Any, source: str = "spec") -> CampaignSpec:
-    """Validate already-loaded spec data.
-
-    Raises:
-        SpecError: one line naming the field and the fix.
-    """
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: the file must hold a mapping of keys (name:, parameters:, ...)", "see campaigns/examples/")
-    try:
-        return CampaignSpec.model_validate(data)
-    except ValidationError as exc:
-        raise _validation_to_spec_error(exc, source) from None
-
-
-def load_spec(path: str | Path) -> CampaignSpec:
-    """Read and validate a campaign YAML file.
-
-    Raises:
-        SpecError: the file is missing, is not YAML, or is not a valid campaign.
-    """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{p}: no such file", "check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{p}: cannot read: {_first_line(exc)}", "check the file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}", "fix the YAML syntax") from None
-    return parse_spec(data, str(p))
