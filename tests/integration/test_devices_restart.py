@@ -41,7 +41,9 @@ def request(request_id: str) -> RunTrial:
                     parameters={"x1": math.pi, "x2": 2.275})
 
 
-def result_for(hub: MqttDeviceHub, request_id: str, timeout_s: float = 10) -> ResultReceived:
+def result_for(hub: MqttDeviceHub, request_id: str, timeout_s: float = 60) -> ResultReceived:
+    # A generous deadline, not a speed claim: a freshly started instrument imports botorch on
+    # its first trial, which takes tens of seconds on a loaded 2-core CI machine.
     event = wait_for(hub, lambda e: isinstance(e, ResultReceived)
                      and e.result.request_id == request_id, timeout_s=timeout_s)
     assert isinstance(event, ResultReceived)
@@ -49,7 +51,7 @@ def result_for(hub: MqttDeviceHub, request_id: str, timeout_s: float = 10) -> Re
     return event
 
 
-def wait_state(hub: MqttDeviceHub, device_id: str, state: str, timeout_s: float = 10) -> None:
+def wait_state(hub: MqttDeviceHub, device_id: str, state: str, timeout_s: float = 30) -> None:
     wait_for(hub, lambda e: isinstance(e, StatusChanged) and e.device_id == device_id
              and e.status.state == state, timeout_s=timeout_s)
 
