@@ -160,7 +160,7 @@ _unread: weakref.WeakKeyDictionary[MqttDeviceHub, list[HubEvent]] = weakref.Weak
 def wait_for(
     hub: MqttDeviceHub,
     predicate: Callable[[HubEvent], bool],
-    timeout_s: float = 10.0,
+    timeout_s: float = 30.0,
     seen: list[HubEvent] | None = None,
 ) -> HubEvent:
     """Take hub events in order until one matches ``predicate``; each one taken goes to ``seen``.
