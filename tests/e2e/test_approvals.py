@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from campaigns import ApprovalGiven, ApprovalRequested, CampaignChanged, TrialDispatched, TrialsSuggested, fold
+from campaigns import (
+    ApprovalGiven,
+    ApprovalRejected,
+    ApprovalRequested,
+    CampaignChanged,
+    TrialDispatched,
+    TrialsSuggested,
+    fold,
+)
 from tests.e2e.cli import CLOSEDLOOP, cli_env, run, status, write_spec
 from tests.e2e.test_crash_resume import log_events, status_or_none, wait_for
 
@@ -171,3 +179,30 @@ def test_answering_in_prefect_has_the_same_effect_as_the_cli(tmp_path: Path, pre
     decisions = [e for e in events if isinstance(e, ApprovalGiven)]
     assert [(d.actor, d.via, d.reason, d.rejected) for d in decisions] == [
         ("user:dee", "prefect", "x1 above 5 risks a runaway", ["1"]), ("user:dee", "prefect", "looks safe", [])]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("on_timeout", ["approve", "reject"])
+def test_an_unanswered_approval_follows_its_timeout_policy(
+        on_timeout: str, tmp_path: Path, prefect_server: dict[str, str]) -> None:
+    env = cli_env(tmp_path / "home", prefect_server)
+    name = f"timeout-{on_timeout}"
+    spec = write_spec(tmp_path / "spec.yaml", {
+        **SPEC, "name": name, "budget": {"max_trials": 2},
+        "approval": {"every_batch": True, "timeout_s": 2, "on_timeout": on_timeout}})
+    # With "reject", rejected trials do not count against the budget: stop after a few rounds.
+    args = ["run", str(spec), "--quiet"] + (["--max-runtime", "25"] if on_timeout == "reject" else [])
+    out = run(args, env)
+    events = log_events(tmp_path / "home", name)
+    decisions = [e for e in events if isinstance(e, ApprovalGiven | ApprovalRejected)]
+    assert decisions and all(d.via == "timeout" and d.actor == "orchestrator" for d in decisions)
+    assert all("on_timeout is " + on_timeout in d.reason for d in decisions)
+    dispatched = {e.trial_id for e in events if isinstance(e, TrialDispatched)}
+    if on_timeout == "approve":
+        assert out.returncode == 0, out.stderr
+        assert fold(events).status == "finished" and dispatched == {"0", "1"}
+    else:
+        state = fold(events)
+        still_waiting = {t for a in state.open_approvals.values() for t in a.trial_ids}
+        assert not dispatched and len(decisions) >= 2
+        assert all(t.status == "rejected" for t in state.trials.values() if t.trial_id not in still_waiting)
