@@ -191,7 +191,7 @@ def test_an_unanswered_approval_follows_its_timeout_policy(
         **SPEC, "name": name, "budget": {"max_trials": 2},
         "approval": {"every_batch": True, "timeout_s": 2, "on_timeout": on_timeout}})
     # With "reject", rejected trials do not count against the budget: stop after a few rounds.
-    args = ["run", str(spec), "--quiet"] + (["--max-runtime", "25"] if on_timeout == "reject" else [])
+    args = ["run", str(spec), "--quiet"] + (["--max-runtime", "12"] if on_timeout == "reject" else [])
     out = run(args, env)
     events = log_events(tmp_path / "home", name)
     decisions = [e for e in events if isinstance(e, ApprovalGiven | ApprovalRejected)]
