@@ -77,7 +77,14 @@ class CampaignNotFoundError(ClosedLoopError):
 
 
 class CampaignLockedError(ClosedLoopError):
-    """Another live orchestrator holds the campaign's lease: one writer per campaign."""
+    """Another live orchestrator holds the campaign's lease: one writer per campaign.
+
+    ``owner`` names the holder (``host:pid``) when it is known.
+    """
+
+    def __init__(self, message: str, hint: str = "", *, owner: str | None = None, **where: str | None) -> None:
+        super().__init__(message, hint, **where)
+        self.owner = owner
 
 
 class StorageError(ClosedLoopError):

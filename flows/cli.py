@@ -7,6 +7,7 @@ campaign-file error; 130 interrupted. Every error of the user's is one line, nev
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from campaigns import (
 from storage import MongoEventStore
 
 from flows.lease import hold_lease
-from flows.people import add_commands
+from flows.people import add_commands, current_user
 
 from flows.report import best_line, status_dict, status_text
 from flows.runtime import broker_url, check_spec_devices, event_store, mqtt_settings, running_broker_url, simulated_lab
@@ -66,7 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         state = fold(store.read(campaign_id))
         if state.spec is None:
             try:
-                store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{_user()}", spec=spec)])
+                store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{current_user()}", spec=spec)])
             except AppendConflictError:
                 pass  # created a moment ago by a concurrent `run`: the lease below decides who runs it
             else:
@@ -109,7 +110,7 @@ def _drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: a
                     f"fix the cause, then `closedloop resume {campaign_id} --reason ...`",
                     campaign_id=campaign_id,
                 )
-            store.append([CampaignResumed(campaign_id=campaign_id, seq=state.last_seq + 1, actor=f"user:{_user()}",
+            store.append([CampaignResumed(campaign_id=campaign_id, seq=state.last_seq + 1, actor=f"user:{current_user()}",
                                           reason=args.reason or "resumed from the command line")])
         elif state.last_seq > 1:
             print(f"campaign {campaign_id}: continuing from event {state.last_seq} "
@@ -120,7 +121,7 @@ def _drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: a
             os.environ["CLOSEDLOOP_MQTT_URL"] = url
             os.environ["CLOSEDLOOP_MONGODB_URI"] = store.uri
             os.environ["CLOSEDLOOP_MONGODB_DATABASE"] = settings.mongodb_database
-            lab = _nothing() if args.no_simulators else simulated_lab(spec, mqtt_settings(settings, url), settings.home / "devices")
+            lab = nullcontext() if args.no_simulators else simulated_lab(spec, mqtt_settings(settings, url), settings.home / "devices")
             with lab:
                 from flows.progress import ProgressReporter
 
@@ -139,23 +140,6 @@ def _drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: a
         print(f"error: campaign {campaign_id} paused: {final.paused_detail or final.paused_reason} — "
               f"fix the cause, then `closedloop resume {campaign_id}`", file=sys.stderr)
     return EXIT_OK if final.status == "finished" else EXIT_ERROR
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _user() -> str:
-    try:
-        return os.getlogin()
-    except OSError:
-        import getpass
-
-        return getpass.getuser()
 
 
 def _load_state(campaign_id: str):  # type: ignore[no-untyped-def]

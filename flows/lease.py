@@ -28,24 +28,19 @@ def owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _dead_local_owner(message: str) -> str | None:
-    """The owner named in a lock error, if it is a process of this host that no longer runs.
+def _dead_local_owner(owner: str | None) -> str | None:
+    """The lease's owner, if it is a process of this host that no longer runs.
 
     A SIGKILLed orchestrator leaves a live-looking lease for up to its ttl; on the same host we
     can tell at once that its process is gone and take over without waiting.
     """
-    host = socket.gethostname()
-    marker = f"is being run by {host}:"
-    if marker not in message:
+    host, _, pid_text = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
         return None
-    pid_text = message.split(marker, 1)[1].split(" ", 1)[0]
-    if not pid_text.isdigit():
-        return None
-    pid = int(pid_text)
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid_text), 0)
     except ProcessLookupError:
-        return f"{host}:{pid}"
+        return owner
     except PermissionError:
         return None  # alive, someone else's
     return None
@@ -55,7 +50,7 @@ def _acquire(lease: MongoLease) -> str | None:
     try:
         return lease.acquire().taken_over_from
     except CampaignLockedError as exc:
-        dead = _dead_local_owner(exc.message)
+        dead = _dead_local_owner(exc.owner)
         if dead is None:
             raise
         log.warning("the lease's owner %s is not running any more: taking over", dead)

@@ -42,11 +42,16 @@ from flows.lease import hold_lease
 from flows.runtime import event_store
 from flows.settings import Settings
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "current_user"]
+
+
+def current_user() -> str:
+    """Who is typing: the OS user, the default author of a decision or change."""
+    return getpass.getuser()
 
 
 def _by(args: argparse.Namespace) -> str:
-    return str(args.by or getpass.getuser())
+    return str(args.by or current_user())
 
 
 def _deliver(campaign_id: str, kind: str, payload: dict[str, Any], args: argparse.Namespace) -> int:
@@ -93,7 +98,7 @@ def _hand_over(store: MongoEventStore, settings: Settings, command: Command, loc
                 raise ClosedLoopError(f"refused: {current.error}", "fix the command and send it again",
                                       campaign_id=command.campaign_id)
             time.sleep(0.3)
-    print(f"{command.campaign_id}: sent to the orchestrator that runs it ({locked.message.split('run by ')[-1]}); "
+    print(f"{command.campaign_id}: sent to the orchestrator that runs it ({locked.owner}); "
           "it applies it when it next checks (see `closedloop history`)")
     return 0
 

@@ -214,6 +214,7 @@ class MongoLease:
             f"campaign {self.campaign_id!r} is being run by {current.get('owner')} (last heartbeat {age:.0f} s ago)",
             f"wait for it to finish or stop it; a dead owner's lease expires after {ttl:g} s",
             campaign_id=self.campaign_id,
+            owner=None if current.get("owner") is None else str(current.get("owner")),
         )
 
     def renew(self) -> None:

@@ -74,7 +74,7 @@ def test_a_second_acquirer_is_refused_with_a_message_naming_the_owner(lease: Lea
         lease("laptop:202", clock=clock).acquire()
     assert str(refused.value).startswith("campaign 'c-1' is being run by lab-pc:101 (last heartbeat 12 s ago)")
     assert refused.value.hint == "wait for it to finish or stop it; a dead owner's lease expires after 30 s"
-    assert refused.value.campaign_id == "c-1"
+    assert refused.value.campaign_id == "c-1" and refused.value.owner == "lab-pc:101"
     assert lease("laptop:202", campaign_id="c-2", clock=clock).acquire().owner == "laptop:202"  # other campaigns
 
 
