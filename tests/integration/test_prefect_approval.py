@@ -103,7 +103,7 @@ def test_answer_in_prefect_becomes_the_cli_command() -> None:
         # A wrong answer (unknown trial) is reported in the run's log and the form is offered again.
         resume_flow_run(UUID(run_id), run_input={"decision": "approve", "reject": ["99"]})
         _wait_for(lambda: (r := _read(run_id)).state.is_paused()
-                  and r.state.state_details.pause_key == "answer-2", 15, "the form offered again")
+                  and r.state.state_details.pause_key == "answer-2", 60, "the form offered again")
         assert not got
 
         t1 = time.monotonic()
@@ -133,12 +133,12 @@ def test_reject_all_in_prefect() -> None:
     try:
         run_id, _, _ = _paused_with_form(approvals, "a1")  # also works outside a flow run (no parent)
         resume_flow_run(UUID(run_id), run_input={"decision": "reject all", "by": "bob"})
-        _wait_for(lambda: got, 15, "on_answer")
+        _wait_for(lambda: got, 60, "on_answer")
         assert got[0] == {"approval_id": "a1", "approve": [], "edit": {}, "reject": ["3", "4"], "reason": "",
                           "by": "bob", "via": "prefect"}
         # No decision recorded within confirm_s (the loop may have refused it): the form is offered again.
         _wait_for(lambda: (r := _read(run_id)).state.is_paused()
-                  and r.state.state_details.pause_key == "answer-2", 15, "the form offered again")
+                  and r.state.state_details.pause_key == "answer-2", 60, "the form offered again")
     finally:
         approvals.close("a1")
         approvals.shutdown()
