@@ -33,6 +33,7 @@ __all__ = [
     "Measurement",
     "MessageRejected",
     "LateResultRecorded",
+    "ReplaySource",
     "RequestResent",
     "RunStarted",
     "SuggestedTrial",
@@ -95,11 +96,33 @@ class EventBase(_Fact):
         return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
 
 
+class ReplaySource(_Fact):
+    """What a replay campaign replays: its source campaign, how, and against what.
+
+    Attributes:
+        campaign_id: The source campaign (never modified by its replays).
+        mode: ``faithful`` re-runs the recorded trials as they ran; ``counterfactual``
+            re-runs the decision process (the optimizer, the recorded changes and approval
+            decisions) with the simulator answering.
+        simulator: The simulator that answers (``None``: the source's own simulated devices).
+        overrides: What the replay changed in the source's spec (``batch_size``, ``seed``,
+            ``optimizer.method``), for the record.
+        source_seq: The source's last event seq when the replay was planned.
+    """
+
+    campaign_id: str
+    mode: Literal["faithful", "counterfactual"]
+    simulator: str | None = None
+    overrides: dict[str, ParameterValue] = Field(default_factory=dict)
+    source_seq: int = Field(ge=1)
+
+
 class CampaignCreated(EventBase):
-    """The campaign exists, with this spec."""
+    """The campaign exists, with this spec (and, for a replay, what it replays)."""
 
     kind: Literal["CampaignCreated"] = "CampaignCreated"
     spec: CampaignSpec
+    source: ReplaySource | None = None
 
 
 class RunStarted(EventBase):

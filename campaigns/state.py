@@ -27,6 +27,7 @@ from campaigns.events import (
     CampaignPaused,
     CampaignResumed,
     LateResultRecorded,
+    ReplaySource,
     RequestResent,
     TrialRetried,
     EventBase,
@@ -97,6 +98,7 @@ class CampaignState:
     campaign_id: str | None = None
     spec: CampaignSpec | None = None
     original_spec: CampaignSpec | None = None
+    source: ReplaySource | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
     last_seq: int = 0
@@ -203,6 +205,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
     if isinstance(event, CampaignCreated):
         if state.spec is None:
             state.spec = state.original_spec = event.spec
+            state.source = event.source
             state.created_at = event.time
         else:
             state.anomalies += 1
