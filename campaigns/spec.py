@@ -192,7 +192,12 @@ class FailurePolicy(_Model):
 
 
 class CampaignSpec(_Model):
-    """A whole campaign, as written in its YAML file."""
+    """A whole campaign, as written in its YAML file.
+
+    ``dispatch`` is ``async`` (default: devices never wait for each other, suggestions are
+    computed ahead while devices are busy) or ``batch`` (batch-synchronous: a batch of
+    ``batch_size`` trials, then the next once the whole batch has finished).
+    """
 
     schema_version: Literal[1] = 1
     name: str
@@ -203,6 +208,15 @@ class CampaignSpec(_Model):
     parameter_constraints: list[str] = Field(default_factory=list)
     budget: Budget
     batch_size: int = Field(default=1, ge=1)
+    dispatch: Literal["async", "batch"] = Field(
+        default="async",
+        description=(
+            "async: a device that frees up gets a trial at once, and the next suggestions are "
+            "computed ahead, while devices are busy (pending trials known to the optimizer); "
+            "batch: batch-synchronous, `batch_size` trials are suggested only when none is in "
+            "flight, and the whole batch finishes before the next is suggested"
+        ),
+    )
     trial_timeout_s: float = Field(default=600.0, gt=0)
     seed: int = 0
     devices: list[DeviceSpec] = Field(min_length=1)
