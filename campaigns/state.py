@@ -89,6 +89,7 @@ class OpenApproval:
     deadline: datetime | None
     on_timeout: str
     why: str
+    number: int = 0  # 0-based: the how-manieth approval request of the campaign this is
 
 
 @dataclass
@@ -116,6 +117,7 @@ class CampaignState:
     open_approvals: dict[str, OpenApproval] = field(default_factory=dict)
     applied_commands: set[str] = field(default_factory=set)
     changes: int = 0
+    approvals_requested: int = 0
 
     @property
     def status(self) -> Literal["empty", "running", "paused", "finished"]:
@@ -320,8 +322,10 @@ def _request_approval(state: CampaignState, event: ApprovalRequested) -> None:
         waiting.append(trial_id)
     if waiting:
         state.open_approvals[event.approval_id] = OpenApproval(
-            event.approval_id, waiting, event.time, event.deadline, event.on_timeout, event.why
+            event.approval_id, waiting, event.time, event.deadline, event.on_timeout, event.why,
+            state.approvals_requested,
         )
+        state.approvals_requested += 1
 
 
 def _decide(state: CampaignState, event: ApprovalGiven | ApprovalRejected) -> None:

@@ -56,7 +56,7 @@ from devices import (
     TrialResult,
 )
 from optimizer import AxOptimizer
-from storage import MongoCommandInbox, MongoEventStore
+from storage import Command, MongoCommandInbox, MongoEventStore
 
 from flows.commands import events_for
 from flows.writer import EventWriter
@@ -92,6 +92,12 @@ class ApprovalNotifier(Protocol):
     def close(self, approval_id: str) -> None: ...
 
 
+class CommandScript(Protocol):
+    """Commands that fall due as the campaign goes (a replay's people: ``flows.replay.ReplayScript``)."""
+
+    def due(self, state: CampaignState) -> list[Command]: ...
+
+
 class CampaignLoop:
     """Runs one campaign from its log until it finishes or pauses (or ``max_runtime_s`` passes).
 
@@ -107,6 +113,8 @@ class CampaignLoop:
         lease_lost: Returns the exception to stop on once the campaign's lease was lost.
         inbox: Where people's commands (approve, change, pause, stop) arrive.
         notifier: Also shows approval requests elsewhere (the Prefect UI).
+        script: For a counterfactual replay: the source's people (``flows.replay.ReplayScript``),
+            whose commands are applied as they fall due, as a person's would be.
     """
 
     def __init__(
@@ -122,6 +130,7 @@ class CampaignLoop:
         lease_lost: Callable[[], BaseException | None] = lambda: None,
         inbox: MongoCommandInbox | None = None,
         notifier: ApprovalNotifier | None = None,
+        script: CommandScript | None = None,
     ) -> None:
         self.campaign_id = campaign_id
         self.store, self.hub = store, hub
@@ -135,6 +144,8 @@ class CampaignLoop:
         self._deadlines: dict[str, float] = {}
         self._last_resend: dict[str, float] = {}
         self.inbox, self.notifier = inbox, notifier
+        self.script = script
+        self._script_refused: set[str] = set()
         self._next_command_poll = 0.0
         self._optimizer: Optimizer | None = None
 
@@ -169,6 +180,7 @@ class CampaignLoop:
             for event in self.hub.next_events(self.options.poll_s):
                 self._handle(event, self._spec(), self._opt())
             self._commands()
+            self._scripted()
             spec = self._spec()
             self._expire(spec, self._opt())
             self._expire_approvals()
@@ -218,6 +230,22 @@ class CampaignLoop:
                 continue
             self.writer.append(*events)
             self.inbox.applied(command.command_id, self.state.last_seq)
+            self._after_decision(events)
+
+    def _scripted(self) -> None:
+        # A replay's people: their commands go through the same checks as a person's.
+        if self.script is None:
+            return
+        for command in self.script.due(self.state):
+            if command.command_id in self._script_refused:
+                continue
+            try:
+                events = events_for(self.state, command, self.writer.fields)
+            except ClosedLoopError as exc:
+                log.warning("replay: the source's %s (%s) does not apply here: %s", command.kind, command.command_id, exc)
+                self._script_refused.add(command.command_id)
+                continue
+            self.writer.append(*events)
             self._after_decision(events)
 
     def _after_decision(self, events: list[EventBase]) -> None:
