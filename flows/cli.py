@@ -31,6 +31,7 @@ from storage import MongoEventStore
 
 from flows.lease import hold_lease
 from flows.people import add_commands, current_user
+from flows.replay_cli import add_replay_commands
 
 from flows.report import best_line, status_dict, status_text
 from flows.runtime import broker_url, check_spec_devices, event_store, mqtt_settings, running_broker_url, simulated_lab
@@ -258,6 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=_cmd_list)
 
     add_commands(sub)
+    add_replay_commands(sub)
 
     sm = sub.add_parser("sim", help="run a simulated instrument that speaks MQTT protocol v1")
     sm.add_argument("simulator")

@@ -16,13 +16,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
-from campaigns import CampaignSpec, SuggestedTrial, TrialRecord
+from campaigns import CampaignSpec, SuggestedTrial, TrialRecord, fold
 from devices import MqttDeviceHub
 from optimizer import AxOptimizer
 from storage import MongoCommandInbox
 
 from flows.lease import hold_lease
 from flows.loop import CampaignLoop, LoopOptions
+from flows.replay import replay_wiring
 from flows.runtime import broker_url, event_store, mqtt_settings
 from flows.settings import Settings
 
@@ -106,15 +107,18 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, 
             hub.start()
             inbox = MongoCommandInbox(store.uri, database=settings.mongodb_database)
             notifier = _prefect_notifier(campaign_id, inbox)
+            # A replay campaign: a scripted optimizer (faithful) or its source's people (counterfactual).
+            scripted, script = replay_wiring(fold(store.read(campaign_id)), store.read)
             try:
                 loop = CampaignLoop(
                     campaign_id, store, hub,
-                    make_optimizer=partial(_make_optimizer, settings.optimizer_threads),
+                    make_optimizer=scripted or partial(_make_optimizer, settings.optimizer_threads),
                     options=LoopOptions(max_runtime_s=max_runtime_s),
                     run_info={"host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run_id},
                     lease_lost=held.lost_error,
                     inbox=inbox,
                     notifier=notifier,
+                    script=script,
                 )
                 state = loop.run()
             finally:

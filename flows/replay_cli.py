@@ -1,0 +1,195 @@
+"""`closedloop replay` and `closedloop compare`: replays against simulators, and their reports."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from campaigns import CampaignCreated, CampaignNotFoundError, CampaignState, SpecError, fold
+
+from flows.compare import best_so_far, compare_table, write_compare
+from flows.people import current_user
+from flows.replay import faithful_points, plan_replay
+from flows.runtime import check_spec_devices, event_store
+from flows.settings import Settings
+
+__all__ = ["add_replay_commands", "faithful_report", "identical_trials"]
+
+
+def _options(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--option {item!r}: expected KEY=VALUE", "e.g. --option noise_sd=0.1")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _pearson(xs: list[float], ys: list[float]) -> float | None:
+    n = len(xs)
+    if n < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / math.sqrt(sxx * syy)
+
+
+def faithful_report(source: CampaignState, replay: CampaignState) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Per-trial rows (recorded vs simulated for each metric) and a summary per metric.
+
+    The replay's trial ``i`` re-ran the source's ``i``-th dispatched trial.
+    """
+    assert source.spec is not None
+    metrics = list(source.spec.metrics)
+    rows: list[dict[str, Any]] = []
+    for i, src in enumerate(faithful_points(source)):
+        rep = replay.trials.get(str(i))
+        row: dict[str, Any] = {"source_trial": src.trial_id, "replay_trial": str(i),
+                               "source_status": src.status, "replay_status": rep.status if rep else "missing"}
+        for m in metrics:
+            rec = src.measurements.get(m)
+            sim = rep.measurements.get(m) if rep is not None else None
+            row[f"{m}.recorded"] = None if rec is None else rec.mean
+            row[f"{m}.simulated"] = None if sim is None else sim.mean
+            row[f"{m}.error"] = None if rec is None or sim is None else sim.mean - rec.mean
+        rows.append(row)
+    summary: dict[str, dict[str, Any]] = {}
+    for m in metrics:
+        pairs = [(r[f"{m}.recorded"], r[f"{m}.simulated"]) for r in rows
+                 if r[f"{m}.recorded"] is not None and r[f"{m}.simulated"] is not None]
+        errors = [s - r for r, s in pairs]
+        summary[m] = {
+            "n": len(pairs),
+            "mae": sum(abs(e) for e in errors) / len(errors) if errors else None,
+            "max_abs_error": max((abs(e) for e in errors), default=None),
+            "correlation": _pearson([p[0] for p in pairs], [p[1] for p in pairs]),
+        }
+    return rows, summary
+
+
+def identical_trials(source: CampaignState, replay: CampaignState) -> tuple[int, int, int]:
+    """``(same parameters, same parameters and results, trials compared)``, trial by trial in index order."""
+    n = min(len(source.trials), len(replay.trials))
+    same_points = same_all = 0
+    for i in range(n):
+        s, r = source.trials[str(i)], replay.trials[str(i)]
+        if s.parameters == r.parameters:
+            same_points += 1
+            if s.status == r.status and {k: v.mean for k, v in s.measurements.items()} == {
+                k: v.mean for k, v in r.measurements.items()
+            }:
+                same_all += 1
+    return same_points, same_all, n
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.6g}"
+
+
+def _print_faithful(source: CampaignState, replay: CampaignState, report: Path | None) -> None:
+    rows, summary = faithful_report(source, replay)
+    assert source.spec is not None
+    metric = source.spec.objectives[0].name
+    print(f"\nfaithful replay: {len(rows)} recorded trial(s) re-run; {metric}, recorded vs simulated:")
+    print(f"  {'source':>7} {'replay':>7} {'recorded':>12} {'simulated':>12} {'error':>12}")
+    shown = rows if len(rows) <= 40 else rows[:30] + rows[-5:]
+    for i, r in enumerate(shown):
+        if len(rows) > 40 and i == 30:
+            print(f"  ... {len(rows) - 35} more (all of them with --report FILE.csv)")
+        print(f"  {r['source_trial']:>7} {r['replay_trial']:>7} {_fmt(r[f'{metric}.recorded']):>12} "
+              f"{_fmt(r[f'{metric}.simulated']):>12} {_fmt(r[f'{metric}.error']):>12}")
+    for m, s in summary.items():
+        print(f"  {m}: {s['n']} pair(s), mean |error| {_fmt(s['mae'])}, max |error| {_fmt(s['max_abs_error'])}, "
+              f"correlation {_fmt(s['correlation'])}")
+    if report is not None:
+        with report.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"  per-trial report: {report}")
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from flows.cli import _drive  # the same run path as `closedloop run`
+
+    settings = Settings()
+    with event_store(settings) as store:
+        source = fold(store.read(args.source))
+        if source.spec is None:
+            raise CampaignNotFoundError(f"no campaign {args.source!r}", "see `closedloop list`", campaign_id=args.source)
+        spec, link = plan_replay(source, mode=args.mode, simulator=args.simulator, options=_options(args.option),
+                                 batch_size=args.batch_size, seed=args.seed, method=args.method)
+        check_spec_devices(spec)
+        campaign_id = args.campaign_id or f"{args.source}-{args.mode}-{datetime.now():%Y%m%d-%H%M%S}"
+        if fold(store.read(campaign_id)).spec is not None:
+            raise SpecError(f"campaign {campaign_id!r} exists already", "pass another --campaign-id")
+        store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{current_user()}", spec=spec,
+                                      source=link)])
+        print(f"campaign {campaign_id}: {args.mode} replay of {args.source} "
+              f"({'its own simulators' if args.simulator is None else f'simulator {args.simulator}'})")
+        code = _drive(store, settings, campaign_id, args, resume=False)
+        replay = fold(store.read(campaign_id))
+    if args.mode == "faithful":
+        _print_faithful(source, replay, None if args.report is None else Path(args.report))
+    else:
+        same_points, same_all, n = identical_trials(source, replay)
+        print(f"\ncounterfactual replay: {same_points} of {n} trial(s) at the source's parameters, "
+              f"{same_all} with the same results too")
+    curves = [best_so_far(source), best_so_far(replay)]
+    print(compare_table(curves))
+    if args.compare is not None:
+        png, html = write_compare(curves, Path(args.compare))
+        print(f"plot: {png}  page: {html}")
+    return code
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    with event_store(Settings()) as store:
+        states = [fold(store.read(c)) for c in args.campaigns]
+    for c, s in zip(args.campaigns, states, strict=True):
+        if s.spec is None:
+            raise CampaignNotFoundError(f"no campaign {c!r}", "see `closedloop list`", campaign_id=c)
+    curves = [best_so_far(s) for s in states]
+    if len({(c.metric, c.minimize) for c in curves}) > 1:
+        print("note: the campaigns follow different objectives; their curves share one plot", flush=True)
+    print(compare_table(curves))
+    png, html = write_compare(curves, Path(args.output))
+    print(f"plot: {png}  page: {html}")
+    return 0
+
+
+def add_replay_commands(sub: Any) -> None:
+    """Add ``replay`` and ``compare`` to the ``closedloop`` sub-command parser."""
+    r = sub.add_parser("replay", help="re-run a recorded campaign against a simulator, as a new linked campaign")
+    r.add_argument("source", help="the recorded campaign (only read)")
+    r.add_argument("--simulator", help="simulator answering every device (default: the source's own simulators)")
+    r.add_argument("--option", action="append", metavar="KEY=VALUE", help="simulator option, e.g. noise_sd=0")
+    r.add_argument("--mode", choices=["faithful", "counterfactual"], default="faithful",
+                   help="faithful: the recorded trials again; counterfactual: the decision process again")
+    r.add_argument("--batch-size", type=int, help="counterfactual: another batch size")
+    r.add_argument("--seed", type=int, help="counterfactual: another seed")
+    r.add_argument("--method", help="counterfactual: another optimizer.method (e.g. sobol)")
+    r.add_argument("--campaign-id", help="id of the replay campaign (default: SOURCE-MODE-TIME)")
+    r.add_argument("--report", metavar="FILE.csv", help="faithful: write the per-trial comparison here")
+    r.add_argument("--compare", metavar="OUT", help="also write OUT.png and OUT.html: best so far, source and replay")
+    r.add_argument("--max-runtime", type=float, default=None, metavar="S", help="stop this run after S seconds")
+    r.add_argument("--quiet", action="store_true", help="no progress display")
+    r.set_defaults(func=_cmd_replay, no_simulators=False, reason=None)
+
+    c = sub.add_parser("compare", help="best so far vs trials and vs time, for several campaigns: PNG, HTML, table")
+    c.add_argument("campaigns", nargs="+")
+    c.add_argument("--output", "-o", default="compare", help="writes OUTPUT.png and OUTPUT.html (default: compare)")
+    c.set_defaults(func=_cmd_compare)
+
