@@ -187,8 +187,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from simulators import SIMULATORS, run_standalone
 
+    if args.list:
+        width = max(len(n) for n in SIMULATORS)
+        for name, info in SIMULATORS.items():
+            print(f"{name:<{width}}  {info.description}")
+        return EXIT_OK
+    if args.simulator is None:
+        raise SpecError("sim: which simulator?", "name one, e.g. `closedloop sim branin --device-id d1`; "
+                        "`closedloop sim --list` lists them")
     if args.simulator not in SIMULATORS:
         raise SpecError(f"unknown simulator {args.simulator!r}", f"choose one of: {', '.join(sorted(SIMULATORS))}")
     options: dict[str, object] = {}
@@ -200,6 +210,25 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             options[key] = json.loads(value)
         except ValueError:
             options[key] = value
+    info = SIMULATORS[args.simulator]
+    try:
+        validated = info.options(options)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "options"
+        raise SpecError(f"--option {where}: {first['msg']}", f"see `closedloop sim {args.simulator} --describe`") from None
+    if args.describe:
+        print(info.describe(validated))
+        return EXIT_OK
+    if args.plot is not None:
+        from simulators import ColourMixingOptions, plot_spectra
+
+        if not isinstance(validated, ColourMixingOptions):
+            raise SpecError(f"--plot: {args.simulator} has no spectra to plot", "use it with colour_mixing")
+        print(f"wrote {plot_spectra(Path(args.plot), validated)}")
+        return EXIT_OK
+    if args.device_id is None:
+        raise SpecError("sim: --device-id is required to serve as an instrument", "e.g. --device-id bench-1")
     settings = Settings()
     url = args.broker or running_broker_url(settings)
     if url is None:
@@ -262,8 +291,11 @@ def _parser() -> argparse.ArgumentParser:
     add_replay_commands(sub)
 
     sm = sub.add_parser("sim", help="run a simulated instrument that speaks MQTT protocol v1")
-    sm.add_argument("simulator")
-    sm.add_argument("--device-id", required=True)
+    sm.add_argument("simulator", nargs="?", help="catalog name (see --list)")
+    sm.add_argument("--device-id", help="the device id to serve as")
+    sm.add_argument("--list", action="store_true", help="list the simulators and exit")
+    sm.add_argument("--describe", action="store_true", help="show the simulator's inputs (bounds), metrics and optimum")
+    sm.add_argument("--plot", metavar="PNG", help="colour_mixing: draw LED spectra, channel responses and readings")
     sm.add_argument("--broker", help="mqtt[s]://[user:pass@]host[:port] (default: CLOSEDLOOP_MQTT_URL or the local run's broker)")
     sm.add_argument("--option", action="append", metavar="KEY=VALUE", help="simulator option, e.g. noise_sd=0.1")
     sm.add_argument("--record", metavar="PATH", help="keep the results here, to answer repeated requests after a restart")

@@ -1,40 +1,61 @@
 """Simulated instruments speaking MQTT protocol v1; runtime code never imports this package.
 
-Public names: :data:`SIMULATORS` (the catalog), :class:`SimulatorInfo`,
-:class:`SimulatorOptions`, :class:`SimInstrument`, :func:`run_standalone` (also
-``python -m simulators.standalone``), :func:`read_executions`, :func:`read_completions`,
-:func:`executions_path`, and the benchmark functions :func:`branin` and :func:`hartmann6`.
+Public names: :data:`SIMULATORS` (the catalog: every botorch test function, ``colour_mixing``,
+``reaction_yield``), :class:`SimulatorInfo`, :class:`SimModel` (what an instrument serves),
+:class:`SimulatorOptions` (behaviour options every simulator takes), :class:`SimInstrument`,
+:func:`run_standalone` (also ``python -m simulators.standalone``), :func:`plot_spectra`,
+:func:`read_executions`, :func:`read_completions`, :func:`executions_path`, and the benchmark
+functions :func:`branin`, :func:`hartmann6` and :func:`branin_currin`.
 """
 
+from .behaviour import Drift, Failures, Outcome, SimulatorOptions, run_random, simulate
 from .catalog import (
     SIMULATORS,
+    BraninCurrinOptions,
     BraninOptions,
+    FunctionOptions,
     Hartmann6Options,
-    Outcome,
     SimulatorInfo,
-    SimulatorOptions,
 )
-from .functions import FUNCTIONS, TestFunction, branin, hartmann6
+from .colour import ColourMixingModel, ColourMixingOptions, plot_spectra
+from .functions import FUNCTIONS, BotorchModel, TestFunction, branin, branin_currin, hartmann6
 from .instrument import SimInstrument, simulator_info
+from .model import ParameterError, SimModel
+from .reaction import ReactionYieldModel, ReactionYieldOptions
 from .record import executions_path, read_completions, read_executions
 from .standalone import StopSignal, run_standalone
 
 __all__ = [
     "FUNCTIONS",
     "SIMULATORS",
+    "BotorchModel",
+    "BraninCurrinOptions",
     "BraninOptions",
+    "ColourMixingModel",
+    "ColourMixingOptions",
+    "Drift",
+    "Failures",
+    "FunctionOptions",
     "Hartmann6Options",
     "Outcome",
+    "ParameterError",
+    "ReactionYieldModel",
+    "ReactionYieldOptions",
     "SimInstrument",
+    "SimModel",
     "SimulatorInfo",
     "SimulatorOptions",
     "StopSignal",
     "TestFunction",
     "branin",
+    "branin_currin",
     "executions_path",
     "hartmann6",
+    "plot_spectra",
     "read_completions",
     "read_executions",
+    "run_random",
     "run_standalone",
+    "simulate",
     "simulator_info",
 ]

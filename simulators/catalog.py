@@ -1,103 +1,102 @@
-"""The simulators closedloop ships, their options, and what they measure."""
+"""The simulators closedloop ships, their options, and what they measure.
+
+Every entry builds a :class:`~simulators.SimModel` from validated options; the options of
+every simulator include the behaviour options (:class:`SimulatorOptions`: noise, durations,
+failures, drift, seed).
+"""
 
 from __future__ import annotations
 
-import math
-import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from .functions import FUNCTIONS, TestFunction
+from .behaviour import Outcome, SimulatorOptions
+from .colour import ColourMixingModel, ColourMixingOptions
+from .functions import FUNCTIONS, BotorchModel, TestFunction
+from .model import SimModel
+from .reaction import ReactionYieldModel, ReactionYieldOptions
 
 __all__ = [
     "SIMULATORS",
-    "BraninOptions",
-    "Hartmann6Options",
     "BraninCurrinOptions",
+    "BraninOptions",
+    "FunctionOptions",
+    "Hartmann6Options",
+    "Outcome",
     "SimulatorInfo",
     "SimulatorOptions",
-    "Outcome",
 ]
 
 
-class SimulatorOptions(BaseModel):
-    """Options shared by the function simulators.
+class FunctionOptions(SimulatorOptions):
+    """Options of a botorch test-function simulator (besides the behaviour options).
 
     Attributes:
-        noise_sd: Standard deviation of Gaussian noise added to the measurement; when > 0
-            the result reports ``sem = noise_sd``.
-        duration_s: ``(low, high)``: each trial takes a uniform random time in this range.
-        seed: Seed of the simulator's random generator; fresh entropy when ``None``.
         inputs: Parameter names to read, in the function's input order (default x1..xd).
-        metric: Name of the measured metric (default the function's name).
-        failure_rate: Probability that a trial answers ``failed``.
+        metric: Name of the objective (single-objective functions; default the simulator's name).
+        metrics: Names of all outputs in order: objectives, then constraint slacks
+            (default ``f0, f1, ...`` then ``c0, c1, ...``).
+        dim: Number of inputs, for functions of any dimension (Ackley, Levy, ZDT1, ...).
+        num_objectives: Number of objectives, where botorch lets it be chosen (DTLZ, ZDT, GMM).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    dim: ClassVar[int] = 0
+    function: ClassVar[TestFunction]
 
-    noise_sd: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
-    duration_s: tuple[float, float] = (0.0, 0.0)
-    seed: int | None = None
     inputs: list[str] | None = None
     metric: str | None = Field(default=None, min_length=1)
-    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    metrics: list[str] | None = None
+    dim: int | None = Field(default=None, ge=1, le=1000)
+    num_objectives: int | None = Field(default=None, ge=1, le=100)
 
     @model_validator(mode="after")
-    def _consistent(self) -> SimulatorOptions:
-        low, high = self.duration_s
-        if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low <= high):
-            raise ValueError("duration_s must be (low, high) with 0 <= low <= high")
+    def _function_fits(self) -> FunctionOptions:
+        f = type(self).function
+        if self.dim is not None and not f.dim_option:
+            raise ValueError(f"dim: {f.name} has {f.dim} inputs, always")
+        if self.num_objectives is not None and not f.objectives_option:
+            raise ValueError(f"num_objectives: {f.name} has {f.objectives} objective(s), always")
+        if (self.dim, self.num_objectives) != (None, None):
+            try:
+                f.problem(self.dim, self.num_objectives)
+            except Exception as exc:  # botorch says why the size does not fit (its own error types)
+                raise ValueError(f"{f.name} with dim={self.dim or f.dim}, num_objectives="
+                                 f"{self.num_objectives or f.objectives}: {str(exc).splitlines()[0]}") from None
+        dim = self.dim or f.dim
         if self.inputs is not None:
-            if len(self.inputs) != self.dim:
-                raise ValueError(f"inputs must name {self.dim} parameters, got {len(self.inputs)}")
+            if len(self.inputs) != dim:
+                raise ValueError(f"inputs must name {dim} parameters, got {len(self.inputs)}")
             if len(set(self.inputs)) != len(self.inputs) or not all(self.inputs):
                 raise ValueError("inputs must be distinct, non-empty names")
+        defaults = f.metrics(self.num_objectives)
+        if self.metric is not None and (self.metrics is not None or (self.num_objectives or f.objectives) > 1 or f.names):
+            raise ValueError(f"metric: {f.name} measures several metrics ({', '.join(defaults)}); "
+                             "name them all with metrics: [...]")
+        if self.metrics is not None and (len(self.metrics) != len(defaults) or len(set(self.metrics)) != len(defaults)):
+            raise ValueError(f"metrics must be {len(defaults)} distinct names ({', '.join(defaults)})")
         return self
 
-
-class BraninOptions(SimulatorOptions):
-    """Options of the ``branin`` simulator (2 inputs)."""
-
-    dim: ClassVar[int] = 2
-
-
-class Hartmann6Options(SimulatorOptions):
-    """Options of the ``hartmann6`` simulator (6 inputs)."""
-
-    dim: ClassVar[int] = 6
-
-
-class BraninCurrinOptions(SimulatorOptions):
-    """Options of the ``branin_currin`` simulator (2 inputs, 2 metrics: branin and currin)."""
-
-    dim: ClassVar[int] = 2
-
-    @model_validator(mode="after")
-    def _no_rename(self) -> BraninCurrinOptions:
+    def model(self) -> BotorchModel:
+        """The function as a model serving these options."""
+        f = type(self).function
+        dim = self.dim or f.dim
+        metrics = self.metrics or f.metrics(self.num_objectives)
         if self.metric is not None:
-            raise ValueError("metric: branin_currin measures two metrics (branin, currin); it cannot rename them")
-        return self
+            metrics = [self.metric, *metrics[1:]]
+        return BotorchModel(f, self.inputs or [f"x{i + 1}" for i in range(dim)], metrics, self.dim, self.num_objectives)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What one simulated trial produced.
-
-    Attributes:
-        duration_s: How long the trial takes.
-        values: The measured value of each metric, or ``None`` when the trial fails.
-        sem: Reported standard error (``None`` when noise-free).
-        error: Why the trial failed, when it does.
-    """
-
-    duration_s: float
-    values: dict[str, float] | None
-    sem: float | None
-    error: str | None
+def _options_model(function: TestFunction) -> type[FunctionOptions]:
+    camel = "".join(part.capitalize() for part in function.name.split("_"))
+    namespace = {
+        "__annotations__": {"function": ClassVar[TestFunction]},
+        "function": function,
+        "__module__": __name__,
+        "__doc__": f"Options of the ``{function.name}`` simulator (botorch ``{function.cls}``).",
+    }
+    return type(f"{camel}Options", (FunctionOptions,), namespace)
 
 
 @dataclass(frozen=True)
@@ -105,84 +104,87 @@ class SimulatorInfo:
     """One simulator of the catalog.
 
     Attributes:
-        name: Catalog key (``closedloop sim <name>``).
-        description: One line for ``--help`` and listings.
+        name: Catalog key (``closedloop sim <name>``, ``simulator:`` in a spec).
+        description: One line for listings.
         options_model: Pydantic model (``extra="forbid"``) validating the options.
-        function: The benchmark function it measures.
+        build: Makes the model served under validated options.
     """
 
     name: str
     description: str
     options_model: type[SimulatorOptions]
-    function: TestFunction
+    build: Callable[[Any], SimModel]
 
     def options(self, options: Mapping[str, Any] | SimulatorOptions) -> SimulatorOptions:
         """Validate options (a mapping, or an already validated model)."""
         if isinstance(options, self.options_model):
             return options
-        raw = options.model_dump() if isinstance(options, BaseModel) else dict(options)
+        raw = options.model_dump(exclude_unset=True) if isinstance(options, BaseModel) else dict(options)
         return self.options_model.model_validate(raw)
 
+    def model(self, options: Mapping[str, Any] | SimulatorOptions) -> SimModel:
+        """The model served under these options."""
+        return self.build(self.options(options))
+
     def inputs(self, options: Mapping[str, Any] | SimulatorOptions) -> list[str]:
-        """Parameter names the simulator reads, in input order."""
-        chosen = self.options(options).inputs
-        return list(chosen) if chosen else [f"x{i + 1}" for i in range(self.function.dim)]
+        """Parameter names the simulator reads."""
+        return list(self.model(options).inputs)
 
     def measures(self, options: Mapping[str, Any] | SimulatorOptions) -> list[str]:
         """Metric names the simulator reports."""
-        return [self.options(options).metric or self.function.name] if not self.function.outputs else list(
-            self.function.outputs
-        )
+        return list(self.model(options).metrics)
 
-    def run(
-        self,
-        options: SimulatorOptions,
-        parameters: Mapping[str, Any],
-        rng: random.Random,
-    ) -> Outcome:
-        """Simulate one trial (without waiting for its duration).
+    def describe(self, options: Mapping[str, Any] | SimulatorOptions) -> str:
+        """Several lines: the inputs (with botorch's bounds), the metrics, the known optimum.
 
-        Args:
-            options: Validated options.
-            parameters: The request's parameters.
-            rng: The simulator's random generator (noise, duration, failures).
-
-        Returns:
-            The outcome; a missing or non-numeric parameter gives a failed outcome.
+        Imports botorch for a test function.
         """
-        duration = rng.uniform(*options.duration_s)
-        values: list[float] = []
-        for name in self.inputs(options):
-            value = parameters.get(name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                return Outcome(duration, None, None, f"parameter {name!r} is missing or not a number")
-            values.append(float(value))
-        if options.failure_rate and rng.random() < options.failure_rate:
-            return Outcome(duration, None, None, "simulated instrument failure")
-        outputs = dict(zip(self.measures(options), self.function.evaluate_all(*values), strict=True))
-        if options.noise_sd > 0:
-            noisy = {k: v + rng.gauss(0.0, options.noise_sd) for k, v in outputs.items()}
-            return Outcome(duration, noisy, options.noise_sd, None)
-        return Outcome(duration, outputs, None, None)
+        validated = self.options(options)
+        model = self.build(validated)
+        lines = [f"{self.name}: {self.description}"]
+        function = FUNCTIONS.get(self.name)
+        dim = getattr(validated, "dim", None)
+        bounds = function.bounds(dim) if function is not None else None
+        for i, name in enumerate(model.inputs):
+            lines.append(f"  input  {name}" + (f"  in [{bounds[i][0]:g}, {bounds[i][1]:g}]" if bounds else ""))
+        lines += [f"  metric {name}" for name in model.metrics]
+        if function is not None and (optimum := function.optimum(dim)) is not None:
+            lines.append(f"  optimum {optimum:g} (botorch)")
+        return "\n".join(lines)
 
+
+def _function_info(function: TestFunction, description: str | None = None) -> SimulatorInfo:
+    if description is None:
+        size = f"{function.dim} inputs" + (" (option dim)" if function.dim_option else "")
+        outputs = f"{function.objectives} objective(s)" + (" (option num_objectives)" if function.objectives_option else "")
+        slack = f", {function.constraints} constraint slack(s)" if function.constraints else ""
+        description = f"botorch {function.cls}: {size}, {outputs}{slack}"
+    return SimulatorInfo(function.name, description, _options_model(function), lambda o: o.model())
+
+
+_DESCRIPTIONS = {
+    "branin": "Branin on x1 in [-5, 10], x2 in [0, 15]; minimum 0.397887",
+    "hartmann6": "Hartmann 6-D on [0, 1]^6; minimum -3.32237",
+    "branin_currin": "BoTorch's Branin-Currin pair on [0, 1]^2: metrics branin and currin, both minimized",
+}
 
 SIMULATORS: Mapping[str, SimulatorInfo] = {
-    "branin": SimulatorInfo(
-        "branin",
-        "Branin on x1 in [-5, 10], x2 in [0, 15]; minimum 0.397887",
-        BraninOptions,
-        FUNCTIONS["branin"],
+    **{name: _function_info(f, _DESCRIPTIONS.get(name)) for name, f in sorted(FUNCTIONS.items())},
+    "colour_mixing": SimulatorInfo(
+        "colour_mixing",
+        "CLSLab:Light: R, G, B duty cycles in [0, 1] -> 8 spectral channels ch415..ch680 and colour_distance",
+        ColourMixingOptions,
+        ColourMixingModel,
     ),
-    "hartmann6": SimulatorInfo(
-        "hartmann6",
-        "Hartmann 6-D on [0, 1]^6; minimum -3.32237",
-        Hartmann6Options,
-        FUNCTIONS["hartmann6"],
-    ),
-    "branin_currin": SimulatorInfo(
-        "branin_currin",
-        "BoTorch's Branin-Currin pair on [0, 1]^2: metrics branin and currin, both minimized",
-        BraninCurrinOptions,
-        FUNCTIONS["branin_currin"],
+    "reaction_yield": SimulatorInfo(
+        "reaction_yield",
+        "temperature, time, concentration, solvent, catalyst -> yield and impurity (percent)",
+        ReactionYieldOptions,
+        ReactionYieldModel,
     ),
 }
+"""Every simulator, by name."""
+
+BraninOptions = SIMULATORS["branin"].options_model
+Hartmann6Options = SIMULATORS["hartmann6"].options_model
+BraninCurrinOptions = SIMULATORS["branin_currin"].options_model

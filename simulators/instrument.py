@@ -9,6 +9,13 @@ it has answered it, so a request sent while it is away, or one it was running wh
 is delivered again when it returns. With a record file, every run is also journalled before
 it starts (``<record>.started``): :func:`read_executions` and :func:`read_completions` count
 started and finished runs across restarts.
+
+What it measures is a :class:`~simulators.SimModel` (a catalog entry, or any model given),
+and how it behaves — durations, noise, drift, and failures: an error result, a request
+dropped, a garbage payload, going offline for a while — follows its
+:class:`~simulators.SimulatorOptions`. Each run draws its random numbers from its own
+generator, seeded from ``(seed, trial, attempt, how many times this instrument ran it)``
+(:func:`~simulators.behaviour.run_random`), so results do not depend on run order.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import logging
 import queue
 import random
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -40,8 +48,10 @@ from devices import (
     validate_device_id,
 )
 
-from .catalog import SIMULATORS, SimulatorInfo, SimulatorOptions
-from .record import append_line, executions_path
+from .behaviour import SimulatorOptions, run_random, simulate
+from .catalog import SIMULATORS, SimulatorInfo
+from .model import SimModel
+from .record import append_line, executions_path, read_executions
 
 __all__ = ["SimInstrument", "simulator_info"]
 
@@ -49,6 +59,7 @@ log = logging.getLogger(__name__)
 
 State = Literal["idle", "busy", "offline"]
 _RETRY_S = 0.5
+_DROPPED = b""  # a run that never answers
 
 
 def simulator_info(simulator: str) -> SimulatorInfo:
@@ -71,11 +82,14 @@ class SimInstrument:
 
     Args:
         device_id: Its id (one topic level).
-        simulator: Catalog name, e.g. ``branin``.
-        options: Simulator options (see :class:`~simulators.catalog.SimulatorOptions`).
+        simulator: Catalog name (e.g. ``branin``), a catalog entry, or any
+            :class:`~simulators.SimModel` (e.g. an emulator fitted from data).
+        options: Simulator options: the entry's options, or for a model the behaviour
+            options (:class:`~simulators.SimulatorOptions`).
         settings: Broker URL and protocol prefix.
         record_path: JSON lines file of answered results; loaded on start, appended to.
         client_id: MQTT client id; stable by default so the broker keeps its session.
+        clock: Monotonic seconds (for ``drift.per_hour``); injected for tests.
 
     Raises:
         SpecError: Unknown simulator.
@@ -86,22 +100,31 @@ class SimInstrument:
     def __init__(
         self,
         device_id: str,
-        simulator: str,
+        simulator: str | SimulatorInfo | SimModel,
         options: Mapping[str, Any] | SimulatorOptions,
         settings: MqttSettings,
         *,
         record_path: Path | None = None,
         client_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device_id = validate_device_id(device_id)
-        self._info = simulator_info(simulator)
-        self._options = self._info.options(options)
+        if isinstance(simulator, str | SimulatorInfo):
+            info = simulator_info(simulator) if isinstance(simulator, str) else simulator
+            self._options = info.options(options)
+            self._model = info.build(self._options)
+        else:
+            self._options = options if isinstance(options, SimulatorOptions) else SimulatorOptions.model_validate(dict(options))
+            self._model = simulator
+        self._seed = self._options.seed if self._options.seed is not None else random.SystemRandom().randrange(2**63)
+        self._clock = clock
+        self._born = clock()
         self._settings = settings
         self._record_path = record_path
         self._client_id = client_id or f"closedloop-sim-{device_id}"
         self._topics = Topics(settings.prefix)
-        self._rng = random.Random(self._options.seed)
         self._store: dict[str, TrialResult] = {}
+        self._runs: dict[str, int] = {}  # runs started per request_id, across restarts
         self._executions: dict[str, int] = {}
         self._completions: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -116,7 +139,7 @@ class SimInstrument:
     @property
     def measures(self) -> list[str]:
         """Metrics this instrument reports."""
-        return self._info.measures(self._options)
+        return list(self._model.metrics)
 
     @property
     def executions(self) -> dict[str, int]:
@@ -250,12 +273,14 @@ class SimInstrument:
             result = self._store.get(request.request_id)
         if result is not None:
             log.info("device %s: %s answered from store", self.device_id, request.request_id)
+            payload = encode(result)
         else:
             self._try_state("busy")
-            result = self._run(request)
-            if result is None:
+            answer = self._run(request)
+            if answer is None:
                 return False  # stopped mid-trial: unacknowledged, so it comes again
-        if not self._send(result):
+            payload = answer
+        if payload is not _DROPPED and not self._send(payload):
             return False
         if delivery is not None and self._connection is not None:
             self._connection.ack(delivery)
@@ -263,50 +288,68 @@ class SimInstrument:
             self._try_state("idle")
         return True
 
-    def _send(self, result: TrialResult) -> bool:
+    def _send(self, payload: bytes) -> bool:
         # The result is recorded: keep trying through broker outages until it is out.
         while not self._stopping.is_set():
             try:
-                self._publish_result(result)
+                assert self._connection is not None
+                self._connection.publish(self._topics.results(self.device_id), payload)
                 return True
             except BrokerError as exc:
                 log.warning("device %s: %s", self.device_id, exc)
                 self._stopping.wait(_RETRY_S)
         return False
 
-    def _run(self, request: RunTrial) -> TrialResult | None:
+    def _run(self, request: RunTrial) -> bytes | None:
+        """Run a request: the payload to publish (``_DROPPED``: none), or None when stopping."""
         with self._lock:
+            before = self._runs.get(request.request_id, 0)
+            trials_before = sum(self._runs.values())
+            self._runs[request.request_id] = before + 1
             self._executions[request.request_id] = self._executions.get(request.request_id, 0) + 1
         if self._record_path is not None:
             started = {"request_id": request.request_id, "trial_id": request.trial_id}
             append_line(executions_path(self._record_path), json.dumps(started).encode())
+        attempt = request.request_id.removeprefix(request.campaign_id)
+        rng = run_random(self._seed, request.trial_id, attempt, before)
         try:
-            outcome = self._info.run(self._options, request.parameters, self._rng)
+            outcome = simulate(self._model, self._options, request.parameters, rng, trials_before=trials_before,
+                               hours=(self._clock() - self._born) / 3600.0)
         except Exception as exc:  # a simulator bug becomes a failed trial, reported
             log.exception("device %s: trial %s crashed", self.device_id, request.trial_id)
-            return self._record(self._failed(request, f"simulator error: {exc}"))
+            return encode(self._record(self._failed(request, f"simulator error: {exc}")))
+        if outcome.fate == "offline":
+            log.info("device %s: offline for %.1f s (simulated outage)", self.device_id,
+                     self._options.failures.offline_s)
+            self._try_state("offline")
+            if self._stopping.wait(self._options.failures.offline_s):
+                return None
+            self._try_state("busy")
         if self._stopping.wait(outcome.duration_s):
             return None  # stopped mid-trial: like a power cut, nothing is recorded
+        if outcome.fate == "drop":
+            log.info("device %s: dropped %s (simulated)", self.device_id, request.request_id)
+            return _DROPPED
         if outcome.values is None:
-            return self._record(self._failed(request, outcome.error or "failed"))
-        return self._record(
-            TrialResult(
-                request_id=request.request_id,
-                trial_id=request.trial_id,
-                status="completed",
-                measurements={k: Measurement(mean=v, sem=outcome.sem) for k, v in outcome.values.items()},
-            )
+            return encode(self._record(self._failed(request, outcome.error or "failed")))
+        sems = outcome.sems or {}
+        result = TrialResult(
+            request_id=request.request_id,
+            trial_id=request.trial_id,
+            status="completed",
+            measurements={k: Measurement(mean=v, sem=sems.get(k)) for k, v in outcome.values.items()},
         )
+        if outcome.fate == "garbage":
+            log.info("device %s: garbage answer to %s (simulated)", self.device_id, request.request_id)
+            whole = encode(result)
+            return whole[: len(whole) // 2]  # cut short, as by a firmware bug: not JSON
+        return encode(self._record(result))
 
     @staticmethod
     def _failed(request: RunTrial, error: str) -> TrialResult:
         return TrialResult(
             request_id=request.request_id, trial_id=request.trial_id, status="failed", error=error
         )
-
-    def _publish_result(self, result: TrialResult) -> None:
-        assert self._connection is not None
-        self._connection.publish(self._topics.results(self.device_id), encode(result))
 
     # -- store ---------------------------------------------------------------------------
 
@@ -320,9 +363,13 @@ class SimInstrument:
             self._completions[result.request_id] = self._completions.get(result.request_id, 0) + 1
         return result
 
-
     def _load_record(self) -> None:
-        if self._record_path is None or not self._record_path.exists():
+        if self._record_path is None:
+            return
+        with self._lock:
+            for request_id, runs in read_executions(self._record_path).items():
+                self._runs[request_id] = max(self._runs.get(request_id, 0), runs)
+        if not self._record_path.exists():
             return
         loaded = 0
         for number, line in enumerate(self._record_path.read_bytes().splitlines(), start=1):
