@@ -70,7 +70,8 @@ class MqttDeviceHub:
         self._clock = clock
         self._monotonic = monotonic
         self._topics = Topics(settings.prefix)
-        self._events: queue.SimpleQueue[HubEvent] = queue.SimpleQueue()
+        # None is a wake-up (see wake()), never handed out as an event.
+        self._events: queue.SimpleQueue[HubEvent | None] = queue.SimpleQueue()
         self._devices: dict[str, DeviceStatus] = {}
         self._lock = threading.Lock()
         self._connection: MqttConnection | None = None
@@ -181,20 +182,31 @@ class MqttDeviceHub:
             connection.ack(delivery)
 
     def next_events(self, timeout_s: float) -> list[HubEvent]:
-        """Wait up to ``timeout_s`` for an event, then return it and all others queued.
+        """Wait up to ``timeout_s`` for an event (or a :meth:`wake`), then return all queued.
 
         Returns:
-            The events in arrival order; empty if none came in time.
+            The events in arrival order; empty if none came in time, or after a wake-up.
         """
         try:
-            events: list[HubEvent] = [self._events.get(timeout=max(0.0, timeout_s))]
+            first = self._events.get(timeout=max(0.0, timeout_s))
         except queue.Empty:
             return []
+        events: list[HubEvent] = [] if first is None else [first]
         while True:
             try:
-                events.append(self._events.get_nowait())
+                event = self._events.get_nowait()
             except queue.Empty:
                 return events
+            if event is not None:
+                events.append(event)
+
+    def wake(self) -> None:
+        """Make a :meth:`next_events` waiting in another thread return now (thread-safe).
+
+        The loop waits on device events; work it hands to other threads (a suggestion
+        computed ahead) wakes it when done instead of waiting for the next poll.
+        """
+        self._events.put(None)
 
     # -- network thread ------------------------------------------------------------------
 

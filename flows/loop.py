@@ -4,7 +4,16 @@ The loop is the campaign's single writer (it holds the campaign's lease). Every 
 appended to the event log before it takes effect (``TrialDispatched`` before the MQTT
 publish) and every outcome after it arrives; a device message is acknowledged to the broker
 only once what it caused is in the log, so a crash in between makes the broker deliver it
-again. The in-memory state is always ``fold(log)``, advanced one appended event at a time.
+again. The in-memory state is always ``fold(log)`` plus what one pass has staged and not yet
+flushed (``flows.writer``): a pass's events go to the log in one insert, before any publish or
+acknowledgement they allow.
+
+Dispatch is ``async`` by default: every call on the optimizer runs, in order, in one worker
+thread (``flows.ahead``), so while devices are busy the next suggestion is computed ahead
+(``LoopOptions.suggest_ahead`` trials beyond the free devices, pending trials known to the
+optimizer) and logged as soon as it is ready; a device that frees up gets it at once. The loop
+never waits for the optimizer meanwhile: it handles results and commands. ``batch`` dispatch
+suggests ``batch_size`` trials only when none is in flight, and waits for the whole batch.
 """
 
 from __future__ import annotations
@@ -20,45 +29,30 @@ from campaigns import (
     ApprovalGiven,
     ApprovalRejected,
     ApprovalRequested,
-    BrokerDisconnected,
-    BrokerReconnected,
     CampaignFinished,
     CampaignNotFoundError,
-    CampaignPaused,
     CampaignSpec,
     CampaignState,
     ClosedLoopError,
     EventBase,
-    LateResultRecorded,
     Measurement,
     RequestResent,
     RunStarted,
     SuggestedTrial,
-    TrialCompleted,
     TrialDispatched,
-    TrialFailed,
     TrialRecord,
-    TrialRetried,
     TrialsSuggested,
     fold,
     utcnow,
 )
-from campaigns import MessageRejected as MessageRejectedEvent
 from campaigns.errors import BrokerError
-from devices import (
-    ConnectionLost,
-    ConnectionRestored,
-    MessageRejected,
-    MqttDeviceHub,
-    ResultReceived,
-    RunTrial,
-    StatusChanged,
-    TrialResult,
-)
+from devices import MqttDeviceHub, RunTrial
 from optimizer import AxOptimizer
 from storage import Command, MongoCommandInbox, MongoEventStore
 
+from flows.ahead import OptimizerThread
 from flows.commands import events_for
+from flows.outcomes import Outcomes
 from flows.writer import EventWriter
 
 __all__ = ["CampaignLoop", "LoopOptions", "Optimizer"]
@@ -76,9 +70,14 @@ class Optimizer(Protocol):
 
 @dataclass(frozen=True)
 class LoopOptions:
-    """Knobs of the loop that are not part of the campaign spec."""
+    """Knobs of the loop that are not part of the campaign spec.
+
+    ``suggest_ahead``: in ``async`` dispatch, how many trials to keep suggested beyond the
+    devices free right now, so that a device that frees up gets one at once.
+    """
 
     poll_s: float = 0.05
+    suggest_ahead: int = 1
     dispatch_timeout_s: float = 10.0
     max_runtime_s: float | None = None
     resend_min_interval_s: float = 5.0
@@ -98,7 +97,7 @@ class CommandScript(Protocol):
     def due(self, state: CampaignState) -> list[Command]: ...
 
 
-class CampaignLoop:
+class CampaignLoop(Outcomes):
     """Runs one campaign from its log until it finishes or pauses (or ``max_runtime_s`` passes).
 
     Args:
@@ -147,7 +146,7 @@ class CampaignLoop:
         self.script = script
         self._script_refused: set[str] = set()
         self._next_command_poll = 0.0
-        self._optimizer: Optimizer | None = None
+        self._worker: OptimizerThread[Optimizer] = OptimizerThread(self.hub.wake)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -163,6 +162,13 @@ class CampaignLoop:
             )
         if self.state.status in ("finished", "paused"):
             return self.state
+        self._worker = OptimizerThread(self.hub.wake)
+        try:
+            return self._run()
+        finally:
+            self._worker.close()  # a suggestion still being computed is dropped, unlogged
+
+    def _run(self) -> CampaignState:
         self._rebuild()
         self.writer.append(RunStarted(**self.writer.fields("orchestrator"), **self.run_info))  # type: ignore[arg-type]
         started = self.clock()
@@ -177,20 +183,28 @@ class CampaignLoop:
             lost = self._lease_lost()
             if lost is not None:
                 raise lost
-            for event in self.hub.next_events(self.options.poll_s):
-                self._handle(event, self._spec(), self._opt())
+            events = self.hub.next_events(self.options.poll_s)
+            for event in events:
+                self._handle(event, self._spec())
+            # What the batch of messages caused goes to the log in one insert; only then are
+            # the messages acknowledged to the broker.
+            self.writer.flush()
+            for event in events:
+                self.hub.ack(event)
+            self._worker.check()
             self._commands()
             self._scripted()
             spec = self._spec()
-            self._expire(spec, self._opt())
+            self._expire(spec)
             self._expire_approvals()
+            self.writer.flush()
             if self.state.status in ("paused", "finished"):
                 return self.state
             out_of_time = spec.budget.max_hours is not None and self._hours_used() >= spec.budget.max_hours
             out_of_trials = self.state.budget_used >= spec.budget.max_trials
             if not out_of_time and self.hub.connected:
-                self._dispatch(spec, self._opt(), suggest_more=not out_of_trials and not self.state.open_approvals)
-            if (out_of_time or out_of_trials) and not self.state.in_flight and (
+                self._dispatch(spec)
+            if (out_of_time or out_of_trials) and not self.state.in_flight and not self._worker.computing and (
                 out_of_time or (not self.state.undispatched and not self.state.open_approvals)
             ):
                 reason = "max_hours" if out_of_time and not out_of_trials else "budget_exhausted"
@@ -203,14 +217,11 @@ class CampaignLoop:
         assert self.state.spec is not None
         return self.state.spec  # the effective spec: mid-campaign changes applied
 
-    def _opt(self) -> Optimizer:
-        assert self._optimizer is not None
-        return self._optimizer
-
     def _rebuild(self) -> None:
         # Decisions and changes reshape the optimizer: it is rebuilt from the log (cheap),
-        # exactly as a resume would rebuild it.
-        self._optimizer = self._make_optimizer(self._spec(), list(self.state.trials.values()))
+        # exactly as a resume would rebuild it. A suggestion the old one was computing is
+        # dropped: nothing suggested under the old spec is logged after the change.
+        self._worker.use(self._make_optimizer(self._spec(), list(self.state.trials.values())))
 
     # -- people ------------------------------------------------------------------------------
 
@@ -316,30 +327,44 @@ class CampaignLoop:
             if d.id not in busy and (s := statuses.get(d.id)) is not None and s.state == "idle"
         ]
 
-    def _dispatch(self, spec: CampaignSpec, optimizer: Optimizer, *, suggest_more: bool) -> None:
+    def _dispatch(self, spec: CampaignSpec) -> None:
+        suggested = self._worker.collect()
+        if suggested is not None:
+            self.writer.stage(TrialsSuggested(**self.writer.fields("optimizer"), trials=suggested))  # type: ignore[arg-type]
+            self._ask(suggested)
         free = self._free_devices(spec)
-        if not free:
-            return
         queue = [t.trial_id for t in self.state.undispatched]
-        if len(queue) < len(free) and suggest_more:
-            room = spec.budget.max_trials - self.state.budget_used
-            n = min(len(free) - len(queue), spec.batch_size, room)
-            if n > 0:
-                suggested = optimizer.suggest(n)
-                self.writer.append(TrialsSuggested(**self.writer.fields("optimizer"), trials=suggested))  # type: ignore[arg-type]
-                self._ask(suggested)
-                queue = [t.trial_id for t in self.state.undispatched]
+        n = self._wanted(spec, len(free), len(queue))
+        if n > 0:
+            # Computed in the worker thread, after every result told to the optimizer so far;
+            # the loop goes on meanwhile and is woken when it is ready.
+            self._worker.suggest(n, lambda optimizer, k: optimizer.suggest(k))
+        sent = []
         for device_id, trial_id in zip(free, queue, strict=False):
             trial = self.state.trials[trial_id]
             request_id = f"{self.campaign_id}:{trial_id}:{trial.attempts + 1}"
-            self.writer.append(TrialDispatched(**self.writer.fields("orchestrator"),  # type: ignore[arg-type]
-                                               trial_id=trial_id, device_id=device_id, request_id=request_id))
-            self._publish(self.state.trials[trial_id])
+            self.writer.stage(TrialDispatched(**self.writer.fields("orchestrator"),  # type: ignore[arg-type]
+                                              trial_id=trial_id, device_id=device_id, request_id=request_id))
+            sent.append(trial)
+        self.writer.flush()  # the suggestion and the dispatches in one insert, before any publish
+        for trial in sent:
+            self._publish(trial)
+
+    def _wanted(self, spec: CampaignSpec, free: int, queued: int) -> int:
+        """How many trials to ask the optimizer for now (0: none)."""
+        room = spec.budget.max_trials - self.state.budget_used
+        if self._worker.computing or room <= 0 or self.state.open_approvals:
+            return 0
+        if spec.dispatch == "batch":
+            # Batch-synchronous: the next batch once the whole last one has finished.
+            return 0 if self.state.in_flight or queued else min(spec.batch_size, room)
+        return max(0, min(free + self.options.suggest_ahead - queued, spec.batch_size, room))
 
     def _publish(self, t: TrialRecord) -> None:
         assert t.device_id is not None and t.request_id is not None
         spec = self.state.spec
         assert spec is not None
+        self.writer.flush()  # intent before side effect
         self._deadlines[t.trial_id] = self.clock() + spec.trial_timeout_s
         self._last_resend[t.trial_id] = self.clock()
         request = RunTrial(request_id=t.request_id, campaign_id=self.campaign_id, trial_id=t.trial_id,
@@ -359,87 +384,3 @@ class CampaignLoop:
         self.writer.append(RequestResent(**self.writer.fields("orchestrator"), trial_id=t.trial_id,  # type: ignore[arg-type]
                                          device_id=t.device_id, request_id=t.request_id, reason=reason))
         self._publish(t)
-
-    # -- outcomes ------------------------------------------------------------------------------
-
-    def _expire(self, spec: CampaignSpec, optimizer: Optimizer) -> None:
-        now = self.clock()
-        for t in self.state.in_flight:
-            deadline = self._deadlines.setdefault(t.trial_id, now + spec.trial_timeout_s)
-            if now >= deadline:
-                self._fail(optimizer, t, "timeout", f"no result within {spec.trial_timeout_s:g} s")
-
-    def _fail(self, optimizer: Optimizer, t: TrialRecord, reason: str, detail: str) -> None:
-        spec = self.state.spec
-        assert spec is not None
-        self._deadlines.pop(t.trial_id, None)
-        common = {"trial_id": t.trial_id, "reason": reason, "detail": detail,
-                  "device_id": t.device_id, "request_id": t.request_id}
-        if t.attempts <= spec.failure_policy.retries:
-            self.writer.append(TrialRetried(**self.writer.fields("orchestrator"), attempt=t.attempts, **common))  # type: ignore[arg-type]
-            return
-        self.writer.append(TrialFailed(**self.writer.fields("orchestrator"), **common))  # type: ignore[arg-type]
-        optimizer.fail(t.trial_id, reason)
-        why = self.state.failure_rate_exceeded()
-        if why is not None:
-            self.writer.append(CampaignPaused(**self.writer.fields("orchestrator"), reason="failure_rate", detail=why))  # type: ignore[arg-type]
-
-    def _reject(self, device_id: str | None, topic: str, reason: str, excerpt: str = "") -> None:
-        log.warning("rejected message from %s on %s: %s", device_id or "?", topic, reason)
-        actor = f"device:{device_id}" if device_id else "orchestrator"
-        self.writer.append(MessageRejectedEvent(**self.writer.fields(actor), device_id=device_id,  # type: ignore[arg-type]
-                                                topic=topic, reason=reason, excerpt=excerpt[:200]))
-
-    def _handle(self, event: object, spec: CampaignSpec, optimizer: Optimizer) -> None:
-        if isinstance(event, MessageRejected):
-            self._reject(event.device_id, event.topic, event.reason, event.excerpt)
-            self.hub.ack(event)
-        elif isinstance(event, ResultReceived):
-            self._result(event.device_id, event.result, spec, optimizer)
-            self.hub.ack(event)  # only now: what the result caused is in the log
-        elif isinstance(event, StatusChanged):
-            if event.status.state == "idle":
-                # A device that is idle while the log says it runs a trial lost the request or
-                # restarted: ask again (it answers from its store if it did run it).
-                for t in self.state.in_flight:
-                    if t.device_id == event.device_id:
-                        self._resend(t, "device_idle")
-        elif isinstance(event, ConnectionLost):
-            self.writer.append(BrokerDisconnected(**self.writer.fields("orchestrator"), detail=event.detail))  # type: ignore[arg-type]
-        elif isinstance(event, ConnectionRestored):
-            self.writer.append(BrokerReconnected(**self.writer.fields("orchestrator"), down_s=event.down_s))  # type: ignore[arg-type]
-            for t in self.state.in_flight:
-                self._resend(t, "broker_reconnected", force=True)
-
-    def _result(self, device_id: str, result: TrialResult, spec: CampaignSpec, optimizer: Optimizer) -> None:
-        topic = f"devices/{device_id}/results"
-        # Any attempt's request id: a result for an earlier attempt of a retried trial measures
-        # the same parameters, and the first valid result wins.
-        t = self.state.trial_by_request(result.request_id)
-        if t is None or t.trial_id != result.trial_id:
-            self._reject(device_id, topic, f"result for unknown request {result.request_id!r} / trial {result.trial_id!r}")
-            return
-        measurements = {k: Measurement(mean=m.mean, sem=m.sem) for k, m in result.measurements.items()}
-        if t.status == "failed" and result.status == "completed" and not t.late_measurements:
-            self.writer.append(LateResultRecorded(**self.writer.fields(f"device:{device_id}"),  # type: ignore[arg-type]
-                                                  trial_id=t.trial_id, device_id=device_id,
-                                                  request_id=result.request_id, measurements=measurements))
-            return
-        if t.terminal:
-            self._reject(device_id, topic, f"duplicate result for trial {t.trial_id} (already {t.status})")
-            return
-        if t.requests.get(result.request_id) != device_id:
-            self._reject(device_id, topic, f"request {result.request_id} was sent to "
-                                           f"{t.requests.get(result.request_id)}, not {device_id}")
-            return
-        if result.status == "failed":
-            self._fail(optimizer, t, "device_error", result.error or "device reported failure")
-            return
-        missing = [m for m in spec.metrics if m not in measurements]
-        if missing:
-            self._fail(optimizer, t, "invalid_result", f"result lacks metric {missing[0]!r}")
-            return
-        self.writer.append(TrialCompleted(**self.writer.fields(f"device:{device_id}"), trial_id=t.trial_id,  # type: ignore[arg-type]
-                                          device_id=device_id, request_id=result.request_id, measurements=measurements))
-        self._deadlines.pop(t.trial_id, None)
-        optimizer.complete(t.trial_id, measurements)

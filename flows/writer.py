@@ -1,5 +1,11 @@
 """The campaign's single writer: each event gets the next seq, is appended, then folded in.
 
+Events may also be *staged*: folded in at once, appended with the next :meth:`EventWriter.flush`
+in one ordered insert with every other staged event. The loop stages what one pass decides
+(the results of a batch of device messages; a suggestion and its dispatches) and flushes before
+any side effect (a publish, an acknowledgement), so one round trip to the database carries
+them all and still nothing happens whose intent is not in the log.
+
 Appends ride out database outages: a `StorageUnavailableError` is retried with back-off
 (the very same events, which the store recognises if the lost attempt did land), so nothing
 whose intent is not logged ever happens, and nothing is lost while the database is away.
@@ -46,13 +52,42 @@ class EventWriter:
         self.max_backoff_s, self.give_up_after_s = max_backoff_s, give_up_after_s
         self._sleep, self._clock = sleep, clock
         self.outages = 0
+        self._staged: list[EventBase] = []
 
     def fields(self, actor: str, offset: int = 0) -> dict[str, Any]:
         """The common fields of the next event (``offset`` for the n-th of several)."""
         return {"campaign_id": self.state.campaign_id, "seq": self.state.last_seq + 1 + offset, "actor": actor}
 
+    @property
+    def staged(self) -> int:
+        """How many events are folded into ``state`` but not yet in the log."""
+        return len(self._staged)
+
+    def stage(self, *events: EventBase) -> None:
+        """Fold events into ``state`` now; they reach the log with the next :meth:`flush`.
+
+        Until then nothing may act on them (no publish, no acknowledgement): ``state`` is the
+        log plus what is staged.
+        """
+        for e in events:
+            apply(self.state, e)
+        self._staged.extend(events)
+
+    def flush(self) -> None:
+        """Append every staged event, in one ordered insert (retrying through outages)."""
+        if self._staged:
+            self._write(self._staged)
+            self._staged = []
+
     def append(self, *events: EventBase) -> None:
-        """Append (retrying through outages), then apply to ``state``."""
+        """Append the staged events and these in one insert (retrying through outages), then
+        apply these to ``state``."""
+        self._write([*self._staged, *events])
+        self._staged = []
+        for e in events:
+            apply(self.state, e)
+
+    def _write(self, events: list[EventBase]) -> None:
         started: float | None = None
         delay = 0.25
         while True:
@@ -71,5 +106,3 @@ class EventWriter:
                 delay = min(delay * 2, self.max_backoff_s)
         if started is not None:
             log.warning("database is back after %.1f s", self._clock() - started)
-        for e in events:
-            apply(self.state, e)
