@@ -178,7 +178,7 @@ SIMULATORS: Mapping[str, SimulatorInfo] = {
     ),
     "reaction_yield": SimulatorInfo(
         "reaction_yield",
-        "temperature, time, concentration, solvent, catalyst -> yield and impurity (percent)",
+        "temperature, time, concentration, solvent, catalyst -> yield_pct and impurity_pct",
         ReactionYieldOptions,
         ReactionYieldModel,
     ),

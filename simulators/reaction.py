@@ -9,12 +9,12 @@ lowest (a slow reaction is overtaken by it), and time first builds the product, 
     S --k3--> X (dimer)           k2 = 0.001 * g_solv * exp(-40 kJ/mol / R (1/T - 1/T0))
                                   k3 = 0.01 * h_solv * h_cat * exp(-100 kJ/mol / R (1/T - 1/T0)) * c
 
-(rates per minute, T0 = 80 °C). ``yield`` is P and ``impurity`` is D + X, in percent of the
-substrate (both in [0, 100]). The catalyst sets activity and activation energy; the solvent
-scales each step. The best yield lies inside the box, and the best yields come with a few
-percent of impurity, so an outcome constraint such as ``impurity <= 3`` shapes the answer
+(rates per minute, T0 = 80 °C). ``yield_pct`` is P and ``impurity_pct`` is D + X, in percent of
+the substrate (both in [0, 100]; not ``yield``, a Python keyword that Ax cannot parse). The
+catalyst sets activity and activation energy; the solvent scales each step. The best yield lies inside the box, and the best yields come with a few
+percent of impurity, so an outcome constraint such as ``impurity_pct <= 3`` shapes the answer
 (best: 93.9 % yield, 5.1 % impurity in toluene with pd_xphos at 55 °C, 140 min, 0.45 mol/L;
-with impurity <= 3: 90.4 % at 42.5 °C, 180 min, 0.5 mol/L — on a grid of the box below).
+with impurity_pct <= 3: 90.4 % at 42.5 °C, 180 min, 0.5 mol/L — on a grid of the box below).
 """
 
 from __future__ import annotations
@@ -73,13 +73,13 @@ def _arrhenius(ea: float, kelvin: float) -> float:
 
 
 class ReactionYieldModel:
-    """The reaction as a :class:`~simulators.SimModel`: yield and impurity in percent.
+    """The reaction as a :class:`~simulators.SimModel`: ``yield_pct`` and ``impurity_pct``.
 
     Args:
         options: The simulator's options (parameter names).
     """
 
-    metrics = ["yield", "impurity"]
+    metrics = ["yield_pct", "impurity_pct"]
 
     def __init__(self, options: ReactionYieldOptions | None = None) -> None:
         o = options or ReactionYieldOptions()
@@ -101,7 +101,7 @@ class ReactionYieldModel:
         f, g, h = SOLVENTS[choice(parameters, s_name, SOLVENTS)]
         activity, ea, dimer = CATALYSTS[choice(parameters, cat_name, CATALYSTS)]
         if kelvin <= 0:
-            return {"yield": 0.0, "impurity": 0.0}
+            return {"yield_pct": 0.0, "impurity_pct": 0.0}
         k1 = activity * f * _arrhenius(ea, kelvin) * conc / (conc + 0.15)
         k2 = 0.001 * g * _arrhenius(40.0, kelvin)
         k3 = 0.01 * h * dimer * _arrhenius(100.0, kelvin) * conc
@@ -113,4 +113,4 @@ class ReactionYieldModel:
             product = k1 / (k2 - ka) * (left - math.exp(-k2 * minutes))
         product = min(1.0, max(0.0, product))
         impurity = min(1.0, max(0.0, 1.0 - left - product))
-        return {"yield": 100.0 * product, "impurity": 100.0 * impurity}
+        return {"yield_pct": 100.0 * product, "impurity_pct": 100.0 * impurity}

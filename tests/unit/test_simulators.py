@@ -90,10 +90,10 @@ def test_reaction_yield_stays_in_percent_and_needs_known_choices() -> None:
         values = model.evaluate({"temperature": rng.uniform(20, 140), "time": rng.uniform(5, 240),
                                  "concentration": rng.uniform(0.05, 2.0), "solvent": rng.choice(["toluene", "thf", "dmf", "ethanol"]),
                                  "catalyst": rng.choice(["pd_pph3", "pd_dppf", "pd_xphos"])})
-        assert 0.0 <= values["yield"] <= 100.0 and 0.0 <= values["impurity"] <= 100.0
-        assert values["yield"] + values["impurity"] <= 100.0 + 1e-9
+        assert 0.0 <= values["yield_pct"] <= 100.0 and 0.0 <= values["impurity_pct"] <= 100.0
+        assert values["yield_pct"] + values["impurity_pct"] <= 100.0 + 1e-9
     best = model.evaluate({"temperature": 55, "time": 140, "concentration": 0.45, "solvent": "toluene", "catalyst": "pd_xphos"})
-    assert best["yield"] == pytest.approx(93.9, abs=0.1) and best["impurity"] == pytest.approx(5.1, abs=0.1)
+    assert best["yield_pct"] == pytest.approx(93.9, abs=0.1) and best["impurity_pct"] == pytest.approx(5.1, abs=0.1)
     bad = _run("reaction_yield", {}, {"temperature": 55, "time": 140, "concentration": 0.45, "solvent": "water", "catalyst": "pd_xphos"})
     assert bad.values is None and bad.error is not None and "solvent" in bad.error
 
