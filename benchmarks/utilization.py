@@ -1,0 +1,117 @@
+"""Device utilization: asynchronous versus batch-synchronous dispatch, N = 1, 4, 16 (issue 6).
+
+N simulated Branin instruments with random trial durations, uniform over
+``[lo, hi] x`` the suggestion time measured at the start of the run (default ``[5, 15]``),
+run a campaign through ``CampaignLoop`` on Mosquitto and an nx-27017 log, once with
+``dispatch: async`` (suggestions computed ahead in the optimizer thread) and once with
+``dispatch: batch`` (batches of N, the next once the whole batch is done).
+
+Utilization is read from the log: a device is busy from a trial's ``TrialDispatched`` to its
+``TrialCompleted``; the window runs from ``RunStarted`` to the last ``TrialDispatched`` (after
+it the budget is spent and idle devices have nothing left to run: that tail is the budget
+ending, not the loop). Utilization = busy device-time in the window / (N x window).
+
+The generator is ``optimizer.method: botorch`` (Sobol for the first ``--init`` trials). The
+suggestion time ``s`` is measured first: the median of three ``suggest(1)`` calls of an
+``AxOptimizer`` with ``--init`` + 2 completed trials; durations are then ``[lo*s, hi*s]``.
+
+Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/utilization.py [--devices 1,4,16]
+        [--trials-per-device 3] [--factor 5,15] [--init 4] [--method botorch|sobol] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._stack import Stack, branin_spec, run_campaign  # noqa: E402
+from campaigns import Measurement  # noqa: E402
+from optimizer import AxOptimizer  # noqa: E402
+from simulators import branin  # noqa: E402
+
+
+def suggestion_time(method: str, init: int) -> float:
+    """Median seconds of ``suggest(1)`` with ``init + 2`` completed trials."""
+    spec = branin_spec("s", 1, max_trials=100, method=method, initialization_trials=init)
+    optimizer = AxOptimizer(spec, threads=1)
+    for _ in range(init + 2):
+        [t] = optimizer.suggest(1)
+        optimizer.complete(t.trial_id, {"branin": Measurement(mean=branin(float(t.parameters["x1"]),
+                                                                          float(t.parameters["x2"])))})
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        [t] = optimizer.suggest(1)
+        times.append(time.perf_counter() - started)
+        optimizer.complete(t.trial_id, {"branin": Measurement(mean=1.0)})
+    return statistics.median(times)
+
+
+def utilization(events: list, devices: int) -> tuple[float, float]:  # type: ignore[type-arg]
+    """(busy fraction in the window, window seconds), from the log."""
+    start = next(e.time for e in events if e.kind == "RunStarted")
+    end = max(e.time for e in events if e.kind == "TrialDispatched")
+    window = (end - start).total_seconds()
+    dispatched = {e.trial_id: e.time for e in events if e.kind == "TrialDispatched"}
+    busy = 0.0
+    for e in events:
+        if e.kind == "TrialCompleted":
+            a, b = max(dispatched[e.trial_id], start), min(e.time, end)
+            busy += max(0.0, (b - a).total_seconds())
+    # Trials dispatched and still running at the window's end count up to the end.
+    done = {e.trial_id for e in events if e.kind == "TrialCompleted"}
+    busy += sum((end - t).total_seconds() for k, t in dispatched.items() if k not in done)
+    return busy / (devices * window), window
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", default="1,4,16")
+    parser.add_argument("--trials-per-device", type=int, default=3)
+    parser.add_argument("--factor", default="5,15", help="durations as multiples of the suggestion time")
+    parser.add_argument("--init", type=int, default=4, help="Sobol trials before BoTorch")
+    parser.add_argument("--method", default="botorch")
+    parser.add_argument("--seconds", type=float, default=None, help="use this suggestion time instead of measuring")
+    args = parser.parse_args()
+    lo, hi = (float(x) for x in args.factor.split(","))
+    s = args.seconds if args.seconds is not None else suggestion_time(args.method, args.init)
+    print(f"generator {args.method} (Sobol for {args.init} trials); suggestion time s = {s:.3f} s; "
+          f"durations uniform [{lo * s:.2f}, {hi * s:.2f}] s", flush=True)
+    rows = []
+    with Stack() as stack:
+        for n in (int(c) for c in args.devices.split(",")):
+            for mode in ("async", "batch"):
+                trials = max(6, args.trials_per_device * n)
+                spec = branin_spec(f"u-{mode}-{n}", n, max_trials=trials, batch_size=n, dispatch=mode,
+                                   method=args.method, initialization_trials=args.init,
+                                   duration_s=(lo * s, hi * s), trial_timeout_s=max(120.0, 50 * hi * s))
+                r = run_campaign(stack, spec)
+                u, window = utilization(r.events, n)
+                rows.append((n, mode, trials, u, window, r.wall_s))
+                print(f"  N={n:<3} {mode:6} {trials:4d} trials  utilization {u:6.1%}  window {window:6.1f} s  "
+                      f"wall {r.wall_s:6.1f} s", flush=True)
+    print(f"\n{'devices':>8}{'async':>10}{'batch':>10}")
+    for n in sorted({r[0] for r in rows}):
+        by = {r[1]: r[3] for r in rows if r[0] == n}
+        print(f"{n:>8}{by['async']:>10.1%}{by['batch']:>10.1%}")
+    ok = True
+    for n in (4, 16):
+        hit = [r for r in rows if r[0] == n and r[1] == "async"]
+        if hit:
+            passed = hit[0][3] >= 0.9
+            ok &= passed
+            print(f"{'PASS' if passed else 'FAIL'}: {n} devices, async: utilization {hit[0][3]:.1%} >= 90%")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
