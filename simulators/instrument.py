@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 State = Literal["idle", "busy", "offline"]
 _RETRY_S = 0.5
-_DROPPED = b""  # a run that never answers
+_DROPPED = b""  # a run that never answers: nothing to send
 
 
 def simulator_info(simulator: str) -> SimulatorInfo:
@@ -280,7 +280,7 @@ class SimInstrument:
             if answer is None:
                 return False  # stopped mid-trial: unacknowledged, so it comes again
             payload = answer
-        if payload is not _DROPPED and not self._send(payload):
+        if payload and not self._send(payload):  # empty: dropped, nothing to send
             return False
         if delivery is not None and self._connection is not None:
             self._connection.ack(delivery)
