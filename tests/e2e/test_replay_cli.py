@@ -1,0 +1,74 @@
+"""`closedloop replay` and `closedloop compare` as a user runs them, on the embedded defaults."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.cli import cli_env, run, status, write_spec
+
+SPEC = {
+    "name": "recorded",
+    "seed": 7,
+    "parameters": [
+        {"name": "x1", "type": "float", "bounds": [-5.0, 10.0]},
+        {"name": "x2", "type": "float", "bounds": [0.0, 15.0]},
+    ],
+    "objectives": [{"name": "branin", "minimize": True}],
+    "budget": {"max_trials": 8},
+    "batch_size": 2,
+    "dispatch": "batch",
+    "optimizer": {"initialization_trials": 4},
+    "devices": [
+        {"id": "sim-a", "simulator": "branin", "options": {"seed": 1}},
+        {"id": "sim-b", "simulator": "branin", "options": {"seed": 2}},
+    ],
+}
+
+
+@pytest.mark.timeout(900)
+def test_faithful_and_counterfactual_replays_and_compare(tmp_path: Path, prefect_server: dict[str, str]) -> None:
+    env = cli_env(tmp_path / "home", prefect_server)
+    spec = write_spec(tmp_path / "recorded.yaml", SPEC)
+    out = run(["run", str(spec), "--quiet"], env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    source = status("recorded", env)
+
+    # Faithful, noise off: every recorded trial measured again, error 0, the same best.
+    report = tmp_path / "faithful.csv"
+    out = run(["replay", "recorded", "--simulator", "branin", "--campaign-id", "faithful", "--quiet",
+               "--report", str(report)], env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(report.open()))
+    assert len(rows) == 8
+    assert all(float(r["branin.error"]) == 0.0 for r in rows), rows
+    assert "branin: 8 pair(s), mean |error| 0, max |error| 0, correlation 1" in out.stdout
+    assert status("faithful", env)["best"] == source["best"]
+
+    # Counterfactual with the same seed: the same campaign again, trial for trial.
+    out = run(["replay", "recorded", "--mode", "counterfactual", "--campaign-id", "same", "--quiet"], env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "8 of 8 trial(s) at the source's parameters, 8 with the same results too" in out.stdout
+
+    # Another batch size: another campaign, plotted beside the source.
+    out = run(["replay", "recorded", "--mode", "counterfactual", "--batch-size", "1", "--campaign-id", "b1",
+               "--quiet"], env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    same = re.search(r"(\d+) of 8 trial\(s\) at the source's parameters", out.stdout)
+    assert same is not None and int(same.group(1)) < 8, out.stdout
+    out = run(["compare", "recorded", "b1", "faithful", "--output", str(tmp_path / "cmp")], env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:2] == ["campaign", "metric"]
+    assert {line.split()[0] for line in lines[1:4]} == {"recorded", "b1", "faithful"}
+    png = (tmp_path / "cmp.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    page = (tmp_path / "cmp.html").read_text()
+    assert "data:image/png;base64," in page and "<td>b1</td>" in page and "<td>recorded</td>" in page
+
+    # Unknown source: one line, exit 1 (a runtime error), nothing created.
+    out = run(["replay", "nope", "--simulator", "branin"], env, timeout=120)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "no campaign 'nope'" in out.stderr
