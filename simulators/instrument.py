@@ -113,9 +113,11 @@ class SimInstrument:
             info = simulator_info(simulator) if isinstance(simulator, str) else simulator
             self._options = info.options(options)
             self._model = info.build(self._options)
-        else:
+        elif isinstance(simulator, SimModel):
             self._options = options if isinstance(options, SimulatorOptions) else SimulatorOptions.model_validate(dict(options))
             self._model = simulator
+        else:
+            raise TypeError("simulator: a catalog name, a SimulatorInfo, or a model with inputs, metrics and evaluate()")
         self._seed = self._options.seed if self._options.seed is not None else random.SystemRandom().randrange(2**63)
         self._clock = clock
         self._born = clock()
