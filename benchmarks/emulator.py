@@ -10,21 +10,24 @@ A recorded campaign is an event log as the loop writes it (``CampaignCreated``, 
   training data, and the fit time, for each model variant (kernel × output warp).
 - ``ax`` (``--ax N``): the trials are what a real campaign chooses: ``optimizer.AxOptimizer``
   on ``campaigns/examples/hartmann6.yaml`` (Sobol initialization, then BoTorch; batches of 3),
-  two campaigns (spec seeds 11 and 12). The emulator of the first is scored on uniform points
-  and on the second campaign's points (held-out points where a campaign goes).
-- ``serve`` (``--serve N``): a new N-trial Ax campaign (seed 13) whose instrument is the
-  emulator of the first ``ax`` campaign (values = ``Emulator.measure``); reports the best point
+  one campaign per ``--ax-seeds`` spec seed. The emulator of each is scored on uniform points
+  and on the points of the other campaigns (held-out points where campaigns go);
+  ``--save-campaigns FILE`` writes the campaigns' trials (the unit tests read such a file).
+- ``serve`` (``--serve N``): a new N-trial Ax campaign (seed 99) whose instrument is the
+  emulator of the first ``ax`` campaign (``matern/auto``) (values = ``Emulator.measure``); reports the best point
   it finds, by the emulator and by the true function.
 
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/emulator.py [--sizes 60,300] [--seeds 3]
-        [--held-out 500] [--variants matern/auto,matern/none,rbf/none] [--ax 60] [--serve 30]
+        [--held-out 500] [--variants matern/auto,matern/none,rbf/none] [--ax 60]
+        [--ax-seeds 11,12,13,14,15] [--save-campaigns FILE] [--serve 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -108,6 +111,17 @@ def ax_campaign(n: int, seed: int, measure: Callable[[Point], float]) -> Any:
     return fold(recorded(spec, batches, values))
 
 
+def save_campaigns(campaigns: dict[int, Any], path: Path) -> None:
+    """The trials of the Ax campaigns, in order: spec seed -> [{batch, parameters, hartmann6}]."""
+    doc = {"about": "real AxOptimizer campaigns on campaigns/examples/hartmann6.yaml (noise-free, batches of 3), "
+                    "written by benchmarks/emulator.py --save-campaigns",
+           "campaigns": {str(seed): [{"parameters": t.parameters, "generator": t.generator,
+                                      "hartmann6": t.measurements["hartmann6"].mean}
+                                     for t in sorted(state.trials.values(), key=lambda t: t.index)]
+                         for seed, state in campaigns.items()}}
+    path.write_text(json.dumps(doc, indent=None, separators=(",", ":")) + "\n", encoding="utf-8")
+
+
 def score(emulator: Emulator, points: list[Point]) -> float:
     return r2_score(truth(points), emulator.predict(points)["hartmann6"][0])
 
@@ -126,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", type=int, default=500)
     parser.add_argument("--variants", default="matern/auto,matern/none,rbf/none,rbf/auto")
     parser.add_argument("--ax", type=int, default=0, help="trials of the two real Ax campaigns (0: skip)")
+    parser.add_argument("--ax-seeds", default="11,12", help="spec seeds of the Ax campaigns")
+    parser.add_argument("--save-campaigns", default="", help="write the Ax campaigns' trials to this JSON file")
     parser.add_argument("--serve", type=int, default=0, help="trials of a campaign served by the emulator (needs --ax)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -143,26 +159,32 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'sobol':<8} {n:>4} {seed:>4} {variant:<12} {score(emulator, held_out):>11.3f} "
                       f"{emulator.loo_r2['hartmann6']:>7.3f} {warp:>5} {seconds:>6.2f}", flush=True)
     if args.ax:
+        seeds = [int(v) for v in args.ax_seeds.split(",")]
         t0 = time.perf_counter()
-        a = ax_campaign(args.ax, 11, lambda p: truth([p])[0])
-        b = ax_campaign(args.ax, 12, lambda p: truth([p])[0])
-        print(f"two Ax campaigns of {args.ax} trials in {time.perf_counter() - t0:.0f} s; best found "
-              f"{a.best().measurements['hartmann6'].mean:.3f} and {b.best().measurements['hartmann6'].mean:.3f} "
-              "(optimum -3.322)")
+        campaigns = {seed: ax_campaign(args.ax, seed, lambda p: truth([p])[0]) for seed in seeds}
+        print(f"{len(seeds)} Ax campaigns of {args.ax} trials in {time.perf_counter() - t0:.0f} s; best found "
+              + ", ".join(f"{c.best().measurements['hartmann6'].mean:.3f}" for c in campaigns.values())
+              + " (optimum -3.322)")
+        if args.save_campaigns:
+            save_campaigns(campaigns, Path(args.save_campaigns))
         held_out = as_points(torch.rand(args.held_out, 6, generator=torch.Generator().manual_seed(999),
                                         dtype=torch.float64))
-        other = [t.parameters for t in b.trials.values()]
-        print(f"{'design':<8} {'n':>4} {'variant':<12} {'R2 uniform':>10} {'R2 campaign-12 points':>21} {'R2 loo':>7} {'fit s':>6}")
-        for variant in variants:
-            emulator, seconds = fit(a, variant, 0)
-            print(f"{'ax':<8} {args.ax:>4} {variant:<12} {score(emulator, held_out):>10.3f} "
-                  f"{score(emulator, other):>21.3f} {emulator.loo_r2['hartmann6']:>7.3f} {seconds:>6.2f}", flush=True)
+        print("ax: fitted on one campaign; held out: uniform points, and every point of the other campaigns")
+        print(f"{'design':<8} {'n':>4} {'seed':>4} {'variant':<12} {'R2 uniform':>10} {'R2 other campaigns':>18} "
+              f"{'R2 loo':>7} {'fit s':>6}")
+        for seed, state in campaigns.items():
+            others = [t.parameters for s, c in campaigns.items() if s != seed for t in c.trials.values()]
+            for variant in variants:
+                emulator, seconds = fit(state, variant, 0)
+                print(f"{'ax':<8} {args.ax:>4} {seed:>4} {variant:<12} {score(emulator, held_out):>10.3f} "
+                      f"{score(emulator, others) if others else float('nan'):>18.3f} "
+                      f"{emulator.loo_r2['hartmann6']:>7.3f} {seconds:>6.2f}", flush=True)
         if args.serve:
-            emulator, _ = fit(a, "matern/auto", 0)
+            emulator, _ = fit(campaigns[seeds[0]], "matern/auto", 0)
             print(emulator.describe())
             rng = random.Random(0)
             t0 = time.perf_counter()
-            served = ax_campaign(args.serve, 13, lambda p: emulator.measure(p, rng)["hartmann6"])
+            served = ax_campaign(args.serve, 99, lambda p: emulator.measure(p, rng)["hartmann6"])
             best = served.best()
             print(f"a campaign of {args.serve} trials served by the emulator ({time.perf_counter() - t0:.0f} s): best "
                   f"{best.measurements['hartmann6'].mean:.3f} by the emulator, {truth([best.parameters])[0]:.3f} "

@@ -2,12 +2,15 @@
 
 The recorded campaigns are event logs as the loop writes them (``CampaignCreated``, then per
 batch ``TrialsSuggested``, ``TrialDispatched`` and ``TrialCompleted``), folded with
-``campaigns.fold``. Their points are a scrambled Sobol design (``torch.quasirandom``), not the
-points a BoTorch campaign would choose: ``benchmarks/emulator.py`` measures those too.
+``campaigns.fold``. Their points are either a scrambled Sobol design (``torch.quasirandom``) or
+the trials of real campaigns: ``tests/data/hartmann6_ax_campaigns.json`` holds five 60-trial
+campaigns the Ax optimizer ran on ``campaigns/examples/hartmann6.yaml`` (noise-free; spec seeds
+11-15), written by ``benchmarks/emulator.py --save-campaigns``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -86,6 +89,33 @@ def emulate_hartmann6(n: int, seed: int = 0) -> Emulator:
     assert state.count("completed") == n
     assert state.spec is not None
     return Emulator.fit(state.spec, state.trials.values(), seed=seed)
+
+
+def ax_campaigns() -> dict[str, list[dict[str, object]]]:
+    doc = json.loads((Path(__file__).parents[1] / "data" / "hartmann6_ax_campaigns.json").read_text(encoding="utf-8"))
+    return doc["campaigns"]  # type: ignore[no-any-return]
+
+
+def test_hartmann6_emulator_of_a_real_60_trial_campaign() -> None:
+    """Fitted on the 60 trials of one real Ax campaign (spec seed 11).
+
+    The 0.8 target is NOT met away from the campaign's own points. Measured
+    (benchmarks/emulator.py, five campaigns): leave-one-out R² on the campaign's own trials
+    0.85-0.97; R² on 500 uniform points 0.13-0.55; R² on the 240 trials of the four other
+    campaigns -0.15-0.65 (they converge to other local minima). For this campaign: 0.90,
+    0.37, 0.40. The asserts are floors below what holds.
+    """
+    campaigns = ax_campaigns()
+    source = campaigns.pop("11")
+    points = [t["parameters"] for t in source]
+    state = fold(recorded_log(HARTMANN6, points, [{"hartmann6": t["hartmann6"]} for t in source]))  # type: ignore[misc]
+    assert state.spec is not None and state.count("completed") == 60
+    emulator = Emulator.fit(state.spec, state.trials.values())
+    assert emulator.loo_r2["hartmann6"] >= 0.85
+    held_out = [t["parameters"] for trials in campaigns.values() for t in trials]
+    assert len(held_out) == 240
+    r2 = r2_score(hartmann6(held_out), emulator.predict(held_out)["hartmann6"][0])  # type: ignore[arg-type]
+    assert r2 >= 0.3, f"R² {r2:.3f} on the 240 trials of four other campaigns"
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +203,7 @@ def test_mixed_parameters_and_save_load(tmp_path: Path) -> None:
     def truth(p: dict[str, float | int | str]) -> dict[str, float]:
         return {"yield_": math.log(float(p["conc"])) + offset[str(p["solvent"])], "cost": 0.3 * float(p["steps"])}
 
-    emulator = Emulator.fit(spec, fold(recorded_log(spec, points, [truth(p) for p in points])).trials.values())
+    emulator = Emulator.fit(spec, fold(recorded_log(spec, points, [truth(p) for p in points])).trials.values(), warp="none")
     assert emulator.metrics == ["yield_", "cost"]
     probe = {"conc": 0.1, "steps": 4, "solvent": "ethanol"}
     assert emulator.evaluate(probe) == pytest.approx(truth(probe), abs=0.15)
