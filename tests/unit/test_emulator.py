@@ -203,7 +203,8 @@ def test_mixed_parameters_and_save_load(tmp_path: Path) -> None:
     def truth(p: dict[str, float | int | str]) -> dict[str, float]:
         return {"yield_": math.log(float(p["conc"])) + offset[str(p["solvent"])], "cost": 0.3 * float(p["steps"])}
 
-    emulator = Emulator.fit(spec, fold(recorded_log(spec, points, [truth(p) for p in points])).trials.values(), warp="none")
+    log = recorded_log(spec, points, [truth(p) for p in points])
+    emulator = Emulator.fit(spec, fold(log).trials.values(), warp="none")
     assert emulator.metrics == ["yield_", "cost"]
     probe = {"conc": 0.1, "steps": 4, "solvent": "ethanol"}
     assert emulator.evaluate(probe) == pytest.approx(truth(probe), abs=0.15)
