@@ -13,9 +13,10 @@ lowest (a slow reaction is overtaken by it), and time first builds the product, 
 the substrate (both in [0, 100]; not ``yield``, a Python keyword that Ax cannot parse). The
 catalyst sets activity and activation energy; the solvent scales each step. The best yield
 lies inside the box, and the best yields come with a few percent of impurity, so an outcome
-constraint such as ``impurity_pct <= 3`` shapes the answer (best: 93.9 % yield, 5.1 % impurity in toluene with pd_xphos at 55 °C, 140 min, 0.45 mol/L;
-with impurity_pct <= 3: 90.4 % at 45.8 °C, 149 min, 0.45 mol/L; found by SLSQP over each
-solvent and catalyst in 20–140 °C, 5–240 min, 0.05–2 mol/L).
+constraint such as ``impurity_pct <= 3`` shapes the answer. Best: 93.9 % yield, 5.1 %
+impurity in toluene with pd_xphos at 55 °C, 140 min, 0.45 mol/L; with impurity_pct <= 3,
+90.4 % at 45.8 °C, 149 min, 0.45 mol/L (SLSQP over each solvent and catalyst in 20–140 °C,
+5–240 min, 0.05–2 mol/L).
 """
 
 from __future__ import annotations
