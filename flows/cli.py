@@ -191,6 +191,10 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
     from simulators import SIMULATORS, run_standalone
 
+    if args.from_campaign is not None:
+        from flows.replay_cli import serve_emulator
+
+        return serve_emulator(args)
     if args.list:
         width = max(len(n) for n in SIMULATORS)
         for name, info in SIMULATORS.items():
@@ -299,6 +303,8 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--broker", help="mqtt[s]://[user:pass@]host[:port] (default: CLOSEDLOOP_MQTT_URL or the local run's broker)")
     sm.add_argument("--option", action="append", metavar="KEY=VALUE", help="simulator option, e.g. noise_sd=0.1")
     sm.add_argument("--record", metavar="PATH", help="keep the results here, to answer repeated requests after a restart")
+    sm.add_argument("--from-campaign", metavar="CAMPAIGN",
+                    help="serve an emulator: a GP fitted to CAMPAIGN's results, with noise (no simulator name)")
     sm.set_defaults(func=_cmd_sim)
     return p
 

@@ -1,4 +1,4 @@
-"""`closedloop replay` and `closedloop compare`: replays against simulators, and their reports."""
+"""`closedloop replay`, `closedloop compare`, and `closedloop sim --from-campaign` (an emulator)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from campaigns import CampaignCreated, CampaignNotFoundError, CampaignState, SpecError, fold
+from campaigns import CampaignCreated, CampaignNotFoundError, CampaignState, ClosedLoopError, SpecError, fold
 
 from flows.compare import best_so_far, compare_table, write_compare
 from flows.people import current_user
@@ -18,7 +18,7 @@ from flows.replay import faithful_points, plan_replay
 from flows.runtime import check_spec_devices, event_store
 from flows.settings import Settings
 
-__all__ = ["add_replay_commands", "faithful_report", "identical_trials"]
+__all__ = ["add_replay_commands", "faithful_report", "identical_trials", "serve_emulator"]
 
 
 def _options(items: list[str] | None) -> dict[str, Any]:
@@ -193,3 +193,61 @@ def add_replay_commands(sub: Any) -> None:
     c.add_argument("--output", "-o", default="compare", help="writes OUTPUT.png and OUTPUT.html (default: compare)")
     c.set_defaults(func=_cmd_compare)
 
+
+
+def serve_emulator(args: argparse.Namespace) -> int:
+    """`closedloop sim --from-campaign C --device-id D`: fit an emulator to C's results and serve it.
+
+    The emulator (``simulators.Emulator``: a GP per metric through BoTorch) answers like any
+    simulated instrument; ``--option`` takes the behaviour options (``noise_sd``, ``duration_s``,
+    ``failures``, ``seed``, ...). Its own predictive noise is added to each measurement.
+    """
+    import signal
+    import sys
+    import threading
+
+    from pydantic import ValidationError
+
+    from simulators import SimInstrument, SimulatorOptions
+    from simulators.emulator import Emulator
+
+    from flows.runtime import mqtt_settings, running_broker_url
+
+    if args.simulator is not None:
+        raise SpecError(f"sim: --from-campaign serves an emulator, not {args.simulator!r}", "drop the simulator name")
+    settings = Settings()
+    with event_store(settings) as store:
+        state = fold(store.read(args.from_campaign))
+    if state.spec is None:
+        raise CampaignNotFoundError(f"no campaign {args.from_campaign!r}", "see `closedloop list`",
+                                    campaign_id=args.from_campaign)
+    emulator = Emulator.fit(state.spec, state.trials.values())
+    print(f"emulator of {args.from_campaign}: {emulator.describe()}", file=sys.stderr)
+    if args.describe:
+        print(f"inputs: {', '.join(emulator.inputs)}; metrics: {', '.join(emulator.metrics)}")
+        return 0
+    try:
+        options = SimulatorOptions.model_validate(_options(args.option))
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise SpecError(f"--option {'.'.join(str(p) for p in first['loc']) or 'options'}: {first['msg']}",
+                        "see docs/simulators.md for the behaviour options") from None
+    if args.device_id is None:
+        raise SpecError("sim: --device-id is required to serve as an instrument", "e.g. --device-id emu-1")
+    url = args.broker or running_broker_url(settings)
+    if url is None:
+        raise ClosedLoopError(
+            "no MQTT broker to join: CLOSEDLOOP_MQTT_URL is not set and no `closedloop run` is running here",
+            "pass --broker mqtt://HOST:PORT or set CLOSEDLOOP_MQTT_URL",
+        )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"emulator serving as device {args.device_id} (measures {', '.join(emulator.metrics)}); Ctrl-C to stop",
+          file=sys.stderr)
+    record = None if args.record is None else Path(args.record)
+    try:
+        with SimInstrument(args.device_id, emulator, options, mqtt_settings(settings, url), record_path=record):
+            stop.wait()
+    except KeyboardInterrupt:
+        stop.set()
+    return 0

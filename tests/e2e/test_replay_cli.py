@@ -1,4 +1,5 @@
-"""`closedloop replay` and `closedloop compare` as a user runs them, on the embedded defaults."""
+"""`closedloop replay`, `closedloop compare` and `closedloop sim --from-campaign` as a user runs them,
+on the embedded defaults."""
 
 from __future__ import annotations
 
@@ -68,6 +69,11 @@ def test_faithful_and_counterfactual_replays_and_compare(tmp_path: Path, prefect
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     page = (tmp_path / "cmp.html").read_text()
     assert "data:image/png;base64," in page and "<td>b1</td>" in page and "<td>recorded</td>" in page
+
+    # An emulator of the recorded campaign, as `closedloop sim --from-campaign` would serve it.
+    out = run(["sim", "--from-campaign", "recorded", "--describe"], env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "inputs: x1, x2; metrics: branin" in out.stdout and "8 points" in out.stderr
 
     # Unknown source: one line, exit 1 (a runtime error), nothing created.
     out = run(["replay", "nope", "--simulator", "branin"], env, timeout=120)

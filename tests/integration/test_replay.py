@@ -22,11 +22,11 @@ from storage import MongoCommandInbox, MongoEventStore
 
 
 @pytest.fixture
-def env(broker_url: str, mongo_uri: str, prefect_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+def env(mosquitto_url: str, mongo_uri: str, prefect_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> Iterator[dict[str, str]]:
     values = {
         "CLOSEDLOOP_HOME": str(tmp_path / "home"),
-        "CLOSEDLOOP_MQTT_URL": broker_url,
+        "CLOSEDLOOP_MQTT_URL": mosquitto_url,  # the transport is covered on both brokers elsewhere
         "CLOSEDLOOP_MQTT_PREFIX": f"t-{uuid.uuid4().hex[:8]}",
         "CLOSEDLOOP_MONGODB_URI": mongo_uri,
         "CLOSEDLOOP_MONGODB_DATABASE": f"cl_replay_{uuid.uuid4().hex[:8]}",
