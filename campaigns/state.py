@@ -169,12 +169,22 @@ class CampaignState:
                 return t
         return None
 
+    def feasible(self, trial: TrialRecord) -> bool:
+        """Whether a completed trial satisfies every outcome constraint (a constraint whose
+        metric it lacks counts as broken)."""
+        if self.spec is None:
+            return False
+        return all(c.metric in trial.measurements and c.holds(trial.measurements[c.metric].mean)
+                   for c in self.spec.parsed_outcome_constraints)
+
     def best(self) -> TrialRecord | None:
-        """The best completed trial for the first objective (the only one, when single-objective)."""
+        """The best completed trial for the first objective (the only one, when single-objective)
+        among those that satisfy the outcome constraints; ``None`` when none does."""
         if self.spec is None:
             return None
         obj = self.spec.objectives[0]
-        done = [t for t in self.trials.values() if t.status == "completed" and obj.name in t.measurements]
+        done = [t for t in self.trials.values()
+                if t.status == "completed" and obj.name in t.measurements and self.feasible(t)]
         if not done:
             return None
         sign = 1.0 if obj.minimize else -1.0

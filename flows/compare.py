@@ -1,7 +1,7 @@
 """Best-so-far curves of campaigns, side by side: a table, a PNG and a self-contained HTML page.
 
 The curve follows a campaign's first objective (its only one when single-objective) over its
-completed trials, in the order their results were logged; time is counted from the
+completed trials that satisfy its outcome constraints, in the order their results were logged; time is counted from the
 campaign's first dispatched trial (so a replay and its source compare fairly however long
 after each other they ran).
 """
@@ -54,7 +54,8 @@ def best_so_far(state: CampaignState) -> Curve:
     if state.spec is None or state.campaign_id is None:
         raise ClosedLoopError("no such campaign", "see `closedloop list`")
     objective = state.spec.objectives[0]
-    done = [t for t in state.trials.values() if t.status == "completed" and objective.name in t.measurements]
+    done = [t for t in state.trials.values()
+            if t.status == "completed" and objective.name in t.measurements and state.feasible(t)]
     done.sort(key=lambda t: (t.finished_at is None, t.finished_at, t.index))
     dispatched = [t.dispatched_at for t in state.trials.values() if t.dispatched_at is not None]
     start = min(dispatched) if dispatched else state.created_at

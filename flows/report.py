@@ -72,6 +72,8 @@ def best_line(state: CampaignState) -> str:
         )
     best = state.best()
     if best is None:
+        if spec.outcome_constraints and state.count("completed"):
+            return f"best: - (no completed trial satisfies {', '.join(spec.outcome_constraints)} yet)"
         return "best: - (no completed trial yet)"
     obj = spec.objectives[0]
     params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.parameters.items())

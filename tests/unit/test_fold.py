@@ -87,6 +87,20 @@ def test_minimize_false_and_maximize_best() -> None:
     assert state.best().trial_id == "1"  # type: ignore[union-attr]
 
 
+def test_best_satisfies_the_outcome_constraints() -> None:
+    spec = SPEC.model_copy(update={"outcome_constraints": ["impurity <= 3"]})
+    done = [("0", 5.0, 2.0), ("1", 0.5, 7.0), ("2", 2.0, 3.0)]  # trial 1 is better but too impure
+    events: list[EventBase] = [CampaignCreated(campaign_id=CID, seq=1, actor="user:ana", spec=spec), *story()[2:5]]
+    events.append(TrialDispatched(campaign_id=CID, seq=1, actor="orchestrator", trial_id="2", device_id="d1", request_id="r2"))
+    for tid, value, impurity in done:
+        events.append(TrialCompleted(campaign_id=CID, seq=1, actor="device:d1", trial_id=tid, device_id="d1",
+                                     request_id=f"r{tid}", measurements={"branin": Measurement(mean=value),
+                                                                         "impurity": Measurement(mean=impurity)}))
+    state = fold(numbered(*events))
+    assert state.best().trial_id == "2"  # type: ignore[union-attr]
+    assert [state.feasible(t) for t in state.trials.values()] == [True, False, True]
+
+
 def every_kind() -> list[EventBase]:
     from campaigns import (
         BrokerDisconnected,
