@@ -125,7 +125,7 @@ class Run:
 
 
 def run_campaign(stack: Stack, spec: CampaignSpec, *, prefect: bool = False, database: str | None = None,
-                 threads: int | None = 1) -> Run:
+                 threads: int | None = 1, make_optimizer: Any = None) -> Run:
     """Create ``spec``'s campaign, start its instruments, run the loop to the budget.
 
     Args:
@@ -133,6 +133,7 @@ def run_campaign(stack: Stack, spec: CampaignSpec, *, prefect: bool = False, dat
         spec: The campaign; each device is a ``SimInstrument`` with the device's options.
         prefect: Run the Prefect ``campaign`` flow (ephemeral Prefect) instead of
             ``CampaignLoop`` directly.
+        make_optimizer: ``CampaignLoop``'s (default: ``AxOptimizer.rebuild``); not with ``prefect``.
         database: The log's database (a fresh one by default).
         threads: Torch threads of the optimizer.
     """
@@ -164,7 +165,8 @@ def run_campaign(stack: Stack, spec: CampaignSpec, *, prefect: bool = False, dat
             hub = MqttDeviceHub(mqtt, client_id=f"bench-orchestrator-{uuid.uuid4().hex[:6]}")
             hub.start()
             try:
-                CampaignLoop(spec.name, store, hub, make_optimizer=partial(AxOptimizer.rebuild, threads=threads),
+                CampaignLoop(spec.name, store, hub,
+                             make_optimizer=make_optimizer or partial(AxOptimizer.rebuild, threads=threads),
                              run_info={"host": socket.gethostname(), "pid": os.getpid()}).run()
             finally:
                 hub.stop()

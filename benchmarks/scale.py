@@ -76,6 +76,8 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=4)
     parser.add_argument("--init", type=int, default=None)
     args = parser.parse_args()
+    print("load average at start: %.2f %.2f %.2f (2 cores; other work on the machine slows every figure)"
+          % os.getloadavg(), flush=True)
     spec = branin_spec("scale", args.devices, max_trials=args.trials, batch_size=args.batch, method=args.method,
                        initialization_trials=args.init)
     notes: list[tuple[int, int, float, float, str]] = []

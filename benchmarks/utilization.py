@@ -82,6 +82,8 @@ def main() -> int:
     parser.add_argument("--method", default="botorch")
     parser.add_argument("--seconds", type=float, default=None, help="use this suggestion time instead of measuring")
     args = parser.parse_args()
+    print("load average at start: %.2f %.2f %.2f (2 cores; other work on the machine slows every figure)"
+          % os.getloadavg(), flush=True)
     lo, hi = (float(x) for x in args.factor.split(","))
     s = args.seconds if args.seconds is not None else suggestion_time(args.method, args.init)
     print(f"generator {args.method} (Sobol for {args.init} trials); suggestion time s = {s:.3f} s; "

@@ -135,13 +135,15 @@ class MqttDeviceHub:
         with self._lock:
             return dict(self._devices)
 
-    def dispatch(self, device_id: str, request: RunTrial, timeout_s: float = 10) -> None:
+    def dispatch(self, device_id: str, request: RunTrial, timeout_s: float | None = 10) -> None:
         """Publish a request to a device at QoS 1 and wait for the broker's PUBACK.
 
         A PUBACK means the broker has the message (queued in the device's session if the
         device is away), not that the device has run it. While the connection is down it
         waits for paho to reconnect, within the same ``timeout_s``. Sending the same
         ``request_id`` again is always safe: a device answers it from its store.
+        ``timeout_s=None`` hands the request to paho and returns at once, without the round
+        trip: paho sends it (again after a reconnect) while this process lives.
 
         Raises:
             BrokerError: The hub is not started; or no connection within ``timeout_s``

@@ -44,13 +44,21 @@ def suggest_trials(optimizer: AxOptimizer, n: int) -> list[SuggestedTrial]:
 
 
 class _TaskOptimizer:
-    """The optimizer, with suggestions run as Prefect tasks so they show in the flow run."""
+    """The optimizer, with model-based suggestions run as Prefect tasks so they show in the flow run.
+
+    Quasi-random (Sobol) suggestions cost microseconds and a Prefect task run 10-100 ms of API
+    calls: they are made inline. The loop calls this from its optimizer thread, in the flow
+    run's context.
+    """
 
     def __init__(self, inner: AxOptimizer) -> None:
         self.inner = inner
 
     def suggest(self, n: int) -> list[SuggestedTrial]:
-        return suggest_trials(self.inner, n)
+        inner = self.inner
+        if inner.spec.optimizer.method == "sobol" or inner.num_trials + n <= inner.initialization_trials:
+            return inner.suggest(n)
+        return suggest_trials(inner, n)
 
     def complete(self, trial_id: str, measurements: dict) -> None:  # type: ignore[type-arg]
         self.inner.complete(trial_id, measurements)

@@ -78,7 +78,9 @@ class LoopOptions:
 
     poll_s: float = 0.05
     suggest_ahead: int = 1
-    dispatch_timeout_s: float = 10.0
+    # None: a request is handed to paho without waiting for its PUBACK (a lost one is re-sent
+    # on reconnect, on the device's idle status, or fails by timeout, as the log says).
+    dispatch_timeout_s: float | None = None
     max_runtime_s: float | None = None
     resend_min_interval_s: float = 5.0
     command_poll_s: float = 0.5
@@ -142,6 +144,7 @@ class CampaignLoop(Outcomes):
         self.writer = EventWriter(store, self.state)
         self._deadlines: dict[str, float] = {}
         self._last_resend: dict[str, float] = {}
+        self._answered: set[str] = set()  # devices whose last status predates their last result
         self.inbox, self.notifier = inbox, notifier
         self.script = script
         self._script_refused: set[str] = set()
@@ -186,24 +189,29 @@ class CampaignLoop(Outcomes):
             events = self.hub.next_events(self.options.poll_s)
             for event in events:
                 self._handle(event, self._spec())
-            # What the batch of messages caused goes to the log in one insert; only then are
-            # the messages acknowledged to the broker.
-            self.writer.flush()
-            for event in events:
-                self.hub.ack(event)
             self._worker.check()
             self._commands()
             self._scripted()
             spec = self._spec()
             self._expire(spec)
             self._expire_approvals()
-            self.writer.flush()
-            if self.state.status in ("paused", "finished"):
-                return self.state
             out_of_time = spec.budget.max_hours is not None and self._hours_used() >= spec.budget.max_hours
             out_of_trials = self.state.budget_used >= spec.budget.max_trials
-            if not out_of_time and self.hub.connected:
-                self._dispatch(spec)
+            sent: list[TrialRecord] = []
+            if self.state.status == "running" and not out_of_time and self.hub.connected:
+                sent = self._dispatch(spec)
+            # Everything this pass decided goes to the log in one insert; only then its side
+            # effects: the messages that caused it are acknowledged, the trials sent. What
+            # nothing waits for (a suggestion made ahead) may ride with a later pass's insert.
+            held = [e for e in events if getattr(e, "delivery", None) is not None]
+            if held or sent or self.state.status != "running":
+                self.writer.flush()
+            for event in held:
+                self.hub.ack(event)
+            for trial in sent:
+                self._publish(trial)
+            if self.state.status in ("paused", "finished"):
+                return self.state
             if (out_of_time or out_of_trials) and not self.state.in_flight and not self._worker.computing and (
                 out_of_time or (not self.state.undispatched and not self.state.open_approvals)
             ):
@@ -211,6 +219,7 @@ class CampaignLoop(Outcomes):
                 self.writer.append(CampaignFinished(**self.writer.fields("orchestrator"), reason=reason))  # type: ignore[arg-type]
                 return self.state
             if self.options.max_runtime_s is not None and self.clock() - started > self.options.max_runtime_s:
+                self.writer.flush()
                 return self.state
 
     def _spec(self) -> CampaignSpec:
@@ -320,14 +329,23 @@ class CampaignLoop(Outcomes):
     # -- sending -----------------------------------------------------------------------------
 
     def _free_devices(self, spec: CampaignSpec) -> list[str]:
+        # Idle, or still "busy" from the trial it has just answered: protocol v1 devices say
+        # busy -> result -> idle, and queue a request that comes before their idle, so the
+        # next trial goes out with the result's insert instead of a message later.
         statuses = self.hub.devices()
         busy = self.state.busy_devices()
         return [
             d.id for d in spec.devices
-            if d.id not in busy and (s := statuses.get(d.id)) is not None and s.state == "idle"
+            if d.id not in busy and (s := statuses.get(d.id)) is not None
+            and (s.state == "idle" or (s.state == "busy" and d.id in self._answered))
         ]
 
-    def _dispatch(self, spec: CampaignSpec) -> None:
+    def _dispatch(self, spec: CampaignSpec) -> list[TrialRecord]:
+        """Stage a finished suggestion, start the next, stage dispatches; return the trials to send.
+
+        A suggestion is staged, not flushed: it reaches the log with this pass's other events,
+        and at the latest before any of its trials is published.
+        """
         suggested = self._worker.collect()
         if suggested is not None:
             self.writer.stage(TrialsSuggested(**self.writer.fields("optimizer"), trials=suggested))  # type: ignore[arg-type]
@@ -346,9 +364,7 @@ class CampaignLoop(Outcomes):
             self.writer.stage(TrialDispatched(**self.writer.fields("orchestrator"),  # type: ignore[arg-type]
                                               trial_id=trial_id, device_id=device_id, request_id=request_id))
             sent.append(trial)
-        self.writer.flush()  # the suggestion and the dispatches in one insert, before any publish
-        for trial in sent:
-            self._publish(trial)
+        return sent
 
     def _wanted(self, spec: CampaignSpec, free: int, queued: int) -> int:
         """How many trials to ask the optimizer for now (0: none)."""

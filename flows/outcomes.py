@@ -53,6 +53,7 @@ class Outcomes:
     hub: MqttDeviceHub
     clock: Callable[[], float]
     _deadlines: dict[str, float]
+    _answered: set[str]
     _worker: OptimizerThread[Any]
     _resend: Callable[..., None]  # CampaignLoop's
 
@@ -92,6 +93,7 @@ class Outcomes:
         elif isinstance(event, ResultReceived):
             self._result(event.device_id, event.result, spec)
         elif isinstance(event, StatusChanged):
+            self._answered.discard(event.device_id)
             if event.status.state == "idle":
                 # A device that is idle while the log says it runs a trial lost the request or
                 # restarted: ask again (it answers from its store if it did run it).
@@ -126,6 +128,8 @@ class Outcomes:
             self._reject(device_id, topic, f"request {result.request_id} was sent to "
                                            f"{t.requests.get(result.request_id)}, not {device_id}")
             return
+        if t.status == "running" and t.device_id == device_id:
+            self._answered.add(device_id)  # done with our trial: ready for the next (see CampaignLoop)
         if result.status == "failed":
             self._fail(t, "device_error", result.error or "device reported failure")
             return

@@ -53,6 +53,7 @@ class EventWriter:
         self._sleep, self._clock = sleep, clock
         self.outages = 0
         self._staged: list[EventBase] = []
+        self._written_to: int | None = None  # the seq of the last event this writer appended
 
     def fields(self, actor: str, offset: int = 0) -> dict[str, Any]:
         """The common fields of the next event (``offset`` for the n-th of several)."""
@@ -90,9 +91,13 @@ class EventWriter:
     def _write(self, events: list[EventBase]) -> None:
         started: float | None = None
         delay = 0.25
+        if not events:
+            return
+        # Our own last append is the predecessor: the store need not check for a gap.
+        own = self._written_to is not None and self._written_to == events[0].seq - 1
         while True:
             try:
-                self.store.append(events)
+                self.store.append(events, after_own_write=own)
                 break
             except StorageUnavailableError as exc:
                 now = self._clock()
@@ -106,3 +111,4 @@ class EventWriter:
                 delay = min(delay * 2, self.max_backoff_s)
         if started is not None:
             log.warning("database is back after %.1f s", self._clock() - started)
+        self._written_to = events[-1].seq

@@ -102,7 +102,7 @@ class MongoEventStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def append(self, events: Sequence[EventBase]) -> None:
+    def append(self, events: Sequence[EventBase], *, after_own_write: bool = False) -> None:
         """Append events to one campaign's log, if their seqs are still free.
 
         The first event's ``seq`` must follow the campaign's last one (``1`` for a new
@@ -120,6 +120,9 @@ class MongoEventStore:
 
         Args:
             events: Events of one campaign with contiguous seqs. An empty sequence is a no-op.
+            after_own_write: The caller itself appended the event just before these (and it
+                was acknowledged), so the gap check — one more round trip — is skipped; the
+                unique index still refuses a seq taken by anyone else.
 
         Raises:
             ValueError: The events mix campaigns, their seqs are not contiguous, or the first
@@ -143,7 +146,7 @@ class MongoEventStore:
             # The predecessor never disappears (nothing is deleted), so checking it here and
             # relying on the unique index at insert time keeps every log gap-free.
             predecessor = {"campaign_id": _eq(campaign_id), "seq": _eq(first - 1)}
-            if first > 1 and events_coll.find_one(predecessor, {"_id": 1}) is None:
+            if first > 1 and not after_own_write and events_coll.find_one(predecessor, {"_id": 1}) is None:
                 raise ValueError(
                     f"campaign {campaign_id!r}: appending seq {first} would leave a gap"
                     f" (seq {first - 1} is not in the log)"
