@@ -104,7 +104,7 @@ def test_changed_bounds_hold_for_every_later_suggestion_also_after_resume(
         tmp_path: Path, prefect_server: dict[str, str]) -> None:
     home = tmp_path / "home"
     env = cli_env(home, prefect_server)
-    data = {**SPEC, "name": "narrowed", "approval": "never", "budget": {"max_trials": 16}, "optimizer": {},
+    data = {**SPEC, "name": "narrowed", "approval": "never", "budget": {"max_trials": 30}, "optimizer": {},
             "devices": [{"id": f"sim-{i}", "simulator": "branin", "options": {"duration_s": [0.4, 0.8], "seed": i}}
                         for i in (1, 2)]}
     spec = write_spec(tmp_path / "spec.yaml", data)
