@@ -107,8 +107,9 @@ def main() -> int:
         print(f"campaign: {state.finished_reason}, {state.count('completed')} completed, "
               f"{state.count('failed')} failed, wall {wall:.1f} s", flush=True)
         print(f"\n{'trials':>8}{'batch':>7}{'generator':>10}{'suggest_s':>11}{'s/trial':>9}{'RSS_MB':>9}")
-        for mark in CHECKPOINTS:
-            hit = next((n for n in notes if n[0] >= mark), None)
+        for mark in (m for m in CHECKPOINTS if m <= args.trials):
+            # The first suggestion at or past the mark; for the budget itself, the last one.
+            hit = next((n for n in notes if n[0] >= mark), notes[-1] if mark == max(CHECKPOINTS) else None)
             if hit is not None:
                 print(f"{hit[0]:>8}{hit[1]:>7}{hit[4]:>10}{hit[2]:>11.3f}{hit[2] / hit[1]:>9.3f}{hit[3]:>9.0f}")
         gen = sum(n[2] for n in notes)
