@@ -6,7 +6,7 @@ This is the only package that imports ``ax``. Its public names::
                                    reject(id, reason), unobserved_metrics,
                                    AxOptimizer.rebuild(spec, trials)
     SobolSampler, SobolPoint       the scrambled Sobol initialization, position by position
-    default_initialization_trials  max(5, 2 * number of parameters) unless the spec says
+    default_initialization_trials  5 unless the spec says
 """
 
 from optimizer import _quiet_import  # noqa: F401  (must run before ax is imported)

@@ -57,13 +57,8 @@ from campaigns.errors import OptimizerError
 from campaigns.events import Measurement, ParameterValue, SuggestedTrial
 from campaigns.spec import CampaignSpec
 from campaigns.state import TrialRecord
-from optimizer.ax_setup import (
-    AX_ERRORS,
-    botorch_strategy,
-    build_client,
-    optimizer_error,
-    quiet_ax,
-)
+from optimizer.ax_setup import AX_ERRORS, build_client, optimizer_error, quiet_ax
+from optimizer.generation import botorch_strategy, split_generator_run, training_trials
 from optimizer.replay import OUT_OF_DESIGN, attach_in_bulk, ordered_trials, raw_data, trial_run_metadata
 from optimizer.sobol import SobolSampler, fixed_parameter_values
 
@@ -73,10 +68,14 @@ _Status = Literal["pending", "completed", "failed", "rejected"]
 
 
 def default_initialization_trials(spec: CampaignSpec) -> int:
-    """How many Sobol trials open a campaign: the spec's setting, else ``max(5, 2 * d)``."""
+    """How many Sobol trials open a campaign: the spec's setting, else 5 (as Ax's default).
+
+    ``max(5, 2 * d)`` before: on Hartmann6 (d = 6) with a budget of 40 it left the model too
+    few trials (``benchmarks/generation.py``).
+    """
     if spec.optimizer.initialization_trials is not None:
         return spec.optimizer.initialization_trials
-    return max(5, 2 * len(spec.parameters))
+    return 5
 
 
 @dataclass
@@ -273,19 +272,26 @@ class AxOptimizer:
     def _suggest_botorch(self, n: int) -> list[SuggestedTrial]:
         seed = (self._spec.seed * 1_000_003 + len(self._trials)) % 2**32
         experiment = self._client._experiment
+        fast = self._spec.optimizer.method == "botorch"
         try:
-            # A fresh strategy: the model is fitted from scratch, as in a rebuilt optimizer.
-            strategy = botorch_strategy(self._spec)
-            self._client.set_generation_strategy(strategy)
             fixed = ObservationFeatures(parameters=dict(self._fixed)) if self._fixed else None
             with with_rng_seed(seed):
-                # What Client.get_next_trials(max_trials=n, fixed_parameters=...) does, except
-                # that a point repeated within the batch is dropped: Ax deduplicates against
-                # the experiment's trials only, and a batch's candidates are not trials yet
-                # (with a parameter fixed or the bounds narrowed, the model can propose the
-                # same corner twice). suggest() asks again for the rest, with the new trials
-                # pending.
-                generated = strategy.gen(experiment=experiment, n=1, fixed_features=fixed, num_trials=n)
+                # A fresh strategy: the model is fitted from scratch, as in a rebuilt
+                # optimizer; made under the seed (the fast method's sampler draws its own).
+                strategy = botorch_strategy(self._spec)
+                self._client.set_generation_strategy(strategy)
+                if fast:
+                    # One fit, one joint optimization of the n candidates: one generator run,
+                    # split into n single-arm trials below. The model sees at most
+                    # max_training_points trials (chosen from the data alone).
+                    data = training_trials(self._spec, experiment.lookup_data(), self._spec.optimizer.max_training_points)
+                    [[run]] = strategy.gen(experiment=experiment, data=data, n=n, fixed_features=fixed)
+                    runs = split_generator_run(run)
+                else:
+                    # What Client.get_next_trials(max_trials=n, fixed_parameters=...) does:
+                    # one candidate at a time, the earlier ones pending.
+                    generated = strategy.gen(experiment=experiment, n=1, fixed_features=fixed, num_trials=n)
+                    runs = [run for [run] in generated]
         except GenerationStrategyRepeatedPoints:
             return []  # the model only proposes points already tried; suggest() uses Sobol
         except AX_ERRORS as exc:
@@ -296,9 +302,12 @@ class AxOptimizer:
             ) from exc
         out: list[SuggestedTrial] = []
         batch: set[tuple[tuple[str, ParameterValue], ...]] = set()
-        for runs in generated:
-            [run] = runs
+        for run in runs:
             parameters = dict(run.arms[0].parameters)
+            # Ax deduplicates against the experiment's trials only, and a batch's candidates
+            # are not trials yet (with a parameter fixed or the bounds narrowed, the model can
+            # propose the same corner twice): a repeat is dropped, and suggest() asks again
+            # for the rest, with the new trials pending.
             if _key(parameters) in batch:
                 continue
             batch.add(_key(parameters))

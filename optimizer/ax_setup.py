@@ -12,15 +12,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from ax import ChoiceParameterConfig, Client, RangeParameterConfig
-from ax.adapter.registry import Generators
-from ax.core.experiment_status import ExperimentStatus
 from ax.exceptions.core import AxError
-from ax.generation_strategy.dispatch_utils import get_derelativize_config
-from ax.generation_strategy.generation_node import GenerationNode
-from ax.generation_strategy.generation_strategy import GenerationStrategy
-from ax.generation_strategy.generator_spec import GeneratorSpec
-from ax.generators.torch.botorch_modular.surrogate import SurrogateSpec
-from ax.generators.torch.botorch_modular.utils import ModelConfig
 from ax.utils.common.logger import set_ax_logger_levels
 from botorch.exceptions.errors import BotorchError, ModelFittingError
 
@@ -30,7 +22,6 @@ from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntPar
 
 __all__ = [
     "AX_ERRORS",
-    "botorch_strategy",
     "build_client",
     "coerce_parameters",
     "objective_string",
@@ -138,49 +129,6 @@ def _parameter_config(
         bounds=(float(p.bounds[0]), float(p.bounds[1])) if p.type == "float" else (p.bounds[0], p.bounds[1]),
         scaling="log" if p.log_scale else "linear",
     )
-
-
-#: Hit-and-run settings for the starting points of the acquisition optimizer under linear
-#: parameter constraints. BoTorch's defaults (10,000 burn-in steps, thinning 32: ~43,000 steps
-#: of a Python loop) cost 8-11 s per candidate here; these cost ~0.5 s. The samples only seed
-#: a gradient optimizer, so their independence matters little.
-POLYTOPE_SAMPLER_OPTIONS: dict[str, int] = {"n_burnin": 500, "n_thinning": 2}
-
-
-def botorch_strategy(spec: CampaignSpec) -> GenerationStrategy:
-    """A generation strategy with one node: Ax's BoTorch (MBM) defaults, as ``method="fast"``.
-
-    It is what ``configure_generation_strategy(method="fast", initialization_budget=0,
-    initialize_with_center=False)`` builds (``ax/api/utils/generation_strategy_dispatch.py``)
-    with two differences: cheaper polytope sampling when the campaign has parameter
-    constraints on float parameters, and no silent fallback to Ax's own Sobol generator when BoTorch only finds
-    repeated points (``GenerationStrategyRepeatedPoints`` is raised instead, and the caller
-    tops the batch up with points of its own Sobol sequence).
-    """
-    gen_kwargs: dict[str, object] = {}
-    # Only BoTorch's continuous optimizer (all parameters float) samples the polytope and takes
-    # these options; the mixed optimizer used with int or choice parameters refuses them.
-    if spec.parameter_constraints and all(isinstance(p, FloatParameter) for p in spec.parameters):
-        gen_kwargs = {"model_gen_options": {"optimizer_kwargs": {"options": dict(POLYTOPE_SAMPLER_OPTIONS)}}}
-    node = GenerationNode(
-        name="MBM",
-        generator_specs=[
-            GeneratorSpec(
-                generator_enum=Generators.BOTORCH_MODULAR,
-                generator_kwargs={
-                    "surrogate_spec": SurrogateSpec(model_configs=[ModelConfig(name="MBM defaults")]),
-                    "torch_device": None,
-                    "transform_configs": get_derelativize_config(derelativize_with_raw_status_quo=True),
-                    "acquisition_options": {"prune_irrelevant_parameters": False},
-                },
-                generator_gen_kwargs=gen_kwargs,
-            )
-        ],
-        should_deduplicate=True,
-        suggested_experiment_status=ExperimentStatus.OPTIMIZATION,
-        fallback_specs={},
-    )
-    return GenerationStrategy(name="MBM:fast", nodes=[node])
 
 
 def build_client(spec: CampaignSpec) -> Client:
