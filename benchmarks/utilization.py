@@ -21,7 +21,7 @@ in the run itself (machine load moves it).
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/utilization.py [--devices 1,4,16]
-        [--trials-per-device 3] [--factor 5,15] [--init 4] [--method botorch|sobol] [--seconds S]
+        [--trials-per-device 5] [--factor 5,15] [--init 4] [--method botorch|sobol] [--seconds S]
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def utilization(events: list, devices: int) -> tuple[float, float]:  # type: ign
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", default="1,4,16")
-    parser.add_argument("--trials-per-device", type=int, default=3)
+    parser.add_argument("--trials-per-device", type=int, default=5)
     parser.add_argument("--factor", default="5,15", help="durations as multiples of the suggestion time")
     parser.add_argument("--init", type=int, default=4, help="Sobol trials before BoTorch")
     parser.add_argument("--method", default="botorch")
@@ -115,7 +115,7 @@ def main() -> int:
     with Stack() as stack:
         for n in (int(c) for c in args.devices.split(",")):
             for mode in ("async", "batch"):
-                trials = max(6, args.trials_per_device * n)
+                trials = max(12, args.trials_per_device * n)
                 spec = branin_spec(f"u-{mode}-{n}", n, max_trials=trials, batch_size=n, dispatch=mode,
                                    method=args.method, initialization_trials=args.init,
                                    duration_s=(lo * s, hi * s), trial_timeout_s=max(120.0, 50 * hi * s))

@@ -73,11 +73,13 @@ class LoopOptions:
     """Knobs of the loop that are not part of the campaign spec.
 
     ``suggest_ahead``: in ``async`` dispatch, how many trials to keep suggested beyond the
-    devices free right now, so that a device that frees up gets one at once.
+    devices free right now, so that a device that frees up gets one at once. ``None``:
+    ``ceil(devices / 5)``, at least 1 — about how many devices free up while one suggestion is
+    computed when trials last 5x a suggestion or more.
     """
 
     poll_s: float = 0.05
-    suggest_ahead: int = 1
+    suggest_ahead: int | None = None
     # None: a request is handed to paho without waiting for its PUBACK (a lost one is re-sent
     # on reconnect, on the device's idle status, or fails by timeout, as the log says).
     dispatch_timeout_s: float | None = None
@@ -341,11 +343,8 @@ class CampaignLoop(Outcomes):
         ]
 
     def _dispatch(self, spec: CampaignSpec) -> list[TrialRecord]:
-        """Stage a finished suggestion, start the next, stage dispatches; return the trials to send.
-
-        A suggestion is staged, not flushed: it reaches the log with this pass's other events,
-        and at the latest before any of its trials is published.
-        """
+        """Stage a finished suggestion (flushed before any of its trials is published), start
+        the next, stage the dispatches; return the trials to send."""
         suggested = self._worker.collect()
         if suggested is not None:
             self.writer.stage(TrialsSuggested(**self.writer.fields("optimizer"), trials=suggested))  # type: ignore[arg-type]
@@ -367,14 +366,16 @@ class CampaignLoop(Outcomes):
         return sent
 
     def _wanted(self, spec: CampaignSpec, free: int, queued: int) -> int:
-        """How many trials to ask the optimizer for now (0: none)."""
         room = spec.budget.max_trials - self.state.budget_used
         if self._worker.computing or room <= 0 or self.state.open_approvals:
             return 0
         if spec.dispatch == "batch":
             # Batch-synchronous: the next batch once the whole last one has finished.
             return 0 if self.state.in_flight or queued else min(spec.batch_size, room)
-        return max(0, min(free + self.options.suggest_ahead - queued, spec.batch_size, room))
+        ahead = self.options.suggest_ahead
+        if ahead is None:
+            ahead = max(1, -(-len(spec.devices) // 5))
+        return max(0, min(free + ahead - queued, spec.batch_size, room))
 
     def _publish(self, t: TrialRecord) -> None:
         assert t.device_id is not None and t.request_id is not None
