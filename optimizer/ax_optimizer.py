@@ -10,10 +10,11 @@ one did. Three choices make that so:
   ``attach_trial`` in the live optimizer too, so live and rebuilt experiments are identical and
   a rebuilt optimizer continues the sequence at ``max(recorded positions) + 1``.
 - **Ax only does Bayesian optimization**, with a generation strategy holding a single BoTorch
-  (MBM) node. A fresh strategy is set before each call, so the live optimizer fits its model
-  from scratch just as a rebuilt one does (Ax would otherwise reuse a model fitted earlier).
-- **Each BO call is seeded** from ``(spec.seed, number of trials so far)``; the global
-  random, numpy and torch states are restored afterwards.
+  (MBM) node, as ``optimizer.method`` says (``optimizer.generation``). A fresh strategy is
+  set before each call, so the live optimizer fits its model from scratch just as a rebuilt
+  one does (Ax would otherwise reuse a model fitted earlier; no warm start, for that reason).
+- **Each BO call is seeded** from ``(spec.seed, number of trials so far)``, the strategy made
+  under that seed too; the global random, numpy and torch states are restored afterwards.
 
 The BO phase starts once ``initialization_trials`` trials were suggested *and* at least half
 of that many (rounded up) were completed with data *and* every metric of the optimization
@@ -280,18 +281,12 @@ class AxOptimizer:
                 # optimizer; made under the seed (the fast method's sampler draws its own).
                 strategy = botorch_strategy(self._spec)
                 self._client.set_generation_strategy(strategy)
-                if fast:
-                    # One fit, one joint optimization of the n candidates: one generator run,
-                    # split into n single-arm trials below. The model sees at most
-                    # max_training_points trials (chosen from the data alone).
+                if fast:  # one generator run of n arms, on at most max_training_points trials
                     data = training_trials(self._spec, experiment.lookup_data(), self._spec.optimizer.max_training_points)
                     [[run]] = strategy.gen(experiment=experiment, data=data, n=n, fixed_features=fixed)
                     runs = split_generator_run(run)
-                else:
-                    # What Client.get_next_trials(max_trials=n, fixed_parameters=...) does:
-                    # one candidate at a time, the earlier ones pending.
-                    generated = strategy.gen(experiment=experiment, n=1, fixed_features=fixed, num_trials=n)
-                    runs = [run for [run] in generated]
+                else:  # Client.get_next_trials(max_trials=n): one candidate per generator run
+                    runs = [run for [run] in strategy.gen(experiment=experiment, n=1, fixed_features=fixed, num_trials=n)]
         except GenerationStrategyRepeatedPoints:
             return []  # the model only proposes points already tried; suggest() uses Sobol
         except AX_ERRORS as exc:

@@ -62,7 +62,7 @@ POLYTOPE_SAMPLER_OPTIONS: dict[str, int] = {"n_burnin": 500, "n_thinning": 2}
 #: The fast method's acquisition optimizer (Ax's defaults: 20 restarts, 1,024 raw samples,
 #: 200 L-BFGS-B iterations, 128 quasi-MC samples). Measured with ``benchmarks/generation.py``.
 FAST_ACQUISITION: dict[str, Any] = {
-    "num_restarts": 2, "raw_samples": 64, "sequential": True, "maxiter": 50, "mc_samples": 64,
+    "num_restarts": 4, "raw_samples": 256, "sequential": True, "maxiter": 100, "mc_samples": None,
 }
 
 
