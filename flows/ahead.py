@@ -122,8 +122,9 @@ class OptimizerThread(Generic[O]):
             try:
                 return context.run(call)
             except Exception as exc:  # raised again in the loop's thread by check()
-                if self._error is None:
-                    self._error = exc
+                with self._lock:
+                    if self._error is None and generation == self._generation:
+                        self._error = exc  # a retired optimizer's error concerns nobody
                 return None
 
         return self._pool.submit(guarded)

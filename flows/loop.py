@@ -346,7 +346,7 @@ class CampaignLoop(Outcomes):
         """Stage a finished suggestion (flushed before any of its trials is published), start
         the next, stage the dispatches; return the trials to send."""
         suggested = self._worker.collect()
-        if suggested is not None:
+        if suggested:
             self.writer.stage(TrialsSuggested(**self.writer.fields("optimizer"), trials=suggested))  # type: ignore[arg-type]
             self._ask(suggested)
         free = self._free_devices(spec)
