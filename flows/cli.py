@@ -305,6 +305,8 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--record", metavar="PATH", help="keep the results here, to answer repeated requests after a restart")
     sm.add_argument("--from-campaign", metavar="CAMPAIGN",
                     help="serve an emulator: a GP fitted to CAMPAIGN's results, with noise (no simulator name)")
+    sm.add_argument("--save", metavar="FILE", help="with --from-campaign: write the emulator to FILE "
+                    "(for `simulator: emulator` devices, `options: {file: FILE}`)")
     sm.set_defaults(func=_cmd_sim)
     return p
 

@@ -196,7 +196,8 @@ def add_replay_commands(sub: Any) -> None:
 
 
 def serve_emulator(args: argparse.Namespace) -> int:
-    """`closedloop sim --from-campaign C --device-id D`: fit an emulator to C's results and serve it.
+    """`closedloop sim --from-campaign C --device-id D`: fit an emulator to C's results and serve it
+    (``--save FILE`` keeps it, for ``simulator: emulator`` devices of a campaign file).
 
     The emulator (``simulators.Emulator``: a GP per metric through BoTorch) answers like any
     simulated instrument; ``--option`` takes the behaviour options (``noise_sd``, ``duration_s``,
@@ -226,6 +227,12 @@ def serve_emulator(args: argparse.Namespace) -> int:
     if args.describe:
         print(f"inputs: {', '.join(emulator.inputs)}; metrics: {', '.join(emulator.metrics)}")
         return 0
+    if args.save is not None:
+        emulator.save(args.save)
+        print(f"wrote {args.save}: serve it from a campaign file as "
+              f"`simulator: emulator` with `options: {{file: {args.save}}}`", file=sys.stderr)
+        if args.device_id is None:
+            return 0
     try:
         options = SimulatorOptions.model_validate(_options(args.option))
     except ValidationError as exc:

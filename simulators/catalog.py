@@ -7,8 +7,10 @@ failures, drift, seed).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
@@ -168,6 +170,36 @@ _DESCRIPTIONS = {
     "branin_currin": "BoTorch's Branin-Currin pair on [0, 1]^2: metrics branin and currin, both minimized",
 }
 
+class EmulatorOptions(SimulatorOptions):
+    """Options of the ``emulator`` simulator: an emulator file and the behaviour options.
+
+    Attributes:
+        file: An emulator written by ``closedloop sim --from-campaign CAMPAIGN --save FILE``
+            (a path relative to where closedloop runs, or absolute).
+    """
+
+    file: str = Field(min_length=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_emulator(path: str, mtime_ns: int) -> SimModel:
+    from .emulator import Emulator  # torch and botorch only when an emulator is used
+
+    return Emulator.load(path)
+
+
+def _emulator(options: EmulatorOptions) -> SimModel:
+    from .emulator import EmulatorError
+
+    path = Path(options.file).resolve()
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise EmulatorError(f"emulator file {options.file}: {exc.strerror or exc}",
+                            "write it with `closedloop sim --from-campaign CAMPAIGN --save FILE`") from None
+    return _load_emulator(str(path), mtime)
+
+
 SIMULATORS: Mapping[str, SimulatorInfo] = {
     **{name: _function_info(f, _DESCRIPTIONS.get(name)) for name, f in sorted(FUNCTIONS.items())},
     "colour_mixing": SimulatorInfo(
@@ -181,6 +213,12 @@ SIMULATORS: Mapping[str, SimulatorInfo] = {
         "temperature, time, concentration, solvent, catalyst -> yield_pct and impurity_pct",
         ReactionYieldOptions,
         ReactionYieldModel,
+    ),
+    "emulator": SimulatorInfo(
+        "emulator",
+        "a GP per metric fitted to a recorded campaign (option file: from `closedloop sim --from-campaign C --save F`)",
+        EmulatorOptions,
+        _emulator,
     ),
 }
 """Every simulator, by name."""

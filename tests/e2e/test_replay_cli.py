@@ -74,6 +74,13 @@ def test_faithful_and_counterfactual_replays_and_compare(tmp_path: Path, prefect
     out = run(["sim", "--from-campaign", "recorded", "--describe"], env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "inputs: x1, x2; metrics: branin" in out.stdout and "8 points" in out.stderr
+    emu = tmp_path / "emu.json"
+    out = run(["sim", "--from-campaign", "recorded", "--save", str(emu)], env, timeout=120)
+    assert out.returncode == 0 and emu.exists(), out.stderr
+    served = write_spec(tmp_path / "served.yaml", dict(SPEC, name="served", devices=[
+        {"id": "emu", "simulator": "emulator", "options": {"file": str(emu), "seed": 1}}]))
+    out = run(["validate", str(served)], env, timeout=120)
+    assert out.returncode == 0 and "is valid" in out.stdout, out.stderr
 
     # Unknown source: one line, exit 1 (a runtime error), nothing created.
     out = run(["replay", "nope", "--simulator", "branin"], env, timeout=120)
