@@ -214,9 +214,9 @@ class CampaignLoop(Outcomes):
                 self._publish(trial)
             if self.state.status in ("paused", "finished"):
                 return self.state
-            if (out_of_time or out_of_trials) and not self.state.in_flight and not self._worker.computing and (
-                out_of_time or (not self.state.undispatched and not self.state.open_approvals)
-            ):
+            if (out_of_time or out_of_trials) and not self.state.in_flight and (out_of_time or (
+                not self._worker.computing and not self.state.undispatched and not self.state.open_approvals
+            )):
                 reason = "max_hours" if out_of_time and not out_of_trials else "budget_exhausted"
                 self.writer.append(CampaignFinished(**self.writer.fields("orchestrator"), reason=reason))  # type: ignore[arg-type]
                 return self.state

@@ -49,7 +49,8 @@ def store(mongo_uri: str) -> Iterator[MongoEventStore]:
         yield s
 
 
-def run(store: MongoEventStore, url: str, campaign: CampaignSpec, duration_s: list[float]) -> list:  # type: ignore[type-arg]
+def run(store: MongoEventStore, url: str, campaign: CampaignSpec, duration_s: list[float],
+        reason: str = "budget_exhausted") -> list:  # type: ignore[type-arg]
     store.append([CampaignCreated(campaign_id=campaign.name, seq=1, actor="user:test", spec=campaign)])
     mqtt = MqttSettings(url=url, prefix=f"t-{uuid.uuid4().hex[:8]}")
     with SimInstrument("dev-a", "branin", {"duration_s": duration_s, "seed": 1}, mqtt), \
@@ -57,7 +58,7 @@ def run(store: MongoEventStore, url: str, campaign: CampaignSpec, duration_s: li
          MqttDeviceHub(mqtt, client_id=f"hub-{uuid.uuid4().hex[:6]}") as hub:
         state = CampaignLoop(campaign.name, store, hub, make_optimizer=partial(AxOptimizer.rebuild, threads=1),
                              run_info={"host": socket.gethostname(), "pid": os.getpid()}).run()
-    assert state.finished_reason == "budget_exhausted"
+    assert state.finished_reason == reason
     events = store.read(campaign.name)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     return events
@@ -88,6 +89,16 @@ def test_batch_dispatch_waits_for_the_whole_batch(store: MongoEventStore, mosqui
         before = fold(e for e in events if e.seq < b.seq)
         assert all(t.terminal for t in before.trials.values())  # nothing in flight, nothing queued
     assert fold(events).count("completed") == 7
+
+
+def test_async_campaign_out_of_time_finishes_with_suggestions_ahead(store: MongoEventStore, mosquitto_url: str) -> None:
+    # max_hours ends the campaign while the next trials are suggested ahead: it finishes, once
+    # the trials in flight are done, and the undispatched ones stay in the log unrun.
+    events = run(store, mosquitto_url, spec(budget={"max_trials": 500, "max_hours": 0.001}, batch_size=2),
+                 [0.2, 0.4], reason="max_hours")
+    state = fold(events)
+    assert not state.in_flight
+    assert state.count("completed") + len(state.undispatched) == len(state.trials)
 
 
 def test_optimizer_thread_keeps_order_and_drops_a_retired_suggestion() -> None:
