@@ -37,6 +37,7 @@ import argparse
 import logging
 import math
 import multiprocessing as mp
+import queue as queues
 import statistics
 import sys
 import time
@@ -218,7 +219,7 @@ def time_ax_capped(p: Problem, n: int, cap: float) -> tuple[float, float] | None
         assert kind == "started"
         kind, took = queue.get(timeout=cap)
         return took  # type: ignore[no-any-return]
-    except Exception:  # queue.Empty: over the cap
+    except queues.Empty:  # over the cap (or the child died)
         return None
     finally:
         if child.is_alive():
