@@ -1,14 +1,17 @@
 """``AxOptimizer``: suggest, complete and fail trials; rebuild the optimizer from the log.
 
-The optimizer is derived state. Its Ax experiment holds exactly the campaign's trials, and
-``AxOptimizer.rebuild(spec, trials)`` replays them into a fresh Ax ``Client`` (in one pass:
-``optimizer.replay``); the rebuilt optimizer then makes the same next suggestion as the live
-one did. Three choices make that so:
+The optimizer is derived state. It keeps its own records of the campaign's trials
+(``optimizer.replay.TrialEntry``) and touches Ax only to generate BoTorch trials: Sobol
+suggestions, results, failures and rejections update the records alone, and before a BoTorch
+call the Ax experiment is built afresh from them in one pass (``attach_in_bulk``, the path
+``AxOptimizer.rebuild(spec, trials)`` takes on resume), unless nothing changed since it was
+last built. A live and a rebuilt optimizer thus hand Ax the same experiment by construction,
+and the rebuilt one makes the same next suggestion as the live one did. Three more choices
+make that so:
 
 - **Initialization is ours.** The first trials are points of one scrambled Sobol sequence
-  (``optimizer.sobol``), recorded with their position and attached to Ax with
-  ``attach_trial`` in the live optimizer too, so live and rebuilt experiments are identical and
-  a rebuilt optimizer continues the sequence at ``max(recorded positions) + 1``.
+  (``optimizer.sobol``), recorded with their position, so a rebuilt optimizer continues the
+  sequence at ``max(recorded positions) + 1``.
 - **Ax only does Bayesian optimization**, with a generation strategy holding a single BoTorch
   (MBM) node, as ``optimizer.method`` says (``optimizer.generation``). A fresh strategy is
   set before each call, so the live optimizer fits its model from scratch just as a rebuilt
@@ -16,12 +19,18 @@ one did. Three choices make that so:
 - **Each BO call is seeded** from ``(spec.seed, number of trials so far)``, the strategy made
   under that seed too; the global random, numpy and torch states are restored afterwards.
 
+Why records and not Ax: ``Client.complete_trial`` validates the experiment's whole data at
+every call (~14 ms per trial at a few hundred trials, growing with the campaign), which made
+Ax the bottleneck of a fast campaign; a bulk build costs ~0.2-0.35 s per 1,000 trials, once
+per BoTorch call, small beside the call itself.
+
 The BO phase starts once ``initialization_trials`` trials were suggested *and* at least half
 of that many (rounded up) were completed with data *and* every metric of the optimization
 config (objectives and outcome constraints) was measured at least once (Ax cannot model a
 metric it has no data for, e.g. right after an outcome constraint on a new metric is added);
 until then the optimizer keeps suggesting Sobol points, so devices never idle waiting for
-data. ``optimizer.method: sobol`` never leaves the Sobol phase.
+data. ``optimizer.method: sobol`` never leaves the Sobol phase, and never calls Ax after
+the constructor checked the spec.
 
 **People in the loop, and mid-campaign changes.** ``rebuild`` takes the campaign's *effective*
 spec (``CampaignState.spec``: every ``CampaignChanged`` applied), and the loop rebuilds after
@@ -31,8 +40,8 @@ each decision or change, so a change applies at once and on every resume:
   from them; trials that ran outside (bounds narrowed since) stay in the experiment with their
   data, out of design, and Ax's model uses them;
 - ``fixed_parameters``: every new suggestion carries the fixed value (the Sobol sampler sets
-  it; Ax gets it as ``get_next_trials(fixed_parameters=...)``, so its model still learns from
-  trials run at other values); a freed parameter varies again;
+  it; Ax gets it as fixed features, so its model still learns from trials run at other
+  values); a freed parameter varies again;
 - outcome constraints and objective thresholds: Ax's optimization config is the spec's;
 - the Sobol sequence goes on at ``max(recorded positions) + 1`` whatever changed;
 - an edited trial (``generator == "human"``) is attached with the edited parameters, its run
@@ -46,26 +55,24 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from ax.core.observation import ObservationFeatures
-from ax.exceptions.generation_strategy import GenerationStrategyRepeatedPoints
-from ax.utils.common.random import with_rng_seed
+from ax import Client
+from ax.core.metric import Metric
 
 from campaigns.errors import OptimizerError
 from campaigns.events import Measurement, ParameterValue, SuggestedTrial
 from campaigns.spec import CampaignSpec
 from campaigns.state import TrialRecord
 from optimizer.ax_setup import AX_ERRORS, build_client, optimizer_error, quiet_ax
-from optimizer.generation import botorch_strategy, split_generator_run, training_trials
-from optimizer.replay import OUT_OF_DESIGN, attach_in_bulk, ordered_trials, raw_data, trial_run_metadata
+from optimizer.generation import generate
+from optimizer.replay import OUT_OF_DESIGN, TrialEntry, attach_in_bulk, attach_per_trial, ordered_trials
 from optimizer.sobol import SobolSampler, fixed_parameter_values
 
 __all__ = ["AxOptimizer", "default_initialization_trials"]
 
-_Status = Literal["pending", "completed", "failed", "rejected"]
+_Key = tuple[tuple[str, ParameterValue], ...]
 
 
 def default_initialization_trials(spec: CampaignSpec) -> int:
@@ -79,25 +86,11 @@ def default_initialization_trials(spec: CampaignSpec) -> int:
     return 5
 
 
-@dataclass
-class _Trial:
-    trial_id: str
-    parameters: dict[str, ParameterValue]
-    generator: str
-    sobol_position: int | None
-    status: _Status = "pending"
-    metrics: frozenset[str] = frozenset()  # the metrics measured, once completed
-
-    @property
-    def has_data(self) -> bool:
-        return bool(self.metrics)
-
-
 class AxOptimizer:
     """The campaign's optimizer: scrambled Sobol initialization, then Ax BoTorch.
 
     A trial's id is its Ax trial index as text (``"0"``, ``"1"``, ...). Trials suggested and
-    not yet completed or failed are pending in Ax, so new suggestions avoid them.
+    not yet completed or failed are pending, so new suggestions avoid them.
 
     Args:
         spec: The campaign.
@@ -118,11 +111,16 @@ class AxOptimizer:
         self._spec = spec
         self._verbose = verbose
         quiet_ax(verbose)
-        self._client = build_client(spec)
+        # Ax's view of the trials; ``_stale`` once the records changed since it was built.
+        self._ax = build_client(spec)
+        self._stale = False
         self._sampler = SobolSampler(spec)
         self._fixed = fixed_parameter_values(spec)
-        self._trials: list[_Trial] = []
-        self._by_id: dict[str, _Trial] = {}
+        self._trials: list[TrialEntry] = []
+        self._by_id: dict[str, TrialEntry] = {}
+        self._keys: set[_Key] = set()
+        self._next_position = 0
+        self._metric_names: set[str] = set(spec.metrics)  # checked as Ax checks a metric's name
 
     # ------------------------------------------------------------------ rebuild
     @classmethod
@@ -149,9 +147,9 @@ class AxOptimizer:
             verbose: As for the constructor.
             replay: ``"bulk"`` builds the Ax experiment in one pass (``optimizer.replay``;
                 ~0.3 s for 1,000 trials); ``"per_trial"`` attaches and completes the trials
-                one by one through Ax's ``Client`` as the live optimizer did (quadratic:
-                ~20-30 s for 1,000 trials). Both give the same experiment; the second is
-                kept as the reference the first is tested and benchmarked against.
+                one by one through Ax's ``Client`` (quadratic: ~20-30 s for 1,000 trials).
+                Both give the same experiment; the second is kept as the reference the first
+                is tested and benchmarked against.
 
         Raises:
             OptimizerError: the trial ids are not ``"0", "1", ...`` in index order, a trial's
@@ -160,25 +158,11 @@ class AxOptimizer:
         if replay not in ("bulk", "per_trial"):
             raise OptimizerError(f"rebuild(replay={replay!r}): unknown replay", "pass 'bulk' or 'per_trial'")
         opt = cls(spec, threads=threads, verbose=verbose)
-        ordered = ordered_trials(spec, trials)
-        if replay == "per_trial":
-            for record, parameters in ordered:
-                opt._attach(parameters, record.generator, record.sobol_position, trial_run_metadata(record))
-                if record.status == "completed":
-                    opt.complete(record.trial_id, record.measurements)
-                elif record.status == "failed":
-                    opt.fail(record.trial_id, record.failure_reason or "failed")
-                elif record.status == "rejected":
-                    opt.reject(record.trial_id, record.failure_reason or "rejected")
-            return opt
-        attach_in_bulk(opt._client, spec, ordered)
-        for record, parameters in ordered:
-            opt._record(record.trial_id, parameters, record.generator, record.sobol_position)
-            trial = opt._by_id[record.trial_id]
-            if record.status == "completed":
-                trial.status, trial.metrics = "completed", frozenset(record.measurements)
-            elif record.status in ("failed", "rejected"):
-                trial.status = record.status
+        entries = ordered_trials(spec, trials)
+        (attach_per_trial if replay == "per_trial" else attach_in_bulk)(opt._ax, spec, entries)
+        for entry in entries:
+            opt._add(entry, in_ax=True)
+            opt._metric_names.update(entry.measurements)
         return opt
 
     # --------------------------------------------------------------- properties
@@ -200,8 +184,7 @@ class AxOptimizer:
     @property
     def next_sobol_position(self) -> int:
         """The position in the Sobol sequence where the next Sobol point is looked for."""
-        positions = [t.sobol_position for t in self._trials if t.sobol_position is not None]
-        return max(positions) + 1 if positions else 0
+        return self._next_position
 
     @property
     def unobserved_metrics(self) -> list[str]:
@@ -210,7 +193,7 @@ class AxOptimizer:
         While any is left the optimizer stays in the Sobol phase: Ax cannot model a metric
         without data. A metric nobody measures keeps the campaign on Sobol points for good.
         """
-        seen = set().union(*(t.metrics for t in self._trials if t.status == "completed"))
+        seen = set().union(*(t.measurements for t in self._trials if t.status == "completed"))
         return [m for m in self._spec.metrics if m not in seen]
 
     @property
@@ -218,9 +201,15 @@ class AxOptimizer:
         """Which generator the next suggestion comes from."""
         return "sobol" if self._sobol_left(1) else "botorch"
 
+    @property
+    def _client(self) -> Client:
+        """The Ax client, its experiment brought up to date with the records first (read only)."""
+        self._sync()
+        return self._ax
+
     # ------------------------------------------------------------------ suggest
     def suggest(self, n: int) -> list[SuggestedTrial]:
-        """Propose exactly ``n`` new trials; they are pending in Ax from now on.
+        """Propose exactly ``n`` new trials; they are pending from now on.
 
         Args:
             n: How many trials, ``>= 1``.
@@ -231,7 +220,6 @@ class AxOptimizer:
         """
         if n < 1:
             raise OptimizerError(f"suggest(n={n}): n must be at least 1", "ask for one trial or more")
-        quiet_ax(self._verbose)
         out: list[SuggestedTrial] = []
         while len(out) < n:
             remaining = n - len(out)
@@ -250,7 +238,7 @@ class AxOptimizer:
         if self._spec.optimizer.method == "sobol":
             return wanted
         init = self.initialization_trials
-        observed = sum(1 for t in self._trials if t.status == "completed" and t.has_data)
+        observed = sum(1 for t in self._trials if t.status == "completed" and t.measurements)
         if observed < math.ceil(init / 2) or self.unobserved_metrics:
             return wanted
         # A rejected trial never ran: the initialization goes on without it.
@@ -258,47 +246,27 @@ class AxOptimizer:
         return min(wanted, max(0, init - counted))
 
     def _suggest_sobol(self, n: int) -> list[SuggestedTrial]:
-        taken = {_key(t.parameters) for t in self._trials}
+        batch: set[_Key] = set()
 
         def new_point(parameters: Mapping[str, ParameterValue]) -> bool:
             key = _key(parameters)
-            if key in taken:
+            if key in self._keys or key in batch:
                 return False
-            taken.add(key)
+            batch.add(key)
             return True
 
-        points = self._sampler.next_points(self.next_sobol_position, n, accept=new_point)
-        return [self._attach(p.parameters, "sobol", p.position) for p in points]
+        points = self._sampler.next_points(self._next_position, n, accept=new_point)
+        return [
+            self._add(TrialEntry(str(len(self._trials)), dict(p.parameters), "sobol", p.position)) for p in points
+        ]
 
     def _suggest_botorch(self, n: int) -> list[SuggestedTrial]:
+        self._sync()
+        quiet_ax(self._verbose)
         seed = (self._spec.seed * 1_000_003 + len(self._trials)) % 2**32
-        experiment = self._client._experiment
-        fast = self._spec.optimizer.method == "botorch"
-        try:
-            fixed = ObservationFeatures(parameters=dict(self._fixed)) if self._fixed else None
-            with with_rng_seed(seed):
-                # A fresh strategy: the model is fitted from scratch, as in a rebuilt
-                # optimizer; made under the seed (the fast method's sampler draws its own).
-                strategy = botorch_strategy(self._spec)
-                self._client.set_generation_strategy(strategy)
-                if fast:  # one generator run of n arms, on at most max_training_points trials
-                    data = training_trials(self._spec, experiment.lookup_data(), self._spec.optimizer.max_training_points)
-                    [[run]] = strategy.gen(experiment=experiment, data=data, n=n, fixed_features=fixed)
-                    runs = split_generator_run(run)
-                else:  # Client.get_next_trials(max_trials=n): one candidate per generator run
-                    runs = [run for [run] in strategy.gen(experiment=experiment, n=1, fixed_features=fixed, num_trials=n)]
-        except GenerationStrategyRepeatedPoints:
-            return []  # the model only proposes points already tried; suggest() uses Sobol
-        except AX_ERRORS as exc:
-            raise optimizer_error(
-                self._spec, "suggesting trials", exc,
-                "check the recorded measurements; to go on without a model set "
-                "`optimizer: {method: sobol}` in the campaign file",
-            ) from exc
         out: list[SuggestedTrial] = []
-        batch: set[tuple[tuple[str, ParameterValue], ...]] = set()
-        for run in runs:
-            parameters = dict(run.arms[0].parameters)
+        batch: set[_Key] = set()
+        for parameters in generate(self._ax, self._spec, n, seed, self._fixed):
             # Ax deduplicates against the experiment's trials only, and a batch's candidates
             # are not trials yet (with a parameter fixed or the bounds narrowed, the model can
             # propose the same corner twice): a repeat is dropped, and suggest() asks again
@@ -306,19 +274,15 @@ class AxOptimizer:
             if _key(parameters) in batch:
                 continue
             batch.add(_key(parameters))
-            trial = experiment.new_trial(generator_run=run)
-            trial.mark_running(no_runner_required=True)
-            if trial.index != len(self._trials):
-                raise OptimizerError(
-                    f"campaign {self._spec.name!r}: Ax created trial {trial.index}, expected {len(self._trials)}",
-                    "this is a bug in closedloop; please report it",
-                )
-            out.append(self._record(str(trial.index), parameters, "botorch", None))  # type: ignore[arg-type]
+            entry = TrialEntry(str(len(self._trials)), parameters, "botorch", None)
+            # Attached as a rebuild attaches it, so the experiment stays what a rebuild makes.
+            self._attach(entry)
+            out.append(self._add(entry, in_ax=True))
         return out
 
     # ----------------------------------------------------------------- outcomes
     def complete(self, trial_id: str, measurements: Mapping[str, Measurement]) -> None:
-        """Record a trial's measurements; the trial is completed in Ax.
+        """Record a trial's measurements (Ax gets them before the next BoTorch suggestion).
 
         Args:
             trial_id: The trial, as suggested.
@@ -326,18 +290,20 @@ class AxOptimizer:
                 infers the noise).
 
         Raises:
-            OptimizerError: unknown trial, a trial already completed, failed or rejected, or Ax
-                refuses the data.
+            OptimizerError: unknown trial, a trial already completed, failed or rejected, or a
+                metric name Ax refuses.
         """
         trial = self._pending(trial_id)
-        raw = raw_data(measurements)
-        try:
-            self._client.complete_trial(trial_index=int(trial_id), raw_data=raw or None)
-        except AX_ERRORS as exc:
-            raise optimizer_error(
-                self._spec, f"completing trial {trial_id}", exc, "check the measurements", trial_id
-            ) from exc
-        trial.status, trial.metrics = "completed", frozenset(raw)
+        for name in measurements.keys() - self._metric_names:
+            try:
+                Metric(name=name)  # Ax's own check of a new metric's name
+            except AX_ERRORS as exc:
+                raise optimizer_error(
+                    self._spec, f"completing trial {trial_id}", exc, "check the measurements", trial_id
+                ) from exc
+            self._metric_names.add(name)
+        trial.status, trial.measurements = "completed", dict(measurements)
+        self._stale = True
 
     def fail(self, trial_id: str, reason: str) -> None:
         """Record that a trial gave no usable result; Ax sees it as failed (never as a number).
@@ -350,14 +316,11 @@ class AxOptimizer:
             OptimizerError: unknown trial, or a trial already completed, failed or rejected.
         """
         trial = self._pending(trial_id)
-        try:
-            self._client.mark_trial_failed(trial_index=int(trial_id), failed_reason=reason)
-        except AX_ERRORS as exc:
-            raise optimizer_error(self._spec, f"failing trial {trial_id}", exc, "check the trial id", trial_id) from exc
-        trial.status = "failed"
+        trial.status, trial.reason = "failed", reason
+        self._stale = True
 
     def reject(self, trial_id: str, reason: str) -> None:
-        """Record that a person rejected a trial: it is abandoned in Ax, never run nor suggested again.
+        """Record that a person rejected a trial: abandoned in Ax, never run nor suggested again.
 
         Args:
             trial_id: The trial, as suggested (pending).
@@ -367,15 +330,11 @@ class AxOptimizer:
             OptimizerError: unknown trial, or a trial already completed, failed or rejected.
         """
         trial = self._pending(trial_id)
-        try:
-            # Client.mark_trial_abandoned takes no reason; this is the call it makes, with one.
-            self._client._experiment.trials[int(trial_id)].mark_abandoned(reason=reason)
-        except AX_ERRORS as exc:
-            raise optimizer_error(self._spec, f"rejecting trial {trial_id}", exc, "check the trial id", trial_id) from exc
-        trial.status = "rejected"
+        trial.status, trial.reason = "rejected", reason
+        self._stale = True
 
     # ------------------------------------------------------------------ helpers
-    def _pending(self, trial_id: str) -> _Trial:
+    def _pending(self, trial_id: str) -> TrialEntry:
         trial = self._by_id.get(trial_id)
         if trial is None:
             raise OptimizerError(
@@ -391,38 +350,48 @@ class AxOptimizer:
             )
         return trial
 
-    def _attach(
-        self,
-        parameters: dict[str, ParameterValue],
-        generator: str,
-        position: int | None,
-        run_metadata: dict[str, object] | None = None,
-    ) -> SuggestedTrial:
+    def _sync(self) -> None:
+        """Build Ax's experiment afresh from the records if they changed since it was built."""
+        if self._stale:
+            quiet_ax(self._verbose)
+            client = build_client(self._spec)
+            attach_in_bulk(client, self._spec, self._trials)
+            self._ax, self._stale = client, False
+
+    def _attach(self, entry: TrialEntry) -> None:
+        """Add a new pending trial to the (up-to-date) experiment, as ``attach_in_bulk`` does."""
         try:
             with warnings.catch_warnings():
-                # A replayed trial outside today's bounds is attached and used (see replay.py).
                 warnings.filterwarnings("ignore", message=OUT_OF_DESIGN, category=RuntimeWarning)
-                index = self._client.attach_trial(parameters=parameters)
-            if run_metadata is not None:
-                self._client._experiment.trials[index].update_run_metadata(run_metadata)
+                _, index = self._ax._experiment.attach_trial(parameterizations=[entry.parameters])
         except AX_ERRORS as exc:
+            self._stale = True  # the experiment may hold part of it
             raise optimizer_error(
-                self._spec, f"attaching trial {len(self._trials)}", exc,
+                self._spec, f"attaching trial {entry.trial_id}", exc,
                 "the trial does not fit the campaign's search space; check the spec and the log",
-                str(len(self._trials)),
+                entry.trial_id,
             ) from exc
-        return self._record(str(index), parameters, generator, position)
+        if str(index) != entry.trial_id:
+            self._stale = True
+            raise OptimizerError(
+                f"campaign {self._spec.name!r}: Ax created trial {index}, expected {entry.trial_id}",
+                "this is a bug in closedloop; please report it",
+            )
 
-    def _record(
-        self, trial_id: str, parameters: dict[str, ParameterValue], generator: str, position: int | None
-    ) -> SuggestedTrial:
-        trial = _Trial(trial_id, parameters, generator, position)
-        self._trials.append(trial)
-        self._by_id[trial_id] = trial
+    def _add(self, entry: TrialEntry, *, in_ax: bool = False) -> SuggestedTrial:
+        """Record a trial; unless ``in_ax``, Ax's experiment is out of date until the next sync."""
+        self._trials.append(entry)
+        self._by_id[entry.trial_id] = entry
+        self._keys.add(_key(entry.parameters))
+        if entry.sobol_position is not None:
+            self._next_position = max(self._next_position, entry.sobol_position + 1)
+        if not in_ax:
+            self._stale = True
         return SuggestedTrial(
-            trial_id=trial_id, parameters=dict(parameters), generator=generator, sobol_position=position
+            trial_id=entry.trial_id, parameters=dict(entry.parameters), generator=entry.generator,
+            sobol_position=entry.sobol_position,
         )
 
 
-def _key(parameters: Mapping[str, ParameterValue]) -> tuple[tuple[str, ParameterValue], ...]:
+def _key(parameters: Mapping[str, ParameterValue]) -> _Key:
     return tuple(sorted(parameters.items()))

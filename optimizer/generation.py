@@ -4,8 +4,8 @@
 
 - ``botorch`` (the default): **fast**. One model fit and *one* acquisition optimization per
   batch: Ax generates a single generator run with all ``n`` candidates (BoTorch's
-  ``optimize_acqf`` picks them greedily, each with the earlier ones pending), split here into
-  ``n`` single-arm trials, in order. Optimizing the ``q`` candidates jointly
+  ``optimize_acqf`` picks them greedily, each with the earlier ones pending); each arm becomes
+  a single-arm trial, in order (``generate``). Optimizing the ``q`` candidates jointly
   (``sequential=False``) was measured and rejected: on Hartmann6 its median regret after 40
   trials was 0.82 against 0.20 (3 seeds). The acquisition optimizer is cheaper than Ax's
   (``FAST_ACQUISITION``), a model with several metrics is one GP per metric (Ax's batched
@@ -25,31 +25,37 @@ suggestion), and a process's previous fit is not in the log.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ax import Client
 from ax.adapter.registry import Generators
 from ax.core.data import Data
 from ax.core.experiment_status import ExperimentStatus
-from ax.core.generator_run import GeneratorRun
+from ax.core.observation import ObservationFeatures
+from ax.exceptions.generation_strategy import GenerationStrategyRepeatedPoints
 from ax.generation_strategy.dispatch_utils import get_derelativize_config
 from ax.generation_strategy.generation_node import GenerationNode
 from ax.generation_strategy.generation_strategy import GenerationStrategy
 from ax.generation_strategy.generator_spec import GeneratorSpec
 from ax.generators.torch.botorch_modular.surrogate import SurrogateSpec
 from ax.generators.torch.botorch_modular.utils import ModelConfig
+from ax.utils.common.random import with_rng_seed
 from botorch.sampling.normal import SobolQMCNormalSampler
 
+from campaigns.events import ParameterValue
 from campaigns.spec import CampaignSpec, FloatParameter
+from optimizer.ax_setup import AX_ERRORS, optimizer_error
 
 __all__ = [
     "FAST_ACQUISITION",
     "POLYTOPE_SAMPLER_OPTIONS",
     "botorch_strategy",
-    "split_generator_run",
+    "generate",
     "training_trials",
 ]
 
@@ -125,34 +131,49 @@ def botorch_strategy(spec: CampaignSpec) -> GenerationStrategy:
     return GenerationStrategy(name="MBM:closedloop" if fast else "MBM:fast", nodes=[node])
 
 
-def split_generator_run(run: GeneratorRun) -> list[GeneratorRun]:
-    """One single-arm generator run per arm of ``run``, in order (one Ax ``Trial`` each).
+def generate(
+    client: Client, spec: CampaignSpec, n: int, seed: int, fixed: Mapping[str, ParameterValue]
+) -> list[dict[str, ParameterValue]]:
+    """Up to ``n`` BoTorch candidates for the client's experiment, in order (not yet trials).
 
-    Each keeps the run's optimization config, search space, timings, metadata, generator and
-    node name, so the trials look to Ax as if generated one by one.
+    A fresh strategy is set on the client, so the model is fitted from scratch; it is made and
+    run under ``seed`` (Ax's ``with_rng_seed`` restores the global random, numpy and torch
+    states afterwards). The candidates may repeat one another (Ax deduplicates against the
+    experiment's trials only); none when BoTorch only finds points already tried.
+
+    Args:
+        client: An Ax client whose experiment holds the campaign's trials.
+        spec: The campaign (``optimizer.method``: ``botorch`` or ``botorch_default``).
+        n: How many candidates.
+        seed: The seed of this call.
+        fixed: Parameters every candidate must carry (``fixed_parameters``).
+
+    Raises:
+        OptimizerError: Ax or BoTorch failed.
     """
-    if len(run.arms) == 1:
-        return [run]
-    candidates = run.candidate_metadata_by_arm_signature or {}
-    return [
-        GeneratorRun(
-            arms=[arm],
-            optimization_config=run.optimization_config,
-            search_space=run.search_space,
-            type=run.generator_run_type,
-            fit_time=run.fit_time,
-            gen_time=run.gen_time,
-            # Ax 1.3.1 exposes these two only as attributes of the run.
-            generator_key=run._generator_key,
-            generation_node_name=run._generation_node_name,
-            gen_metadata=run.gen_metadata,
-            candidate_metadata_by_arm_signature=(
-                {arm.signature: candidates[arm.signature]} if arm.signature in candidates else None
-            ),
-            suggested_experiment_status=run.suggested_experiment_status,
-        )
-        for arm in run.arms
-    ]
+    experiment = client._experiment  # Ax 1.3.1's Client has no public accessor for it
+    try:
+        features = ObservationFeatures(parameters=dict(fixed)) if fixed else None
+        with with_rng_seed(seed):
+            # Made under the seed (the fast method's sampler draws its own).
+            strategy = botorch_strategy(spec)
+            client.set_generation_strategy(strategy)
+            if spec.optimizer.method == "botorch":  # one generator run of n arms, on a bounded subset
+                data = training_trials(spec, experiment.lookup_data(), spec.optimizer.max_training_points)
+                [[run]] = strategy.gen(experiment=experiment, data=data, n=n, fixed_features=features)
+                arms = run.arms
+            else:  # Client.get_next_trials(max_trials=n): one candidate per generator run
+                runs = strategy.gen(experiment=experiment, n=1, fixed_features=features, num_trials=n)
+                arms = [run.arms[0] for [run] in runs]
+    except GenerationStrategyRepeatedPoints:
+        return []  # the model only proposes points already tried
+    except AX_ERRORS as exc:
+        raise optimizer_error(
+            spec, "suggesting trials", exc,
+            "check the recorded measurements; to go on without a model set "
+            "`optimizer: {method: sobol}` in the campaign file",
+        ) from exc
+    return [dict(arm.parameters) for arm in arms]  # type: ignore[misc]
 
 
 def training_trials(spec: CampaignSpec, data: Data, max_points: int) -> Data | None:
