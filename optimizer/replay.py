@@ -56,6 +56,7 @@ __all__ = [
     "RawData",
     "TrialEntry",
     "attach_in_bulk",
+    "attach_one",
     "attach_per_trial",
     "ordered_trials",
     "raw_data",
@@ -151,6 +152,29 @@ def ordered_trials(spec: CampaignSpec, trials: Iterable[TrialRecord]) -> list[Tr
     return out
 
 
+def attach_one(client: Client, spec: CampaignSpec, trial: TrialEntry) -> str:
+    """Attach one trial to the client's experiment as pending (running); its arm's name.
+
+    Raises:
+        OptimizerError: Ax refuses the parameters, or the trial's index is not its id.
+    """
+    try:
+        with warnings.catch_warnings():
+            # A recorded trial outside today's bounds (the bounds changed since) is attached
+            # and used; Ax's warning would name this module and be an error under the test
+            # suite's filters.
+            warnings.filterwarnings("ignore", message=OUT_OF_DESIGN, category=RuntimeWarning)
+            arms, index = client._experiment.attach_trial(
+                parameterizations=[trial.parameters], run_metadata=trial.run_metadata
+            )
+    except AX_ERRORS as exc:
+        raise optimizer_error(spec, f"attaching trial {trial.trial_id}", exc, _ATTACH_HINT, trial.trial_id) from exc
+    if str(index) != trial.trial_id:
+        raise OptimizerError(f"campaign {spec.name!r}: Ax attached trial {trial.trial_id} as {index}", _BUG,
+                             trial_id=trial.trial_id)
+    return next(iter(arms))
+
+
 def attach_in_bulk(client: Client, spec: CampaignSpec, trials: Sequence[TrialEntry]) -> None:
     """Add the trials to the client's (empty) experiment with their data and statuses.
 
@@ -166,21 +190,7 @@ def attach_in_bulk(client: Client, spec: CampaignSpec, trials: Sequence[TrialEnt
     experiment = client._experiment
     if experiment.trials:
         raise OptimizerError(f"campaign {spec.name!r}: bulk replay into an experiment that has trials", _BUG)
-    arm_names: dict[str, str] = {}
-    for t in trials:
-        try:
-            with warnings.catch_warnings():
-                # A recorded trial outside today's bounds (the bounds changed since) is
-                # attached and used; Ax's warning would name this module and be an error
-                # under the test suite's filters.
-                warnings.filterwarnings("ignore", message=OUT_OF_DESIGN, category=RuntimeWarning)
-                arms, index = experiment.attach_trial(parameterizations=[t.parameters], run_metadata=t.run_metadata)
-        except AX_ERRORS as exc:
-            raise optimizer_error(spec, f"attaching trial {t.trial_id}", exc, _ATTACH_HINT, t.trial_id) from exc
-        if str(index) != t.trial_id:
-            raise OptimizerError(f"campaign {spec.name!r}: Ax attached trial {t.trial_id} as {index}", _BUG,
-                                 trial_id=t.trial_id)
-        arm_names[t.trial_id] = next(iter(arms))
+    arm_names = {t.trial_id: attach_one(client, spec, t) for t in trials}
 
     completed = [t for t in trials if t.status == "completed"]
     extra = sorted({name for t in completed for name in t.measurements} - set(experiment.metrics))

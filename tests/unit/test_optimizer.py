@@ -150,6 +150,12 @@ def test_failed_and_pending_trials() -> None:
     assert info.value.trial_id == "99" and info.value.hint
     with pytest.raises(OptimizerError, match="n must be at least 1"):
         opt.suggest(0)
+    c = opt.suggest(1)[0]
+    with pytest.raises(OptimizerError, match="Metric name must be a non-empty string") as info:
+        opt.complete(c.trial_id, {"": Measurement(mean=1.0)})  # refused as Ax refuses it
+    assert info.value.trial_id == c.trial_id and "\n" not in str(info.value)
+    opt.complete(c.trial_id, {"branin": Measurement(mean=3.0)})  # still pending: a good result is taken
+    assert opt.num_trials == 3 and opt.unobserved_metrics == []
 
 
 def test_rebuild_rejects_a_log_whose_trial_ids_are_not_ax_indices() -> None:
