@@ -20,8 +20,8 @@ CASES = {
                                        SPEC["parameters"][1]]), "parameters[0]: lower bound 10 is not below upper bound -5"),
     "unknown simulator": (variant(devices=[{"id": "d", "simulator": "brannin"}]),
                           "devices[0].simulator: unknown simulator 'brannin' — did you mean 'branin'?"),
-    "objective not measured": (variant(objectives=[{"name": "yield", "minimize": False}]),
-                               "objectives[0].name: device 'sim-a' (devices[0]) does not measure 'yield'"),
+    "objective not measured": (variant(objectives=[{"name": "purity", "minimize": False}]),
+                               "objectives[0].name: device 'sim-a' (devices[0]) does not measure 'purity'"),
     "bad simulator option": (variant(devices=[{"id": "d", "simulator": "branin", "options": {"noise": 1}}]),
                              "devices[0].options: noise"),
 }
