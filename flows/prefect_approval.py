@@ -36,7 +36,7 @@ from prefect.context import get_run_context
 from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import apause_flow_run, resume_flow_run
 from prefect.input import RunInput
-from prefect.states import Completed
+from prefect.states import Cancelled, Completed
 from pydantic import ConfigDict, Field
 
 __all__ = ["ApprovalForm", "PrefectApprovals", "parse_edits", "prefect_server_configured"]
@@ -293,7 +293,7 @@ class PrefectApprovals:
             FlowRunFilter, FlowRunFilterName, FlowRunFilterState, FlowRunFilterStateType)
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
-        from prefect.states import Cancelled
+
 
         with self._lock:
             ours = {x.flow_run_id for x in self._approvals.values()} | {a.flow_run_id}
@@ -359,7 +359,7 @@ class PrefectApprovals:
             if answer is None:
                 logger.warning("approval %s: its flow run ended without an answer (the CLI still answers it)",
                                a.approval_id)
-                return "ended without an answer"
+                return _ENDED
             if a.closed.is_set() or CLOSED_KEY in (answer.model_extra or {}):
                 reason = str((answer.model_extra or {}).get(CLOSED_KEY, a.close_reason))
                 logger.info("approval %s was %s", a.approval_id, reason)
@@ -388,6 +388,8 @@ class PrefectApprovals:
         return a.close_reason
 
 
+_ENDED = "ended without an answer"
+
 #: The approvals whose flow runs are running in this process, by the key passed to the flow.
 _LIVE: dict[str, tuple[PrefectApprovals, _Approval]] = {}
 
@@ -401,6 +403,10 @@ async def approval_flow(campaign_id: str, approval_id: str, trials: list[dict[st
     a.flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
     await approvals._cancel_stale(a, f"approval/{campaign_id}/{approval_id}", logger)
     command = await approvals._wait(a, logger)
+    if command == _ENDED:
+        # Cancelled from outside (the UI, or superseded by the next campaign run): it stays
+        # Cancelled rather than turning Completed when this function returns.
+        return Cancelled(message="ended without an answer (cancelled); the CLI still answers the approval")
     if isinstance(command, str):
         return Completed(name="Decided elsewhere", message=command)
     return Completed(name="Answered", message=f"answer submitted to campaign {campaign_id}")

@@ -204,6 +204,7 @@ def test_a_run_cancelled_elsewhere_ends_and_the_next_campaign_run_supersedes_sta
     assert thread is not None
     thread.join(10)
     assert not thread.is_alive(), "the superseded approval's thread kept waiting"
+    assert _read(old_id).state.is_cancelled(), "the stale run must stay Cancelled once its thread ended"
     second.shutdown()
     first.shutdown()
     assert _read(new_id).state.is_completed()
