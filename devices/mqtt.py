@@ -303,6 +303,9 @@ def connect(
     connection = MqttConnection(client, address, client_id)
     first = threading.Event()
     refused: list[str] = []
+    # connect() returns once the broker has a new session's subscriptions (SUBACK): a message
+    # published to them a moment later must not be missed.
+    first_subscriptions: set[int] = set()
 
     def handle_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -313,7 +316,11 @@ def connect(
             return
         connection._connected(bool(flags.session_present))
         for topic in subscriptions:
-            c.subscribe(topic, qos=1)
+            rc, mid = c.subscribe(topic, qos=1)
+            # Only a new session lacks the subscriptions until SUBACK; a present one has them
+            # (and amqtt answers its SUBSCRIBE only after the queued messages are acknowledged).
+            if not first.is_set() and not flags.session_present and rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                first_subscriptions.add(mid)
         log.info("connected to %s as %s (session present: %s)", address.display, client_id,
                  bool(flags.session_present))
         first.set()
@@ -342,8 +349,13 @@ def connect(
     def handle_unsubscribe(c: mqtt.Client, u: Any, mid: int, codes: Any, props: Any) -> None:
         connection._unsubscribed(mid)
 
+    def handle_subscribe(c: mqtt.Client, u: Any, mid: int, codes: Any, props: Any) -> None:
+        if mid in first_subscriptions:  # the same barrier as UNSUBACKs: message ids never collide
+            connection._unsubscribed(mid)
+
     client.on_connect = handle_connect
     client.on_unsubscribe = handle_unsubscribe
+    client.on_subscribe = handle_subscribe
     client.on_disconnect = handle_disconnect
     client.on_message = handle_message
     properties: Properties | None = None
@@ -374,6 +386,15 @@ def connect(
         client.loop_stop()
         reason = f"refused: {refused[0]}" if refused else f"no CONNACK within {deadline_s:g} s"
         raise BrokerError(f"cannot reach MQTT broker at {address.display}: {reason}", hint)
+    remaining = max(0.0, deadline_s - (time.monotonic() - start))
+    with connection._barrier:
+        subscribed = connection._barrier.wait_for(lambda: first_subscriptions <= connection._unsubacks, remaining)
+        connection._unsubacks -= first_subscriptions
+    if not subscribed:
+        connection._closing = True
+        client.disconnect()
+        client.loop_stop()
+        raise BrokerError(f"cannot reach MQTT broker at {address.display}: no SUBACK within {deadline_s:g} s", hint)
     return connection
 
 
