@@ -118,6 +118,30 @@ def test_hartmann6_emulator_of_a_real_60_trial_campaign() -> None:
     assert r2 >= 0.3, f"R² {r2:.3f} on the 240 trials of four other campaigns"
 
 
+def test_hartmann6_60_trials_predicts_held_out_trials_of_the_campaign() -> None:
+    """5-fold cross-validation on the real Ax campaign of spec seed 11: each fifth of its 60
+    trials is held out, the emulator refitted on the other 48 predicts it; the values are the
+    noise-free true function. Measured on the five campaigns (seeds 11-15): 0.851, 0.913, 0.856,
+    0.915, 0.935. (On uniform points over the whole box it is 0.4-0.6: see the test above.)"""
+    source = ax_campaigns()["11"]
+    points = [t["parameters"] for t in source]
+    truth = [float(t["hartmann6"]) for t in source]  # type: ignore[arg-type]
+    order = list(range(len(points)))
+    random.Random(0).shuffle(order)
+    predicted = [0.0] * len(points)
+    for k in range(5):
+        held_out = sorted(order[k::5])
+        kept = [i for i in range(len(points)) if i not in held_out]
+        state = fold(recorded_log(HARTMANN6, [points[i] for i in kept],  # type: ignore[misc]
+                                  [{"hartmann6": truth[i]} for i in kept]))
+        assert state.spec is not None
+        means = Emulator.fit(state.spec, state.trials.values()).predict([points[i] for i in held_out])  # type: ignore[misc]
+        for i, m in zip(held_out, means["hartmann6"][0], strict=True):
+            predicted[i] = m
+    r2 = r2_score(truth, predicted)
+    assert r2 >= 0.8, f"5-fold held-out R² {r2:.3f}"
+
+
 @pytest.fixture(scope="module")
 def hartmann6_60() -> Emulator:
     return emulate_hartmann6(60)
