@@ -61,6 +61,7 @@ class TrialRecord:
     device_id: str | None = None
     request_id: str | None = None
     dispatched_at: datetime | None = None
+    first_dispatch_seq: int | None = None  # where its first attempt was dispatched: the order trials ran in
     finished_at: datetime | None = None
     measurements: dict[str, Measurement] = field(default_factory=dict)
     failure_reason: str | None = None
@@ -242,6 +243,8 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             state.anomalies += 1
         else:
             t.status, t.device_id, t.request_id, t.dispatched_at = "running", event.device_id, event.request_id, event.time
+            if t.first_dispatch_seq is None:
+                t.first_dispatch_seq = event.seq
             t.requests[event.request_id] = event.device_id
             t.attempts += 1
     elif isinstance(event, RequestResent):

@@ -31,7 +31,7 @@ from storage import MongoEventStore
 
 from flows.lease import hold_lease
 from flows.people import add_commands, current_user
-from flows.replay_cli import add_replay_commands
+from flows.replay_cli import add_replay_commands, parse_options
 
 from flows.report import best_line, status_dict, status_text
 from flows.runtime import broker_url, check_spec_devices, event_store, mqtt_settings, running_broker_url, simulated_lab
@@ -205,15 +205,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
                         "`closedloop sim --list` lists them")
     if args.simulator not in SIMULATORS:
         raise SpecError(f"unknown simulator {args.simulator!r}", f"choose one of: {', '.join(sorted(SIMULATORS))}")
-    options: dict[str, object] = {}
-    for item in args.option or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SpecError(f"--option {item!r}: expected KEY=VALUE", "e.g. --option noise_sd=0.1")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
+    options = parse_options(args.option)
     info = SIMULATORS[args.simulator]
     try:
         validated = info.options(options)

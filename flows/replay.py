@@ -57,8 +57,8 @@ ReplayMode = Literal["faithful", "counterfactual"]
 
 def faithful_points(source: CampaignState) -> list[TrialRecord]:
     """The source's trials that ran (completed or failed), in the order they were first dispatched."""
-    ran = [t for t in source.trials.values() if t.status in ("completed", "failed") and t.dispatched_at is not None]
-    return sorted(ran, key=lambda t: (t.dispatched_at, t.index))
+    ran = [t for t in source.trials.values() if t.status in ("completed", "failed") and t.first_dispatch_seq is not None]
+    return sorted(ran, key=lambda t: (t.first_dispatch_seq, t.index))
 
 
 def _simulated_devices(spec: CampaignSpec, simulator: str | None, options: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -18,10 +18,15 @@ from flows.replay import faithful_points, plan_replay
 from flows.runtime import check_spec_devices, event_store
 from flows.settings import Settings
 
-__all__ = ["add_replay_commands", "faithful_report", "identical_trials", "serve_emulator"]
+__all__ = ["add_replay_commands", "faithful_report", "identical_trials", "parse_options", "serve_emulator"]
 
 
-def _options(items: list[str] | None) -> dict[str, Any]:
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``--option KEY=VALUE`` items as a mapping; a value is read as JSON when it parses.
+
+    Raises:
+        SpecError: an item without ``=``.
+    """
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -129,7 +134,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         source = fold(store.read(args.source))
         if source.spec is None:
             raise CampaignNotFoundError(f"no campaign {args.source!r}", "see `closedloop list`", campaign_id=args.source)
-        spec, link = plan_replay(source, mode=args.mode, simulator=args.simulator, options=_options(args.option),
+        spec, link = plan_replay(source, mode=args.mode, simulator=args.simulator, options=parse_options(args.option),
                                  batch_size=args.batch_size, seed=args.seed, method=args.method)
         check_spec_devices(spec)
         campaign_id = args.campaign_id or f"{args.source}-{args.mode}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -234,7 +239,7 @@ def serve_emulator(args: argparse.Namespace) -> int:
         if args.device_id is None:
             return 0
     try:
-        options = SimulatorOptions.model_validate(_options(args.option))
+        options = SimulatorOptions.model_validate(parse_options(args.option))
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         raise SpecError(f"--option {'.'.join(str(p) for p in first['loc']) or 'options'}: {first['msg']}",

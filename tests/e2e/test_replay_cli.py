@@ -82,6 +82,17 @@ def test_faithful_and_counterfactual_replays_and_compare(tmp_path: Path, prefect
     out = run(["validate", str(served)], env, timeout=120)
     assert out.returncode == 0 and "is valid" in out.stdout, out.stderr
 
-    # Unknown source: one line, exit 1 (a runtime error), nothing created.
+    # Bad input: one line each, nothing created.
     out = run(["replay", "nope", "--simulator", "branin"], env, timeout=120)
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "no campaign 'nope'" in out.stderr
+    out = run(["replay", "recorded", "--simulator", "branin", "--seed", "3"], env, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "use --mode counterfactual" in out.stderr
+    out = run(["replay", "recorded", "--simulator", "branin", "--option", "noise_sd"], env, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "expected KEY=VALUE" in out.stderr
+    out = run(["compare", "recorded", "nope", "-o", str(tmp_path / "x")], env, timeout=120)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "no campaign 'nope'" in out.stderr
+    emu.unlink()
+    out = run(["validate", str(served)], env, timeout=120)
+    assert out.returncode != 0 and out.stderr.count("\n") == 1 and "emulator file" in out.stderr
+    out = run(["list"], env, timeout=120)
+    assert sorted(line.split()[0] for line in out.stdout.splitlines()) == ["b1", "faithful", "recorded", "same"]
