@@ -176,8 +176,7 @@ class _Decision:
     seq: int
     by: str
     reason: str
-    trial_ids: list[str]          # the source request's trials, in order
-    approved: frozenset[str]
+    trial_ids: list[str]          # the source request's trials, in order; those neither edited nor rejected were approved
     edited: dict[str, dict[str, ParameterValue]]
     rejected: frozenset[str]
 
@@ -214,23 +213,11 @@ class ReplayScript:
                 request_trials[e.approval_id] = list(e.trial_ids)
                 self._decisions.append(None)
             elif isinstance(e, ApprovalGiven | ApprovalRejected) and e.approval_id in requests:
-                given = isinstance(e, ApprovalGiven)
                 self._decisions[requests[e.approval_id]] = _Decision(
                     seq=e.seq, by=e.actor, reason=e.reason, trial_ids=request_trials[e.approval_id],
-                    approved=frozenset(e.approved if isinstance(e, ApprovalGiven) else ()),
                     edited=dict(e.edited) if isinstance(e, ApprovalGiven) else {},
                     rejected=frozenset(e.rejected),
-                ) if given or e.rejected else None
-
-    @property
-    def changes(self) -> int:
-        """How many changes the source made."""
-        return len(self._changes)
-
-    @property
-    def approvals(self) -> int:
-        """How many approval requests the source had."""
-        return len(self._decisions)
+                )
 
     def _command(self, key: int, kind: str, payload: dict[str, Any], actor: str, reason: str,
                  campaign_id: str) -> Command:
@@ -260,12 +247,16 @@ class ReplayScript:
         approve: list[str] = []
         edit: dict[str, dict[str, ParameterValue]] = {}
         reject: list[str] = []
+        # The source's decision on the trial at the same position; approved when there is none.
+        source_trials = decision.trial_ids if decision is not None else []
+        rejected = decision.rejected if decision is not None else frozenset()
+        edited = decision.edited if decision is not None else {}
         for i, tid in enumerate(trial_ids):
-            src = decision.trial_ids[i] if decision is not None and i < len(decision.trial_ids) else None
-            if src is not None and decision is not None and src in decision.rejected:
+            src = source_trials[i] if i < len(source_trials) else None
+            if src in rejected:
                 reject.append(tid)
-            elif src is not None and decision is not None and src in decision.edited:
-                edit[tid] = dict(decision.edited[src])
+            elif src in edited:
+                edit[tid] = dict(edited[src])  # type: ignore[index]
             else:
                 approve.append(tid)
         payload: dict[str, Any] = {"approval_id": approval_id, "approve": approve, "edit": edit, "reject": reject,
