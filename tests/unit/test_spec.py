@@ -81,6 +81,9 @@ def one_line(exc: pytest.ExceptionInfo[SpecError]) -> str:
         (with_(approval={"when": "__import__('os')"}), "approval.when", "only comparisons"),
         (with_(approval={"first_n": 2, "on_timeout": "shrug"}), "approval.on_timeout", ""),
         (with_(fixed_parameters={"x9": 1}), "fixed_parameters", "not a parameter"),
+        (with_(dispatch="sometimes"), "dispatch", "'async' or 'batch'"),
+        (with_(optimizer={"max_training_points": 3}), "optimizer.max_training_points", "20"),
+        (with_(optimizer={"method": "magic"}), "optimizer.method", "botorch_default"),
     ],
 )
 def test_bad_spec_is_one_line_naming_field_and_fix(data: dict, field: str, fix: str) -> None:
