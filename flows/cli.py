@@ -226,12 +226,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.device_id is None:
         raise SpecError("sim: --device-id is required to serve as an instrument", "e.g. --device-id bench-1")
     settings = Settings()
-    url = args.broker or running_broker_url(settings)
-    if url is None:
-        raise ClosedLoopError(
-            "no MQTT broker to join: CLOSEDLOOP_MQTT_URL is not set and no `closedloop run` is running here",
-            "pass --broker mqtt://HOST:PORT or set CLOSEDLOOP_MQTT_URL",
-        )
+    url = running_broker_url(settings, args.broker)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"simulator {args.simulator} serving as device {args.device_id}; Ctrl-C to stop", file=sys.stderr)

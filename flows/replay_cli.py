@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from campaigns import CampaignCreated, CampaignNotFoundError, CampaignState, ClosedLoopError, SpecError, fold
+from campaigns import CampaignCreated, CampaignNotFoundError, CampaignState, SpecError, fold
 
 from flows.compare import best_so_far, compare_table, write_compare
 from flows.people import current_user
@@ -246,12 +246,7 @@ def serve_emulator(args: argparse.Namespace) -> int:
                         "see docs/simulators.md for the behaviour options") from None
     if args.device_id is None:
         raise SpecError("sim: --device-id is required to serve as an instrument", "e.g. --device-id emu-1")
-    url = args.broker or running_broker_url(settings)
-    if url is None:
-        raise ClosedLoopError(
-            "no MQTT broker to join: CLOSEDLOOP_MQTT_URL is not set and no `closedloop run` is running here",
-            "pass --broker mqtt://HOST:PORT or set CLOSEDLOOP_MQTT_URL",
-        )
+    url = running_broker_url(settings, args.broker)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"emulator serving as device {args.device_id} (measures {', '.join(emulator.metrics)}); Ctrl-C to stop",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from campaigns import CampaignSpec
+from campaigns import CampaignSpec, ClosedLoopError
 from devices import EmbeddedBroker, MqttSettings
 from simulators import SIMULATORS, SimInstrument
 from storage import EmbeddedMongo, MongoEventStore
@@ -60,16 +60,27 @@ def broker_url(settings: Settings) -> Iterator[str]:
             path.unlink(missing_ok=True)
 
 
-def running_broker_url(settings: Settings) -> str | None:
-    """The URL of a broker to join: configured, or the embedded one a `closedloop run` started."""
+def running_broker_url(settings: Settings, given: str | None = None) -> str:
+    """The URL of a broker to join: ``given`` (``--broker``), the configured one, or the embedded
+    one a `closedloop run` started here.
+
+    Raises:
+        ClosedLoopError: none of them.
+    """
+    if given:
+        return given
     if settings.mqtt_url is not None:
         return settings.mqtt_url.get_secret_value()
     try:
-        data = json.loads(_broker_file(settings.home).read_text())
-    except (OSError, ValueError):
-        return None
-    url = data.get("url")
-    return url if isinstance(url, str) else None
+        url = json.loads(_broker_file(settings.home).read_text()).get("url")
+    except (OSError, ValueError, AttributeError):
+        url = None
+    if not isinstance(url, str):
+        raise ClosedLoopError(
+            "no MQTT broker to join: CLOSEDLOOP_MQTT_URL is not set and no `closedloop run` is running here",
+            "pass --broker mqtt://HOST:PORT or set CLOSEDLOOP_MQTT_URL",
+        )
+    return url
 
 
 def mqtt_settings(settings: Settings, url: str) -> MqttSettings:

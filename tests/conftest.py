@@ -81,3 +81,20 @@ def prefect_env(prefect_server: dict[str, str], monkeypatch: pytest.MonkeyPatch)
     with temporary_settings(updates={PREFECT_API_URL: prefect_server["PREFECT_API_URL"],
                                      PREFECT_HOME: prefect_server["PREFECT_HOME"]}):
         yield prefect_server
+
+
+def closedloop_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, broker: str, mongo_uri: str) -> dict[str, str]:
+    """Point this process's closedloop settings (``CLOSEDLOOP_*``) at a test's broker and a fresh
+    database and topic prefix of its own (tests share the broker and the server); returns them."""
+    import uuid
+
+    values = {
+        "CLOSEDLOOP_HOME": str(tmp_path / "home"),
+        "CLOSEDLOOP_MQTT_URL": broker,
+        "CLOSEDLOOP_MQTT_PREFIX": f"t-{uuid.uuid4().hex[:8]}",
+        "CLOSEDLOOP_MONGODB_URI": mongo_uri,
+        "CLOSEDLOOP_MONGODB_DATABASE": f"cl_{uuid.uuid4().hex[:8]}",
+    }
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return values

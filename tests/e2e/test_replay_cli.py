@@ -94,5 +94,8 @@ def test_faithful_and_counterfactual_replays_and_compare(tmp_path: Path, prefect
     emu.unlink()
     out = run(["validate", str(served)], env, timeout=120)
     assert out.returncode != 0 and out.stderr.count("\n") == 1 and "emulator file" in out.stderr
+    for serve in (["sim", "branin", "--device-id", "d1"], ["sim", "--from-campaign", "recorded", "--device-id", "d1"]):
+        out = run(serve, env, timeout=120)  # no `closedloop run` here, no broker configured
+        assert out.returncode == 1 and "no MQTT broker to join" in out.stderr.splitlines()[-1], out.stderr
     out = run(["list"], env, timeout=120)
     assert sorted(line.split()[0] for line in out.stdout.splitlines()) == ["b1", "faithful", "recorded", "same"]

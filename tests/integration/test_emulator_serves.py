@@ -3,8 +3,6 @@ instrument the new campaign knows only by what it measures."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,23 +13,15 @@ from flows.flow import campaign
 from simulators import SimInstrument
 from simulators.emulator import Emulator
 from storage import MongoEventStore
+from tests.conftest import closedloop_env
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "campaigns" / "examples"
 
 
 @pytest.fixture
 def env(mosquitto_url: str, mongo_uri: str, prefect_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> Iterator[dict[str, str]]:
-    values = {
-        "CLOSEDLOOP_HOME": str(tmp_path / "home"),
-        "CLOSEDLOOP_MQTT_URL": mosquitto_url,  # the transport is covered on both brokers elsewhere
-        "CLOSEDLOOP_MQTT_PREFIX": f"t-{uuid.uuid4().hex[:8]}",
-        "CLOSEDLOOP_MONGODB_URI": mongo_uri,
-        "CLOSEDLOOP_MONGODB_DATABASE": f"cl_emu_{uuid.uuid4().hex[:8]}",
-    }
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
-    yield values
+        tmp_path: Path) -> dict[str, str]:  # the transport is covered on both brokers elsewhere
+    return closedloop_env(monkeypatch, tmp_path, mosquitto_url, mongo_uri)
 
 
 @pytest.mark.timeout(400)

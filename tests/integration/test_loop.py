@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,22 +14,14 @@ from devices import DeviceStatus, MqttSettings, Topics, connect, encode
 from flows.flow import campaign
 from simulators import SimInstrument
 from storage import MongoEventStore
+from tests.conftest import closedloop_env
 from tests.e2e.cli import branin
 
 
 @pytest.fixture
 def env(broker_url: str, mongo_uri: str, prefect_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> Iterator[dict[str, str]]:
-    values = {
-        "CLOSEDLOOP_HOME": str(tmp_path / "home"),
-        "CLOSEDLOOP_MQTT_URL": broker_url,
-        "CLOSEDLOOP_MQTT_PREFIX": f"t-{uuid.uuid4().hex[:8]}",  # tests share the broker
-        "CLOSEDLOOP_MONGODB_URI": mongo_uri,
-        "CLOSEDLOOP_MONGODB_DATABASE": f"cl_loop_{uuid.uuid4().hex[:8]}",
-    }
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
-    yield values
+        tmp_path: Path) -> dict[str, str]:
+    return closedloop_env(monkeypatch, tmp_path, broker_url, mongo_uri)
 
 
 def spec_for(devices: list[dict], **extra: object):  # type: ignore[no-untyped-def]

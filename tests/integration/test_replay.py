@@ -5,8 +5,6 @@ seed and comes out the same, trial for trial; the source is never touched."""
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -19,21 +17,13 @@ from flows.replay import plan_replay
 from flows.replay_cli import identical_trials
 from simulators import SimInstrument
 from storage import MongoCommandInbox, MongoEventStore
+from tests.conftest import closedloop_env
 
 
 @pytest.fixture
 def env(mosquitto_url: str, mongo_uri: str, prefect_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> Iterator[dict[str, str]]:
-    values = {
-        "CLOSEDLOOP_HOME": str(tmp_path / "home"),
-        "CLOSEDLOOP_MQTT_URL": mosquitto_url,  # the transport is covered on both brokers elsewhere
-        "CLOSEDLOOP_MQTT_PREFIX": f"t-{uuid.uuid4().hex[:8]}",
-        "CLOSEDLOOP_MONGODB_URI": mongo_uri,
-        "CLOSEDLOOP_MONGODB_DATABASE": f"cl_replay_{uuid.uuid4().hex[:8]}",
-    }
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
-    yield values
+        tmp_path: Path) -> dict[str, str]:  # the transport is covered on both brokers elsewhere
+    return closedloop_env(monkeypatch, tmp_path, mosquitto_url, mongo_uri)
 
 
 DEVICES = [{"id": "sim-a", "simulator": "branin", "options": {"noise_sd": 0.5, "seed": 11}},
