@@ -115,8 +115,9 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, 
             hub.start()
             inbox = MongoCommandInbox(store.uri, database=settings.mongodb_database)
             notifier = _prefect_notifier(campaign_id, inbox)
-            # A replay campaign: a scripted optimizer (faithful) or its source's people (counterfactual).
-            scripted, script = replay_wiring(fold(store.read(campaign_id)), store.read)
+            # A replay campaign (its CampaignCreated says so): a scripted optimizer (faithful) or
+            # its source's people (counterfactual).
+            scripted, script = replay_wiring(fold(store.read(campaign_id, limit=1)), store.read)
             try:
                 loop = CampaignLoop(
                     campaign_id, store, hub,

@@ -219,12 +219,13 @@ class MongoEventStore:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def read(self, campaign_id: str, after_seq: int = 0) -> list[Event]:
+    def read(self, campaign_id: str, after_seq: int = 0, limit: int = 0) -> list[Event]:
         """The campaign's events with ``seq > after_seq``, in seq order.
 
         Args:
             campaign_id: The campaign.
             after_seq: Return only events after this seq (0: the whole log).
+            limit: Return at most this many (0: all), e.g. 1 for the ``CampaignCreated``.
 
         Returns:
             The events; an empty list for an unknown campaign.
@@ -236,7 +237,7 @@ class MongoEventStore:
         with self._errors("read", campaign_id):
             cursor = self._collection().find(
                 {"campaign_id": _eq(campaign_id), "seq": {"$gt": after_seq}}, {"_id": 0}
-            ).sort("seq", ASCENDING)
+            ).sort("seq", ASCENDING).limit(limit)
             docs = list(cursor)
         return [self._parse(campaign_id, doc) for doc in docs]
 

@@ -83,13 +83,14 @@ def test_stored_documents_keep_booleans_and_times_as_written(store: MongoEventSt
     assert doc["kind"] == "CampaignCreated"
 
 
-def test_read_is_in_seq_order_and_after_seq_skips_the_prefix(store: MongoEventStore) -> None:
+def test_read_is_in_seq_order_and_after_seq_skips_the_prefix_and_limit_caps(store: MongoEventStore) -> None:
     log = sample_log("c-1")
     for e in log:
         store.append([e])
     assert [e.seq for e in store.read("c-1")] == list(range(1, len(log) + 1))
     assert store.read("c-1", after_seq=5) == log[5:]
     assert store.read("c-1", after_seq=len(log)) == []
+    assert store.read("c-1", limit=1) == log[:1] and store.read("c-1", after_seq=2, limit=2) == log[2:4]
     assert store.read("nobody") == []
 
 
