@@ -52,19 +52,23 @@ each decision or change, so a change applies at once and on every resume:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
+import pandas as pd
 import torch
 from ax import Client
 from ax.core.metric import Metric
+from botorch.exceptions.warnings import BadInitialCandidatesWarning
 
 from campaigns.errors import OptimizerError
 from campaigns.events import Measurement, ParameterValue, SuggestedTrial
 from campaigns.spec import CampaignSpec
 from campaigns.state import TrialRecord
 from optimizer.ax_setup import AX_ERRORS, build_client, optimizer_error, quiet_ax
-from optimizer.generation import generate
+from optimizer.fastbo import FAST_ERRORS, fast_generate, supports_fast
+from optimizer.generation import generate, training_rows, training_trials
 from optimizer.replay import TrialEntry, attach_in_bulk, attach_one, attach_per_trial, ordered_trials
 from optimizer.sobol import SobolSampler, fixed_parameter_values
 
@@ -121,6 +125,7 @@ class AxOptimizer:
         self._keys: set[_Key] = set()
         self._next_position = 0
         self._metric_names: set[str] = set(spec.metrics)  # checked as Ax checks a metric's name
+        self._last_fit: list[str] = []
 
     # ------------------------------------------------------------------ rebuild
     @classmethod
@@ -202,6 +207,11 @@ class AxOptimizer:
         return "sobol" if self._sobol_left(1) else "botorch"
 
     @property
+    def last_fit_trials(self) -> list[str]:
+        """The ids of the trials the last BoTorch suggestion's model was fitted on."""
+        return list(self._last_fit)
+
+    @property
     def _client(self) -> Client:
         """The Ax client, its experiment brought up to date with the records first (read only)."""
         self._sync()
@@ -261,11 +271,17 @@ class AxOptimizer:
         ]
 
     def _suggest_botorch(self, n: int) -> list[SuggestedTrial]:
+        seed = (self._spec.seed * 1_000_003 + len(self._trials)) % 2**32
+        if self._spec.optimizer.method == "botorch" and supports_fast(self._spec):
+            return self._suggest_fast(n, seed)
         self._stale |= self._used
         self._sync()
         self._used = True
         quiet_ax(self._verbose)
-        seed = (self._spec.seed * 1_000_003 + len(self._trials)) % 2**32
+        data = self._ax._experiment.lookup_data()
+        fast = self._spec.optimizer.method == "botorch"  # Ax's default fits on every trial
+        subset = training_trials(self._spec, data, self._spec.optimizer.max_training_points) if fast else None
+        self._last_fit = [str(i) for i in sorted(set((subset or data).df["trial_index"].astype(int)))]
         out: list[SuggestedTrial] = []
         batch: set[_Key] = set()
         for parameters in generate(self._ax, self._spec, n, seed, self._fixed):
@@ -281,6 +297,36 @@ class AxOptimizer:
             # the next call builds its own).
             attach_one(self._ax, self._spec, entry)
             out.append(self._add(entry, in_ax=True))
+        return out
+
+    def _suggest_fast(self, n: int, seed: int) -> list[SuggestedTrial]:
+        """The fast method on a continuous space (``optimizer.fastbo``), from the records alone."""
+        trained = [t for t in self._trials if t.status == "completed" and t.measurements]
+        means = pd.DataFrame([{m: v.mean for m, v in t.measurements.items()} for t in trained],
+                             index=[int(t.trial_id) for t in trained])
+        chosen = training_rows(self._spec, means, self._spec.optimizer.max_training_points)
+        if chosen is not None:
+            keep = set(chosen)
+            trained = [t for t in trained if int(t.trial_id) in keep]
+        pending = [t for t in self._trials if t.status == "pending"]
+        self._last_fit = [t.trial_id for t in trained]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", BadInitialCandidatesWarning)  # a flat acquisition: any start will do
+                candidates = fast_generate(self._spec, trained, pending, n, seed, self._fixed)
+        except FAST_ERRORS as exc:
+            raise optimizer_error(
+                self._spec, "suggesting trials", exc,
+                "check the recorded measurements; to go on without a model set "
+                "`optimizer: {method: sobol}` in the campaign file",
+            ) from exc
+        out: list[SuggestedTrial] = []
+        for parameters in candidates:
+            # A candidate on a trial already run (a corner, with a parameter fixed) is
+            # dropped; suggest() asks again for the rest, or tops the batch up with Sobol.
+            if _key(parameters) in self._keys:
+                continue
+            out.append(self._add(TrialEntry(str(len(self._trials)), parameters, "botorch", None)))
         return out
 
     # ----------------------------------------------------------------- outcomes

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
 from ax import Client
 from ax.adapter.registry import Generators
 from ax.core.data import Data
@@ -56,6 +55,7 @@ __all__ = [
     "POLYTOPE_SAMPLER_OPTIONS",
     "botorch_strategy",
     "generate",
+    "training_rows",
     "training_trials",
 ]
 
@@ -199,6 +199,13 @@ def training_trials(spec: CampaignSpec, data: Data, max_points: int) -> Data | N
     if df.empty:
         return None
     means = df.pivot_table(index="trial_index", columns="metric_name", values="mean", aggfunc="mean")
+    chosen = training_rows(spec, means, max_points)
+    return None if chosen is None else data.filter(trial_indices=chosen)
+
+
+def training_rows(spec: CampaignSpec, means: pd.DataFrame, max_points: int) -> list[int] | None:
+    """The trial indices to fit on, from a table of means (index: trial index; a column per
+    metric); ``None`` when every trial fits. The choice ``training_trials`` describes."""
     if len(means) <= max_points:
         return None
     trials = means.index.to_numpy(dtype=int)
@@ -212,7 +219,7 @@ def training_trials(spec: CampaignSpec, data: Data, max_points: int) -> Data | N
     if spread > 0 and rest:
         step = len(rest) / spread
         chosen.update(rest[min(len(rest) - 1, int(k * step))] for k in range(spread))
-    return data.filter(trial_indices=sorted(chosen))
+    return sorted(chosen)
 
 
 def _column(means: pd.DataFrame, name: str) -> np.ndarray:

@@ -1,0 +1,297 @@
+"""The fast method's acquisition functions and their maximizer, in NumPy.
+
+Each takes points of the unit cube ``(m, d)`` and returns its value per point and, when
+asked, the gradient, written out (``FastGP.predict``): an acquisition optimizer calls them
+hundreds of times per candidate, and autograd costs more than the arithmetic here.
+
+- ``Acquisition``: log expected improvement of one objective (analytic) + log P(each outcome
+  constraint holds);
+- ``FantasyLogEI``: the same given pending points, averaged over joint draws of the
+  objective there (BoTorch's sequential-greedy ``qLogNEI`` semantics);
+- ``LogEHVI``: log expected hypervolume improvement of several objectives (analytic);
+- ``maximize``: raw Sobol samples, BoTorch's ``initialize_q_batch`` for the starts, L-BFGS-B.
+
+``tests/unit/test_fastgp.py`` checks them against BoTorch's own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from botorch.optim.initializers import initialize_q_batch
+from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
+from botorch.utils.multi_objective.hypervolume import infer_reference_point
+from scipy.optimize import minimize
+from scipy.special import erfcx, log_ndtr, ndtr
+
+from campaigns.spec import CampaignSpec
+from optimizer.fastgp import FastGP
+
+__all__ = ["Acquisition", "FantasyLogEI", "LogEHVI", "feasible", "hypercells", "incumbent", "log_h", "maximize"]
+
+_MIN_VAR = 1e-10  # posterior variance floor, relative to the output variance
+_FD_STEP = 1e-6  # forward-difference step in the unit cube (log EHVI's gradient)
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+_SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
+
+
+def log_h(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``log(phi(u) + u Phi(u))`` (log EI of a unit normal above ``-u``) and its derivative.
+
+    The derivative of ``h`` is ``Phi(u)``. Below ``u = -1``, ``h = phi(u) (1 - |u| R(|u|))``
+    with Mills' ratio ``R = sqrt(pi / 2) erfcx(|u| / sqrt(2))``; below -30 the asymptotic
+    ``1 - |u| R ~ u**-2 (1 - 3 u**-2 + 15 u**-4)`` avoids the cancellation. Agrees with
+    BoTorch's ``_log_ei_helper`` (``tests/unit/test_fastgp.py``).
+    """
+    u = np.asarray(u, dtype=float)
+    value, slope = np.empty_like(u), np.empty_like(u)
+    high, mid, low = u > -1.0, (u <= -1.0) & (u > -30.0), u <= -30.0
+    if high.any():
+        v = u[high]
+        cdf = ndtr(v)
+        h = np.exp(-0.5 * v * v) / _SQRT_2PI + v * cdf
+        value[high], slope[high] = np.log(h), cdf / h
+    log_phi = -0.5 * u * u - math.log(_SQRT_2PI)
+    if mid.any():
+        a = -u[mid]
+        mills = _SQRT_HALF_PI * erfcx(a / math.sqrt(2.0))
+        rest = 1.0 - a * mills
+        value[mid], slope[mid] = log_phi[mid] + np.log(rest), mills / rest
+    if low.any():
+        a2 = u[low] ** -2
+        rest = a2 * (1.0 - 3.0 * a2 + 15.0 * a2 * a2)
+        value[low], slope[low] = log_phi[low] + np.log(rest), (-1.0 / u[low]) * (1.0 - a2 + 3.0 * a2 * a2) / rest
+    return value, slope
+
+
+def _log_cdf(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``log Phi(u)`` and its derivative ``phi(u) / Phi(u)``."""
+    value = log_ndtr(u)
+    return value, np.exp(-0.5 * u * u - math.log(_SQRT_2PI) - value)
+
+
+class Acquisition:
+    """log EI of the objective (none without an incumbent) + log P(each condition holds).
+
+    ``objective`` and each condition are ``(model, sign)``: the quantity is ``sign * metric``,
+    to maximize; a condition holds when it is at least its bound. Takes and returns NumPy
+    arrays; ``x`` is ``(m, d)`` in the unit cube.
+    """
+
+    def __init__(
+        self,
+        objective: tuple[FastGP, float],
+        best: float | None,
+        conditions: Sequence[tuple[FastGP, float, float]],
+    ) -> None:
+        self.objective, self.best, self.conditions = objective, best, list(conditions)
+
+    @staticmethod
+    def _standardized(model: FastGP, sign: float, level: float, x: np.ndarray, grad: bool) -> tuple[np.ndarray, ...]:
+        """``u = (sign * mean - level) / sd``, ``sd`` and, with ``grad``, their gradients."""
+        if not grad:
+            mean, var = model.predict(x, grad=False)
+            sd = np.sqrt(np.maximum(var, _MIN_VAR * model.output_scale**2))
+            return (sign * mean - level) / sd, sd
+        mean, var, dmean, dvar = model.predict(x)
+        sd = np.sqrt(np.maximum(var, _MIN_VAR * model.output_scale**2))
+        u = (sign * mean - level) / sd
+        dsd = dvar / (2.0 * sd[:, None])
+        du = (sign * dmean - u[:, None] * dsd) / sd[:, None]
+        return u, sd, du, dsd
+
+    def objective_term(self, x: np.ndarray, grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """log EI of the objective at the rows of ``x`` (0 without an incumbent)."""
+        if self.best is None:
+            return np.zeros(len(x)), np.zeros_like(x) if grad else None
+        model, sign = self.objective
+        parts = self._standardized(model, sign, self.best, x, grad)
+        value, dvalue = log_h(parts[0])
+        if not grad:
+            return value + np.log(parts[1]), None
+        return value + np.log(parts[1]), dvalue[:, None] * parts[2] + parts[3] / parts[1][:, None]
+
+    def __call__(self, x: np.ndarray, grad: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """The acquisition value at each row of ``x`` and, with ``grad``, its gradient."""
+        total, slope = self.objective_term(x, grad)
+        for model, sign, bound in self.conditions:
+            parts = self._standardized(model, sign, sign * bound, x, grad)
+            value, dvalue = _log_cdf(parts[0])
+            total += value
+            if grad:
+                slope += dvalue[:, None] * parts[2]
+        return total, slope
+
+
+class FantasyLogEI(Acquisition):
+    """log E[EI above max(best, f(P))], the expectation over joint samples of f at points P.
+
+    ``P`` are the pending trials and the batch's earlier candidates. For each of ``samples``
+    joint draws of the objective at ``P``, the model conditioned on them (the same kernel
+    matrix for every draw: one Cholesky factor; only the weights ``alpha`` differ) gives an
+    analytic EI above that draw's incumbent; their mean is BoTorch's sequential-greedy
+    ``qLogNEI`` value of the candidate given ``P``, up to its smoothing and noisy baseline.
+    """
+
+    def __init__(
+        self,
+        objective: tuple[FastGP, float],
+        best: float,
+        P: np.ndarray,
+        conditions: Sequence[tuple[FastGP, float, float]],
+        generator: torch.Generator,
+        samples: int = 128,
+    ) -> None:
+        super().__init__(objective, best, conditions)
+        model, sign = objective
+        Pt = torch.from_numpy(P)
+        mean, cov = model.mean_and_covariance(Pt)
+        jitter = 1e-8 * model.output_scale**2 * torch.eye(len(P), dtype=torch.float64)
+        normal = torch.randn(samples, len(P), generator=generator, dtype=torch.float64)
+        draws = mean + normal @ torch.linalg.cholesky(cov + jitter).T  # (S, k)
+        self.best_s = np.maximum(best, (sign * draws).max(-1).values.numpy())  # (S,)
+        self.cond = model.condition_on(Pt, mean)
+        self.alpha = self.cond.weights(torch.cat([model.train_y.expand(samples, -1), draws], -1))  # (n + k, S)
+
+    def objective_term(self, x: np.ndarray, grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The log mean EI over the draws at the rows of ``x``, and its gradient."""
+        cond, sign = self.cond, self.objective[1]
+        parts = cond.predict(x, grad=grad, weights=self.alpha)
+        sd = np.sqrt(np.maximum(parts[1], _MIN_VAR * cond.output_scale**2))
+        u = (sign * parts[0] - self.best_s) / sd[:, None]  # (m, S)
+        value, dvalue = log_h(u)
+        value = value + np.log(sd)[:, None]
+        top = value.max(-1, keepdims=True)
+        weights = np.exp(value - top)
+        total = weights.sum(-1)
+        out = np.log(total) + top[:, 0] - math.log(value.shape[-1])
+        if not grad:
+            return out, None
+        weights /= total[:, None]  # softmax over the draws
+        dsd = parts[3] / (2.0 * sd[:, None])  # (m, d)
+        du = (sign * parts[2] - u[:, :, None] * dsd[:, None, :]) / sd[:, None, None]  # (m, S, d)
+        return out, (weights[:, :, None] * (dvalue[:, :, None] * du)).sum(1) + dsd / sd[:, None]
+
+
+class LogEHVI(Acquisition):
+    """log expected hypervolume improvement (analytic, Yang et al. 2019) + the conditions.
+
+    ``objectives`` are ``(model, sign)`` pairs (``sign * metric`` maximized), independent;
+    ``cells`` the lower and upper bounds of the hyperrectangles that make up the region a new
+    point would add to the hypervolume (BoTorch's ``NondominatedPartitioning``). The formula
+    is BoTorch's ``ExpectedHypervolumeImprovement``; its gradient is taken by forward
+    differences, all in one vectorized call.
+    """
+
+    def __init__(
+        self,
+        objectives: Sequence[tuple[FastGP, float]],
+        cells: tuple[np.ndarray, np.ndarray],
+        conditions: Sequence[tuple[FastGP, float, float]],
+    ) -> None:
+        super().__init__(objectives[0], None, conditions)
+        self.objectives, (self.lower, self.upper) = list(objectives), cells
+
+    def _value(self, x: np.ndarray) -> np.ndarray:
+        mus, sds = [], []
+        for model, sign in self.objectives:
+            mean, var = model.predict(x, grad=False)
+            mus.append(sign * mean)
+            sds.append(np.sqrt(np.maximum(var, _MIN_VAR * model.output_scale**2)))
+        mu, sd = np.stack(mus, -1)[:, None, :], np.stack(sds, -1)[:, None, :]  # (m, 1, k)
+        lower, upper = self.lower[None], self.upper[None]  # (1, cells, k)
+
+        def psi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            z = (b - mu) / sd
+            return sd * np.exp(-0.5 * z * z) / _SQRT_2PI + (mu - a) * ndtr(-z)
+
+        nu = (upper - lower) * ndtr(-(upper - mu) / sd)
+        ehvi = (psi(lower, lower) - psi(lower, upper) + nu).prod(-1).sum(-1)
+        return np.log(np.maximum(ehvi, 1e-300))
+
+    def objective_term(self, x: np.ndarray, grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """log EHVI at the rows of ``x`` and its forward-difference gradient."""
+        if not grad:
+            return self._value(x), None
+        m, d = x.shape
+        shifted = np.repeat(x[None], d + 1, axis=0)  # (d + 1, m, d): x, then x + h e_j
+        shifted[np.arange(1, d + 1), :, np.arange(d)] += _FD_STEP
+        values = self._value(shifted.reshape(-1, d)).reshape(d + 1, m)
+        return values[0], ((values[1:] - values[0]) / _FD_STEP).T
+
+
+def maximize(
+    acquisition: Acquisition,
+    d: int,
+    fixed: Mapping[int, float],
+    settings: Mapping[str, int],
+    seed: int,
+) -> np.ndarray:
+    """The best point found: raw Sobol samples, BoTorch's start heuristic, L-BFGS-B from each."""
+    free = [i for i in range(d) if i not in fixed]
+    engine = torch.quasirandom.SobolEngine(len(free), scramble=True, seed=seed)  # type: ignore[no-untyped-call]
+    raw = np.empty((settings["raw_samples"], d))
+    raw[:, free] = engine.draw(settings["raw_samples"], dtype=torch.float64).numpy()
+    for i, v in fixed.items():
+        raw[:, i] = v
+    values, _ = acquisition(raw, grad=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        starts, _ = initialize_q_batch(torch.from_numpy(raw), torch.from_numpy(values), n=settings["num_restarts"])
+    best_x, best_value = raw[int(np.argmax(values))], float(np.max(values))
+    full = best_x.copy()
+
+    def negative(z: np.ndarray) -> tuple[float, np.ndarray]:
+        full[free] = z
+        value, slope = acquisition(full[None, :])
+        return -float(value[0]), -slope[0, free]  # type: ignore[index]
+
+    for start in starts.numpy():
+        result = minimize(negative, start[free], jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * len(free),
+                          options={"maxiter": settings["maxiter"]})
+        if np.isfinite(result.fun) and -result.fun > best_value:
+            best_value = -float(result.fun)
+            best_x = full.copy()
+            best_x[free] = np.clip(result.x, 0.0, 1.0)
+    return best_x
+
+
+def feasible(x: np.ndarray, conditions: Sequence[tuple[FastGP, float, float]]) -> np.ndarray:
+    """Which rows of ``x`` meet every condition by posterior means."""
+    feasible = np.ones(len(x), dtype=bool)
+    for model, sign, bound in conditions:
+        feasible &= sign * model.predict(x, grad=False)[0] >= sign * bound
+    return feasible
+
+
+def incumbent(objective: tuple[FastGP, float], conditions: Sequence[tuple[FastGP, float, float]]) -> float | None:
+    """The best posterior mean among the objective's data points feasible by posterior means."""
+    model, sign = objective
+    x = model.X.numpy()
+    best = sign * model.predict(x, grad=False)[0]
+    ok = feasible(x, conditions)
+    return float(best[ok].max()) if ok.any() else None
+
+
+def hypercells(
+    spec: CampaignSpec, objectives: Sequence[tuple[FastGP, float]], conditions: Sequence[tuple[FastGP, float, float]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The hypercells of the region that improves the hypervolume (BoTorch's partitioning).
+
+    The front is that of the posterior means at the first objective's data points (feasible by
+    posterior means); the reference point the objective thresholds, a missing one inferred
+    from the front as BoTorch does (``infer_reference_point``).
+    """
+    x = objectives[0][0].X.numpy()
+    Y = np.stack([sign * model.predict(x, grad=False)[0] for model, sign in objectives], -1)
+    ok = feasible(x, conditions)
+    Y_t = torch.from_numpy(Y[ok] if ok.any() else Y)
+    inferred = infer_reference_point(Y_t).numpy() if len(Y_t) else np.zeros(len(objectives))
+    ref = np.array([inferred[i] if o.threshold is None else (-o.threshold if o.minimize else o.threshold)
+                    for i, o in enumerate(spec.objectives)])
+    partitioning = FastNondominatedPartitioning(ref_point=torch.from_numpy(ref), Y=Y_t)
+    lower, upper = partitioning.get_hypercell_bounds()
+    return lower.numpy(), upper.clamp_max(1e10).numpy()

@@ -1,0 +1,117 @@
+"""``FastGP`` and the fast method's acquisition checked against BoTorch on the same data.
+
+``FastGP`` stands in for BoTorch's ``SingleTaskGP`` (see ``optimizer.fastgp``): it must fit the
+same hyperparameters, predict the same posterior and give exact gradients; ``log_h`` must be
+BoTorch's ``_log_ei_helper``; the acquisition maximizer must find what ``optimize_acqf``
+finds for BoTorch's own ``LogExpectedImprovement``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from botorch.acquisition.analytic import LogExpectedImprovement, _log_ei_helper
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import SingleTaskGP
+from botorch.models.transforms import Standardize
+from botorch.optim import optimize_acqf
+from botorch.test_functions import Hartmann
+from gpytorch.mlls import ExactMarginalLogLikelihood
+
+from optimizer.acquisition import Acquisition, FantasyLogEI, incumbent, log_h, maximize
+from optimizer.fastbo import FAST_SETTINGS
+from optimizer.fastgp import FastGP
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
+
+
+def data(n: int, d: int, seed: int, noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, d, generator=g, dtype=torch.float64)
+    y = Hartmann(dim=6).evaluate_true(torch.cat([X, torch.full((n, 6 - d), 0.5, dtype=torch.float64)], -1))
+    return X, y + noise * torch.randn(n, generator=g, dtype=torch.float64)
+
+
+def reference(X: torch.Tensor, y: torch.Tensor) -> SingleTaskGP:
+    model = SingleTaskGP(X, y.unsqueeze(-1), outcome_transform=Standardize(1))
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+    return model
+
+
+@pytest.mark.parametrize(("n", "d", "noise"), [(12, 2, 0.0), (30, 6, 0.0), (40, 3, 0.05)])
+def test_fastgp_fits_and_predicts_as_singletaskgp(n: int, d: int, noise: float) -> None:
+    X, y = data(n, d, seed=n, noise=noise)
+    ours, ref = FastGP(X, y), reference(X, y)
+    assert ours.lengthscale.numpy() == pytest.approx(ref.covar_module.lengthscale.detach().reshape(-1).numpy(), rel=2e-2)
+    assert float(ours.noise) == pytest.approx(float(ref.likelihood.noise), rel=5e-2, abs=2e-5)  # type: ignore[arg-type]
+    T = torch.rand(50, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        posterior = ref.posterior(T)
+    mean, var = ours.predict(T.numpy(), grad=False)
+    scale = float(y.std())
+    assert np.abs(mean - posterior.mean.reshape(-1).numpy()).max() < 1e-3 * scale
+    assert np.abs(np.sqrt(var) - posterior.variance.reshape(-1).sqrt().numpy()).max() < 1e-3 * scale
+
+
+def test_predict_gradients_and_known_noise() -> None:
+    X, y = data(25, 3, seed=3)
+    model = FastGP(X, y, yvar=torch.full((25,), 1e-4, dtype=torch.float64))
+    assert model.noise is None
+    x = np.random.default_rng(0).random((6, 3))
+    mean, var, dmean, dvar = model.predict(x)
+    for j in range(3):
+        step = np.zeros(3)
+        step[j] = 1e-6
+        m2, v2 = model.predict(x + step, grad=False)
+        assert (m2 - mean) / 1e-6 == pytest.approx(dmean[:, j], rel=1e-3, abs=1e-4)
+        assert (v2 - var) / 1e-6 == pytest.approx(dvar[:, j], rel=1e-3, abs=1e-4)
+    # Conditioning on a point at its mean keeps the mean and shrinks the variance there.
+    x0 = x[:1]
+    conditioned = model.condition_on(torch.from_numpy(x0), torch.from_numpy(mean[:1]))
+    m0, v0 = conditioned.predict(x0, grad=False)
+    assert m0[0] == pytest.approx(mean[0], abs=1e-6) and v0[0] < var[0] / 10
+
+
+def test_log_h_is_botorchs_log_ei_helper_with_its_derivative() -> None:
+    u = np.concatenate([np.linspace(-300, 8, 3001), [-1.0, -1.0 - 1e-9, -30.0, -30.0 - 1e-9, -1e4]])
+    value, slope = log_h(u)
+    ref_u = torch.tensor(u, requires_grad=True)
+    ref = _log_ei_helper(ref_u)
+    ref.sum().backward()
+    assert np.abs(value - ref.detach().numpy()).max() < 1e-6
+    assert np.abs(slope - ref_u.grad.numpy()).max() / np.abs(slope).max() < 1e-6  # type: ignore[union-attr]
+
+
+def test_acquisition_gradients_match_finite_differences() -> None:
+    X, y = data(20, 3, seed=5)
+    model = FastGP(X, y)
+    x = np.random.default_rng(1).random((4, 3))
+    g = torch.Generator().manual_seed(0)
+    for acquisition in (
+        Acquisition((model, -1.0), float(-y.min()), [(model, 1.0, -1.0)]),
+        FantasyLogEI((model, -1.0), float(-y.min()), np.random.default_rng(2).random((2, 3)), [], g),
+    ):
+        value, slope = acquisition(x)
+        for j in range(3):
+            step = np.zeros(3)
+            step[j] = 1e-6
+            shifted, _ = acquisition(x + step, grad=False)
+            assert (shifted - value) / 1e-6 == pytest.approx(slope[:, j], rel=1e-3, abs=1e-3)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_maximizer_finds_what_optimize_acqf_finds(seed: int) -> None:
+    X, y = data(25, 6, seed=10 + seed)
+    model = FastGP(X, y)
+    acquisition = Acquisition((model, -1.0), incumbent((model, -1.0), []), [])
+    ours = maximize(acquisition, 6, {}, FAST_SETTINGS, seed)
+    botorch_ei = LogExpectedImprovement(reference(X, -y), best_f=float(acquisition.best))  # type: ignore[arg-type]
+    bounds = torch.stack([torch.zeros(6), torch.ones(6)]).to(torch.float64)
+    theirs, _ = optimize_acqf(botorch_ei, bounds=bounds, q=1, num_restarts=20, raw_samples=1024)
+    value_ours = acquisition(ours[None], grad=False)[0][0]
+    value_theirs = acquisition(theirs.numpy(), grad=False)[0][0]
+    assert value_ours >= value_theirs - 0.01 * abs(value_theirs)
+    assert math.isfinite(value_ours)
