@@ -185,11 +185,15 @@ class OptimizerSettings(_Model):
     Every method opens with ``initialization_trials`` scrambled Sobol points (default
     5). Then ``method`` says what suggests trials:
 
-    - ``botorch`` (default): Bayesian optimization with Ax/BoTorch, configured for the loop:
-      one GP fit and one acquisition optimization for the whole batch, a cheaper optimizer,
-      and the GP fitted on at most ``max_training_points`` trials (the best, the most recent
-      and a spread of the rest), so the time per suggestion stops growing with the campaign
-      (about 1-2 s per batch of 4 at 1,000 trials; figures in ``benchmarks/README.md``).
+    - ``botorch`` (default): Bayesian optimization with Ax's default model and acquisition
+      (a GP per metric with BoTorch's priors; log expected improvement, or log expected
+      hypervolume improvement with several objectives; candidates one at a time, the earlier
+      ones pending), computed fast: on a continuous space (float parameters, no parameter
+      constraints) by closedloop's own NumPy implementation (``optimizer.fastbo``, ~0.1-0.5 s
+      per batch of 4), otherwise by Ax with a cheaper acquisition optimizer; the GP is fitted
+      on at most ``max_training_points`` trials (the best, the most recent and a spread of
+      the rest), so the time per suggestion stops growing with the campaign (figures in
+      ``benchmarks/README.md``).
     - ``botorch_default``: Ax's own BoTorch defaults (20 restarts, 1,024 raw samples,
       candidates one at a time, every trial in the model). Slower, growing with the campaign.
     - ``sobol``: quasi-random points only; no model, nearly free.

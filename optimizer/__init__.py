@@ -1,9 +1,11 @@
-"""The Ax adapter: campaign spec → Ax experiment; suggest / complete / fail; rebuild from the log.
+"""The optimizer: campaign spec → Ax experiment; suggest / complete / fail; rebuild from the log.
 
-This is the only package that imports ``ax``. Its public names::
+This is the only package that imports ``ax`` (and BoTorch). Bayesian optimization on a
+continuous space runs in ``fastbo`` (``FastGP``, ``acquisition``: Ax's model and acquisition
+in NumPy); elsewhere Ax generates. Its public names::
 
     AxOptimizer                    suggest(n), complete(id, measurements), fail(id, reason),
-                                   reject(id, reason), unobserved_metrics,
+                                   reject(id, reason), unobserved_metrics, last_fit_trials,
                                    AxOptimizer.rebuild(spec, trials)
     SobolSampler, SobolPoint       the scrambled Sobol initialization, position by position
     default_initialization_trials  5 unless the spec says

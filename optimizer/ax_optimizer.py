@@ -1,9 +1,9 @@
 """``AxOptimizer``: suggest, complete and fail trials; rebuild the optimizer from the log.
 
 The optimizer is derived state. It keeps its own records of the campaign's trials
-(``optimizer.replay.TrialEntry``) and touches Ax only to generate BoTorch trials: Sobol
-suggestions, results, failures and rejections update the records alone, and each BoTorch
-call gets an Ax experiment built afresh from them in one pass (``attach_in_bulk``, the path
+(``optimizer.replay.TrialEntry``) and touches Ax only to generate BoTorch trials where the
+fast method does not serve (below): Sobol suggestions, results, failures and rejections update
+the records alone, and each Ax BoTorch call gets an Ax experiment built afresh from them in one pass (``attach_in_bulk``, the path
 ``AxOptimizer.rebuild(spec, trials)`` takes on resume; the first call after ``rebuild`` uses
 the experiment ``rebuild`` built). A live and a rebuilt optimizer thus hand Ax the same
 experiment by construction, and the rebuilt one makes the same next suggestion as the live
@@ -12,10 +12,13 @@ one did. Three more choices make that so:
 - **Initialization is ours.** The first trials are points of one scrambled Sobol sequence
   (``optimizer.sobol``), recorded with their position, so a rebuilt optimizer continues the
   sequence at ``max(recorded positions) + 1``.
-- **Ax only does Bayesian optimization**, with a generation strategy holding a single BoTorch
-  (MBM) node, as ``optimizer.method`` says (``optimizer.generation``). A fresh strategy is
-  set before each call, so the live optimizer fits its model from scratch just as a rebuilt
-  one does (Ax would otherwise reuse a model fitted earlier; no warm start, for that reason).
+- **Bayesian optimization only**: on a continuous space the default method generates from
+  the records (``optimizer.fastbo``: Ax's model and acquisition in NumPy; Ax's experiment is
+  then only built when something reads it); otherwise Ax does, with a generation strategy
+  holding a single BoTorch (MBM) node, as ``optimizer.method`` says (``optimizer.generation``).
+  Either way the model is fitted from scratch at every call, in the live optimizer as in a
+  rebuilt one (Ax would otherwise reuse a model fitted earlier; no warm start, for that
+  reason).
 - **Each BO call is seeded** from ``(spec.seed, number of trials so far)``, the strategy made
   under that seed too; the global random, numpy and torch states are restored afterwards.
 

@@ -1,8 +1,11 @@
-"""How BoTorch trials are generated: the two BoTorch methods, and the bounded training set.
+"""How BoTorch trials are generated through Ax: the two BoTorch methods, the bounded training set.
 
 ``optimizer.method`` (``campaigns.spec.OptimizerSettings``) picks one of:
 
-- ``botorch`` (the default): **fast**. One model fit and *one* acquisition optimization per
+- ``botorch`` (the default) on a continuous space is ``optimizer.fastbo``'s (Ax's model and
+  acquisition, in NumPy, without Ax's and GPyTorch's per-call overhead). Here, with int or
+  choice parameters or linear parameter constraints, it is still **fast**: one model fit and
+  *one* acquisition optimization per
   batch: Ax generates a single generator run with all ``n`` candidates (BoTorch's
   ``optimize_acqf`` picks them greedily, each with the earlier ones pending); each arm becomes
   a single-arm trial, in order (``generate``). Optimizing the ``q`` candidates jointly
