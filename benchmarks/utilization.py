@@ -1,7 +1,7 @@
 """Device utilization: asynchronous versus batch-synchronous dispatch, N = 1, 4, 16 (issue 6).
 
 N simulated Branin instruments with random trial durations, uniform over
-``[lo, hi] x`` the suggestion time measured at the start of the run (default ``[5, 15]``),
+``[lo, hi] x`` the suggestion time measured before the run (default ``[5, 15]``),
 run a campaign through ``CampaignLoop`` on Mosquitto and an nx-27017 log, once with
 ``dispatch: async`` (suggestions computed ahead in the optimizer thread) and once with
 ``dispatch: batch`` (batches of N, the next once the whole batch is done).
@@ -12,9 +12,10 @@ it the budget is spent and idle devices have nothing left to run: that tail is t
 ending, not the loop). Utilization = busy device-time in the window / (N x window).
 
 The generator is ``optimizer.method: botorch`` (Sobol for the first ``--init`` trials). The
-suggestion time ``s`` is measured first: the median of five calls (``suggest(k)``, k = 1, 2, 3,
-4, 1: the sizes the loop asks for) of an ``AxOptimizer`` with ``--init`` + 2 and more completed
-trials; durations are then ``[lo*s, hi*s]``. Each run also times its own suggestion calls and
+suggestion time ``s`` is measured first, for each N, as the loop meets it: the median of five
+calls (``suggest(k)``, k = 1, 2, 3, 4, 1: the sizes the loop asks for) of an ``AxOptimizer``
+with ``--init`` + 2 and more completed trials and N - 1 trials pending (the other devices'
+trials, which a suggestion accounts for); durations are then ``[lo*s, hi*s]``. Each run also times its own suggestion calls and
 prints mean duration / median call, to show whether durations were >= 5x the suggestion time
 in the run itself (machine load moves it).
 
@@ -42,14 +43,17 @@ from optimizer import AxOptimizer  # noqa: E402
 from simulators import branin  # noqa: E402
 
 
-def suggestion_time(method: str, init: int) -> float:
-    """Median seconds of a suggestion call (1 to 4 trials) with ``init + 2`` and more completed trials."""
+def suggestion_time(method: str, init: int, pending: int = 0) -> float:
+    """Median seconds of a suggestion call (1 to 4 trials) with ``init + 2`` and more completed
+    trials and ``pending`` trials running."""
     spec = branin_spec("s", 1, max_trials=100, method=method, initialization_trials=init)
     optimizer = AxOptimizer(spec, threads=1)
     for _ in range(init + 2):
         [t] = optimizer.suggest(1)
         optimizer.complete(t.trial_id, {"branin": Measurement(mean=branin(float(t.parameters["x1"]),
                                                                           float(t.parameters["x2"])))})
+    if pending:
+        optimizer.suggest(pending)  # left running
     times = []
     for k in (1, 2, 3, 4, 1):  # the sizes the loop asks for
         started = time.perf_counter()
@@ -108,12 +112,12 @@ def main() -> int:
     print("load average at start: %.2f %.2f %.2f (2 cores; other work on the machine slows every figure)"
           % os.getloadavg(), flush=True)
     lo, hi = (float(x) for x in args.factor.split(","))
-    s = args.seconds if args.seconds is not None else suggestion_time(args.method, args.init)
-    print(f"generator {args.method} (Sobol for {args.init} trials); suggestion time s = {s:.3f} s; "
-          f"durations uniform [{lo * s:.2f}, {hi * s:.2f}] s", flush=True)
     rows = []
     with Stack() as stack:
         for n in (int(c) for c in args.devices.split(",")):
+            s = args.seconds if args.seconds is not None else suggestion_time(args.method, args.init, n - 1)
+            print(f"N={n}: generator {args.method} (Sobol for {args.init} trials); suggestion time s = {s:.3f} s "
+                  f"({n - 1} pending); durations uniform [{lo * s:.2f}, {hi * s:.2f}] s", flush=True)
             for mode in ("async", "batch"):
                 trials = max(12, args.trials_per_device * n)
                 spec = branin_spec(f"u-{mode}-{n}", n, max_trials=trials, batch_size=n, dispatch=mode,
