@@ -105,7 +105,9 @@ def test_changed_bounds_hold_for_every_later_suggestion_also_after_resume(
     home = tmp_path / "home"
     env = cli_env(home, prefect_server)
     data = {**SPEC, "name": "narrowed", "approval": "never", "budget": {"max_trials": 30}, "optimizer": {},
-            "devices": [{"id": f"sim-{i}", "simulator": "branin", "options": {"duration_s": [0.4, 0.8], "seed": i}}
+            # Trials long enough that the run is still going when the test kills it (with a
+            # fast optimizer, 30 trials of 0.4-0.8 s can finish before `status` sees 9).
+            "devices": [{"id": f"sim-{i}", "simulator": "branin", "options": {"duration_s": [1.5, 2.5], "seed": i}}
                         for i in (1, 2)]}
     spec = write_spec(tmp_path / "spec.yaml", data)
     first = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
