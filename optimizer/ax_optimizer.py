@@ -128,7 +128,9 @@ class AxOptimizer:
         self._keys: set[_Key] = set()
         self._next_position = 0
         self._metric_names: set[str] = set(spec.metrics)  # checked as Ax checks a metric's name
-        self._last_fit: list[str] = []
+        # The ids of the trials the last model saw; None: ask Ax's experiment (derived on read,
+        # so the Ax path does not choose the training set twice per call).
+        self._last_fit: list[str] | None = []
 
     # ------------------------------------------------------------------ rebuild
     @classmethod
@@ -212,6 +214,11 @@ class AxOptimizer:
     @property
     def last_fit_trials(self) -> list[str]:
         """The ids of the trials the last BoTorch suggestion's model was fitted on."""
+        if self._last_fit is None:
+            data = self._ax._experiment.lookup_data()
+            fast = self._spec.optimizer.method == "botorch"  # Ax's default fits on every trial
+            subset = training_trials(self._spec, data, self._spec.optimizer.max_training_points) if fast else None
+            self._last_fit = [str(i) for i in sorted(set((subset or data).df["trial_index"].astype(int)))]
         return list(self._last_fit)
 
     @property
@@ -281,10 +288,7 @@ class AxOptimizer:
         self._sync()
         self._used = True
         quiet_ax(self._verbose)
-        data = self._ax._experiment.lookup_data()
-        fast = self._spec.optimizer.method == "botorch"  # Ax's default fits on every trial
-        subset = training_trials(self._spec, data, self._spec.optimizer.max_training_points) if fast else None
-        self._last_fit = [str(i) for i in sorted(set((subset or data).df["trial_index"].astype(int)))]
+        self._last_fit = None
         out: list[SuggestedTrial] = []
         batch: set[_Key] = set()
         for parameters in generate(self._ax, self._spec, n, seed, self._fixed):

@@ -46,6 +46,7 @@ def test_axs_defaults_are_kept_as_botorch_default() -> None:
     opt = AxOptimizer.rebuild(spec, completed(spec, 6), threads=1)
     batch = opt.suggest(2)
     assert [t.generator for t in batch] == ["botorch", "botorch"] and batch[0].parameters != batch[1].parameters
+    assert opt.last_fit_trials == [str(i) for i in range(6)]  # Ax's generation fitted on every trial
     assert AxOptimizer.rebuild(spec, completed(spec, 6), threads=1).suggest(2) == batch
 
 
