@@ -69,7 +69,7 @@ from campaigns.errors import OptimizerError
 from campaigns.events import Measurement, ParameterValue, SuggestedTrial
 from campaigns.spec import CampaignSpec
 from campaigns.state import TrialRecord
-from optimizer.ax_setup import AX_ERRORS, build_client, optimizer_error, quiet_ax
+from optimizer.ax_setup import AX_ERRORS, SUGGEST_HINT, build_client, optimizer_error, quiet_ax
 from optimizer.fastbo import FAST_ERRORS, fast_generate, supports_fast
 from optimizer.generation import generate, training_rows, training_trials
 from optimizer.replay import TrialEntry, attach_in_bulk, attach_one, attach_per_trial, ordered_trials
@@ -324,8 +324,7 @@ class AxOptimizer:
         except FAST_ERRORS as exc:
             raise optimizer_error(
                 self._spec, "suggesting trials", exc,
-                "check the recorded measurements; to go on without a model set "
-                "`optimizer: {method: sobol}` in the campaign file",
+                SUGGEST_HINT,
             ) from exc
         out: list[SuggestedTrial] = []
         for parameters in candidates:

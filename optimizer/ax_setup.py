@@ -47,6 +47,13 @@ AX_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: What to do when a model fails while suggesting trials (either BoTorch path).
+SUGGEST_HINT = (
+    "check the recorded measurements; to go on without a model set "
+    "`optimizer: {method: sobol}` in the campaign file"
+)
+
+
 def optimizer_error(
     spec: CampaignSpec, what: str, exc: BaseException, hint: str, trial_id: str | None = None
 ) -> OptimizerError:

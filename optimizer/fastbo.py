@@ -115,12 +115,17 @@ def fast_generate(
     # Every condition as (metric, sign, bound): sign * metric >= sign * bound.
     conditions = [(c.metric, 1.0 if c.op == ">=" else -1.0, c.bound) for c in spec.parsed_outcome_constraints]
 
-    def believe(X: np.ndarray) -> None:  # the Kriging believer: each model takes its mean at X as data
-        for name, model in list(models.items()):
-            mean, _ = model.predict(X, grad=False)
-            models[name] = model.condition_on(torch.from_numpy(X), torch.from_numpy(mean))
+    # The Kriging believer for the constraint models and for several objectives; a single
+    # objective's model stays as fitted (FantasyLogEI draws at pending points from it).
+    believed = {c.metric for c in spec.parsed_outcome_constraints}
+    if len(spec.objectives) > 1:
+        believed |= {o.name for o in spec.objectives}
 
-    base = dict(models)  # as fitted: a single objective's draws at pending points come from it
+    def believe(X: np.ndarray) -> None:  # each believed model takes its mean at X as data
+        for name in believed:
+            mean, _ = models[name].predict(X, grad=False)
+            models[name] = models[name].condition_on(torch.from_numpy(X), torch.from_numpy(mean))
+
     pending_x = [space.to_unit(t.parameters) for t in pending]
     out_x: list[list[float]] = []
     if pending:
@@ -133,7 +138,7 @@ def fast_generate(
         cons = [(models[m], s, b) for m, s, b in conditions]
         objectives = [(models[o.name], -1.0 if o.minimize else 1.0) for o in spec.objectives]
         if len(objectives) == 1:
-            objective = (base[spec.objectives[0].name], objectives[0][1])
+            objective = objectives[0]
             best = incumbent(objective, cons)
             if best is None or not (pending_x or out_x):
                 acquisition = Acquisition(objective, best, cons)

@@ -51,7 +51,7 @@ from botorch.sampling.normal import SobolQMCNormalSampler
 
 from campaigns.events import ParameterValue
 from campaigns.spec import CampaignSpec, FloatParameter
-from optimizer.ax_setup import AX_ERRORS, optimizer_error
+from optimizer.ax_setup import AX_ERRORS, SUGGEST_HINT, optimizer_error
 
 __all__ = [
     "FAST_ACQUISITION",
@@ -173,8 +173,7 @@ def generate(
     except AX_ERRORS as exc:
         raise optimizer_error(
             spec, "suggesting trials", exc,
-            "check the recorded measurements; to go on without a model set "
-            "`optimizer: {method: sobol}` in the campaign file",
+            SUGGEST_HINT,
         ) from exc
     return [dict(arm.parameters) for arm in arms]  # type: ignore[misc]
 
