@@ -182,8 +182,9 @@ class DeviceSpec(_Model):
 class OptimizerSettings(_Model):
     """Optional tuning of the optimizer; the defaults suit most campaigns.
 
-    Every method opens with ``initialization_trials`` scrambled Sobol points (default
-    5). Then ``method`` says what suggests trials:
+    Every method opens with ``initialization_trials`` trials (default 5): the centre of the
+    search space first (``center_first``, as Ax's default and a design-of-experiments centre
+    point), then scrambled Sobol points. Then ``method`` says what suggests trials:
 
     - ``botorch`` (default): Bayesian optimization with Ax's default model and acquisition
       (a GP per metric with BoTorch's priors; log expected improvement, or log expected
@@ -199,12 +200,17 @@ class OptimizerSettings(_Model):
     - ``sobol``: quasi-random points only; no model, nearly free.
 
     Attributes:
-        initialization_trials: Sobol trials before the model takes over.
+        initialization_trials: Trials before the model takes over (the centre and Sobol points).
+        center_first: Whether the campaign's first trial is the centre of the search space:
+            each float or int parameter at the middle of its range (of its log range when
+            ``log_scale``), each choice at its middle value (the later of two), a fixed
+            parameter at its value; skipped when the centre breaks a parameter constraint.
         method: ``botorch``, ``botorch_default`` or ``sobol``.
         max_training_points: ``botorch`` only: the most trials the GP is fitted on.
     """
 
     initialization_trials: int | None = Field(default=None, ge=1)
+    center_first: bool = True
     method: Literal["botorch", "botorch_default", "sobol"] = "botorch"
     max_training_points: int = Field(default=250, ge=20)
 

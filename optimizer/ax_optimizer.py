@@ -9,9 +9,10 @@ the experiment ``rebuild`` built). A live and a rebuilt optimizer thus hand Ax t
 experiment by construction, and the rebuilt one makes the same next suggestion as the live
 one did. Three more choices make that so:
 
-- **Initialization is ours.** The first trials are points of one scrambled Sobol sequence
-  (``optimizer.sobol``), recorded with their position, so a rebuilt optimizer continues the
-  sequence at ``max(recorded positions) + 1``.
+- **Initialization is ours.** The first trial is the centre of the search space
+  (``optimizer.center_first``, generator ``"center"``; Ax's default opens so too), the next
+  ones points of one scrambled Sobol sequence (``optimizer.sobol``), recorded with their
+  position, so a rebuilt optimizer continues the sequence at ``max(recorded positions) + 1``.
 - **Bayesian optimization only**: on a continuous space the default method generates from
   the records (``optimizer.fastbo``: Ax's model and acquisition in NumPy; Ax's experiment is
   then only built when something reads it); otherwise Ax does, with a generation strategy
@@ -275,8 +276,14 @@ class AxOptimizer:
             batch.add(key)
             return True
 
-        points = self._sampler.next_points(self._next_position, n, accept=new_point)
-        return [
+        out: list[SuggestedTrial] = []
+        if not self._trials and self._spec.optimizer.center_first:
+            center = self._sampler.center()
+            if center is not None:  # the campaign's first trial: the centre of the search space
+                new_point(center)
+                out.append(self._add(TrialEntry("0", center, "center", None)))
+        points = self._sampler.next_points(self._next_position, n - len(out), accept=new_point)
+        return out + [
             self._add(TrialEntry(str(len(self._trials)), dict(p.parameters), "sobol", p.position)) for p in points
         ]
 

@@ -77,6 +77,12 @@ class SobolSampler:
         """
         return self._map(self._draw(position, 1)[0])
 
+    def center(self) -> dict[str, ParameterValue] | None:
+        """The centre of the search space (every dimension at 0.5), or None when it breaks a
+        parameter constraint."""
+        parameters = self._map([0.5] * self._dimension)
+        return parameters if all(c.holds(parameters) for c in self._constraints) else None
+
     def next_points(
         self,
         start: int,

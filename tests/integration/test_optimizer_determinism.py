@@ -94,13 +94,14 @@ def test_rebuilt_optimizer_continues_the_sobol_sequence() -> None:
 
     rebuilt = loop.rebuilt()
     assert rebuilt.phase == loop.opt.phase == "sobol"
-    assert rebuilt.next_sobol_position == loop.opt.next_sobol_position == 4
+    # The centre first (trial 0, no position), then Sobol positions 0, 1, 2.
+    assert rebuilt.next_sobol_position == loop.opt.next_sobol_position == 3
 
     nxt_rebuilt, nxt_live = rebuilt.suggest(2), loop.opt.suggest(2)
     assert nxt_rebuilt == nxt_live
     assert [t.trial_id for t in nxt_live] == ["4", "5"]
-    assert [t.sobol_position for t in nxt_live] == [4, 5]
-    assert all(t.generator == "sobol" for t in first + second + nxt_live)
+    assert [t.sobol_position for t in nxt_live] == [3, 4]
+    assert [t.generator for t in first + second + nxt_live] == ["center"] + ["sobol"] * 5
 
 
 def test_rebuilt_optimizer_makes_the_live_optimizers_next_bo_suggestion() -> None:
@@ -126,7 +127,7 @@ def test_rebuilt_optimizer_makes_the_live_optimizers_next_bo_suggestion() -> Non
     rebuilt = loop.rebuilt()
     assert rebuilt.num_trials == 12 and rebuilt.phase == "botorch"
     # Not a fresh Sobol phase: the rebuilt optimizer knows the positions already used.
-    assert rebuilt.next_sobol_position == loop.opt.next_sobol_position == 5
+    assert rebuilt.next_sobol_position == loop.opt.next_sobol_position == 4
 
     nxt_rebuilt = rebuilt.suggest(2)
     nxt_live = loop.opt.suggest(2)
@@ -141,8 +142,8 @@ def test_rebuilt_optimizer_makes_the_live_optimizers_next_bo_suggestion() -> Non
 def test_bo_phase_waits_for_data_without_idling_devices() -> None:
     loop = Loop(BRANIN)  # 5 initialization trials, BO once 3 are completed
     trials = loop.suggest(4) + loop.suggest(4)  # nothing completed yet: still Sobol, 8 trials
-    assert [t.generator for t in trials] == ["sobol"] * 8
-    assert [t.sobol_position for t in trials] == list(range(8))
+    assert [t.generator for t in trials] == ["center"] + ["sobol"] * 7
+    assert [t.sobol_position for t in trials] == [None, *range(7)]
     for t in trials[:3]:
         loop.complete(t)
     assert loop.opt.phase == "botorch"
@@ -189,7 +190,7 @@ def test_rebuilt_optimizer_of_a_sixty_trial_log_makes_the_live_next_suggestion()
     state = fold(loop.events)
     assert state.spec is not None
     records = sorted(state.trials.values(), key=lambda r: r.index)
-    assert [r.generator for r in records] == ["sobol"] * 48 + ["botorch"] * 12
+    assert [r.generator for r in records] == ["center"] + ["sobol"] * 47 + ["botorch"] * 12
     statuses = [r.status for r in records]
     assert statuses.count("completed") == 47 and statuses.count("failed") == 6 and statuses.count("running") == 7
 

@@ -140,18 +140,18 @@ def x(trials: list[SuggestedTrial], name: str) -> list[float]:
 # --------------------------------------------------------------------------------- bounds
 def test_narrowed_bounds_hold_in_the_sobol_and_bo_phases_and_old_trials_keep_their_data() -> None:
     loop = Loop(BRANIN)
-    before = loop.round(2)  # Sobol positions 0, 1
+    before = loop.round(2)  # the centre, Sobol position 0
     outside = [t.trial_id for t in before if not 0 <= float(t.parameters["x1"]) <= 2]
     assert outside, "the test wants an earlier trial outside the new bounds"
 
     opt = loop.change(set_bounds={"x1": (0, 2)})
-    assert opt.phase == "sobol" and opt.next_sobol_position == 2  # the sequence goes on
+    assert opt.phase == "sobol" and opt.next_sobol_position == 1  # the sequence goes on
     sobol = loop.suggest(2) + loop.suggest(2)  # no data yet: two Sobol batches
-    assert [t.sobol_position for t in sobol] == [2, 3, 4, 5]
+    assert [t.sobol_position for t in sobol] == [1, 2, 3, 4]
     for t in sobol:
         loop.run(t.trial_id)
-    # Position 2 under the old bounds would have landed elsewhere: the sampler maps onto today's.
-    assert SobolSampler(BRANIN).point_at(2) != sobol[0].parameters
+    # Position 1 under the old bounds would have landed elsewhere: the sampler maps onto today's.
+    assert SobolSampler(BRANIN).point_at(1) != sobol[0].parameters
 
     bo = loop.round(2) + loop.suggest(2)
     # The model of the last BoTorch call was trained on the trials outside the new bounds too.
@@ -182,7 +182,7 @@ def test_widened_bounds_are_searched() -> None:
     loop.round(3)
     opt = loop.change(set_bounds={"x1": (-5, 10)})
     later = loop.round(2) + loop.round(2)
-    assert opt.next_sobol_position == 5
+    assert opt.next_sobol_position == 4  # the centre and Sobol positions 0-3, then BoTorch
     assert max(x(later, "x1")) > 0  # the widened part is used
 
 
@@ -193,7 +193,7 @@ def test_a_fixed_parameter_is_in_every_suggestion_and_a_freed_one_varies_again()
     loop.change(fix={"x2": 3.0})
     fixed = loop.round(2) + loop.round(2) + loop.round(2)
     assert [t.generator for t in fixed] == ["sobol"] * 3 + ["botorch"] * 3
-    assert [t.sobol_position for t in fixed[:3]] == [2, 3, 4]
+    assert [t.sobol_position for t in fixed[:3]] == [1, 2, 3]
     assert all(t.parameters["x2"] == 3.0 for t in fixed)
     assert len(set(x(fixed, "x1"))) == len(fixed)  # x1 still varies
     assert all(t.parameters["x2"] == 3.0 for t in loop.check_rebuilds_agree(2))
@@ -241,9 +241,9 @@ def test_a_rejected_trial_is_abandoned_never_pending_and_never_suggested_again()
     second = loop.suggest(3, approval="a2")
     loop.add(ApprovalRejected, actor="user:ana", approval_id="a2", rejected=["2", "3", "4"], reason="no")
     loop.rebuild()
-    # Rejected trials do not count toward the 5 initialization trials: still Sobol, on from position 5.
+    # Rejected trials do not count toward the 5 initialization trials: still Sobol, on from position 4.
     third = loop.round(2) + loop.round(2)
-    assert [t.sobol_position for t in third] == [5, 6, 7, 8]
+    assert [t.sobol_position for t in third] == [4, 5, 6, 7]
     assert [t.generator for t in third] == ["sobol"] * 4
     more = loop.round(2) + loop.round(1)
     assert [t.generator for t in more] == ["botorch"] * 3
@@ -290,8 +290,9 @@ def test_an_edited_trial_runs_with_the_edited_parameters_as_a_human_choice() -> 
     assert trial.status == TrialStatus.COMPLETED
     assert loop.opt._client._experiment.lookup_data(trial_indices=[0]).df["mean"].tolist()[0] == pytest.approx(
         branin(1.5, float(batch[0].parameters["x2"])))
-    # The Sobol sequence goes on after the edited trial's position.
-    assert loop.opt.next_sobol_position == 2
+    # The edited trial was the centre; the Sobol sequence goes on after trial 1's position.
+    assert batch[0].generator == "center"
+    assert loop.opt.next_sobol_position == 1
     loop.round(2)
     nxt = loop.check_rebuilds_agree(2)  # 4 completed of 5: one Sobol, one BoTorch
     assert [t.generator for t in nxt] == ["sobol", "botorch"]
@@ -343,7 +344,7 @@ def test_a_constraint_on_a_metric_without_data_keeps_the_sobol_phase_until_it_is
     opt = loop.change(add_outcome_constraints=["purity >= 0.9"])
     assert opt.unobserved_metrics == ["purity"] and opt.phase == "sobol"  # Ax cannot model it yet
     waiting = loop.suggest(2)
-    assert [(t.generator, t.sobol_position) for t in waiting] == [("sobol", 5), ("sobol", 6)]
+    assert [(t.generator, t.sobol_position) for t in waiting] == [("sobol", 4), ("sobol", 5)]
     loop.run(waiting[0].trial_id, purity=0.95)
     loop.run(waiting[1].trial_id)
     assert loop.opt.unobserved_metrics == [] and loop.opt.phase == "botorch"

@@ -36,15 +36,16 @@ def test_all_names_are_exported() -> None:
         assert getattr(optimizer, name).__doc__
 
 
-def test_branin_starts_with_sobol_and_always_returns_exactly_n() -> None:
+def test_branin_starts_with_the_centre_then_sobol_and_always_returns_exactly_n() -> None:
     opt = AxOptimizer(BRANIN)
     assert opt.initialization_trials == default_initialization_trials(BRANIN) == 5
     first = opt.suggest(3)
     second = opt.suggest(3)  # no data yet: more Sobol points, not a short batch
     trials = first + second
     assert [t.trial_id for t in trials] == ["0", "1", "2", "3", "4", "5"]
-    assert [t.generator for t in trials] == ["sobol"] * 6
-    assert [t.sobol_position for t in trials] == [0, 1, 2, 3, 4, 5]
+    assert [t.generator for t in trials] == ["center"] + ["sobol"] * 5
+    assert [t.sobol_position for t in trials] == [None, 0, 1, 2, 3, 4]
+    assert trials[0].parameters == {"x1": 2.5, "x2": 7.5}
     for t in trials:
         assert set(t.parameters) == {"x1", "x2"}
         assert -5.0 <= float(t.parameters["x1"]) <= 10.0 and 0.0 <= float(t.parameters["x2"]) <= 15.0
@@ -56,10 +57,11 @@ def test_bo_phase_gives_botorch_trials_after_enough_data() -> None:
     for t in opt.suggest(4):
         x1, x2 = float(t.parameters["x1"]), float(t.parameters["x2"])
         opt.complete(t.trial_id, {"branin": Measurement(mean=(x2 - 0.13 * x1**2 + 1.6 * x1 - 6) ** 2 + 10, sem=0.1)})
-    # 4 of 5 initialization trials suggested, 4 completed: one more Sobol point, then BoTorch.
+    # 4 of 5 initialization trials suggested (the centre and 3 Sobol points), 4 completed: one
+    # more Sobol point, then BoTorch.
     mixed = opt.suggest(3)
     assert [t.generator for t in mixed] == ["sobol", "botorch", "botorch"]
-    assert [t.sobol_position for t in mixed] == [4, None, None]
+    assert [t.sobol_position for t in mixed] == [3, None, None]
     assert opt.phase == "botorch"
     assert len({tuple(t.parameters.values()) for t in mixed}) == 3
 
@@ -79,7 +81,10 @@ def test_int_log_scale_and_choice_parameters() -> None:
         opt.complete(t.trial_id, {"y": Measurement(mean=abs(math.log10(float(t.parameters["conc"])) + 1.5)
                                                    + (t.parameters["solvent"] != "dmso"))})
     trials += opt.suggest(2)
-    assert [t.generator for t in trials] == ["sobol"] * 6 + ["botorch"] * 2
+    assert [t.generator for t in trials] == ["center"] + ["sobol"] * 5 + ["botorch"] * 2
+    # The centre: mid-range (in log space when log-scaled), the middle choice.
+    assert trials[0].parameters == {"temp": 50.0, "conc": pytest.approx(10**-1.5), "steps": 6, "reps": 3,
+                                    "solvent": "ethanol", "stir": 200}
     for t in trials:
         p = t.parameters
         assert isinstance(p["temp"], float) and 20.0 <= p["temp"] <= 80.0
@@ -110,13 +115,24 @@ def check_constraints_hold(spec: CampaignSpec, batches: int) -> None:
         trials += batch
         for t in batch:  # best along the x1 + x2 = 10 edge
             opt.complete(t.trial_id, {"y": Measurement(mean=-float(t.parameters["x1"]) - float(t.parameters["x2"]))})
-    assert {t.generator for t in trials} == {"sobol", "botorch"}
+    assert {t.generator for t in trials} == {"center", "sobol", "botorch"}
     for t in trials:
         assert all(c.holds(t.parameters) for c in spec.parsed_parameter_constraints), t
 
 
 def test_every_suggestion_satisfies_the_parameter_constraints() -> None:
     check_constraints_hold(constrained_spec(with_int=False), batches=4)
+
+
+def test_no_centre_where_it_breaks_a_constraint_or_when_switched_off() -> None:
+    breaking = make_spec([{"name": "x1", "type": "float", "bounds": [0.0, 10.0]},
+                          {"name": "x2", "type": "float", "bounds": [0.0, 10.0]}],
+                         parameter_constraints=["x1 + x2 <= 8"])
+    off = make_spec([{"name": "x1", "type": "float", "bounds": [0.0, 10.0]}], optimizer={"center_first": False})
+    for spec in (breaking, off):
+        trials = AxOptimizer(spec).suggest(3)
+        assert [t.generator for t in trials] == ["sobol"] * 3
+        assert trials[0].sobol_position == 0 if spec is off else trials[0].parameters != {"x1": 5.0, "x2": 5.0}
 
 
 def test_multi_objective_branin_currin_with_thresholds() -> None:
@@ -131,7 +147,7 @@ def test_multi_objective_branin_currin_with_thresholds() -> None:
             x = torch.tensor([[float(t.parameters["x1"]), float(t.parameters["x2"])]], dtype=torch.double)
             b, c = problem(x)[0]
             opt.complete(t.trial_id, {"branin": Measurement(mean=float(b)), "currin": Measurement(mean=float(c))})
-    assert [t.generator for t in trials] == ["sobol"] * 5 + ["botorch"]  # 5 initialization trials
+    assert [t.generator for t in trials] == ["center"] + ["sobol"] * 4 + ["botorch"]  # 5 initialization trials
     for t in trials:
         assert float(t.parameters["x1"]) + float(t.parameters["x2"]) <= 1.8 + 1e-9
 
@@ -253,7 +269,8 @@ def test_fixed_parameters_of_every_type_hold_in_both_phases() -> None:
     for t in trials:
         opt.complete(t.trial_id, {"y": Measurement(mean=abs(float(t.parameters["temp"]) - 50))})
     trials += opt.suggest(2)
-    assert [t.generator for t in trials] == ["sobol"] * 4 + ["botorch"] * 2
+    assert [t.generator for t in trials] == ["center"] + ["sobol"] * 3 + ["botorch"] * 2
+    assert trials[0].parameters["temp"] == 50.0
     for t in trials:
         assert {k: t.parameters[k] for k in ("conc", "reps", "solvent")} == {"conc": 0.1, "reps": 3, "solvent": "ethanol"}
         assert isinstance(t.parameters["reps"], int)
@@ -268,6 +285,8 @@ def test_a_rejected_trial_takes_no_outcome() -> None:
         opt.complete(a.trial_id, {"branin": Measurement(mean=1.0)})
     with pytest.raises(OptimizerError, match="trial 0 is already rejected"):
         opt.reject(a.trial_id, "again")
-    # The rejected trial does not count toward the 5 initialization trials.
+    # The rejected trial (the centre) does not count toward the 5 initialization trials, and
+    # is not suggested again.
+    assert (a.generator, b.sobol_position) == ("center", 0)
     opt.complete(b.trial_id, {"branin": Measurement(mean=1.0)})
-    assert [t.sobol_position for t in opt.suggest(4)] == [2, 3, 4, 5]
+    assert [t.sobol_position for t in opt.suggest(4)] == [1, 2, 3, 4]
