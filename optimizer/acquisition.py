@@ -34,6 +34,7 @@ __all__ = ["Acquisition", "FantasyLogEI", "LogEHVI", "feasible", "hypercells", "
 
 _MIN_VAR = 1e-10  # posterior variance floor, relative to the output variance
 _FD_STEP = 1e-6  # forward-difference step in the unit cube (log EHVI's gradient)
+SCREEN_DRAWS = 32  # FantasyLogEI's draws used to rank the raw samples (all of them after)
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
 
@@ -117,6 +118,12 @@ class Acquisition:
     def __call__(self, x: np.ndarray, grad: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """The acquisition value at each row of ``x`` and, with ``grad``, its gradient."""
         total, slope = self.objective_term(x, grad)
+        more, more_slope = self.conditions_term(x, grad)
+        return total + more, None if slope is None else slope + more_slope
+
+    def conditions_term(self, x: np.ndarray, grad: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The log probability that every condition holds, and its gradient (zeros without grad)."""
+        total, slope = np.zeros(len(x)), np.zeros_like(x)
         for model, sign, bound in self.conditions:
             parts = self._standardized(model, sign, sign * bound, x, grad)
             value, dvalue = _log_cdf(parts[0])
@@ -124,6 +131,10 @@ class Acquisition:
             if grad:
                 slope += dvalue[:, None] * parts[2]
         return total, slope
+
+    def screen(self, x: np.ndarray) -> np.ndarray:
+        """The value at the rows of ``x``, for ranking raw samples as starts."""
+        return self(x, grad=False)[0]
 
 
 class FantasyLogEI(Acquisition):
@@ -158,10 +169,23 @@ class FantasyLogEI(Acquisition):
 
     def objective_term(self, x: np.ndarray, grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The log mean EI over the draws at the rows of ``x``, and its gradient."""
+        return self._log_mean_ei(x, grad, self.alpha, self.best_s)
+
+    def screen(self, x: np.ndarray) -> np.ndarray:
+        """The value on the first ``SCREEN_DRAWS`` draws only: for ranking raw samples as starts."""
+        total, _ = self.conditions_term(x, False)
+        return total + self._log_mean_ei(x, False, self.alpha[:, :SCREEN_DRAWS], self.best_s[:SCREEN_DRAWS])[0]
+
+    def _log_mean_ei(
+        self, x: np.ndarray, grad: bool, alpha: np.ndarray, best_s: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         cond, sign = self.cond, self.objective[1]
-        parts = cond.predict(x, grad=grad, weights=self.alpha)
-        sd = np.sqrt(np.maximum(parts[1], _MIN_VAR * cond.output_scale**2))
-        u = (sign * parts[0] - self.best_s) / sd[:, None]  # (m, S)
+        if not grad:
+            mean, var = cond.predict(x, grad=False, weights=alpha)
+        else:
+            mean, var, dvar, k = cond.predict_draws(x, alpha)
+        sd = np.sqrt(np.maximum(var, _MIN_VAR * cond.output_scale**2))
+        u = (sign * mean - best_s) / sd[:, None]  # (m, S)
         value, dvalue = log_h(u)
         value = value + np.log(sd)[:, None]
         top = value.max(-1, keepdims=True)
@@ -170,10 +194,13 @@ class FantasyLogEI(Acquisition):
         out = np.log(total) + top[:, 0] - math.log(value.shape[-1])
         if not grad:
             return out, None
-        weights /= total[:, None]  # softmax over the draws
-        dsd = parts[3] / (2.0 * sd[:, None])  # (m, d)
-        du = (sign * parts[2] - u[:, :, None] * dsd[:, None, :]) / sd[:, None, None]  # (m, S, d)
-        return out, (weights[:, :, None] * (dvalue[:, :, None] * du)).sum(1) + dsd / sd[:, None]
+        # d out / dx = sum_s p_s h'(u_s) du_s + dsd / sd, with p the softmax over the draws and
+        # du_s = (sign dmean_s - u_s dsd) / sd: the draws' mean gradients enter only as their
+        # sum weighted by c_s = p_s h'(u_s) sign / sd (FastGP.mean_gradient).
+        c = (weights / total[:, None]) * dvalue  # (m, S)
+        dsd = dvar / (2.0 * sd[:, None])  # (m, d)
+        dmean = cond.mean_gradient(x, k, (c @ alpha.T) * sign)  # (m, d)
+        return out, (dmean - (c * u).sum(1)[:, None] * dsd) / sd[:, None] + dsd / sd[:, None]
 
 
 class LogEHVI(Acquisition):
@@ -238,11 +265,12 @@ def maximize(
     raw[:, free] = engine.draw(settings["raw_samples"], dtype=torch.float64).numpy()
     for i, v in fixed.items():
         raw[:, i] = v
-    values, _ = acquisition(raw, grad=False)
+    values = acquisition.screen(raw)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         starts, _ = initialize_q_batch(torch.from_numpy(raw), torch.from_numpy(values), n=settings["num_restarts"])
-    best_x, best_value = raw[int(np.argmax(values))], float(np.max(values))
+    best_x = raw[int(np.argmax(values))]
+    best_value = float(acquisition(best_x[None, :], grad=False)[0][0])  # screened on fewer draws
     template = best_x.copy()
 
     def negative(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # every start still running at once

@@ -182,24 +182,47 @@ class FastGP:
             ``mean``, ``var (m,)`` and, with ``grad``, ``dmean``, ``dvar (m, d)``; in the
             metric's units.
         """
-        alpha = self._np_alpha if weights is None else weights
+        mean, var, k, xs, w = self._mean_var(x, self._np_alpha if weights is None else weights)
+        if not grad:
+            return mean, var
+        dvar = self._variance_gradient(k, xs, w)
+        if weights is None:
+            return mean, var, self.mean_gradient(x, k, np.broadcast_to(self._np_alpha, k.shape)), dvar
+        # Per draw: the gradient of draw s's mean weights the kernel row by alpha[:, s].
+        kz = k[:, :, None] * self._np_Zs[None]  # (m, n, d)
+        dmean = -(xs[:, None, :] * (k @ weights)[:, :, None] - np.matmul(weights.T[None], kz)) / self._np_l
+        return mean, var, dmean * self._sd, dvar
+
+    def predict_draws(self, x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What a fantasy's acquisition needs at the rows of ``x``: the means of ``S`` draws
+        ``(m, S)``, the variance ``(m,)`` and its gradient ``(m, d)``, and the kernel rows
+        ``(m, n)`` for ``mean_gradient`` (the per-draw mean gradients, ``(m, S, d)``, are never
+        formed: only their weighted sum is needed)."""
+        mean, var, k, xs, w = self._mean_var(x, weights)
+        return mean, var, self._variance_gradient(k, xs, w), k
+
+    def mean_gradient(self, x: np.ndarray, k: np.ndarray, beta: np.ndarray) -> np.ndarray:
+        """``sum_n beta[m, n] d k(x_m, z_n) / dx_m``, in the metric's units, ``(m, d)``.
+
+        With ``beta = c @ weights.T`` this is ``sum_s c[m, s] dmean[m, s]``: the gradient of a
+        weighted sum of the draws' means, for the price of one mean's gradient.
+        """
+        kb = k * beta
+        return -((x / self._np_l) * kb.sum(1)[:, None] - kb @ self._np_Zs) / self._np_l * self._sd
+
+    def _mean_var(self, x: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Mean, variance, the kernel rows ``k``, ``x / l`` and ``K^-1 k`` per row."""
         xs = x / self._np_l
         diff_sq = (xs * xs).sum(1)[:, None] - 2.0 * xs @ self._np_Zs.T + (self._np_Zs**2).sum(1)[None, :]
         k = np.exp(-0.5 * np.maximum(diff_sq, 0.0))  # (m, n)
-        w = k @ self._np_Kinv  # (m, n): K^-1 k per row
+        w = k @ self._np_Kinv
         mean = (self.constant + k @ alpha) * self._sd + self._mu
         var = np.maximum(1.0 - (w * k).sum(1), 0.0) * self._sd**2
-        if not grad:
-            return mean, var
+        return mean, var, k, xs, w
+
+    def _variance_gradient(self, k: np.ndarray, xs: np.ndarray, w: np.ndarray) -> np.ndarray:
         wk = w * k
-        dvar = 2.0 * (xs * wk.sum(1)[:, None] - wk @ self._np_Zs) / self._np_l * self._sd**2
-        if weights is None:
-            ak = k * alpha
-            dmean = -(xs * ak.sum(1)[:, None] - ak @ self._np_Zs) / self._np_l
-        else:
-            A = k[:, :, None] * alpha[None]  # (m, n, S)
-            dmean = -(xs[:, None, :] * A.sum(1)[:, :, None] - np.einsum("mns,nd->msd", A, self._np_Zs)) / self._np_l
-        return mean, var, dmean * self._sd, dvar
+        return 2.0 * (xs * wk.sum(1)[:, None] - wk @ self._np_Zs) / self._np_l * self._sd**2
 
     def mean_and_covariance(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """The latent function's posterior mean ``(..., q)`` and covariance ``(..., q, q)`` at ``X``."""
