@@ -56,6 +56,33 @@ def test_fastgp_fits_and_predicts_as_singletaskgp(n: int, d: int, noise: float) 
     assert np.abs(np.sqrt(var) - posterior.variance.reshape(-1).sqrt().numpy()).max() < 1e-3 * scale
 
 
+@pytest.mark.parametrize("known_noise", [False, True])
+def test_the_fits_loss_and_gradient_are_gpytorchs(known_noise: bool) -> None:
+    X, y = data(15, 3, seed=4)
+    yvar = torch.full((15,), 1e-3, dtype=torch.float64) if known_noise else None
+    ours = FastGP(X, y, yvar)
+    model = SingleTaskGP(X, y.unsqueeze(-1), None if yvar is None else yvar.unsqueeze(-1), outcome_transform=Standardize(1))
+    mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    model.train()
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # away from the fit's optimum, where the gradient is not ~0
+        lengthscale = rng.uniform(0.1, 2.0, 3)
+        noise = rng.uniform(1e-3, 0.1)
+        constant = rng.normal()
+        theta = np.log(lengthscale).tolist() + ([] if known_noise else [math.log(noise)]) + [constant]
+        model.covar_module.lengthscale = torch.tensor(lengthscale)
+        if not known_noise:
+            model.likelihood.noise = torch.tensor(noise)
+        model.mean_module.constant = torch.tensor(constant)
+        expected = -float(mll(model(*model.train_inputs), model.train_targets))
+        loss, grad = ours.loss_and_gradient(np.array(theta))
+        assert loss == pytest.approx(expected, rel=1e-6)
+        for j in range(len(theta)):
+            step = np.zeros(len(theta))
+            step[j] = 1e-6
+            assert (ours.loss_and_gradient(np.array(theta) + step)[0] - loss) / 1e-6 == pytest.approx(grad[j], rel=1e-3, abs=1e-5)
+
+
 def test_predict_gradients_and_known_noise() -> None:
     X, y = data(25, 3, seed=3)
     model = FastGP(X, y, yvar=torch.full((25,), 1e-4, dtype=torch.float64))
