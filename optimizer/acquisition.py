@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from botorch.optim.batched_lbfgs_b import fmin_l_bfgs_b_batched
 from botorch.optim.initializers import initialize_q_batch
+from botorch.sampling.qmc import NormalQMCEngine
 from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
 from botorch.utils.multi_objective.hypervolume import infer_reference_point
 from scipy.special import erfcx, log_ndtr, ndtr
@@ -161,7 +162,8 @@ class FantasyLogEI(Acquisition):
         Pt = torch.from_numpy(P)
         mean, cov = model.mean_and_covariance(Pt)
         jitter = 1e-8 * model.output_scale**2 * torch.eye(len(P), dtype=torch.float64)
-        normal = torch.randn(samples, len(P), generator=generator, dtype=torch.float64)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        normal = NormalQMCEngine(len(P), seed=seed, inv_transform=True).draw(samples, dtype=torch.float64)
         draws = mean + normal @ torch.linalg.cholesky(cov + jitter).T  # (S, k)
         self.best_s = np.maximum(best, (sign * draws).max(-1).values.numpy())  # (S,)
         self.cond = model.condition_on(Pt, mean)
@@ -254,21 +256,35 @@ def maximize(
     acquisition: Acquisition,
     d: int,
     fixed: Mapping[int, float],
-    settings: Mapping[str, int],
+    settings: Mapping[str, float],
     seed: int,
-) -> np.ndarray:
-    """The best point found: raw Sobol samples, BoTorch's start heuristic, L-BFGS-B from each
-    start (BoTorch's batched L-BFGS-B: the starts' evaluations go in one call)."""
+    warm: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best point found, and where every start ended (to warm-start the next candidate).
+
+    Raw Sobol samples, BoTorch's start heuristic, then L-BFGS-B from each start (BoTorch's
+    batched L-BFGS-B: the starts' evaluations go in one call). With ``warm`` (the previous
+    candidate's end points, best first), half the starts are those and half come from a
+    quarter of the raw samples: the batch's next candidate's acquisition differs from the
+    previous one's only near the points added since, so its other local optima are still
+    good starts, and they converge in a few iterations.
+    """
     free = [i for i in range(d) if i not in fixed]
+    n_raw, n_starts = int(settings["raw_samples"]), int(settings["num_restarts"])
+    if warm is not None and len(warm):
+        n_raw, n_starts = max(n_raw // 4, n_starts), max(1, n_starts // 2)
     engine = torch.quasirandom.SobolEngine(len(free), scramble=True, seed=seed)  # type: ignore[no-untyped-call]
-    raw = np.empty((settings["raw_samples"], d))
-    raw[:, free] = engine.draw(settings["raw_samples"], dtype=torch.float64).numpy()
+    raw = np.empty((n_raw, d))
+    raw[:, free] = engine.draw(n_raw, dtype=torch.float64).numpy()
     for i, v in fixed.items():
         raw[:, i] = v
     values = acquisition.screen(raw)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        starts, _ = initialize_q_batch(torch.from_numpy(raw), torch.from_numpy(values), n=settings["num_restarts"])
+        starts_t, _ = initialize_q_batch(torch.from_numpy(raw), torch.from_numpy(values), n=n_starts)
+    starts = starts_t.numpy()
+    if warm is not None and len(warm):
+        starts = np.concatenate([warm[: int(settings["num_restarts"]) - n_starts], starts])
     best_x = raw[int(np.argmax(values))]
     best_value = float(acquisition(best_x[None, :], grad=False)[0][0])  # screened on fewer draws
     template = best_x.copy()
@@ -280,14 +296,16 @@ def maximize(
         return -value, -slope[:, free]  # type: ignore[index]
 
     # BoTorch's batched L-BFGS-B: one L-BFGS-B per start, their evaluations in one call.
-    xs, fs, _ = fmin_l_bfgs_b_batched(negative, starts.numpy()[:, free], bounds=[(0.0, 1.0)] * len(free),
-                                      maxiter=settings["maxiter"])
-    for x, f in zip(np.atleast_2d(xs), np.atleast_1d(fs), strict=True):
+    xs, fs, _ = fmin_l_bfgs_b_batched(negative, starts[:, free], bounds=[(0.0, 1.0)] * len(free),
+                                      maxiter=int(settings["maxiter"]), factr=settings["factr"])
+    xs, fs = np.atleast_2d(xs), np.atleast_1d(fs)
+    ends = np.repeat(template[None, :], len(xs), axis=0)
+    ends[:, free] = np.clip(xs, 0.0, 1.0)
+    for x, f in zip(ends, fs, strict=True):
         if np.isfinite(f) and -f > best_value:
-            best_value = -float(f)
-            best_x = template.copy()
-            best_x[free] = np.clip(x, 0.0, 1.0)
-    return best_x
+            best_value, best_x = -float(f), x.copy()
+    order = np.argsort(np.where(np.isfinite(fs), fs, np.inf), kind="stable")
+    return best_x, ends[order]
 
 
 def feasible(x: np.ndarray, conditions: Sequence[tuple[FastGP, float, float]]) -> np.ndarray:

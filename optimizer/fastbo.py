@@ -47,8 +47,11 @@ __all__ = ["FAST_ERRORS", "FAST_SETTINGS", "fast_generate", "supports_fast"]
 FAST_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, np.linalg.LinAlgError, FloatingPointError)
 
 #: The acquisition optimizer per candidate: raw Sobol samples, starts picked from them by
-#: BoTorch's ``initialize_q_batch``, L-BFGS-B iterations from each start.
-FAST_SETTINGS: dict[str, int] = {"num_restarts": 10, "raw_samples": 512, "maxiter": 200}
+#: BoTorch's ``initialize_q_batch``, L-BFGS-B iterations from each start, which stop once an
+#: iteration improves the log acquisition by less than ``factr`` x 2.2e-16 relative (2.2e-6;
+#: scipy's default 1e7 gives 2.2e-9: the same candidates to ~1e-4 of the range, ~25% more
+#: time, the extra iterations crawling along flat log-EI ridges).
+FAST_SETTINGS: dict[str, float] = {"num_restarts": 10, "raw_samples": 512, "maxiter": 200, "factr": 1e10}
 
 
 def supports_fast(spec: CampaignSpec) -> bool:
@@ -95,7 +98,7 @@ def fast_generate(
     n: int,
     seed: int,
     fixed: Mapping[str, ParameterValue],
-    settings: Mapping[str, int] = FAST_SETTINGS,
+    settings: Mapping[str, float] = FAST_SETTINGS,
 ) -> list[dict[str, ParameterValue]]:
     """``n`` candidates for a continuous campaign, in order (not yet trials).
 
@@ -107,7 +110,7 @@ def fast_generate(
         n: How many candidates.
         seed: Seeds every random draw of the call.
         fixed: Parameters every candidate must carry.
-        settings: ``num_restarts``, ``raw_samples``, ``maxiter`` of the acquisition optimizer.
+        settings: ``num_restarts``, ``raw_samples``, ``maxiter``, ``factr`` of the acquisition optimizer.
     """
     space = _Space(spec)
     generator = torch.Generator().manual_seed(seed)
@@ -134,6 +137,7 @@ def fast_generate(
     lows = {p.name: p.bounds[0] for p in space.params}
     fixed_unit = {names.index(k): space.to_unit({**lows, k: v})[names.index(k)] for k, v in fixed.items() if k in names}
     out: list[dict[str, ParameterValue]] = []
+    warm: np.ndarray | None = None  # where the previous candidate's starts ended
     for _ in range(n):
         cons = [(models[m], s, b) for m, s, b in conditions]
         objectives = [(models[o.name], -1.0 if o.minimize else 1.0) for o in spec.objectives]
@@ -147,7 +151,9 @@ def fast_generate(
                 acquisition = FantasyLogEI(objective, best, P, cons, generator)
         else:
             acquisition = LogEHVI(objectives, hypercells(spec, objectives, cons), cons)
-        x = maximize(acquisition, len(names), fixed_unit, settings, int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        x, ends = maximize(acquisition, len(names), fixed_unit, settings,
+                           int(torch.randint(0, 2**31 - 1, (1,), generator=generator)), warm)
+        warm = ends[np.abs(ends - x).max(1) > 1e-6]  # not the candidate itself: it is pending now
         out.append(space.from_unit(torch.from_numpy(x)) | {k: v for k, v in fixed.items() if k in names})
         out_x.append(x.tolist())
         believe(x[None, :])

@@ -134,7 +134,7 @@ def test_the_maximizer_finds_what_optimize_acqf_finds(seed: int) -> None:
     X, y = data(25, 6, seed=10 + seed)
     model = FastGP(X, y)
     acquisition = Acquisition((model, -1.0), incumbent((model, -1.0), []), [])
-    ours = maximize(acquisition, 6, {}, FAST_SETTINGS, seed)
+    ours, _ = maximize(acquisition, 6, {}, FAST_SETTINGS, seed)
     botorch_ei = LogExpectedImprovement(reference(X, -y), best_f=float(acquisition.best))  # type: ignore[arg-type]
     bounds = torch.stack([torch.zeros(6), torch.ones(6)]).to(torch.float64)
     theirs, _ = optimize_acqf(botorch_ei, bounds=bounds, q=1, num_restarts=20, raw_samples=1024)
