@@ -190,7 +190,7 @@ class OptimizerSettings(_Model):
       (a GP per metric with BoTorch's priors; log expected improvement, or log expected
       hypervolume improvement with several objectives; candidates one at a time, the earlier
       ones pending), computed fast: on a continuous space (float parameters, no parameter
-      constraints) by closedloop's own NumPy implementation (``optimizer.fastbo``, ~0.1-0.5 s
+      constraints) by closedloop's own NumPy implementation (``optimizer.fastbo``, ~0.03-0.4 s
       per batch of 4), otherwise by Ax with a cheaper acquisition optimizer; the GP is fitted
       on at most ``max_training_points`` trials (the best, the most recent and a spread of
       the rest), so the time per suggestion stops growing with the campaign (figures in

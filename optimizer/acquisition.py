@@ -6,10 +6,11 @@ hundreds of times per candidate, and autograd costs more than the arithmetic her
 
 - ``Acquisition``: log expected improvement of one objective (analytic) + log P(each outcome
   constraint holds);
-- ``FantasyLogEI``: the same given pending points, averaged over joint draws of the
-  objective there (BoTorch's sequential-greedy ``qLogNEI`` semantics);
+- ``FantasyLogEI``: the same given pending points, averaged over joint quasi-random draws of
+  the objective there (BoTorch's sequential-greedy ``qLogNEI`` semantics and QMC sampler);
 - ``LogEHVI``: log expected hypervolume improvement of several objectives (analytic);
-- ``maximize``: raw Sobol samples, BoTorch's ``initialize_q_batch`` for the starts, L-BFGS-B.
+- ``maximize``: raw Sobol samples, BoTorch's ``initialize_q_batch`` for the starts (and the
+  previous candidate's end points), L-BFGS-B.
 
 ``tests/unit/test_fastgp.py`` checks them against BoTorch's own.
 """
@@ -142,7 +143,8 @@ class FantasyLogEI(Acquisition):
     """log E[EI above max(best, f(P))], the expectation over joint samples of f at points P.
 
     ``P`` are the pending trials and the batch's earlier candidates. For each of ``samples``
-    joint draws of the objective at ``P``, the model conditioned on them (the same kernel
+    joint draws of the objective at ``P`` (scrambled Sobol normals, as BoTorch's
+    ``SobolQMCNormalSampler`` draws), the model conditioned on them (the same kernel
     matrix for every draw: one Cholesky factor; only the weights ``alpha`` differ) gives an
     analytic EI above that draw's incumbent; their mean is BoTorch's sequential-greedy
     ``qLogNEI`` value of the candidate given ``P``, up to its smoothing and noisy baseline.

@@ -3,7 +3,7 @@
 ``optimizer.method: botorch`` on a continuous search space (float parameters, no linear
 parameter constraints) generates here, from the optimizer's own records; other spaces go
 through Ax's BoTorch generator (``optimizer.generation``). The choices are Ax's defaults,
-computed without GPyTorch's and Ax's per-call overhead (``benchmarks/generation.py``: 8-14x
+computed without GPyTorch's and Ax's per-call overhead (``benchmarks/generation.py``: 24-71x
 faster at 30-100 trials). One batch:
 
 - one GP per metric of the optimization config (objectives and outcome constraints):
@@ -15,11 +15,12 @@ faster at 30-100 trials). One batch:
   posterior means, or the **log expected hypervolume improvement** (several objectives; the
   reference point the objective thresholds, a missing one inferred as BoTorch does), plus
   the log probability that every outcome constraint holds; maximized from raw Sobol samples
-  with L-BFGS-B (``optimizer.acquisition``);
+  with L-BFGS-B (``optimizer.acquisition``), each candidate after the first also from where
+  the previous one's starts ended (warm starts);
 - pending trials (suggested or running) and the batch's earlier candidates: for one
-  objective, the EI is averaged over 128 joint draws of the objective at them (BoTorch's
-  ``qLogNEI`` given pending points); the constraint models, and several objectives, take the
-  posterior mean there as data (the Kriging believer).
+  objective, the EI is averaged over 128 joint quasi-random draws of the objective at them
+  (BoTorch's ``qLogNEI`` given pending points); the constraint models, and several
+  objectives, take the posterior mean there as data (the Kriging believer).
 
 Every random draw comes from ``seed``, so the batch is a function of the records and the
 seed: a rebuilt optimizer makes the live one's suggestion.
