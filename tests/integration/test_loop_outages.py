@@ -145,7 +145,9 @@ def test_failures_are_retried_then_the_campaign_pauses(setup: dict) -> None:
         events = store.read("outages")
     failed = [e for e in events if isinstance(e, TrialFailed)]
     retried = [e for e in events if isinstance(e, TrialRetried)]
-    assert len(failed) == 3 and all(e.reason == "device_error" for e in failed)
+    # The policy pauses at the third failed trial (min_failures); the other device's trial may
+    # fail in the same pass, and a result that arrived is logged, never dropped: 3 or 4 failed.
+    assert len(failed) in (3, 4) and all(e.reason == "device_error" for e in failed)
     assert {e.trial_id for e in failed} <= {e.trial_id for e in retried}  # each failed once before
     paused = [e for e in events if isinstance(e, CampaignPaused)]
     assert len(paused) == 1 and paused[0].reason == "failure_rate" and "3 of 3 trials failed" in paused[0].detail
