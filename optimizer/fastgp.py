@@ -70,8 +70,6 @@ class FastGP:
         self._sd = sd if sd > 0 else 1.0
         self.y = (self.train_y - self._mu) / self._sd
         self.yvar = None if yvar is None else yvar.to(torch.float64).clamp_min(0.0) / self._sd**2
-        self._np_X, self._np_y = self.X.numpy(), self.y.numpy()
-        self._np_yvar = None if self.yvar is None else self.yvar.numpy()
         self._fit(maxiter)
 
     def condition_on(self, X: Tensor, y: Tensor) -> FastGP:
@@ -108,7 +106,7 @@ class FastGP:
         through a torch graph at tens of points. ``tests/unit/test_fastgp.py`` checks it against
         GPyTorch's.
         """
-        X, y = self._np_X, self._np_y
+        X, y = self.X.numpy(), self.y.numpy()
         n, d = X.shape
         lengthscale = np.exp(theta[:d])
         noise = math.exp(theta[d]) if self.yvar is None else None
@@ -116,7 +114,8 @@ class FastGP:
         diffs = (X[:, None, :] - X[None, :, :]) / lengthscale  # (n, n, d)
         sq = diffs * diffs
         kern = np.exp(-0.5 * sq.sum(-1))
-        K = kern + np.diag(self._np_yvar if noise is None else np.full(n, noise)) + _JITTER * np.eye(n)
+        noise_diag = self.yvar.numpy() if noise is None else np.full(n, noise)  # type: ignore[union-attr]
+        K = kern + np.diag(noise_diag) + _JITTER * np.eye(n)
         try:
             factor = cho_factor(K, lower=True)
         except np.linalg.LinAlgError:
@@ -189,22 +188,20 @@ class FastGP:
             x: Points in the unit cube, ``(m, d)``.
             grad: Also return the gradients.
             weights: ``weights(y)`` for ``S`` other outputs at the data points (draws of a
-                fantasy): the means are then ``(m, S)`` and their gradients ``(m, S, d)``.
+                fantasy): the means are then ``(m, S)``; without gradients (a fantasy's
+                gradient: ``predict_draws`` and ``mean_gradient``).
 
         Returns:
             ``mean``, ``var (m,)`` and, with ``grad``, ``dmean``, ``dvar (m, d)``; in the
             metric's units.
         """
+        if grad and weights is not None:
+            raise ValueError("predict(weights=...) has no gradients: use predict_draws and mean_gradient")
         mean, var, k, xs, w = self._mean_var(x, self._np_alpha if weights is None else weights)
         if not grad:
             return mean, var
-        dvar = self._variance_gradient(k, xs, w)
-        if weights is None:
-            return mean, var, self.mean_gradient(x, k, np.broadcast_to(self._np_alpha, k.shape)), dvar
-        # Per draw: the gradient of draw s's mean weights the kernel row by alpha[:, s].
-        kz = k[:, :, None] * self._np_Zs[None]  # (m, n, d)
-        dmean = -(xs[:, None, :] * (k @ weights)[:, :, None] - np.matmul(weights.T[None], kz)) / self._np_l
-        return mean, var, dmean * self._sd, dvar
+        dmean = self.mean_gradient(x, k, np.broadcast_to(self._np_alpha, k.shape))
+        return mean, var, dmean, self._variance_gradient(k, xs, w)
 
     def predict_draws(self, x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """What a fantasy's acquisition needs at the rows of ``x``: the means of ``S`` draws
