@@ -84,6 +84,7 @@ def one_line(exc: pytest.ExceptionInfo[SpecError]) -> str:
         (with_(dispatch="sometimes"), "dispatch", "'async' or 'batch'"),
         (with_(optimizer={"max_training_points": 3}), "optimizer.max_training_points", "20"),
         (with_(optimizer={"method": "magic"}), "optimizer.method", "botorch_default"),
+        (with_(optimizer={"center_first": "perhaps"}), "optimizer.center_first", "bool"),
     ],
 )
 def test_bad_spec_is_one_line_naming_field_and_fix(data: dict, field: str, fix: str) -> None:
