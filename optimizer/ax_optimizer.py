@@ -279,8 +279,7 @@ class AxOptimizer:
         out: list[SuggestedTrial] = []
         if not self._trials and self._spec.optimizer.center_first:
             center = self._sampler.center()
-            if center is not None:  # the campaign's first trial: the centre of the search space
-                new_point(center)
+            if center is not None:  # the campaign's first trial (its key joins self._keys)
                 out.append(self._add(TrialEntry("0", center, "center", None)))
         points = self._sampler.next_points(self._next_position, n - len(out), accept=new_point)
         return out + [
