@@ -142,11 +142,12 @@ def main() -> int:
                     u, window = utilization(r.events, n)
                     bo = [c for c in calls[1:]] or calls  # the first call is the Sobol opening
                     call_s = statistics.median(c[0] for c in bo)
-                    runs.append((u, (lo + hi) / 2 * s / call_s))
+                    ratio = (lo + hi) / 2 * s / call_s  # mean duration / median call
+                    runs.append((u, ratio))
                     print(f"  N={n:<3} {mode:6} {trials:4d} trials  utilization {u:6.1%}  window {window:6.1f} s  "
                           f"wall {r.wall_s:6.1f} s  suggestion calls: {len(calls)}, median {call_s:.3f} s for "
                           f"{statistics.median(c[1] for c in bo):g} trial(s); mean duration / median call "
-                          f"{(lo + hi) / 2 * s / call_s:.1f}", flush=True)
+                          f"{ratio:.1f}", flush=True)
                 rows.append((n, mode, statistics.median(u for u, _ in runs), min(u for u, _ in runs),
                              max(u for u, _ in runs), min(ratio for _, ratio in runs)))
     print(f"\nmedian (min-max) of {args.repeat} run(s)")
