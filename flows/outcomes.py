@@ -77,7 +77,7 @@ class Outcomes:
         trial_id = t.trial_id
         self._worker.tell(lambda optimizer: optimizer.fail(trial_id, reason))
         why = self.state.failure_rate_exceeded()
-        if why is not None:
+        if why is not None and self.state.paused_reason is None:  # one pause, not one per later failure
             self.writer.stage(CampaignPaused(**self.writer.fields("orchestrator"), reason="failure_rate", detail=why))  # type: ignore[arg-type]
 
     def _reject(self, device_id: str | None, topic: str, reason: str, excerpt: str = "") -> None:
