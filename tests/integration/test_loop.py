@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from campaigns import CampaignCreated, MessageRejected, TrialCompleted, TrialFailed, fold, parse_spec
+from campaigns import CampaignCreated, CampaignPaused, MessageRejected, TrialCompleted, TrialFailed, fold, parse_spec
 from devices import DeviceStatus, MqttSettings, Topics, connect, encode
 from flows.flow import campaign
 from simulators import SimInstrument
@@ -108,3 +108,33 @@ def test_silent_device_times_out(env: dict[str, str]) -> None:
     assert [e.reason for e in failed] == ["timeout", "timeout"]
     assert all(e.device_id == "mute" for e in failed)
     store.close()
+
+
+def test_two_failures_in_one_pass_pause_once(env: dict[str, str]) -> None:
+    # Two devices that take a trial each and never answer: both trials time out in the same
+    # pass of the loop. The first failure trips the policy (1 of 1 failed); the second, in the
+    # same pass, is logged as a failure but does not pause the campaign a second time.
+    spec = spec_for([{"id": "mute-a", "measures": ["branin"]}, {"id": "mute-b", "measures": ["branin"]}],
+                    trial_timeout_s=1, budget={"max_trials": 4}, optimizer={"method": "sobol"},
+                    failure_policy={"min_failures": 1})
+    store = create(env, spec)
+    mqtt = MqttSettings(url=env["CLOSEDLOOP_MQTT_URL"], prefix=env["CLOSEDLOOP_MQTT_PREFIX"])
+    topics = Topics(env["CLOSEDLOOP_MQTT_PREFIX"])
+    conn = connect(mqtt, client_id=f"mute-{uuid.uuid4().hex[:6]}")
+    for device in ("mute-a", "mute-b"):
+        conn.publish(topics.status(device), encode(DeviceStatus(state="idle", device_id=device, measures=["branin"])),
+                     retain=True)
+    try:
+        summary = campaign("loop")
+    finally:
+        for device in ("mute-a", "mute-b"):
+            conn.publish(topics.status(device), b"", retain=True)
+        conn.close()
+    events = store.read("loop")
+    store.close()
+    assert summary["status"] == "paused"
+    failed = [e for e in events if isinstance(e, TrialFailed)]
+    assert sorted(e.device_id for e in failed) == ["mute-a", "mute-b"]
+    assert all(e.reason == "timeout" for e in failed)
+    paused = [e for e in events if isinstance(e, CampaignPaused)]
+    assert len(paused) == 1 and paused[0].reason == "failure_rate" and "1 of 1 trials failed" in paused[0].detail
