@@ -125,7 +125,7 @@ class Run:
 
 
 def run_campaign(stack: Stack, spec: CampaignSpec, *, prefect: bool = False, database: str | None = None,
-                 threads: int | None = 1, make_optimizer: Any = None) -> Run:
+                 threads: int | None = 1, make_optimizer: Any = None, options: Any = None) -> Run:
     """Create ``spec``'s campaign, start its instruments, run the loop to the budget.
 
     Args:
@@ -134,6 +134,7 @@ def run_campaign(stack: Stack, spec: CampaignSpec, *, prefect: bool = False, dat
         prefect: Run the Prefect ``campaign`` flow (ephemeral Prefect) instead of
             ``CampaignLoop`` directly.
         make_optimizer: ``CampaignLoop``'s (default: ``AxOptimizer.rebuild``); not with ``prefect``.
+        options: ``CampaignLoop``'s ``LoopOptions`` (default: its defaults); not with ``prefect``.
         database: The log's database (a fresh one by default).
         threads: Torch threads of the optimizer.
     """
@@ -167,7 +168,8 @@ def run_campaign(stack: Stack, spec: CampaignSpec, *, prefect: bool = False, dat
             try:
                 CampaignLoop(spec.name, store, hub,
                              make_optimizer=make_optimizer or partial(AxOptimizer.rebuild, threads=threads),
-                             run_info={"host": socket.gethostname(), "pid": os.getpid()}).run()
+                             run_info={"host": socket.gethostname(), "pid": os.getpid()},
+                             options=options).run()
             finally:
                 hub.stop()
         wall = time.perf_counter() - started

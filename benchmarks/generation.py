@@ -21,7 +21,8 @@ thresholds = BoTorch's reference point 18, 6), true values from ``botorch.test_f
   method did better, seed by seed. ``--no-ax`` runs closedloop alone (many seeds cheaply);
   ``--opening 4,1,1`` gives closedloop the batch sizes Ax's client hands out at the start
   (asked for 4, it returns the centre and 3 Sobol points, then 1 Sobol point, then 1 BoTorch
-  trial, then 4 at a time). Each ratio of medians comes with a 90 % bootstrap interval (the
+  trial, then 4 at a time); ``--no-center`` opens closedloop's campaigns without the centre
+  point (``optimizer.center_first: false``). Each ratio of medians comes with a 90 % bootstrap interval (the
   seeds resampled): how far other seeds could move it.
 
 Then one PASS/FAIL line per criterion of the issue: speed >= 5x at 30 and 100 trials; median
@@ -32,7 +33,7 @@ Usage::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/generation.py [--quick]
         [--problems branin,hartmann6,branin_currin] [--sizes 10,30,100,300,1000]
         [--seeds 5] [--first-seed 0] [--repeat 3] [--cap 300] [--no-timing] [--no-regret]
-        [--paired] [--no-ax] [--opening 4,1,1]
+        [--paired] [--no-ax] [--opening 4,1,1] [--no-center]
 """
 
 from __future__ import annotations
@@ -237,15 +238,18 @@ def time_ax_capped(p: Problem, n: int, cap: float) -> tuple[float, float] | None
 
 
 # ------------------------------------------------------------------------------ regret
-def run_ours(p: Problem, seed: int, method: str = "botorch", opening: tuple[int, ...] = ()) -> tuple[float, list[float]]:
+def run_ours(p: Problem, seed: int, method: str = "botorch", opening: tuple[int, ...] = (),
+             center: bool = True) -> tuple[float, list[float]]:
     """A closedloop campaign of ``p.budget`` trials in batches of 4: regret, wall s per BO batch.
 
     ``method="botorch_default"``: the same campaign (same opening, same batches) with Ax's own
     generation in place of the fast method, for the paired comparison. ``opening``: the sizes
     of the first batches (then 4 each), e.g. ``(4, 1, 1)`` as Ax's client hands them out.
+    ``center=False``: no centre point first (``optimizer.center_first: false``).
     """
     spec = spec_for(p, seed)
-    spec = spec.model_copy(update={"optimizer": spec.optimizer.model_copy(update={"method": method})})
+    spec = spec.model_copy(update={"optimizer": spec.optimizer.model_copy(update={"method": method,
+                                                                                  "center_first": center})})
     opt = AxOptimizer(spec, threads=1)
     values: list[dict[str, float]] = []
     times: list[float] = []
@@ -320,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--no-ax", action="store_true", help="regret: closedloop only (no Ax runs, no ratio)")
     ap.add_argument("--opening", default="", help="regret: closedloop's first batch sizes, e.g. 4,1,1 (then 4 each)")
+    ap.add_argument("--no-center", action="store_true", help="regret: closedloop without the centre point first")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -370,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_range = range(args.first_seed, args.first_seed + seeds)
         opening = tuple(int(x) for x in args.opening.split(",") if x)
         for p in problems:
-            ours = [run_ours(p, s, opening=opening) for s in seed_range]
+            ours = [run_ours(p, s, opening=opening, center=not args.no_center) for s in seed_range]
             ax = [] if args.no_ax else [run_ax(p, s) for s in seed_range]
             mo = statistics.median(r for r, _ in ours)
             ma = statistics.median(r for r, _ in ax) if ax else math.nan
@@ -388,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'':<14}  runs with regret < {near}: closedloop {sum(r < near for r, _ in ours)} of {seeds}"
                   + (f", Ax {sum(r < near for r, _ in ax)} of {seeds}" if ax else ""), flush=True)
             if args.paired:  # the same openings: the methods alone differ
-                axgen = [run_ours(p, s, method="botorch_default", opening=opening)[0] for s in seed_range]
+                axgen = [run_ours(p, s, method="botorch_default", opening=opening, center=not args.no_center)[0]
+                         for s in seed_range]
                 wins = sum(o < a for (o, _), a in zip(ours, axgen, strict=True))
                 print(f"{'':<14}  paired, closedloop's opening: Ax's generation median {statistics.median(axgen):.4g}, "
                       f"regret < {near} in {sum(a < near for a in axgen)}; closedloop better in {wins} of {seeds} seeds",

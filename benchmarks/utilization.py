@@ -29,7 +29,7 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/utilization.py [--devices 1,4,16]
         [--trials-per-device 10] [--repeat 3] [--factor 5,15] [--init 4] [--method botorch|sobol]
-        [--seconds S]
+        [--seconds S] [--suggest-ahead K]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._stack import Stack, branin_spec, run_campaign  # noqa: E402
 from campaigns import Measurement, SuggestedTrial  # noqa: E402
+from flows.loop import LoopOptions  # noqa: E402
 from optimizer import AxOptimizer  # noqa: E402
 from simulators import branin  # noqa: E402
 
@@ -116,6 +117,8 @@ def main() -> int:
     parser.add_argument("--init", type=int, default=4, help="Sobol trials before BoTorch")
     parser.add_argument("--method", default="botorch")
     parser.add_argument("--seconds", type=float, default=None, help="use this suggestion time instead of measuring")
+    parser.add_argument("--suggest-ahead", type=int, default=None,
+                        help="trials kept suggested beyond the free devices (default: the loop's, ceil(devices / 5))")
     args = parser.parse_args()
     print("load average at start: %.2f %.2f %.2f (2 cores; other work on the machine slows every figure)"
           % os.getloadavg(), flush=True)
@@ -138,7 +141,8 @@ def main() -> int:
                     calls: list[tuple[float, int]] = []
                     r = run_campaign(stack, spec.model_copy(update={"name": f"{spec.name}-{repeat}"}),
                                      make_optimizer=lambda sp, tr, calls=calls: Timed(
-                                         AxOptimizer.rebuild(sp, list(tr), threads=1), calls))
+                                         AxOptimizer.rebuild(sp, list(tr), threads=1), calls),
+                                     options=LoopOptions(suggest_ahead=args.suggest_ahead))
                     u, window = utilization(r.events, n)
                     bo = [c for c in calls[1:]] or calls  # the first call is the Sobol opening
                     call_s = statistics.median(c[0] for c in bo)
