@@ -9,7 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from campaigns import CampaignCreated, CampaignPaused, MessageRejected, TrialCompleted, TrialFailed, fold, parse_spec
+from campaigns import (
+    CampaignCreated,
+    CampaignPaused,
+    MessageRejected,
+    RunStarted,
+    SuggestedTrial,
+    TrialCompleted,
+    TrialDispatched,
+    TrialFailed,
+    TrialsSuggested,
+    fold,
+    parse_spec,
+)
 from devices import DeviceStatus, MqttSettings, Topics, connect, encode
 from flows.flow import campaign
 from simulators import SimInstrument
@@ -111,25 +123,24 @@ def test_silent_device_times_out(env: dict[str, str]) -> None:
 
 
 def test_two_failures_in_one_pass_pause_once(env: dict[str, str]) -> None:
-    # Two devices that take a trial each and never answer: both trials time out in the same
-    # pass of the loop. The first failure trips the policy (1 of 1 failed); the second, in the
-    # same pass, is logged as a failure but does not pause the campaign a second time.
+    # A run stopped with two trials out on devices that never answer. The resumed loop re-sends
+    # both and starts their clocks in the same pass, so both time out in one pass: the first
+    # failure trips the policy (1 of 1 failed); the second, in the same pass, is logged as a
+    # failure but does not pause the campaign a second time.
     spec = spec_for([{"id": "mute-a", "measures": ["branin"]}, {"id": "mute-b", "measures": ["branin"]}],
-                    trial_timeout_s=1, budget={"max_trials": 4}, optimizer={"method": "sobol"},
-                    failure_policy={"min_failures": 1})
+                    trial_timeout_s=1, optimizer={"method": "sobol"}, failure_policy={"min_failures": 1})
     store = create(env, spec)
-    mqtt = MqttSettings(url=env["CLOSEDLOOP_MQTT_URL"], prefix=env["CLOSEDLOOP_MQTT_PREFIX"])
-    topics = Topics(env["CLOSEDLOOP_MQTT_PREFIX"])
-    conn = connect(mqtt, client_id=f"mute-{uuid.uuid4().hex[:6]}")
-    for device in ("mute-a", "mute-b"):
-        conn.publish(topics.status(device), encode(DeviceStatus(state="idle", device_id=device, measures=["branin"])),
-                     retain=True)
-    try:
-        summary = campaign("loop")
-    finally:
-        for device in ("mute-a", "mute-b"):
-            conn.publish(topics.status(device), b"", retain=True)
-        conn.close()
+    fields = {"campaign_id": "loop", "actor": "orchestrator"}
+    store.append([
+        RunStarted(**fields, seq=2, host="lab-pc", pid=1, flow_run_id=None),
+        TrialsSuggested(**fields, seq=3, trials=[
+            SuggestedTrial(trial_id="0", parameters={"x1": 0.0, "x2": 5.0}, generator="human"),
+            SuggestedTrial(trial_id="1", parameters={"x1": 5.0, "x2": 10.0}, generator="human"),
+        ]),
+        TrialDispatched(**fields, seq=4, trial_id="0", device_id="mute-a", request_id="r-0"),
+        TrialDispatched(**fields, seq=5, trial_id="1", device_id="mute-b", request_id="r-1"),
+    ])
+    summary = campaign("loop")
     events = store.read("loop")
     store.close()
     assert summary["status"] == "paused"
