@@ -22,8 +22,8 @@ thresholds = BoTorch's reference point 18, 6), true values from ``botorch.test_f
   ``--opening 4,1,1`` gives closedloop the batch sizes Ax's client hands out at the start
   (asked for 4, it returns the centre and 3 Sobol points, then 1 Sobol point, then 1 BoTorch
   trial, then 4 at a time); ``--no-center`` opens closedloop's campaigns without the centre
-  point (``optimizer.center_first: false``). Each ratio of medians comes with a 90 % bootstrap interval (the
-  seeds resampled): how far other seeds could move it.
+  point (``optimizer.center_first: false``). Each ratio of medians comes with a 90 % bootstrap
+  interval (the seeds resampled): how far other seeds could move it.
 
 Then one PASS/FAIL line per criterion of the issue: speed >= 5x at 30 and 100 trials; median
 regret ratio <= 1.1.
