@@ -120,6 +120,8 @@ def main() -> int:
     parser.add_argument("--suggest-ahead", type=int, default=None,
                         help="trials kept suggested beyond the free devices (default: the loop's, ceil(devices / 5))")
     args = parser.parse_args()
+    if args.suggest_ahead is not None and args.suggest_ahead < 0:
+        parser.error(f"--suggest-ahead must be 0 or more, not {args.suggest_ahead}")
     print("load average at start: %.2f %.2f %.2f (2 cores; other work on the machine slows every figure)"
           % os.getloadavg(), flush=True)
     lo, hi = (float(x) for x in args.factor.split(","))
