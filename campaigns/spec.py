@@ -187,7 +187,7 @@ class OptimizerSettings(_Model):
     point), then scrambled Sobol points. Then ``method`` says what suggests trials:
 
     - ``botorch`` (default): Bayesian optimization with Ax's default model and acquisition
-      (a GP per metric with BoTorch's priors; log expected improvement, or log expected
+      (a GP per metric with BoTorch's priors; log noisy expected improvement, or log expected
       hypervolume improvement with several objectives; candidates one at a time, the earlier
       ones pending), computed fast: on a continuous space (float parameters, no parameter
       constraints) by closedloop's own NumPy implementation (``optimizer.fastbo``, ~0.03-0.4 s

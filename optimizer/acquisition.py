@@ -6,11 +6,13 @@ hundreds of times per candidate, and autograd costs more than the arithmetic her
 
 - ``Acquisition``: log expected improvement of one objective (analytic) + log P(each outcome
   constraint holds);
-- ``FantasyLogEI``: the same given pending points, averaged over joint quasi-random draws of
-  the objective there (BoTorch's sequential-greedy ``qLogNEI`` semantics and QMC sampler);
+- ``LogNEI``: log noisy expected improvement: the EI above the best of joint
+  quasi-random draws of the objective at the tried points that may be the best
+  (``baseline``) and the pending points, averaged over the draws (BoTorch's ``qLogNEI``, Ax's
+  default, with sequential-greedy pending points and its QMC sampler);
 - ``LogEHVI``: log expected hypervolume improvement of several objectives (analytic);
-- ``maximize``: raw Sobol samples, BoTorch's ``initialize_q_batch`` for the starts (and the
-  previous candidate's end points), L-BFGS-B.
+- ``maximize``: raw Sobol samples and samples around the baseline, BoTorch's
+  ``initialize_q_batch`` for the starts (and the previous candidate's end points), L-BFGS-B.
 
 ``tests/unit/test_fastgp.py`` checks them against BoTorch's own.
 """
@@ -30,13 +32,13 @@ from botorch.utils.multi_objective.hypervolume import infer_reference_point
 from scipy.special import erfcx, log_ndtr, ndtr
 
 from campaigns.spec import CampaignSpec
-from optimizer.fastgp import FastGP
+from optimizer.fastgp import EXACT, FastGP
 
-__all__ = ["Acquisition", "FantasyLogEI", "LogEHVI", "feasible", "hypercells", "incumbent", "log_h", "maximize"]
+__all__ = ["Acquisition", "LogEHVI", "LogNEI", "baseline", "feasible", "hypercells", "incumbent", "log_h", "maximize"]
 
 _MIN_VAR = 1e-10  # posterior variance floor, relative to the output variance
 _FD_STEP = 1e-6  # forward-difference step in the unit cube (log EHVI's gradient)
-SCREEN_DRAWS = 32  # FantasyLogEI's draws used to rank the raw samples (all of them after)
+SCREEN_DRAWS = 32  # LogNEI's draws used to rank the raw samples (all of them after)
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
 
@@ -83,6 +85,10 @@ class Acquisition:
     to maximize; a condition holds when it is at least its bound. Takes and returns NumPy
     arrays; ``x`` is ``(m, d)`` in the unit cube.
     """
+
+    #: The tried points that may be the best one (``LogNEI``): ``maximize`` draws raw
+    #: samples around them too.
+    B: np.ndarray | None = None
 
     def __init__(
         self,
@@ -139,36 +145,40 @@ class Acquisition:
         return self(x, grad=False)[0]
 
 
-class FantasyLogEI(Acquisition):
-    """log E[EI above max(best, f(P))], the expectation over joint samples of f at points P.
+class LogNEI(Acquisition):
+    """log E[max(f(x) - max f(B u P), 0)], over joint draws of f at the points B and P.
 
-    ``P`` are the pending trials and the batch's earlier candidates. For each of ``samples``
-    joint draws of the objective at ``P`` (scrambled Sobol normals, as BoTorch's
-    ``SobolQMCNormalSampler`` draws), the model conditioned on them (the same kernel
+    ``B`` is the baseline: the trials that may be the best one (``baseline``); ``P`` the
+    pending trials and the batch's earlier candidates. For each of ``samples`` joint draws of
+    the latent objective at ``B`` and ``P`` (scrambled Sobol normals, as BoTorch's
+    ``SobolQMCNormalSampler`` draws), the model conditioned on them exactly (the same kernel
     matrix for every draw: one Cholesky factor; only the weights ``alpha`` differ) gives an
-    analytic EI above that draw's incumbent; their mean is BoTorch's sequential-greedy
-    ``qLogNEI`` value of the candidate given ``P``, up to its smoothing and noisy baseline.
+    analytic EI above that draw's best; their mean is BoTorch's ``qLogNEI`` value of the
+    candidate given ``P`` (Ax's default), up to its smoothing. The incumbent is drawn, not a
+    posterior mean: at a tried point the improvement is ~0, where an EI above a fixed
+    incumbent still sees the inferred noise's variance there and spends trials re-measuring it.
     """
 
     def __init__(
         self,
         objective: tuple[FastGP, float],
-        best: float,
+        B: np.ndarray,
         P: np.ndarray,
         conditions: Sequence[tuple[FastGP, float, float]],
         generator: torch.Generator,
         samples: int = 128,
     ) -> None:
-        super().__init__(objective, best, conditions)
+        super().__init__(objective, None, conditions)
+        self.B = B
         model, sign = objective
-        Pt = torch.from_numpy(P)
-        mean, cov = model.mean_and_covariance(Pt)
-        jitter = 1e-8 * model.output_scale**2 * torch.eye(len(P), dtype=torch.float64)
+        points = torch.from_numpy(np.concatenate([B, P.reshape(-1, B.shape[1])]))
+        mean, cov = model.mean_and_covariance(points)
+        jitter = 1e-8 * model.output_scale**2 * torch.eye(len(points), dtype=torch.float64)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        normal = NormalQMCEngine(len(P), seed=seed, inv_transform=True).draw(samples, dtype=torch.float64)
+        normal = NormalQMCEngine(len(points), seed=seed, inv_transform=True).draw(samples, dtype=torch.float64)
         draws = mean + normal @ torch.linalg.cholesky(cov + jitter).T  # (S, k)
-        self.best_s = np.maximum(best, (sign * draws).max(-1).values.numpy())  # (S,)
-        self.cond = model.condition_on(Pt, mean)
+        self.best_s = (sign * draws).max(-1).values.numpy()  # (S,)
+        self.cond = model.condition_on(points, mean, noise=EXACT)
         self.alpha = self.cond.weights(torch.cat([model.train_y.expand(samples, -1), draws], -1))  # (n + k, S)
 
     def objective_term(self, x: np.ndarray, grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -264,12 +274,15 @@ def maximize(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The best point found, and where every start ended (to warm-start the next candidate).
 
-    Raw Sobol samples, BoTorch's start heuristic, then L-BFGS-B from each start (BoTorch's
-    batched L-BFGS-B: the starts' evaluations go in one call). With ``warm`` (the previous
-    candidate's end points, best first), half the starts are those and half come from a
-    quarter of the raw samples: the batch's next candidate's acquisition differs from the
-    previous one's only near the points added since, so its other local optima are still
-    good starts, and they converge in a few iterations.
+    Raw Sobol samples, and ``around_best`` more drawn around the acquisition's baseline
+    (normal, ``around_sd`` in the unit cube; BoTorch's ``sample_around_best``: once a
+    campaign is near an optimum, the acquisition's peak is a small region next to the best
+    trials that few Sobol samples fall in), BoTorch's start heuristic, then L-BFGS-B from
+    each start (BoTorch's batched L-BFGS-B: the starts' evaluations go in one call). With
+    ``warm`` (the previous candidate's end points, best first), half the starts are those and
+    half come from a quarter of the Sobol samples: the batch's next candidate's acquisition
+    differs from the previous one's only near the points added since, so its other local
+    optima are still good starts, and they converge in a few iterations.
     """
     free = [i for i in range(d) if i not in fixed]
     n_raw, n_starts = int(settings["raw_samples"]), int(settings["num_restarts"])
@@ -280,6 +293,13 @@ def maximize(
     raw[:, free] = engine.draw(n_raw, dtype=torch.float64).numpy()
     for i, v in fixed.items():
         raw[:, i] = v
+    around, B = int(settings.get("around_best", 0)), acquisition.B
+    if around and B is not None and len(B):  # the same again around the baseline (refinement)
+        rng = np.random.default_rng(seed)
+        near = B[rng.integers(0, len(B), around)] + rng.normal(0.0, settings["around_sd"], (around, d))
+        for i, v in fixed.items():
+            near[:, i] = v
+        raw = np.concatenate([raw, np.clip(near, 0.0, 1.0)])
     values = acquisition.screen(raw)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -325,6 +345,28 @@ def incumbent(objective: tuple[FastGP, float], conditions: Sequence[tuple[FastGP
     best = sign * model.predict(x, grad=False)[0]
     ok = feasible(x, conditions)
     return float(best[ok].max()) if ok.any() else None
+
+
+def baseline(
+    objective: tuple[FastGP, float], conditions: Sequence[tuple[FastGP, float, float]], most: int = 8
+) -> np.ndarray:
+    """The data points that may be the best one: ``LogNEI``'s baseline, ``(k, d)``.
+
+    Among the points feasible by posterior means (all points if none is), those whose
+    posterior mean is within 3 standard deviations (of the difference) of the best one's, at
+    most ``most`` of them, best first: BoTorch's ``prune_inferior_points`` in spirit, for
+    the cost of one prediction.
+    """
+    model, sign = objective
+    x = model.X.numpy()
+    ok = feasible(x, conditions)
+    x = x[ok] if ok.any() else x
+    mean, var = model.predict(x, grad=False)
+    mean = sign * mean
+    top = int(np.argmax(mean))
+    gap = (mean[top] - mean) / np.sqrt(var + var[top] + _MIN_VAR * model.output_scale**2)
+    order = np.argsort(-mean, kind="stable")
+    return x[[i for i in order if gap[i] <= 3.0][:most]]
 
 
 def hypercells(

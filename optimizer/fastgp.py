@@ -27,10 +27,11 @@ from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import minimize
 from torch import Tensor
 
-__all__ = ["FastGP"]
+__all__ = ["EXACT", "FastGP"]
 
 MIN_LENGTHSCALE = 0.025
 MIN_NOISE = 1e-4
+EXACT = 1e-6  # the noise variance (standardized) of a conditioned draw of the latent function
 NOISE_PRIOR = (-4.0, 1.0)  # LogNormal(loc, scale) of the noise variance (standardized units)
 _JITTER = 1e-8
 
@@ -72,17 +73,25 @@ class FastGP:
         self.yvar = None if yvar is None else yvar.to(torch.float64).clamp_min(0.0) / self._sd**2
         self._fit(maxiter)
 
-    def condition_on(self, X: Tensor, y: Tensor) -> FastGP:
+    def condition_on(self, X: Tensor, y: Tensor, noise: float | None = None) -> FastGP:
         """This model with ``(X, y)`` added as data, hyperparameters and scaling unchanged.
 
-        A new point's noise is the inferred noise level, or the mean known noise.
+        Args:
+            X: The new inputs, ``(k, d)``.
+            y: Their outputs, ``(k,)``, in the metric's units.
+            noise: The new points' noise variance in standardized units: ``EXACT`` for values
+                of the latent function itself (a joint draw); by default the inferred noise
+                level, or the mean known noise.
         """
         new = FastGP.__new__(FastGP)
         new.X = torch.cat([self.X, X.to(torch.float64)])
         new.train_y = torch.cat([self.train_y, y.to(torch.float64)])
         new._mu, new._sd = self._mu, self._sd
         new.y = (new.train_y - new._mu) / new._sd
-        new.yvar = None if self.yvar is None else torch.cat([self.yvar, self.yvar.mean().expand(len(X))])
+        new._point_noise = self._point_noise
+        level = self._point_noise if noise is None else noise
+        new.yvar = None if self.yvar is None and noise is None else torch.cat(
+            [self._noise_diag(self.noise), torch.full((len(X),), level, dtype=torch.float64)])
         new.lengthscale, new.noise, new.constant = self.lengthscale, self.noise, self.constant
         new._factor()
         return new
@@ -94,7 +103,8 @@ class FastGP:
         return torch.exp(-0.5 * sq.clamp_min(0.0))
 
     def _noise_diag(self, noise: Tensor | None) -> Tensor:
-        return self.yvar if noise is None else noise.expand(len(self.y))  # type: ignore[return-value]
+        """The noise variance per data point (standardized): known or conditioned, else ``noise``."""
+        return self.yvar if self.yvar is not None else noise.expand(len(self.y))  # type: ignore[union-attr]
 
     def loss_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """GPyTorch's ``ExactMarginalLogLikelihood`` loss with the priors, negated, per point, and
@@ -152,6 +162,8 @@ class FastGP:
         theta = torch.tensor(result.x if np.isfinite(result.fun) else x0, dtype=torch.float64)
         self.lengthscale = torch.exp(theta[:d])
         self.noise = torch.exp(theta[d]) if self.yvar is None else None
+        # A conditioned point's noise by default: the inferred level, or the mean known noise.
+        self._point_noise = float(self.noise if self.noise is not None else self.yvar.mean())  # type: ignore[union-attr]
         self.constant = float(theta[-1])
         self._factor()
 
