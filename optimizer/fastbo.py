@@ -139,6 +139,7 @@ def fast_generate(
             models[name] = models[name].condition_on(torch.from_numpy(X), torch.from_numpy(mean))
 
     pending_x = [space.to_unit(t.parameters) for t in pending]
+    tried = [space.to_unit(t.parameters) for t in trained]
     out_x: list[list[float]] = []
     if pending:
         believe(np.array(pending_x, dtype=float))
@@ -161,11 +162,24 @@ def fast_generate(
             acquisition = LogEHVI(objectives, hypercells(spec, objectives, cons), cons)
         x, ends = maximize(acquisition, len(names), fixed_unit, settings,
                            int(torch.randint(0, 2**31 - 1, (1,), generator=generator)), warm)
+        x = _untried(x, ends, np.array(tried + pending_x + out_x, dtype=float).reshape(-1, len(names)))
         warm = ends[np.abs(ends - x).max(1) > 1e-6]  # not the candidate itself: it is pending now
         out.append(space.from_unit(torch.from_numpy(x)) | {k: v for k, v in fixed.items() if k in names})
         out_x.append(x.tolist())
         believe(x[None, :])
     return out
+
+
+def _untried(x: np.ndarray, ends: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """``x``, or if it is a trial already (or pending, or an earlier candidate), the best end
+    point of the acquisition optimizer that is not: with the noise it infers, the model can
+    favour re-running a tried point, often a corner of the space, on a function whose
+    measurements repeat. ``x`` if every end point is taken (``AxOptimizer`` drops it).
+    """
+    for candidate in (x, *ends):
+        if not len(taken) or np.abs(taken - candidate).max(1).min() > 1e-9:
+            return candidate
+    return x
 
 
 def _fit(spec: CampaignSpec, space: _Space, trained: Sequence[TrialEntry], metric: str) -> FastGP:
