@@ -179,9 +179,10 @@ class CampaignLoop(Outcomes):
         started = self.clock()
         # Trials in flight when the last run stopped: ask their devices again, with the same
         # request id (a v1 device answers a request it has run from its store), and give them
-        # a fresh deadline from now.
+        # all one fresh deadline from now (not from each re-send, however slow the broker).
+        now = self.clock()
         for t in self.state.in_flight:
-            self._resend(t, "resume", force=True)
+            self._resend(t, "resume", force=True, since=now)
         for approval in self.state.open_approvals.values():
             self._notify(approval.approval_id)
         while True:
@@ -377,12 +378,12 @@ class CampaignLoop(Outcomes):
             ahead = max(1, -(-len(spec.devices) // 5))
         return max(0, min(free + ahead - queued, spec.batch_size, room))
 
-    def _publish(self, t: TrialRecord) -> None:
+    def _publish(self, t: TrialRecord, since: float | None = None) -> None:
         assert t.device_id is not None and t.request_id is not None
         spec = self.state.spec
         assert spec is not None
         self.writer.flush()  # intent before side effect
-        self._deadlines[t.trial_id] = self.clock() + spec.trial_timeout_s
+        self._deadlines[t.trial_id] = (self.clock() if since is None else since) + spec.trial_timeout_s
         self._last_resend[t.trial_id] = self.clock()
         request = RunTrial(request_id=t.request_id, campaign_id=self.campaign_id, trial_id=t.trial_id,
                            parameters=dict(t.parameters))
@@ -393,11 +394,11 @@ class CampaignLoop(Outcomes):
             # trial times out.
             log.warning("publishing trial %s to %s failed: %s", t.trial_id, t.device_id, exc)
 
-    def _resend(self, t: TrialRecord, reason: str, *, force: bool = False) -> None:
+    def _resend(self, t: TrialRecord, reason: str, *, force: bool = False, since: float | None = None) -> None:
         if t.device_id is None or t.request_id is None:
             return
         if not force and self.clock() - self._last_resend.get(t.trial_id, -1e9) < self.options.resend_min_interval_s:
             return
         self.writer.append(RequestResent(**self.writer.fields("orchestrator"), trial_id=t.trial_id,  # type: ignore[arg-type]
                                          device_id=t.device_id, request_id=t.request_id, reason=reason))
-        self._publish(t)
+        self._publish(t, since)

@@ -124,9 +124,9 @@ def test_silent_device_times_out(env: dict[str, str]) -> None:
 
 def test_two_failures_in_one_pass_pause_once(env: dict[str, str]) -> None:
     # A run stopped with two trials out on devices that never answer. The resumed loop re-sends
-    # both and starts their clocks in the same pass, so both time out in one pass: the first
-    # failure trips the policy (1 of 1 failed); the second, in the same pass, is logged as a
-    # failure but does not pause the campaign a second time.
+    # both and gives them one deadline (however slow each re-send), so both time out in one
+    # pass: the first failure trips the policy (1 of 1 failed); the second, in the same pass,
+    # is logged as a failure but does not pause the campaign a second time.
     spec = spec_for([{"id": "mute-a", "measures": ["branin"]}, {"id": "mute-b", "measures": ["branin"]}],
                     trial_timeout_s=1, optimizer={"method": "sobol"}, failure_policy={"min_failures": 1})
     store = create(env, spec)
