@@ -2,9 +2,10 @@
 
 ``optimizer.method: botorch`` on a continuous search space (float parameters, no linear
 parameter constraints) generates here, from the optimizer's own records; other spaces go
-through Ax's BoTorch generator (``optimizer.generation``). The choices are Ax's defaults,
-computed without GPyTorch's and Ax's per-call overhead (``benchmarks/generation.py``: 24-71x
-faster at 30-100 trials). One batch:
+through Ax's BoTorch generator (``optimizer.generation``). The choices are Ax's defaults but
+for two (the noisy EI's baseline is the best trial alone, and raw samples are also drawn around
+it), computed without GPyTorch's and Ax's per-call overhead (``benchmarks/generation.py``:
+21-39x faster at 30-100 trials). One batch:
 
 - one GP per metric of the optimization config (objectives and outcome constraints):
   ``FastGP``, BoTorch's default model and priors, on the bounded training set
