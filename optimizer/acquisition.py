@@ -346,9 +346,9 @@ def incumbent(objective: tuple[FastGP, float], conditions: Sequence[tuple[FastGP
     return float(best[ok].max()) if ok.any() else None
 
 
-def baseline(objective: tuple[FastGP, float], conditions: Sequence[tuple[FastGP, float, float]]) -> np.ndarray:
+def baseline(objective: tuple[FastGP, float], conditions: Sequence[tuple[FastGP, float, float]]) -> np.ndarray | None:
     """``LogNEI``'s baseline, ``(1, d)``: the data point with the best posterior mean among
-    those feasible by posterior means (all points if none is).
+    those feasible by posterior means; None if none is.
 
     BoTorch's ``qLogNEI`` takes the best of its draws at every data point that may be the best
     (``prune_inferior_points``). Drawn at several, that best is above the best point's value
@@ -358,9 +358,9 @@ def baseline(objective: tuple[FastGP, float], conditions: Sequence[tuple[FastGP,
     over 150 seeds 0.048 and 0.045 (``benchmarks/README.md``).
     """
     model, sign = objective
-    x = model.X.numpy()
-    ok = feasible(x, conditions)
-    x = x[ok] if ok.any() else x
+    x = model.X.numpy()[feasible(model.X.numpy(), conditions)]
+    if not len(x):
+        return None
     return x[[int(np.argmax(sign * model.predict(x, grad=False)[0]))]]
 
 

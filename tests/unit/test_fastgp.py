@@ -120,9 +120,11 @@ def test_acquisition_gradients_match_finite_differences() -> None:
     model = FastGP(X, y)
     x = np.random.default_rng(1).random((4, 3))
     g = torch.Generator().manual_seed(0)
+    B = baseline((model, -1.0), [])
+    assert B is not None
     for acquisition in (
         Acquisition((model, -1.0), float(-y.min()), [(model, 1.0, -1.0)]),
-        LogNEI((model, -1.0), baseline((model, -1.0), []), np.random.default_rng(2).random((2, 3)), [], g),
+        LogNEI((model, -1.0), B, np.random.default_rng(2).random((2, 3)), [], g),
     ):
         value, slope = acquisition(x)
         for j in range(3):
@@ -142,6 +144,7 @@ def test_fantasy_log_ei_is_botorchs_qlognei(pending: int) -> None:
     ref.mean_module.constant = -model.constant
     ref.eval()
     B = baseline((model, -1.0), [])
+    assert B is not None
     P = np.random.default_rng(4).random((pending, 3))
     x = np.concatenate([np.random.default_rng(3).random((30, 3)), B + 0.02, B])
     ours = LogNEI((model, -1.0), B, P, [], torch.Generator().manual_seed(0), samples=4096)(x, grad=False)[0]
