@@ -135,7 +135,7 @@ def test_acquisition_gradients_match_finite_differences() -> None:
 
 
 @pytest.mark.parametrize("pending", [0, 2])
-def test_fantasy_log_ei_is_botorchs_qlognei(pending: int) -> None:
+def test_log_nei_is_botorchs_qlognei(pending: int) -> None:
     X, y = data(20, 3, seed=6)
     model = FastGP(X, y)
     ref = SingleTaskGP(X, -y.unsqueeze(-1), outcome_transform=Standardize(1))  # maximizes -y
