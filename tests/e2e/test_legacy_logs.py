@@ -1,0 +1,138 @@
+"""A campaign outlives the code that started it: logs written by an earlier version (kept in
+tests/data/legacy/, see its README) fold, resume and finish under this one, nothing run twice."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from campaigns import TrialCompleted, fold
+from simulators import read_completions
+from storage import EmbeddedMongo, MongoEventStore
+from tests.e2e.cli import CLOSEDLOOP, cli_env, run, status
+
+LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"
+
+
+def load_legacy(home: Path, name: str) -> list[dict[str, Any]]:
+    """Put an old log, documents exactly as stored then, into the embedded database under home."""
+    docs = [json.loads(line) for line in (LEGACY / f"{name}.jsonl").read_text().splitlines()]
+    home.mkdir(parents=True, exist_ok=True)
+    with EmbeddedMongo(home) as mongo:
+        client: MongoClient[dict[str, Any]] = MongoClient(mongo.uri)
+        client["closedloop"]["events"].insert_many([dict(d) for d in docs])
+        client.close()
+    return docs
+
+
+def read_log(home: Path, campaign: str) -> list[Any]:
+    with EmbeddedMongo(home) as mongo, MongoEventStore(mongo.uri) as store:
+        return store.read(campaign)
+
+
+def raw_log(home: Path, campaign: str) -> list[dict[str, Any]]:
+    with EmbeddedMongo(home) as mongo:
+        client: MongoClient[dict[str, Any]] = MongoClient(mongo.uri)
+        docs = list(client["closedloop"]["events"].find({"campaign_id": campaign}, {"_id": 0}).sort("seq", 1))
+        client.close()
+    return docs
+
+
+def env_for(tmp_path: Path, broker: str, prefect: dict[str, str]) -> dict[str, str]:
+    import uuid
+
+    return cli_env(tmp_path / "home", prefect, CLOSEDLOOP_MQTT_URL=broker,
+                   CLOSEDLOOP_MQTT_PREFIX=f"legacy-{uuid.uuid4().hex[:8]}")
+
+
+def completed_once(events: list[Any], trials: int) -> None:
+    per_trial = Counter(e.trial_id for e in events if isinstance(e, TrialCompleted))
+    assert sorted(per_trial, key=int) == [str(i) for i in range(trials)]
+    assert set(per_trial.values()) == {1}, per_trial
+
+
+@pytest.mark.timeout(300)
+def test_a_finished_legacy_campaign_folds_and_reports(tmp_path: Path, mosquitto_url: str,
+                                                       prefect_server: dict[str, str]) -> None:
+    docs = load_legacy(tmp_path / "home", "finished")
+    env = env_for(tmp_path, mosquitto_url, prefect_server)
+    state = fold(read_log(tmp_path / "home", "legacy-finished"))
+    assert state.last_seq == len(docs) and state.status == "finished" and state.count("completed") == 8
+    s = status("legacy-finished", env)
+    assert s["trials"]["completed"] == 8 and s["status"] == "finished"
+    assert s["best"]["measurements"]["branin"] == pytest.approx(
+        min(m["branin"]["mean"] for d in docs if d["kind"] == "TrialCompleted" for m in [d["measurements"]]))
+    out = run(["resume", "legacy-finished"], env, timeout=120)
+    assert out.returncode == 1 and "already finished" in out.stderr
+    assert len(read_log(tmp_path / "home", "legacy-finished")) == len(docs)  # nothing appended
+
+
+@pytest.mark.timeout(420)
+def test_a_legacy_campaign_stopped_with_trials_in_flight_resumes_and_finishes(
+        tmp_path: Path, mosquitto_url: str, prefect_server: dict[str, str]) -> None:
+    home = tmp_path / "home"
+    docs = load_legacy(home, "in_flight")
+    shutil.copytree(LEGACY / "in_flight_devices", home / "devices")
+    env = env_for(tmp_path, mosquitto_url, prefect_server)
+    before = fold(read_log(home, "legacy-in-flight"))
+    assert [t.trial_id for t in before.in_flight] == ["6", "7"]
+    assert before.spec is not None and before.spec.batch_size == 1  # the change the old version logged
+    out = run(["resume", "legacy-in-flight", "--quiet"], env, timeout=360)
+    assert out.returncode == 0, out.stderr
+    events = read_log(home, "legacy-in-flight")
+    assert raw_log(home, "legacy-in-flight")[: len(docs)] == docs  # the old events are kept as they were
+    state = fold(events)
+    assert state.status == "finished" and state.count("completed") == 8
+    completed_once(events, 8)
+    # The two trials in flight went out again with the request ids the old version logged.
+    for t in ("6", "7"):
+        assert state.trials[t].request_id == f"legacy-in-flight:{t}:1"
+    for device in ("sim-a", "sim-b"):
+        runs = read_completions(home / "devices" / f"{device}.jsonl")
+        assert runs and set(runs.values()) == {1}, (device, runs)
+
+
+@pytest.mark.timeout(420)
+def test_a_legacy_campaign_waiting_for_approval_resumes_and_finishes(
+        tmp_path: Path, mosquitto_url: str, prefect_server: dict[str, str]) -> None:
+    home = tmp_path / "home"
+    load_legacy(home, "awaiting_approval")
+    env = env_for(tmp_path, mosquitto_url, prefect_server)
+    state = fold(read_log(home, "legacy-approval"))
+    assert list(state.open_approvals) == ["a2"]
+    pending = run(["pending"], env, timeout=60)
+    assert pending.returncode == 0 and "a2" in pending.stdout
+    # Answered with no orchestrator running: the command writes the decision to the log itself.
+    out = run(["approve", "legacy-approval", "--approval", "a2", "--reason", "fine", "--by", "tester"], env)
+    assert out.returncode == 0, out.stderr
+    orch = subprocess.Popen([CLOSEDLOOP, "resume", "legacy-approval", "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # first_n: 4 — trial 3 asks for approval too, in this run.
+        deadline = time.monotonic() + 240
+        while not (m := re.search(r"^legacy-approval  approval (\S+)  since", run(["pending"], env, timeout=60).stdout,
+                                  re.MULTILINE)):
+            assert orch.poll() is None, orch.communicate()
+            assert time.monotonic() < deadline, "trial 3's approval request never came"
+            time.sleep(0.3)
+        approval = m.group(1)
+        out = run(["approve", "legacy-approval", "--approval", approval, "--reason", "fine", "--by", "tester"], env)
+        assert out.returncode == 0, out.stderr
+        _, err = orch.communicate(timeout=300)
+        assert orch.returncode == 0, err
+    finally:
+        if orch.poll() is None:
+            orch.kill()
+    events = read_log(home, "legacy-approval")
+    state = fold(events)
+    assert state.status == "finished" and state.count("completed") == 8 and not state.open_approvals
+    completed_once(events, 8)
