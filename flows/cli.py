@@ -318,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM unwinds like Ctrl-C (signal handlers can be set from the main thread only).
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         return int(args.func(args))
     except SpecError as exc:
@@ -331,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
         print(f"{how}: the campaign's log is intact; `closedloop run` the same spec to continue", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -133,8 +133,13 @@ def _local_server(settings: Any) -> Iterator[str]:
              "--log-level", "error", "--lifespan", "on"],
             env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
-        while server.poll() is None and time.monotonic() < deadline and not _healthy(url):
-            time.sleep(0.1)
+        try:
+            while server.poll() is None and time.monotonic() < deadline and not _healthy(url):
+                time.sleep(0.1)
+        except BaseException:  # Ctrl-C or SIGTERM while it starts: stop it, then go on stopping
+            _stop(server)
+            output.close()
+            raise
         if server.poll() is None and _healthy(url):
             break
         _stop(server)
