@@ -27,10 +27,10 @@ SLOW_SPEC: dict[str, Any] = {
     "parameters": [{"name": "x1", "type": "float", "bounds": [-5.0, 10.0]},
                    {"name": "x2", "type": "float", "bounds": [0.0, 15.0]}],
     "objectives": [{"name": "branin", "minimize": True}],
-    "budget": {"max_trials": 6},
+    "budget": {"max_trials": 16},
     "batch_size": 2,
     "trial_timeout_s": 120,
-    "devices": [{"id": d, "simulator": "branin", "options": {"duration_s": [1.5, 2.5], "seed": i}}
+    "devices": [{"id": d, "simulator": "branin", "options": {"duration_s": [2.0, 3.0], "seed": i}}
                 for i, d in enumerate(("dev-a", "dev-b"))],
     "optimizer": {"method": "sobol"},
 }
@@ -104,7 +104,7 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_process(tmp_path: Path) -> None
     events = log_events(tmp_path / "home", "termed")
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     completed = Counter(e.trial_id for e in events if isinstance(e, TrialCompleted))
-    assert len(completed) == 6 and set(completed.values()) == {1}
+    assert len(completed) == 16 and set(completed.values()) == {1}
 
 
 @pytest.mark.timeout(600)
