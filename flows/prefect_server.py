@@ -25,7 +25,7 @@ from typing import Any
 
 from campaigns import ClosedLoopError
 
-__all__ = ["local_prefect_api"]
+__all__ = ["local_api_url", "local_prefect_api"]
 
 log = logging.getLogger("closedloop.prefect")
 
@@ -67,6 +67,14 @@ def _healthy(url: str) -> bool:
             return bool(r.status == 200)
     except OSError:
         return False
+
+
+_local_url: str | None = None
+
+
+def local_api_url() -> str | None:
+    """The URL of the local API server this process started (None: none, or a configured one)."""
+    return _local_url
 
 
 @contextlib.contextmanager
@@ -149,12 +157,14 @@ def _local_server(settings: Any) -> Iterator[str]:
         raise ClosedLoopError(f"Prefect's local API server did not start within {timeout_s:g} s (see {log_path})",
                               "retry, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, "
                               "or set PREFECT_API_URL to a running Prefect server")
+    global _local_url
     log.info("Prefect API for this run: %s", url)
-    os.environ["PREFECT_API_URL"] = url
+    os.environ["PREFECT_API_URL"] = _local_url = url
     refresh_global_settings_context()
     try:
         yield url
     finally:
+        _local_url = None
         # What Prefect still has to send (the flow run's last logs and events) goes before the
         # server does, not at interpreter exit to a server already gone.
         APILogWorker.drain_all(timeout=5)
