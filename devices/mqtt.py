@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from campaigns.errors import BrokerError
 
 from .settings import BrokerAddress, MqttSettings
+from .settings import apply_tls
 
 __all__ = ["Delivery", "MessageHandler", "MqttConnection", "connect"]
 
@@ -296,8 +297,7 @@ def connect(
     if address.username is not None:
         password = address.password.get_secret_value() if address.password else None
         client.username_pw_set(address.username, password)
-    if address.tls:
-        client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None)
+    apply_tls(client, settings, address)
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
     connection = MqttConnection(client, address, client_id)

@@ -1,12 +1,17 @@
 """MQTT broker settings: the URL (with its secret), protocol version, session and prefix.
 
-Credentials travel in the broker URL (``mqtt://user:password@host:1883``) and must never
-reach a log line, an exception or an event: everything that shows a URL shows
-:func:`redact_url` of it.
+Credentials travel in the broker URL (``mqtt://user:password@host:1883``) or beside it
+(``username``/``password``, for URLs that must not carry one, e.g. on a command line), and
+must never reach a log line, an exception or an event: everything that shows a URL shows
+:func:`redact_url` of it. TLS (``mqtts``) trusts ``ca_file`` (a lab's own authority) or the
+system's CAs, and presents ``cert_file``/``key_file`` to brokers that require a client
+certificate.
 """
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +23,7 @@ from campaigns.errors import BrokerError, ClosedLoopError
 
 from .topics import Topics
 
-__all__ = ["BrokerAddress", "MqttSettings", "parse_broker_url", "redact_url"]
+__all__ = ["BrokerAddress", "MqttSettings", "apply_tls", "parse_broker_url", "redact_url"]
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _URL_HINT = "use mqtt://[user:password@]host[:port] or mqtts://... for TLS"
@@ -122,6 +127,10 @@ class MqttSettings(BaseModel):
         keepalive_s: MQTT keep-alive; the broker declares a silent client dead (and
             publishes its last will) after 1.5 times this.
         ca_file: CA bundle for ``mqtts``; the system CAs when ``None``.
+        cert_file: Client certificate (PEM) for ``mqtts`` brokers that require one.
+        key_file: Its private key (PEM); ``None`` when ``cert_file`` holds it too.
+        username: User name when the URL has none.
+        password: Password when the URL has none; a secret that never prints.
         clean_session: ``False`` keeps a persistent session on the broker, so QoS 1
             messages sent while the client is away are delivered when it returns (the
             client id must then be stable). Under MQTT 5 it is sent as Clean Start.
@@ -139,6 +148,10 @@ class MqttSettings(BaseModel):
     prefix: str = "closedloop"
     keepalive_s: int = Field(default=30, ge=2, le=65535)
     ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
     clean_session: bool = False
     connect_timeout_s: float = Field(default=10.0, gt=0)
     protocol: Literal[4, 5] = 4
@@ -164,8 +177,13 @@ class MqttSettings(BaseModel):
 
     @property
     def address(self) -> BrokerAddress:
-        """The parsed URL."""
-        return parse_broker_url(self.url)
+        """The parsed URL, with ``username``/``password`` when the URL carries none."""
+        address = parse_broker_url(self.url)
+        if address.username is None and self.username is not None:
+            return address.model_copy(update={"username": self.username, "password": self.password})
+        if address.password is None and self.password is not None:
+            return address.model_copy(update={"password": self.password})
+        return address
 
     @property
     def redacted_url(self) -> str:
@@ -175,3 +193,30 @@ class MqttSettings(BaseModel):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         yield "url", self.redacted_url
         yield from super().__repr_args__()
+
+
+def apply_tls(client: Any, settings: MqttSettings, address: BrokerAddress) -> None:
+    """Set up a paho client's TLS for ``mqtts``: trust ``ca_file`` (else the system's CAs) and
+    present ``cert_file``/``key_file`` when given.
+
+    Raises:
+        BrokerError: A TLS file is missing, unreadable or not PEM, or one is set for ``mqtt://``.
+    """
+    files = {"CA file": settings.ca_file, "certificate file": settings.cert_file, "key file": settings.key_file}
+    if not address.tls:
+        given = [name for name, path in files.items() if path is not None]
+        if given:
+            raise BrokerError(f"a TLS {given[0]} is set but {address.display} does not use TLS",
+                              "use an mqtts:// URL, or unset CLOSEDLOOP_MQTT_CA_FILE/_CERT_FILE/_KEY_FILE")
+        return
+    for name, path in files.items():
+        if path is not None and not os.access(path, os.R_OK):
+            raise BrokerError(f"cannot read the TLS {name} {path}", "check the path and its permissions "
+                              "(CLOSEDLOOP_MQTT_CA_FILE, CLOSEDLOOP_MQTT_CERT_FILE, CLOSEDLOOP_MQTT_KEY_FILE)")
+    try:
+        client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                       certfile=str(settings.cert_file) if settings.cert_file else None,
+                       keyfile=str(settings.key_file) if settings.key_file else None)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise BrokerError(f"cannot use the TLS files for {address.display}: {exc}",
+                          "give PEM files: a CA certificate, and a client certificate with its key") from None

@@ -1,7 +1,9 @@
 """The `closedloop` command line.
 
 Exit codes: 0 success; 1 a runtime error (database or broker unreachable, ...); 2 a usage or
-campaign-file error; 130 interrupted. Every error of the user's is one line, never a traceback.
+campaign-file error; 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM, e.g. a service
+manager's stop), which stops exactly as Ctrl-C does. Every error of the user's is one line, never
+a traceback.
 """
 
 from __future__ import annotations
@@ -39,7 +41,16 @@ from flows.settings import Settings
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds exactly as Ctrl-C does."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the stop finish
+    raise _Terminated
 
 
 def _quiet_prefect_defaults() -> None:
@@ -127,10 +138,13 @@ def _drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: a
                 from flows.progress import ProgressReporter
 
                 _quiet_prefect_defaults()
-                from flows.flow import campaign
+                from flows.prefect_server import local_prefect_api
 
-                with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet):
-                    campaign(campaign_id, max_runtime_s=args.max_runtime)
+                with local_prefect_api():
+                    from flows.flow import campaign
+
+                    with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet):
+                        campaign(campaign_id, max_runtime_s=args.max_runtime)
     final = fold(store.read(campaign_id))
     print(status_text(final))
     if final.status == "paused" and final.paused_reason == "user":
@@ -287,7 +301,8 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--list", action="store_true", help="list the simulators and exit")
     sm.add_argument("--describe", action="store_true", help="show the simulator's inputs (bounds), metrics and optimum")
     sm.add_argument("--plot", metavar="PNG", help="colour_mixing: draw LED spectra, channel responses and readings")
-    sm.add_argument("--broker", help="mqtt[s]://[user:pass@]host[:port] (default: CLOSEDLOOP_MQTT_URL or the local run's broker)")
+    sm.add_argument("--broker", help="mqtt[s]://[user@]host[:port], no password: it comes from CLOSEDLOOP_MQTT_PASSWORD or "
+                    "CLOSEDLOOP_MQTT_PASSWORD_FILE (default: CLOSEDLOOP_MQTT_URL or the local run's broker)")
     sm.add_argument("--option", action="append", metavar="KEY=VALUE", help="simulator option, e.g. noise_sd=0.1")
     sm.add_argument("--record", metavar="PATH", help="keep the results here, to answer repeated requests after a restart")
     sm.add_argument("--from-campaign", metavar="CAMPAIGN",
@@ -303,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SIGTERM unwinds like Ctrl-C (signal handlers can be set from the main thread only).
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         return int(args.func(args))
     except SpecError as exc:
@@ -311,9 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClosedLoopError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: the campaign's log is intact; `closedloop run` the same spec to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"{how}: the campaign's log is intact; `closedloop run` the same spec to continue", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -53,11 +53,15 @@ ANSWER_CONFIRM_S = 120.0
 
 
 def prefect_server_configured() -> bool:
-    """True when ``PREFECT_API_URL`` points at a server (not Prefect's ephemeral one)."""
+    """True when ``PREFECT_API_URL`` points at a server (not Prefect's ephemeral one, nor the
+    local one a run starts in its place: nobody watches its UI)."""
     try:
         from prefect.settings import get_current_settings
 
-        return bool(get_current_settings().api.url)
+        from flows.prefect_server import local_api_url
+
+        url = get_current_settings().api.url
+        return bool(url) and url != local_api_url()
     except Exception:  # noqa: BLE001 - a broken Prefect setup means "no server", not a crash
         log.exception("could not read Prefect settings")
         return False

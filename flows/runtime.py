@@ -8,10 +8,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from campaigns import CampaignSpec, ClosedLoopError
-from devices import EmbeddedBroker, MqttSettings
+from campaigns import CampaignSpec, ClosedLoopError, SpecError
+from devices import EmbeddedBroker, MqttSettings, parse_broker_url
 from simulators import SIMULATORS, SimInstrument
 from storage import EmbeddedMongo, MongoEventStore
 
@@ -68,6 +68,12 @@ def running_broker_url(settings: Settings, given: str | None = None) -> str:
         ClosedLoopError: none of them.
     """
     if given:
+        if parse_broker_url(given).password is not None:
+            raise SpecError(
+                "--broker: a password on the command line is visible to every user of this machine (ps)",
+                "pass --broker mqtt[s]://[USER@]HOST[:PORT] and the password in CLOSEDLOOP_MQTT_PASSWORD "
+                "or a file named by CLOSEDLOOP_MQTT_PASSWORD_FILE",
+            )
         return given
     if settings.mqtt_url is not None:
         return settings.mqtt_url.get_secret_value()
@@ -84,8 +90,23 @@ def running_broker_url(settings: Settings, given: str | None = None) -> str:
 
 
 def mqtt_settings(settings: Settings, url: str) -> MqttSettings:
-    """MQTT settings for a broker URL under the configured topic prefix."""
-    return MqttSettings(url=url, prefix=settings.mqtt_prefix)
+    """MQTT settings for a broker URL under the configured topic prefix, with the credentials
+    and TLS files of the settings (used where the URL carries no credentials).
+
+    Raises:
+        ClosedLoopError: ``CLOSEDLOOP_MQTT_PASSWORD_FILE`` cannot be read.
+    """
+    password = settings.mqtt_password
+    if settings.mqtt_password_file is not None:
+        try:
+            password = SecretStr(settings.mqtt_password_file.read_text(encoding="utf-8").rstrip("\r\n"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ClosedLoopError(f"cannot read the MQTT password file {settings.mqtt_password_file}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}",
+                                  "check CLOSEDLOOP_MQTT_PASSWORD_FILE and the file's permissions") from None
+    return MqttSettings(url=url, prefix=settings.mqtt_prefix, username=settings.mqtt_username, password=password,
+                        ca_file=settings.mqtt_ca_file, cert_file=settings.mqtt_cert_file,
+                        key_file=settings.mqtt_key_file)
 
 
 def check_spec_devices(spec: CampaignSpec) -> None:

@@ -24,4 +24,10 @@ class Settings(BaseSettings):
     mongodb_database: str = "closedloop"
     mqtt_url: SecretStr | None = Field(default=None, description="mqtt[s]://[user:pass@]host[:port]; unset = embedded amqtt.")
     mqtt_prefix: str = "closedloop"
+    mqtt_username: str | None = Field(default=None, description="broker user name, when the URL has none.")
+    mqtt_password: SecretStr | None = Field(default=None, description="broker password, when the URL has none.")
+    mqtt_password_file: Path | None = Field(default=None, description="a file holding the broker password.")
+    mqtt_ca_file: Path | None = Field(default=None, description="CA certificate(s) (PEM) that sign the broker's, for mqtts.")
+    mqtt_cert_file: Path | None = Field(default=None, description="client certificate (PEM), for brokers that require one.")
+    mqtt_key_file: Path | None = Field(default=None, description="the client certificate's private key (PEM).")
     optimizer_threads: int | None = Field(default=1, description="torch threads for the optimizer (None = torch default).")

@@ -4,19 +4,22 @@
 connection dropped, no server was selectable within the timeout, the server is shutting down
 or stepping down, or an operation timed out. The caller waits and retries. Anything else
 (permissions, a malformed command) stays a plain ``StorageError``: retrying will not help.
+A full disk and a damaged database file are ``StorageError``s that say so, and what to do:
+the embedded server (SQLite) reports them in words, MongoDB by code (OutOfDiskSpace).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from campaigns.errors import ClosedLoopError, StorageError, StorageUnavailableError
 from storage._uri import redact_uri, scrub
 
-__all__ = ["UNREACHABLE_HINT", "driver_errors", "is_transient", "short"]
+__all__ = ["UNREACHABLE_HINT", "driver_errors", "is_transient", "local_data_dir", "short"]
 
 UNREACHABLE_HINT = (
     "check that MongoDB is running and the URI (CLOSEDLOOP_MONGODB_URI) is right, "
@@ -28,6 +31,44 @@ UNREACHABLE_HINT = (
 _TRANSIENT_CODES = frozenset(
     {6, 7, 50, 89, 91, 189, 202, 262, 9001, 10107, 11600, 11602, 13435, 13436}
 )
+
+
+# What SQLite (through nx-27017) says about a disk that is full (SQLITE_FULL) or refuses
+# writes (SQLITE_IOERR), and about a file that is not a sound database (SQLITE_NOTADB,
+# SQLITE_CORRUPT); MongoDB's own OutOfDiskSpace code.
+_FULL_WORDS = ("database or disk is full", "disk i/o error", "no space left on device")
+_DAMAGED_WORDS = ("file is not a database", "database disk image is malformed")
+_OUT_OF_DISK_SPACE = 14031
+
+#: The data directory of each embedded server this process uses, by URI (named in messages).
+local_data_dir: dict[str, Path] = {}
+
+
+def _disk_problem(exc: PyMongoError, uri: str, campaign_id: str | None) -> StorageError | None:
+    """A full disk or a damaged database file, as the one error that says so; else None."""
+    details = getattr(exc, "details", None) or {}
+    words = " ".join([str(exc), *(str(e.get("errmsg", "")) for e in details.get("writeErrors", []))]).lower()
+    codes = {getattr(exc, "code", None), *(e.get("code") for e in details.get("writeErrors", []))}
+    data = local_data_dir.get(uri)
+    holder = str(data) if data is not None else f"the database of {redact_uri(uri)}"
+    resume = f"`closedloop resume {campaign_id}`" if campaign_id else "`closedloop resume`"
+    if _OUT_OF_DISK_SPACE in codes or any(w in words for w in _FULL_WORDS):
+        said = next((w for w in _FULL_WORDS if w in words), "out of disk space")
+        return StorageError(
+            f"the disk holding {holder} is full or refuses writes ({said})",
+            f"free space on it, then {resume}: every result acknowledged so far is in the log",
+            campaign_id=campaign_id,
+        )
+    if any(w in words for w in _DAMAGED_WORDS):
+        said = next(w for w in _DAMAGED_WORDS if w in words)
+        files = f"a database file in {data}" if data is not None else f"the database of {redact_uri(uri)}"
+        return StorageError(
+            f"{files} is damaged ({said})",
+            "restore it from a backup (or move it aside to start an empty log); "
+            "closedloop cannot read a campaign from it",
+            campaign_id=campaign_id,
+        )
+    return None
 
 
 def is_transient(exc: PyMongoError) -> bool:
@@ -91,6 +132,9 @@ def driver_errors(uri: str, action: str, what: str, campaign_id: str | None) -> 
                 UNREACHABLE_HINT,
                 campaign_id=campaign_id,
             ) from None
+        disk = _disk_problem(exc, uri, campaign_id)
+        if disk is not None:
+            raise disk from None
         if isinstance(exc, OperationFailure):
             raise StorageError(
                 f"MongoDB at {where} refused to {action} {what}: {short(exc, uri)}",

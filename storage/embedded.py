@@ -15,9 +15,14 @@ terminal running ``closedloop status``. Coordination lives in three files under 
 ``start()`` reuses the server ``mongo.json`` points at if it answers, else starts one.
 ``stop()`` releases the shared lock and then, if it can take the lock exclusively without
 waiting (nobody else uses the server), stops the server and removes ``mongo.json``: the last
-one out turns off the lights, whichever process started the server. The server runs in its
-own session, so a SIGKILL of the orchestrator does not take the database down with it; a
-server left with no users is reused by the next process and stopped by the last.
+one out turns off the lights, whichever process started the server. A process that dies
+without ``stop()`` (SIGKILL) is covered too: the server runs under a keeper
+(``storage/_guard.py``) that waits for the users lock exclusively and stops the server once
+the last user is gone, and the server dies with its keeper. Nothing outlives its users.
+
+The data is the owner's only: ``data/`` is 0700 and its files 0600 (existing ones are fixed
+at start). nx-27017 has no authentication and listens on TCP: any local user who can
+connect to 127.0.0.1 can read and write it while it runs (see README, Security).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from campaigns.errors import StorageError
+from storage._errors import local_data_dir
 
 __all__ = ["EmbeddedMongo"]
 
@@ -134,13 +140,15 @@ class EmbeddedMongo:
             raise
         self._users = users
         self._uri = f"mongodb://{_HOST}:{port}/"
+        local_data_dir[self._uri] = self.data_dir  # errors name the files, not just a URI
         return self._uri
 
     def stop(self) -> None:
         """Stop using the server; stop it too if no other process uses it. Idempotent."""
-        users, self._users, self._uri = self._users, None, None
+        users, self._users, uri, self._uri = self._users, None, self._uri, None
         if users is None:
             return
+        local_data_dir.pop(uri or "", None)
         try:
             fcntl.flock(users.fileno(), fcntl.LOCK_UN)
             try:
@@ -161,7 +169,8 @@ class EmbeddedMongo:
     def _launch(self) -> int:
         """Start nx-27017 on a free port; return the port once it answers."""
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _owner_only(self.data_dir)
             (self.home / "nx.pid").unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(
@@ -170,14 +179,17 @@ class EmbeddedMongo:
             ) from None
         for _ in range(_PORT_ATTEMPTS if self.port is None else 1):
             port = _free_port() if self.port is None else self.port
-            with self.log_file.open("wb") as log:
+            fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as log:
+                os.fchmod(fd, 0o600)
                 child = subprocess.Popen(
-                    [*_nx_command(), "--data-dir", str(self.data_dir), "--host", _HOST, "--port", str(port),
+                    [sys.executable, str(_GUARD), str(self.home), "--",
+                     *_nx_command(), "--data-dir", str(self.data_dir), "--host", _HOST, "--port", str(port),
                      "--log-file", os.devnull, "--pid-file", str(self.home / "nx.pid")],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True,  # a SIGKILL of our process group leaves the database up
+                    start_new_session=True,  # a Ctrl-C in our terminal reaches us, and we stop it
                     cwd=self.home,
                 )
             if self._wait_ready(child, port):
@@ -276,6 +288,17 @@ class EmbeddedMongo:
 
     def __repr__(self) -> str:
         return f"EmbeddedMongo({str(self.home)!r}, uri={self._uri!r})"
+
+
+_GUARD = Path(__file__).with_name("_guard.py")
+
+
+def _owner_only(data_dir: Path) -> None:
+    """Make the data directory 0700 and the files in it 0600 (those of an older version too)."""
+    os.chmod(data_dir, 0o700)
+    for path in data_dir.iterdir():
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o600)
 
 
 def _nx_command() -> list[str]:

@@ -135,16 +135,46 @@ def test_data_survives_a_restart_of_the_server(home: Path) -> None:
         assert store.read("c-1") == events
 
 
-def test_sigkill_of_a_user_leaves_the_server_usable_for_the_next(home: Path) -> None:
+def test_sigkill_of_the_last_user_stops_the_server(home: Path) -> None:
+    """Issue 14 item 12: the server of a SIGKILLed user stayed up with nobody using it (and
+    outlived the orchestrator that started it). Now its keeper stops it once the last user
+    is gone, however it went; the next user starts one and finds the data."""
     user = User(home, "c-killed")  # this process starts the server
     server = _server_pid(home)
+    nx = int((home / "nx.pid").read_text())
     user.kill()
-    assert not _gone(server, within_s=0.5)  # its own session: not killed with the user
+    assert _gone(server) and _gone(nx)
+    assert not (home / "mongo.json").exists()
     with EmbeddedMongo(home) as mongo, MongoEventStore(mongo.uri) as store:
-        assert mongo.uri == user.report["uri"]  # reused, not restarted
-        assert _server_pid(home) == server
+        assert store.last_seq("c-killed") == 1
+
+
+def test_sigkill_of_one_user_leaves_the_server_to_the_others(home: Path) -> None:
+    with EmbeddedMongo(home) as mongo, MongoEventStore(mongo.uri) as store:
+        server = _server_pid(home)
+        user = User(home, "c-killed")  # it uses this process's server
+        assert user.report["uri"] == mongo.uri
+        user.kill()
+        assert not _gone(server, within_s=1.0)
         assert store.last_seq("c-killed") == 1
     assert _gone(server)  # and the last user turned it off
+
+
+def test_data_is_the_owners_only(home: Path) -> None:
+    """Issue 14 item 18: the embedded database's files were world-readable (0644), so any
+    local user could read a campaign's log. Now data/ is 0700 and its files 0600, files an
+    older version left too."""
+    data = home / "data"
+    data.mkdir(mode=0o755)
+    (data / "closedloop.db").touch(mode=0o644)  # an empty file is an empty SQLite database
+    os.chmod(data / "closedloop.db", 0o644)
+    with EmbeddedMongo(home) as mongo, MongoEventStore(mongo.uri) as store:
+        store.append([RunStarted(campaign_id="c-1", seq=1, actor="user:t", host="h", pid=1)])
+        files = sorted(p.name for p in data.iterdir())
+        modes = {p.name: p.stat().st_mode & 0o777 for p in data.iterdir()}
+        assert data.stat().st_mode & 0o777 == 0o700
+        assert "closedloop.db" in files and set(modes.values()) == {0o600}, modes
+        assert (home / "mongo.log").stat().st_mode & 0o777 == 0o600
 
 
 def test_stop_is_idempotent_and_uri_needs_start(home: Path) -> None:

@@ -1,0 +1,122 @@
+"""How an orchestrator stops: SIGTERM like Ctrl-C, and nothing it started outlives it.
+
+The demo's set-up (embedded broker and database, simulators inside the run) with Prefect in
+its local mode (no PREFECT_API_URL): everything `closedloop run` starts is a process of its
+own or in-process, and each must be gone once the orchestrator is, however it died.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from campaigns import TrialCompleted
+from tests.conftest import PREFECT_QUIET
+from tests.e2e.cli import CLOSEDLOOP, cli_env, run, write_spec
+from tests.e2e.test_crash_resume import log_events, status_or_none, wait_for
+
+SLOW_SPEC: dict[str, Any] = {
+    "seed": 3,
+    "parameters": [{"name": "x1", "type": "float", "bounds": [-5.0, 10.0]},
+                   {"name": "x2", "type": "float", "bounds": [0.0, 15.0]}],
+    "objectives": [{"name": "branin", "minimize": True}],
+    "budget": {"max_trials": 16},
+    "batch_size": 2,
+    "trial_timeout_s": 120,
+    "devices": [{"id": d, "simulator": "branin", "options": {"duration_s": [2.0, 3.0], "seed": i}}
+                for i, d in enumerate(("dev-a", "dev-b"))],
+    "optimizer": {"method": "sobol"},
+}
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process whose chain of parents leads to ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (a zombie, dead but not reaped, counts as gone)."""
+    running = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.add(pid)
+    return running
+
+
+def start_running(tmp_path: Path, name: str) -> tuple[subprocess.Popen[str], dict[str, str], set[int]]:
+    """Start `closedloop run` in Prefect's local mode; return it once trials run, with its
+    descendants at that moment (Prefect's API server, the database server, ...)."""
+    prefect = {**PREFECT_QUIET, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = cli_env(tmp_path / "home", prefect)
+    env.pop("PREFECT_API_URL", None)
+    spec = write_spec(tmp_path / "spec.yaml", {**SLOW_SPEC, "name": name})
+    # Files, not pipes: a process left behind would hold a pipe open, and reading it would hang.
+    with (tmp_path / "out.txt").open("w") as out, (tmp_path / "err.txt").open("w") as err:
+        orch = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env, text=True, stdout=out, stderr=err)
+    wait_for(lambda: orch.poll() is not None or ((s := status_or_none(name, env)) and s["trials"]["running"] >= 1),
+             300, "trials running")
+    assert orch.poll() is None, (tmp_path / "err.txt").read_text()[-3000:]
+    kids = descendants(orch.pid)
+    assert kids, "the run started no process at all?"
+    return orch, env, kids
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_stops_like_ctrl_c_and_leaves_no_process(tmp_path: Path) -> None:
+    """Issue 14 item 12: SIGTERM (a service manager's stop) killed the run without cleanup
+    (exit 143 by signal) and left Prefect's local API server running with no parent. Now:
+    exit code 143, one line, no process of the run left, the log intact and resumable."""
+    orch, env, kids = start_running(tmp_path, "termed")
+    orch.send_signal(signal.SIGTERM)
+    orch.wait(timeout=120)
+    err = (tmp_path / "err.txt").read_text()
+    assert orch.returncode == 143, (orch.returncode, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("terminated (SIGTERM): the campaign's log is intact"), err
+    assert not alive(kids), [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in alive(kids)]
+
+    resumed = run(["resume", "termed", "--quiet"], env, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr
+    events = log_events(tmp_path / "home", "termed")
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    completed = Counter(e.trial_id for e in events if isinstance(e, TrialCompleted))
+    assert len(completed) == 16 and set(completed.values()) == {1}
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_leaves_no_process(tmp_path: Path) -> None:
+    """Issue 14 item 12: every SIGKILL of an orchestrator orphaned Prefect's local API server
+    (uvicorn); the embedded database server stayed up too. Now every process the run started
+    is gone shortly after it."""
+    orch, env, kids = start_running(tmp_path, "killed")
+    orch.kill()
+    orch.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while alive(kids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(kids), [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in alive(kids)]
+    assert not (tmp_path / "home" / "mongo.json").exists()
