@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from campaigns.approval import ApprovalPolicy
+from campaigns.approval import ApprovalPolicy, check_condition
 from campaigns.errors import SpecError
 from campaigns.spec import (
     Budget,
@@ -25,7 +25,7 @@ from campaigns.spec import (
     _first_line,
 )
 
-__all__ = ["load_spec", "parse_spec"]
+__all__ = ["check_new_spec", "load_spec", "parse_spec"]
 
 
 def _loc(loc: Sequence[int | str]) -> str:
@@ -125,4 +125,29 @@ def load_spec(path: str | Path) -> CampaignSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SpecError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}", "fix the YAML syntax") from None
-    return parse_spec(data, str(p))
+    spec = parse_spec(data, str(p))
+    check_new_spec(spec, str(p))
+    return spec
+
+
+def check_new_spec(spec: CampaignSpec, source: str = "spec") -> None:
+    """Checks for a spec about to start a campaign, beyond what any logged spec passed.
+
+    A spec in an old log must still be read as it was written, so what older versions accepted
+    stays valid for `parse_spec`; a new campaign's spec also has its ``approval.when`` checked
+    against the parameters' types and bounded in size (`campaigns.approval.check_condition`).
+
+    Raises:
+        SpecError: one line naming the field and the fix.
+    """
+    if spec.approval.when is None:
+        return
+    kinds: dict[str, Any] = {
+        p.name: "text" if isinstance(p, ChoiceParameter) and isinstance(p.values[0], str) else "number"
+        for p in spec.parameters
+    }
+    try:
+        check_condition(spec.approval.when, kinds)
+    except ValueError as exc:
+        text, _, hint = str(exc).partition("; ")
+        raise SpecError(f"{source}: approval.when: {text}", hint or "fix the condition") from None
