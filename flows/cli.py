@@ -27,6 +27,8 @@ from campaigns import (
     fold,
     load_spec,
 )
+from devices import parse_broker_url
+from pydantic import ValidationError
 from storage import MongoEventStore
 
 from flows.lease import hold_lease
@@ -35,7 +37,7 @@ from flows.replay_cli import add_replay_commands, parse_options
 
 from flows.report import best_line, status_dict, status_text
 from flows.runtime import broker_url, check_spec_devices, event_store, mqtt_settings, running_broker_url, simulated_lab
-from flows.settings import Settings
+from flows.settings import Settings, settings_problem
 
 __all__ = ["main"]
 
@@ -226,6 +228,11 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.device_id is None:
         raise SpecError("sim: --device-id is required to serve as an instrument", "e.g. --device-id bench-1")
     settings = Settings()
+    if args.broker is not None:
+        try:
+            parse_broker_url(args.broker)
+        except ClosedLoopError as exc:
+            raise SpecError(f"--broker: {exc.message}", exc.hint) from None
     url = running_broker_url(settings, args.broker)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -303,6 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        Settings()  # every command reads them: a malformed one is this one line, not a traceback later
+    except ValidationError as exc:
+        print(f"error: {settings_problem(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.func(args))
     except SpecError as exc:
