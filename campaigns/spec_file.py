@@ -25,7 +25,12 @@ from campaigns.spec import (
     _first_line,
 )
 
-__all__ = ["check_new_spec", "load_spec", "parse_spec"]
+__all__ = ["MAX_SPEC_DEPTH", "MAX_SPEC_VALUES", "check_new_spec", "load_spec", "parse_spec"]
+
+#: How deeply a campaign file may nest, and how many values it may hold (an alias counted each
+#: time it is used): far beyond any campaign, far below what would exhaust the validator.
+MAX_SPEC_DEPTH = 32
+MAX_SPEC_VALUES = 100_000
 
 
 def _loc(loc: Sequence[int | str]) -> str:
@@ -125,9 +130,30 @@ def load_spec(path: str | Path) -> CampaignSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SpecError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}", "fix the YAML syntax") from None
+    except RecursionError:
+        raise SpecError(f"{p}: the file nests more than {MAX_SPEC_DEPTH} levels deep",
+                        "a campaign file is a few levels of keys and lists; see campaigns/examples/") from None
+    _check_size(data, str(p))
     spec = parse_spec(data, str(p))
     check_new_spec(spec, str(p))
     return spec
+
+
+def _check_size(data: Any, source: str) -> None:
+    count, stack = 0, [(data, 0)]
+    while stack:  # iterative: the data may nest deeper than Python's recursion limit
+        node, depth = stack.pop()
+        count += 1
+        if depth > MAX_SPEC_DEPTH:
+            raise SpecError(f"{source}: the file nests more than {MAX_SPEC_DEPTH} levels deep",
+                            "a campaign file is a few levels of keys and lists; see campaigns/examples/")
+        if count > MAX_SPEC_VALUES:
+            raise SpecError(f"{source}: the file holds more than {MAX_SPEC_VALUES:,} values (YAML aliases counted "
+                            "each time they are used)", "a campaign file is small; see campaigns/examples/")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for kv in node.items() for v in kv)
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
 
 
 def check_new_spec(spec: CampaignSpec, source: str = "spec") -> None:
