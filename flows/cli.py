@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from campaigns import (
     AppendConflictError,
@@ -170,7 +171,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.output in (None, "-"):
         writer(state, sys.stdout)
     else:
-        writer(state, Path(args.output))
+        try:
+            writer(state, Path(args.output))
+        except OSError as exc:
+            raise ClosedLoopError(f"cannot write {args.output!r}: {exc.strerror or exc}",
+                                  "give a file path you can write, or - for standard output") from None
         print(f"wrote {len(state.trials)} trial(s) to {args.output}", file=sys.stderr)
     return EXIT_OK
 
@@ -245,8 +250,16 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its error on one line whatever the argument held (a newline, a carriage return)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="closedloop", description="Run closed-loop experiment campaigns for self-driving labs.")
+    p = _Parser(prog="closedloop", description="Run closed-loop experiment campaigns for self-driving labs.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the loop does")
     sub = p.add_subparsers(dest="command", required=True)
 

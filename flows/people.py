@@ -59,6 +59,8 @@ def _by(args: argparse.Namespace) -> str:
 
 
 def _deliver(campaign_id: str, kind: str, payload: dict[str, Any], args: argparse.Namespace) -> int:
+    if not isinstance(args.reason, str) or not args.reason.strip():  # argparse turns `--reason=--` into []
+        raise SpecError("--reason: say why (it is recorded in the log with your name)", 'e.g. --reason "reactor limit"')
     settings = Settings()
     now = datetime.now(UTC)
     command = Command(command_id=uuid.uuid4().hex, campaign_id=campaign_id, kind=kind,  # type: ignore[arg-type]
