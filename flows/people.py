@@ -133,15 +133,18 @@ def _interrupted(store: MongoEventStore, settings: Settings, command: Command) -
     """Ctrl-C while a command was on its way: withdraw it if nothing took it yet, and say
     truthfully whether it was applied."""
     cid, what = command.campaign_id, f"`{command.kind}`"
+    def logged_at() -> int | None:
+        return next((e.seq for e in store.read(cid) if getattr(e, "command_id", None) == command.command_id), None)
+
     try:
         with MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
             withdrawn = inbox.withdraw(command.command_id)  # only while pending: then nothing applies it
             current = None if withdrawn else inbox.get(command.command_id)
+            seq = None if withdrawn else logged_at()
             deadline = time.monotonic() + 10
-            while current is not None and current.state == "claimed" and time.monotonic() < deadline:
+            while seq is None and current is not None and current.state == "claimed" and time.monotonic() < deadline:
                 time.sleep(0.2)  # the orchestrator is applying it: wait for its verdict
-                current = inbox.get(command.command_id)
-        seq = next((e.seq for e in store.read(cid) if getattr(e, "command_id", None) == command.command_id), None)
+                current, seq = inbox.get(command.command_id), logged_at()
     except KeyboardInterrupt:
         print(f"interrupted again: whether {what} was applied is in `closedloop history {cid}`", file=sys.stderr)
         return EXIT_INTERRUPTED
