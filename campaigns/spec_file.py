@@ -105,6 +105,7 @@ def parse_spec(data: Any, source: str = "spec") -> CampaignSpec:
     """
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the file must hold a mapping of keys (name:, parameters:, ...)", "see campaigns/examples/")
+    _check_storable(data, source)
     try:
         return CampaignSpec.model_validate(data)
     except ValidationError as exc:
@@ -154,6 +155,24 @@ def _check_size(data: Any, source: str) -> None:
             stack.extend((v, depth + 1) for kv in node.items() for v in kv)
         elif isinstance(node, list):
             stack.extend((v, depth + 1) for v in node)
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_storable(data: Any, source: str) -> None:
+    """Refuse whole numbers the log cannot hold (MongoDB stores 8-byte integers): a seed or a
+    budget of 10**30 would pass validation and fail at the campaign's first append."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, int) and not isinstance(node, bool) and not _INT64[0] <= node <= _INT64[1]:
+            raise SpecError(f"{source}: {where or 'spec'}: {node:.3g} is too large a whole number",
+                            f"whole numbers in a campaign lie within ±{2**63:.3g}")
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in node.items())
+        elif isinstance(node, list | tuple):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
 
 
 def check_new_spec(spec: CampaignSpec, source: str = "spec") -> None:

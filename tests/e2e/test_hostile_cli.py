@@ -261,3 +261,17 @@ def test_validate_on_generated_files_exits_0_or_2_in_one_line(key: str, value: A
     assert out.returncode in (0, 2) and "Traceback" not in out.stderr, out.stderr
     if out.returncode == 2:
         one_error_line(out, 2)
+
+
+def test_whole_numbers_the_log_cannot_hold_are_one_line(lab: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 14 item 14 (found by the CLI property): `seed: 99999999999999999999999` in a spec, or
+    `replay --seed` of it, passed validation and crashed at the first append (OverflowError:
+    MongoDB can only handle up to 8-byte ints)."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["seed"] = 99999999999999999999999
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert "seed" in one_error_line(run(["validate", str(path)], lab["env"], timeout=120), 2)
+    out = run(["replay", "c", "--mode", "counterfactual", "--seed", "99999999999999999999999"], lab["env"])
+    assert "--seed" in one_error_line(out, 2)
+    assert len(lab["store"].list_campaigns()) == 1  # no replay campaign was created
