@@ -27,6 +27,7 @@ from campaigns import (
     IntParameter,
     apply_change,
 )
+from campaigns.state import OpenApproval
 from storage import Command
 
 from flows.runtime import check_spec_devices
@@ -107,7 +108,7 @@ def decision_conflict(approve: list[str] | None, edit: Mapping[str, Any], reject
     return None
 
 
-def _open_request(state: CampaignState, approval_id: str | None) -> Any:
+def _open_request(state: CampaignState, approval_id: str | None) -> OpenApproval:
     opened = state.open_approvals
     if not opened:
         raise _refuse(state, f"campaign {state.campaign_id!r} has no approval waiting", "see `closedloop pending`")
