@@ -133,6 +133,7 @@ def _interrupted(store: MongoEventStore, settings: Settings, command: Command) -
     """Ctrl-C while a command was on its way: withdraw it if nothing took it yet, and say
     truthfully whether it was applied."""
     cid, what = command.campaign_id, f"`{command.kind}`"
+
     def logged_at() -> int | None:
         return next((e.seq for e in store.read(cid) if getattr(e, "command_id", None) == command.command_id), None)
 
