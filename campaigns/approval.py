@@ -8,19 +8,32 @@ In a spec::
 
 ``when`` is a condition on a trial's parameters: comparisons (``< <= > >= == !=``) of a
 parameter with a number or a quoted value, joined by ``and``/``or``/``not`` and parentheses.
-It is parsed when the spec is read, so a typo is refused before anything runs.
+It is parsed when the spec is read, so a typo is refused before anything runs; a new spec's
+condition is also checked against the parameters' types and bounded in size
+(:func:`check_condition`). A condition that still cannot be evaluated for a trial (a log
+written before those checks) makes that trial wait for a person: it never stops the loop.
 """
 
 from __future__ import annotations
 
 import ast
+import logging
 import operator
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ApprovalPolicy", "condition_holds", "parse_condition"]
+__all__ = ["MAX_CONDITION_CHARS", "MAX_CONDITION_DEPTH", "ApprovalPolicy", "check_condition", "condition_holds",
+           "parse_condition"]
+
+log = logging.getLogger("closedloop.approval")
+
+#: The longest ``when`` condition a new spec may hold, and how deeply it may nest
+#: (and/or/not/parentheses): far beyond any condition a person writes, far below what the
+#: parser and the evaluator can hold.
+MAX_CONDITION_CHARS = 1000
+MAX_CONDITION_DEPTH = 20
 
 _OPS: dict[type[ast.cmpop], Any] = {
     ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
@@ -38,14 +51,92 @@ def parse_condition(text: str) -> ast.Expression:
     """Parse and check a ``when`` condition; raises ValueError naming what is wrong."""
     try:
         tree = ast.parse(text, mode="eval")
-    except SyntaxError:
-        raise ValueError(f"cannot read condition {text!r}; write it like \"x1 > 8 or solvent == 'dmso'\"") from None
+    except (SyntaxError, ValueError):
+        raise ValueError(f"cannot read condition {_short(text)}; write it like \"x1 > 8 or solvent == 'dmso'\"") from None
+    except (RecursionError, MemoryError):
+        raise ValueError(f"condition {_short(text)} nests too deeply; at most {MAX_CONDITION_DEPTH} levels") from None
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED):
-            raise ValueError(f"condition {text!r}: only comparisons joined by and/or/not are allowed")
+            raise ValueError(f"condition {_short(text)}: only comparisons joined by and/or/not are allowed")
         if isinstance(node, ast.Constant) and not isinstance(node.value, int | float | str):
-            raise ValueError(f"condition {text!r}: {node.value!r} is not a number or a quoted value")
+            raise ValueError(f"condition {_short(text)}: {node.value!r} is not a number or a quoted value")
     return tree
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def _depth(tree: ast.AST) -> int:
+    deepest, stack = 0, [(tree, 0)]
+    while stack:  # iterative: the tree may be deeper than Python's recursion limit
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, ast.BoolOp | ast.UnaryOp | ast.Compare):
+            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
+def check_condition(text: str, kinds: Mapping[str, Literal["number", "text"]]) -> None:
+    """Check a new spec's ``when`` condition against its parameters; raises ValueError (one line).
+
+    Every comparison reads at least one parameter and compares like with like: a number
+    parameter (float, int, a choice of numbers) with numbers, a choice of texts with quoted
+    values; ``-`` applies to numbers only; ``and``/``or``/``not`` join comparisons. The
+    condition is at most ``MAX_CONDITION_CHARS`` long and ``MAX_CONDITION_DEPTH`` deep.
+
+    Args:
+        text: The condition.
+        kinds: Each parameter's name and whether its values are numbers or texts.
+    """
+    if len(text) > MAX_CONDITION_CHARS:
+        raise ValueError(f"the condition is {len(text)} characters long; at most {MAX_CONDITION_CHARS}")
+    tree = parse_condition(text)
+    if _depth(tree) > MAX_CONDITION_DEPTH:
+        raise ValueError(f"the condition nests {_depth(tree)} levels deep; at most {MAX_CONDITION_DEPTH}")
+    _check_test(tree.body, kinds)
+
+
+def _check_test(node: ast.AST, kinds: Mapping[str, str]) -> None:
+    if isinstance(node, ast.BoolOp):
+        for value in node.values:
+            _check_test(value, kinds)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        _check_test(node.operand, kinds)
+    elif isinstance(node, ast.Compare):
+        operands = [node.left, *node.comparators]
+        types = [_kind(o, kinds) for o in operands]
+        if not any(isinstance(n, ast.Name) for o in operands for n in ast.walk(o)):
+            raise ValueError(f"{ast.unparse(node)[:80]!r} compares no parameter; compare a parameter with a value")
+        for (a, ta), (b, tb) in zip(zip(operands, types), zip(operands[1:], types[1:]), strict=False):
+            if ta != tb:
+                raise ValueError(f"{ast.unparse(node)[:80]!r} compares {_what(a, ta)} with {_what(b, tb)}; "
+                                 "compare a number parameter with numbers, a choice of texts with quoted values")
+    else:
+        raise ValueError(f"{ast.unparse(node)[:80]!r} is not a comparison; write comparisons like x1 > 8, "
+                         "joined by and/or/not")
+
+
+def _what(node: ast.AST, kind: str) -> str:
+    shown = ast.unparse(node)[:40]
+    return f"{'parameter ' if isinstance(node, ast.Name) else ''}{shown} ({'a number' if kind == 'number' else 'text'})"
+
+
+def _kind(node: ast.AST, kinds: Mapping[str, str]) -> str:
+    if isinstance(node, ast.Name):
+        if node.id not in kinds:
+            raise ValueError(f"{node.id!r} is not a parameter of this campaign; use parameter names")
+        return kinds[node.id]
+    if isinstance(node, ast.Constant) and not isinstance(node.value, bool):
+        return "text" if isinstance(node.value, str) else "number"
+    if isinstance(node, ast.Constant):
+        raise ValueError(f"{node.value!r} is not a number or a quoted value")
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        if _kind(node.operand, kinds) != "number":
+            raise ValueError(f"{ast.unparse(node)[:80]!r}: a minus sign applies to numbers only")
+        return "number"
+    raise ValueError(f"{ast.unparse(node)[:80]!r}: compare a parameter with a number or a quoted value, "
+                     "not with a condition")
 
 
 def names_in(tree: ast.Expression) -> set[str]:
@@ -135,5 +226,12 @@ class ApprovalPolicy(BaseModel):
         if self.mode == "first_n":
             return trials_so_far < (self.first_n or 0)
         if self.mode == "when":
-            return condition_holds(self.when or "False", parameters)
+            try:
+                return condition_holds(self.when or "False", parameters)
+            except (TypeError, ValueError, ArithmeticError, RecursionError, MemoryError) as exc:
+                # Fail safe: a condition that cannot be evaluated asks a person rather than
+                # letting the trial run unseen, or stopping the campaign.
+                log.warning("approval.when cannot be evaluated for %s (%s: %s): the trial waits for a person",
+                            dict(parameters), type(exc).__name__, " ".join(str(exc).split())[:200])
+                return True
         return False

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from campaigns.approval import ApprovalPolicy
+from campaigns.approval import ApprovalPolicy, check_condition
 from campaigns.errors import SpecError
 from campaigns.spec import (
     Budget,
@@ -25,7 +25,12 @@ from campaigns.spec import (
     _first_line,
 )
 
-__all__ = ["load_spec", "parse_spec"]
+__all__ = ["MAX_SPEC_DEPTH", "MAX_SPEC_VALUES", "check_new_spec", "load_spec", "parse_spec"]
+
+#: How deeply a campaign file may nest, and how many values it may hold (an alias counted each
+#: time it is used): far beyond any campaign, far below what would exhaust the validator.
+MAX_SPEC_DEPTH = 32
+MAX_SPEC_VALUES = 100_000
 
 
 def _loc(loc: Sequence[int | str]) -> str:
@@ -100,6 +105,7 @@ def parse_spec(data: Any, source: str = "spec") -> CampaignSpec:
     """
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the file must hold a mapping of keys (name:, parameters:, ...)", "see campaigns/examples/")
+    _check_storable(data, source)
     try:
         return CampaignSpec.model_validate(data)
     except ValidationError as exc:
@@ -125,4 +131,68 @@ def load_spec(path: str | Path) -> CampaignSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SpecError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}", "fix the YAML syntax") from None
-    return parse_spec(data, str(p))
+    except RecursionError:
+        raise SpecError(f"{p}: the file nests more than {MAX_SPEC_DEPTH} levels deep",
+                        "a campaign file is a few levels of keys and lists; see campaigns/examples/") from None
+    _check_size(data, str(p))
+    spec = parse_spec(data, str(p))
+    check_new_spec(spec, str(p))
+    return spec
+
+
+def _check_size(data: Any, source: str) -> None:
+    count, stack = 0, [(data, 0)]
+    while stack:  # iterative: the data may nest deeper than Python's recursion limit
+        node, depth = stack.pop()
+        count += 1
+        if depth > MAX_SPEC_DEPTH:
+            raise SpecError(f"{source}: the file nests more than {MAX_SPEC_DEPTH} levels deep",
+                            "a campaign file is a few levels of keys and lists; see campaigns/examples/")
+        if count > MAX_SPEC_VALUES:
+            raise SpecError(f"{source}: the file holds more than {MAX_SPEC_VALUES:,} values (YAML aliases counted "
+                            "each time they are used)", "a campaign file is small; see campaigns/examples/")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for kv in node.items() for v in kv)
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_storable(data: Any, source: str) -> None:
+    """Refuse whole numbers the log cannot hold (MongoDB stores 8-byte integers): a seed or a
+    budget of 10**30 would pass validation and fail at the campaign's first append."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, int) and not isinstance(node, bool) and not _INT64[0] <= node <= _INT64[1]:
+            raise SpecError(f"{source}: {where or 'spec'}: {node:.3g} is too large a whole number",
+                            f"whole numbers in a campaign lie within ±{2**63:.3g}")
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in node.items())
+        elif isinstance(node, list | tuple):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
+
+
+def check_new_spec(spec: CampaignSpec, source: str = "spec") -> None:
+    """Checks for a spec about to start a campaign, beyond what any logged spec passed.
+
+    A spec in an old log must still be read as it was written, so what older versions accepted
+    stays valid for `parse_spec`; a new campaign's spec also has its ``approval.when`` checked
+    against the parameters' types and bounded in size (`campaigns.approval.check_condition`).
+
+    Raises:
+        SpecError: one line naming the field and the fix.
+    """
+    if spec.approval.when is None:
+        return
+    kinds: dict[str, Any] = {
+        p.name: "text" if isinstance(p, ChoiceParameter) and isinstance(p.values[0], str) else "number"
+        for p in spec.parameters
+    }
+    try:
+        check_condition(spec.approval.when, kinds)
+    except ValueError as exc:
+        text, _, hint = str(exc).partition("; ")
+        raise SpecError(f"{source}: approval.when: {text}", hint or "fix the condition") from None

@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from campaigns import (
     AppendConflictError,
@@ -29,6 +30,8 @@ from campaigns import (
     fold,
     load_spec,
 )
+from devices import parse_broker_url
+from pydantic import ValidationError
 from storage import MongoEventStore
 
 from flows.lease import hold_lease
@@ -37,7 +40,7 @@ from flows.replay_cli import add_replay_commands, parse_options
 
 from flows.report import best_line, status_dict, status_text
 from flows.runtime import broker_url, check_spec_devices, event_store, mqtt_settings, running_broker_url, simulated_lab
-from flows.settings import Settings
+from flows.settings import Settings, settings_problem
 
 __all__ = ["main"]
 
@@ -182,7 +185,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.output in (None, "-"):
         writer(state, sys.stdout)
     else:
-        writer(state, Path(args.output))
+        try:
+            writer(state, Path(args.output))
+        except OSError as exc:
+            raise ClosedLoopError(f"cannot write {args.output!r}: {exc.strerror or exc}",
+                                  "give a file path you can write, or - for standard output") from None
         print(f"wrote {len(state.trials)} trial(s) to {args.output}", file=sys.stderr)
     return EXIT_OK
 
@@ -240,6 +247,11 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.device_id is None:
         raise SpecError("sim: --device-id is required to serve as an instrument", "e.g. --device-id bench-1")
     settings = Settings()
+    if args.broker is not None:
+        try:
+            parse_broker_url(args.broker)
+        except ClosedLoopError as exc:
+            raise SpecError(f"--broker: {exc.message}", exc.hint) from None
     url = running_broker_url(settings, args.broker)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -252,8 +264,16 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its error on one line whatever the argument held (a newline, a carriage return)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="closedloop", description="Run closed-loop experiment campaigns for self-driving labs.")
+    p = _Parser(prog="closedloop", description="Run closed-loop experiment campaigns for self-driving labs.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the loop does")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -320,6 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # SIGTERM unwinds like Ctrl-C (signal handlers can be set from the main thread only).
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+    try:
+        Settings()  # every command reads them: a malformed one is this one line, not a traceback later
+    except ValidationError as exc:
+        print(f"error: {settings_problem(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.func(args))
     except SpecError as exc:

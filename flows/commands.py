@@ -7,8 +7,11 @@ does not fit the campaign as it stands is refused with one line saying why.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from pydantic import ValidationError
 
 from campaigns import (
     ApprovalGiven,
@@ -24,11 +27,12 @@ from campaigns import (
     IntParameter,
     apply_change,
 )
+from campaigns.state import OpenApproval
 from storage import Command
 
 from flows.runtime import check_spec_devices
 
-__all__ = ["events_for"]
+__all__ = ["bind_approval", "change_problem", "decision_conflict", "events_for"]
 
 Fields = Callable[[str, int], dict[str, Any]]
 
@@ -59,23 +63,96 @@ def _coerce(state: CampaignState, trial_id: str, name: str, value: Any) -> Any:
     return number
 
 
-def _approval(state: CampaignState, command: Command, fields: Fields) -> EventBase:
-    p = command.payload
+#: The largest numbers `change` takes: beyond them a value is a typo, and some could not even
+#: be stored (MongoDB holds 8-byte integers).
+_CHANGE_LIMITS: dict[str, tuple[str, float]] = {
+    "batch_size": ("--batch-size", 10_000),
+    "max_trials": ("--max-trials", 1_000_000_000),
+    "trial_timeout_s": ("--trial-timeout", 365 * 24 * 3600.0),
+    "max_hours": ("--max-hours", 100 * 365 * 24.0),
+}
+
+
+def change_problem(payload: Mapping[str, Any], state: CampaignState | None = None) -> str | None:
+    """What is wrong with a change's numbers, in one line (None: nothing).
+
+    Batch size and max trials are whole numbers from 1, the trial timeout and max hours finite
+    numbers above 0, each below a generous limit; with ``state``, max trials is not below the
+    trials that already count against the budget (`closedloop stop` ends a campaign now).
+    """
+    for name, (flag, limit) in _CHANGE_LIMITS.items():
+        value = payload.get(name)
+        if value is None:
+            continue
+        whole = name in ("batch_size", "max_trials")
+        if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+            return f"{flag} {value!r}: not {'a whole number' if whole else 'a number'}"
+        if not math.isfinite(value) or value <= 0 or value > limit:
+            return f"{flag} {value}: must be {'at least 1' if whole else 'above 0'} and at most {limit:.0f}"
+    used = None if state is None else state.budget_used
+    if used is not None and payload.get("max_trials") is not None and payload["max_trials"] < used:
+        return (f"--max-trials {payload['max_trials']}: {used} trials already count against the budget; "
+                f"give at least {used}, or `closedloop stop` the campaign")
+    return None
+
+
+def decision_conflict(approve: list[str] | None, edit: Mapping[str, Any], reject: list[str]) -> str | None:
+    """A trial named in two of --trial, --edit and --reject, in one line (None: no conflict)."""
+    flags = {"--trial": set(approve or []), "--edit": set(edit), "--reject": set(reject)}
+    names = list(flags)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = sorted(flags[a] & flags[b])
+            if both:
+                return f"trial {both[0]} is given to both {a} and {b}: decide each trial once"
+    return None
+
+
+def _open_request(state: CampaignState, approval_id: str | None) -> OpenApproval:
     opened = state.open_approvals
     if not opened:
         raise _refuse(state, f"campaign {state.campaign_id!r} has no approval waiting", "see `closedloop pending`")
-    approval_id = p.get("approval_id")
     if approval_id is None:
         if len(opened) > 1:
             raise _refuse(state, f"{len(opened)} approvals are waiting: {', '.join(opened)}", "pass --approval ID")
         approval_id = next(iter(opened))
     request = opened.get(approval_id)
     if request is None:
-        raise _refuse(state, f"approval {approval_id!r} is not waiting", f"waiting: {', '.join(opened)}")
+        raise _refuse(state, f"approval {approval_id!r} is not waiting (answered or expired)",
+                      f"waiting: {', '.join(opened)}; see `closedloop pending`")
+    return request
+
+
+def bind_approval(state: CampaignState, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """An `approve` payload bound to the approval its author sees now: its id and its trials.
+
+    The orchestrator applies the decision only while that approval is open with those trials,
+    so an answer never lands on an approval its author did not see.
+
+    Raises:
+        ClosedLoopError: no approval waits, several wait and none is named, or the named one is not open.
+    """
+    request = _open_request(state, payload.get("approval_id"))
+    return {**payload, "approval_id": request.approval_id, "trial_ids": list(request.trial_ids)}
+
+
+def _approval(state: CampaignState, command: Command, fields: Fields) -> EventBase:
+    p = command.payload
+    request = _open_request(state, p.get("approval_id"))
+    approval_id = request.approval_id
+    shown = p.get("trial_ids")  # None in commands sent before decisions were bound
+    if shown is not None and [str(t) for t in shown] != request.trial_ids:
+        raise _refuse(state, f"approval {approval_id} holds trials {', '.join(request.trial_ids)}, "
+                             f"not the {', '.join(map(str, shown))} the decision was made on",
+                      "see `closedloop pending` and answer again")
     waiting = set(request.trial_ids)
     reject = [str(t) for t in p.get("reject", [])]
     edit = {str(t): dict(v) for t, v in (p.get("edit") or {}).items()}
     approve = p.get("approve")
+    approve = None if approve is None else [str(t) for t in approve]
+    conflict = decision_conflict(approve, edit, reject)
+    if conflict is not None:
+        raise _refuse(state, conflict, "send one decision per trial")
     for tid in [*reject, *edit, *(approve or [])]:
         if tid not in waiting:
             raise _refuse(state, f"trial {tid} is not in approval {approval_id}",
@@ -123,7 +200,15 @@ def events_for(state: CampaignState, command: Command, fields: Fields) -> list[E
     if command.kind == "approve":
         return [_approval(state, command, fields)]
     if command.kind == "change":
-        change = CampaignChange.model_validate(command.payload)
+        problem = change_problem(command.payload, state)  # again here: changes also come from the inbox
+        if problem is not None:
+            raise _refuse(state, problem, "see `closedloop change --help`")
+        try:
+            change = CampaignChange.model_validate(command.payload)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            where = ".".join(str(x) for x in err["loc"]) or "change"
+            raise _refuse(state, f"{where}: {err['msg']}", "see `closedloop change --help`") from None
         if change.is_empty():
             raise _refuse(state, "the change changes nothing", "see `closedloop change --help`")
         changed = apply_change(state.spec, change)  # refuses what does not fit, before anything is logged

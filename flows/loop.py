@@ -245,6 +245,8 @@ class CampaignLoop(Outcomes):
             if command.command_id in self.state.applied_commands:
                 self.inbox.applied(command.command_id, None)  # logged before a crash; mark it now
                 continue
+            if not self.inbox.claim(command.command_id):
+                continue  # its author withdrew it (Ctrl-C on `closedloop approve`): never applied
             try:
                 events = events_for(self.state, command, self.writer.fields)
             except ClosedLoopError as exc:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import math
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -37,12 +39,14 @@ from campaigns import (
 )
 from storage import Command, MongoCommandInbox, MongoEventStore
 
-from flows.commands import events_for
+from flows.commands import bind_approval, change_problem, decision_conflict, events_for
 from flows.lease import hold_lease
 from flows.runtime import event_store
 from flows.settings import Settings
 
 __all__ = ["add_commands", "current_user"]
+
+EXIT_INTERRUPTED = 130
 
 
 def current_user() -> str:
@@ -55,44 +59,60 @@ def _by(args: argparse.Namespace) -> str:
 
 
 def _deliver(campaign_id: str, kind: str, payload: dict[str, Any], args: argparse.Namespace) -> int:
+    if not isinstance(args.reason, str) or not args.reason.strip():  # argparse turns `--reason=--` into []
+        raise SpecError("--reason: say why (it is recorded in the log with your name)", 'e.g. --reason "reactor limit"')
     settings = Settings()
     now = datetime.now(UTC)
     command = Command(command_id=uuid.uuid4().hex, campaign_id=campaign_id, kind=kind,  # type: ignore[arg-type]
                       payload=payload, by=_by(args), reason=args.reason,
                       submitted_at=now.replace(microsecond=now.microsecond // 1000 * 1000))
     with event_store(settings) as store:
-        state = fold(store.read(campaign_id))
-        if state.spec is None:
-            raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
-
-        def fields(actor: str, offset: int) -> dict[str, Any]:
-            return {"campaign_id": campaign_id, "seq": state.last_seq + 1 + offset, "actor": actor}
-
-        events_for(state, command, fields)  # refuse what does not fit before anything is sent
         try:
-            with hold_lease(store.uri, settings.mongodb_database, campaign_id):
-                state = fold(store.read(campaign_id))
-                events = events_for(state, command, fields)
-                store.append(events)
-                print(f"{campaign_id}: {_describe(events[-1])} (logged as event {events[-1].seq})")
-                if kind != "stop" and state.status != "finished":
-                    print(f"no orchestrator is running it: `closedloop resume {campaign_id}` to go on")
-                return 0
-        except CampaignLockedError as locked:
-            return _hand_over(store, settings, command, locked)
+            return _send(store, settings, command)
+        except KeyboardInterrupt:
+            return _interrupted(store, settings, command)
+
+
+def _send(store: MongoEventStore, settings: Settings, command: Command) -> int:
+    campaign_id = command.campaign_id
+    state = fold(store.read(campaign_id))
+    if state.spec is None:
+        raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
+    if command.kind == "approve":
+        # Bound to what its author sees now: the orchestrator applies it to this approval, with
+        # these trials, or refuses it.
+        command = command.model_copy(update={"payload": bind_approval(state, command.payload)})
+
+    def fields(actor: str, offset: int) -> dict[str, Any]:
+        return {"campaign_id": campaign_id, "seq": state.last_seq + 1 + offset, "actor": actor}
+
+    events_for(state, command, fields)  # refuse what does not fit before anything is sent
+    try:
+        with hold_lease(store.uri, settings.mongodb_database, campaign_id):
+            state = fold(store.read(campaign_id))
+            events = events_for(state, command, fields)
+            store.append(events)
+            print(f"{campaign_id}: {_describe(events[-1])} (logged as event {events[-1].seq})")
+            _timeout_note(command)
+            if command.kind != "stop" and state.status != "finished":
+                print(f"no orchestrator is running it: `closedloop resume {campaign_id}` to go on")
+            return 0
+    except CampaignLockedError as locked:
+        return _hand_over(store, settings, command, locked)
 
 
 def _hand_over(store: MongoEventStore, settings: Settings, command: Command, locked: CampaignLockedError) -> int:
     with MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
-        submitted = inbox.submit(command.campaign_id, command.kind, command.payload, by=command.by,
-                                 reason=command.reason)
+        inbox.submit(command.campaign_id, command.kind, command.payload, by=command.by,
+                     reason=command.reason, command_id=command.command_id)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            current = inbox.get(submitted.command_id)
+            current = inbox.get(command.command_id)
             if current is not None and current.state == "applied":
                 events = store.read(command.campaign_id, after_seq=max(0, (current.seq or 1) - 1))
                 print(f"{command.campaign_id}: {_describe(events[0]) if events else 'applied'} "
                       f"(applied by the running orchestrator, event {current.seq})")
+                _timeout_note(command)
                 return 0
             if current is not None and current.state == "refused":
                 raise ClosedLoopError(f"refused: {current.error}", "fix the command and send it again",
@@ -101,6 +121,46 @@ def _hand_over(store: MongoEventStore, settings: Settings, command: Command, loc
     print(f"{command.campaign_id}: sent to the orchestrator that runs it ({locked.owner}); "
           "it applies it when it next checks (see `closedloop history`)")
     return 0
+
+
+def _timeout_note(command: Command) -> None:
+    if command.kind == "change" and command.payload.get("trial_timeout_s") is not None:
+        print("the new trial timeout applies to trials dispatched from now on; trials running now keep "
+              "their deadline (a resume gives them a fresh one, under the new timeout)")
+
+
+def _interrupted(store: MongoEventStore, settings: Settings, command: Command) -> int:
+    """Ctrl-C while a command was on its way: withdraw it if nothing took it yet, and say
+    truthfully whether it was applied."""
+    cid, what = command.campaign_id, f"`{command.kind}`"
+
+    def logged_at() -> int | None:
+        return next((e.seq for e in store.read(cid) if getattr(e, "command_id", None) == command.command_id), None)
+
+    try:
+        with MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
+            withdrawn = inbox.withdraw(command.command_id)  # only while pending: then nothing applies it
+            current = None if withdrawn else inbox.get(command.command_id)
+            seq = None if withdrawn else logged_at()
+            deadline = time.monotonic() + 10
+            while seq is None and current is not None and current.state == "claimed" and time.monotonic() < deadline:
+                time.sleep(0.2)  # the orchestrator is applying it: wait for its verdict
+                current, seq = inbox.get(command.command_id), logged_at()
+    except KeyboardInterrupt:
+        print(f"interrupted again: whether {what} was applied is in `closedloop history {cid}`", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if withdrawn:
+        print(f"interrupted: {what} withdrawn before the orchestrator took it; nothing applied", file=sys.stderr)
+    elif seq is not None:
+        print(f"interrupted, but {what} was already applied (event {seq}; see `closedloop history {cid}`)",
+              file=sys.stderr)
+    elif current is not None and current.state == "refused":
+        print(f"interrupted; the orchestrator had refused {what}: {current.error}", file=sys.stderr)
+    elif current is not None:
+        print(f"interrupted while the orchestrator applies {what}; see `closedloop history {cid}`", file=sys.stderr)
+    else:
+        print(f"interrupted before {what} was sent; nothing applied", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _describe(e: EventBase) -> str:
@@ -186,9 +246,12 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 
 def _number(text: str, flag: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise SpecError(f"{flag}: {text!r} is not a number", f"e.g. {flag} x1=2.5") from None
+    if not math.isfinite(value):
+        raise SpecError(f"{flag}: {text!r} is not a finite number", f"e.g. {flag} x1=2.5")
+    return value
 
 
 def _cmd_approve(args: argparse.Namespace) -> int:
@@ -197,6 +260,9 @@ def _cmd_approve(args: argparse.Namespace) -> int:
         if len(group) < 2:
             raise SpecError(f"--edit {' '.join(group)}: expected a trial id then NAME=VALUE", "e.g. --edit 3 x1=2.5")
         edits.setdefault(group[0], {}).update(_pairs(group[1:], "--edit"))
+    conflict = decision_conflict(args.trial, edits, args.reject or [])
+    if conflict is not None:
+        raise SpecError(conflict, "give each trial to one of --trial, --edit and --reject")
     payload = {"approval_id": args.approval, "approve": args.trial, "edit": edits,
                "reject": args.reject or [], "via": "cli"}
     return _deliver(args.campaign, "approve", payload, args)
@@ -231,6 +297,9 @@ def _cmd_change(args: argparse.Namespace) -> int:
             change[name] = getattr(args, name)
     if not change:
         raise SpecError("nothing to change", "give at least one of --set-bounds, --fix, --free, --batch-size, ...")
+    problem = change_problem(change)
+    if problem is not None:
+        raise SpecError(problem, "see `closedloop change --help`")
     return _deliver(args.campaign, "change", change, args)
 
 

@@ -129,6 +129,9 @@ def _print_faithful(source: CampaignState, replay: CampaignState, report: Path |
 def _cmd_replay(args: argparse.Namespace) -> int:
     from flows.cli import _drive  # the same run path as `closedloop run`
 
+    for flag, value in (("--batch-size", args.batch_size), ("--seed", args.seed)):
+        if value is not None and abs(value) >= 2**63:  # the log stores 8-byte integers
+            raise SpecError(f"{flag} {value:.3g}: too large a whole number", f"give {flag} below {2**63:.3g}")
     settings = Settings()
     with event_store(settings) as store:
         source = fold(store.read(args.source))

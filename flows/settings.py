@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+from campaigns import ClosedLoopError
+from devices import Topics, parse_broker_url
+
+__all__ = ["Settings", "settings_problem"]
+
+_DB_NAME_FORBIDDEN = set('/\\. "$\x00')
 
 
 class Settings(BaseSettings):
@@ -17,7 +22,8 @@ class Settings(BaseSettings):
     the embedded default (a local nx-27017 server and an amqtt broker under ``home``).
     """
 
-    model_config = SettingsConfigDict(env_prefix="CLOSEDLOOP_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="CLOSEDLOOP_", extra="ignore", frozen=True,
+                                      hide_input_in_errors=True)
 
     home: Path = Field(default=Path(".closedloop"), description="Local data: embedded database, broker state.")
     mongodb_uri: SecretStr | None = Field(default=None, description="MongoDB URI; unset = embedded nx-27017.")
@@ -30,4 +36,49 @@ class Settings(BaseSettings):
     mqtt_ca_file: Path | None = Field(default=None, description="CA certificate(s) (PEM) that sign the broker's, for mqtts.")
     mqtt_cert_file: Path | None = Field(default=None, description="client certificate (PEM), for brokers that require one.")
     mqtt_key_file: Path | None = Field(default=None, description="the client certificate's private key (PEM).")
-    optimizer_threads: int | None = Field(default=1, description="torch threads for the optimizer (None = torch default).")
+    optimizer_threads: int | None = Field(default=1, ge=1, le=1024,
+                                          description="torch threads for the optimizer (None = torch default).")
+
+    # Checked here, when the settings are read, so that a malformed value is one line at the
+    # start of any command rather than a traceback from deep inside the one that uses it.
+
+    @field_validator("home")
+    @classmethod
+    def _home(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file, not a directory")
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                parse_broker_url(value.get_secret_value())  # its message shows the URL redacted
+            except ClosedLoopError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("mqtt_prefix")
+    @classmethod
+    def _mqtt_prefix(cls, value: str) -> str:
+        try:
+            Topics(value)
+        except ClosedLoopError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("mongodb_database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if not value or len(value.encode()) > 63 or _DB_NAME_FORBIDDEN & set(value):
+            raise ValueError(f"{value!r} is not a MongoDB database name (1-63 bytes, none of / \\ . \" $ or a space)")
+        return value
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """One line naming the environment variable a settings error concerns and what is wrong."""
+    err = exc.errors(include_url=False)[0]
+    name = "CLOSEDLOOP_" + "_".join(str(p) for p in err["loc"][:1]).upper() if err["loc"] else "CLOSEDLOOP_*"
+    message = " ".join(str(err["msg"]).removeprefix("Value error, ").split())
+    return f"{name}: {message} — fix or unset it (see README, Settings)"

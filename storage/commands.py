@@ -6,6 +6,11 @@ submit a command here, and the orchestrator validates it, appends the events it 
 carrying the ``command_id``, so a command is applied once even across a crash) and marks the
 command done, or refused with the reason. The log stays the only truth; the inbox only carries
 requests.
+
+A command moves ``pending`` → ``claimed`` (the orchestrator is applying it) → ``applied`` or
+``refused``; its author may withdraw it (``withdrawn``) only while it is still ``pending``. Both
+moves out of ``pending`` are conditional updates, so a withdrawn command is never applied and a
+claimed one is never reported withdrawn.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ class Command(BaseModel):
     by: str
     reason: str
     submitted_at: datetime
-    state: Literal["pending", "applied", "refused"] = "pending"
+    state: Literal["pending", "claimed", "applied", "refused", "withdrawn"] = "pending"
     seq: int | None = None
     error: str | None = None
 
@@ -67,10 +72,11 @@ class MongoCommandInbox:
             self._commands.create_index([("campaign_id", ASCENDING), ("submitted_at", ASCENDING)])
             self._indexed = True
 
-    def submit(self, campaign_id: str, kind: CommandKind, payload: dict[str, Any], *, by: str, reason: str) -> Command:
-        """Queue a command; returns it (with its id)."""
+    def submit(self, campaign_id: str, kind: CommandKind, payload: dict[str, Any], *, by: str, reason: str,
+               command_id: str | None = None) -> Command:
+        """Queue a command; returns it (with its id: ``command_id``, or a new one)."""
         now = datetime.now(UTC)
-        command = Command(command_id=uuid.uuid4().hex, campaign_id=campaign_id, kind=kind, payload=payload,
+        command = Command(command_id=command_id or uuid.uuid4().hex, campaign_id=campaign_id, kind=kind, payload=payload,
                           by=by, reason=reason, submitted_at=now.replace(microsecond=now.microsecond // 1000 * 1000))
         with driver_errors(self._uri, "submit a command to", f"campaign {campaign_id!r}", campaign_id):
             self._index()
@@ -78,9 +84,11 @@ class MongoCommandInbox:
         return command
 
     def pending(self, campaign_id: str) -> list[Command]:
-        """Commands not yet applied nor refused, oldest first."""
+        """Commands not yet applied, refused nor withdrawn, oldest first (claimed ones too: the
+        orchestrator that claimed one may have stopped before applying it)."""
         with driver_errors(self._uri, "read the commands of", f"campaign {campaign_id!r}", campaign_id):
-            docs = self._commands.find({"campaign_id": _eq(campaign_id), "state": _eq("pending")}).sort(
+            docs = self._commands.find({"campaign_id": _eq(campaign_id),
+                                        "state": {"$in": ["pending", "claimed"]}}).sort(
                 "submitted_at", ASCENDING)
             return [Command.model_validate(d) for d in docs]
 
@@ -89,6 +97,20 @@ class MongoCommandInbox:
         with driver_errors(self._uri, "read", f"command {command_id!r}", None):
             doc = self._commands.find_one({"_id": _eq(command_id)})
         return None if doc is None else Command.model_validate(doc)
+
+    def claim(self, command_id: str) -> bool:
+        """Take a command to apply it; False if its author withdrew it first."""
+        with driver_errors(self._uri, "update", f"command {command_id!r}", None):
+            result = self._commands.update_one({"_id": _eq(command_id), "state": {"$in": ["pending", "claimed"]}},
+                                               {"$set": {"state": "claimed"}})
+        return result.matched_count == 1
+
+    def withdraw(self, command_id: str) -> bool:
+        """Withdraw a command while it is still pending; False once claimed, done, or never submitted."""
+        with driver_errors(self._uri, "update", f"command {command_id!r}", None):
+            result = self._commands.update_one({"_id": _eq(command_id), "state": _eq("pending")},
+                                               {"$set": {"state": "withdrawn"}})
+        return result.matched_count == 1
 
     def applied(self, command_id: str, seq: int | None) -> None:
         """Mark a command applied (its events end at ``seq``; None if it was applied before)."""

@@ -128,7 +128,7 @@ class MongoLease:
             self._client: MongoClient[dict[str, Any]] = MongoClient(
                 uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms, appname="closedloop"
             )
-        except ConfigurationError as exc:
+        except (ConfigurationError, ValueError) as exc:  # pymongo: ValueError for a bad port
             raise StorageError(
                 f"invalid MongoDB URI {redact_uri(uri)}: {short(exc, uri)}",
                 "write it as mongodb://[user:password@]host[:port]/ (escape the password)",

@@ -91,7 +91,7 @@ class MongoEventStore:
                 socketTimeoutMS=max(ms, _SOCKET_TIMEOUT_MS),
                 appname="closedloop",
             )
-        except ConfigurationError as exc:
+        except (ConfigurationError, ValueError) as exc:  # pymongo: ValueError for a bad port
             raise StorageError(
                 f"invalid MongoDB URI {self._where}: {short(exc, self._uri)}",
                 "write it as mongodb://[user:password@]host[:port]/ (escape the password)",
