@@ -56,12 +56,12 @@ def spec(devices: list[dict[str, Any]], **extra: object) -> CampaignSpec:
 
 
 def seed(store: MongoEventStore, campaign: CampaignSpec, dispatched: dict[str, str],
-         after: Callable[[int], list[EventBase]] = lambda seq: []) -> None:
+         after: Callable[[int], list[EventBase]] = lambda seq: [], campaign_id: str = CAMPAIGN) -> None:
     """Log a campaign whose trial ``i`` went to ``dispatched[str(i)]`` with request ``r-i``."""
-    fields = {"campaign_id": CAMPAIGN, "actor": "orchestrator"}
+    fields = {"campaign_id": campaign_id, "actor": "orchestrator"}
     trials = [SuggestedTrial(trial_id=t, parameters={"x1": float(i), "x2": 5.0}, generator="human")
               for i, t in enumerate(dispatched)]
-    events: list[EventBase] = [CampaignCreated(campaign_id=CAMPAIGN, seq=1, actor="user:test", spec=campaign),
+    events: list[EventBase] = [CampaignCreated(campaign_id=campaign_id, seq=1, actor="user:test", spec=campaign),
                                TrialsSuggested(**fields, seq=2, trials=trials)]
     for t, device in dispatched.items():
         events.append(TrialDispatched(**fields, seq=len(events) + 1, trial_id=t, device_id=device, request_id=f"r-{t}"))
