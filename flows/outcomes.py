@@ -60,6 +60,8 @@ log = logging.getLogger("closedloop.loop")
 
 # A device whose status keeps changing its metrics is named at most this often per run.
 _SKIPS_PER_DEVICE = 3
+# A running trial is re-sent on its device's "idle" status at most this often per run.
+_IDLE_RESENDS = 5
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Outcomes:
     _rejections: RejectionBudget
     _watch: _RunWatch
     _skipped: dict[str, set[tuple[str, ...]]]
+    _idle_resends: dict[str, int]
 
     def _start_outcomes(self) -> None:
         """Per-run bookkeeping: rejection budget, what was heard, devices named as skipped."""
@@ -100,6 +103,7 @@ class Outcomes:
         self._rejections = RejectionBudget(self.clock)
         self._watch = _RunWatch()
         self._skipped = {}
+        self._idle_resends = {}
 
     def _end_run(self) -> None:
         """The run ends normally: every rejection still only counted goes to the log now."""
@@ -197,10 +201,14 @@ class Outcomes:
             self._answered.discard(event.device_id)
             if event.status.state == "idle":
                 # A device that is idle while the log says it runs a trial lost the request or
-                # restarted: ask again (it answers from its store if it did run it).
+                # restarted: ask again (it answers from its store if it did run it) — a few
+                # times per trial and run: a status that keeps flapping must not grow the log.
                 for t in self.state.in_flight:
-                    if t.device_id == event.device_id:
+                    if t.device_id == event.device_id and self._idle_resends.get(t.trial_id, 0) < _IDLE_RESENDS:
+                        before = t.resends
                         self._resend(t, "device_idle")
+                        if t.resends > before:
+                            self._idle_resends[t.trial_id] = self._idle_resends.get(t.trial_id, 0) + 1
         elif isinstance(event, ConnectionLost):
             self._stage(BrokerDisconnected(**self.writer.fields("orchestrator"), detail=event.detail))  # type: ignore[arg-type]
         elif isinstance(event, ConnectionRestored):

@@ -136,3 +136,24 @@ def test_only_the_asked_device_answers_for_its_request(store: MongoEventStore, m
     rejections = kinds(events, "MessageRejected") + kinds(events, "MessagesRejected")
     # flows.rejections: 32 in a run, then one summary per (device of the spec or none) x kind.
     assert len(rejections) <= 32 + 3 * 11
+
+
+def test_a_flapping_status_does_not_grow_the_log(store: MongoEventStore) -> None:
+    """Issue 14 item 19: every "idle" status of a device running a trial re-sent the request and
+    logged a RequestResent (at most every 5 s), so a status flapping busy/idle — or anyone
+    publishing on the device's status topic — grew the log for as long as it went on. Now a
+    trial is re-sent on "idle" a few times per run at most."""
+    campaign_id = f"flap-{uuid.uuid4().hex[:10]}"
+    campaign = spec([{"id": "dev-d", "measures": ["branin"]}], trial_timeout_s=10**9)
+    seed(store, campaign, {"0": "dev-d"}, campaign_id=campaign_id)
+    hub = MqttDeviceHub(MqttSettings(url="mqtt://127.0.0.1:9", prefix=PREFIX), client_id="flapping")
+    for _ in range(40):
+        for state in ("busy", "idle"):
+            hub._on_message(f"{PREFIX}/devices/dev-d/status", json.dumps(
+                {"state": state, "device_id": "dev-d", "measures": ["branin"]}).encode(), None)
+    ticks = itertools.count(step=10)  # every look at the clock is 10 s later: no re-send is too soon
+    CampaignLoop(campaign_id, store, hub, make_optimizer=AxOptimizer.rebuild,
+                 options=LoopOptions(poll_s=0.0, max_runtime_s=2000), clock=lambda: float(next(ticks)),
+                 run_info={"host": "property", "pid": 1}).run()
+    resent = [e for e in kinds(store.read(campaign_id), "RequestResent") if e.reason == "device_idle"]
+    assert 1 <= len(resent) <= 5, len(resent)
