@@ -51,3 +51,14 @@ def test_null_survives_encode() -> None:
     result = parse_result(payload({"a": None, "b": 1.0}))
     assert json.loads(encode(result))["measurements"] == {"a": None, "b": {"mean": 1.0}}
     assert parse_result(encode(result)) == result
+
+
+def test_a_trial_completed_of_an_old_log_still_reads() -> None:
+    """Old logs fold: a TrialCompleted written before ``not_measured`` existed reads as none."""
+    from campaigns import event_from_doc
+
+    doc = {"schema_version": 1, "campaign_id": "c", "seq": 5, "time": "2026-01-02T03:04:05Z", "actor": "device:d",
+           "kind": "TrialCompleted", "trial_id": "0", "device_id": "d", "request_id": "r-0",
+           "measurements": {"y": {"mean": 1.0, "sem": None}}}
+    event = event_from_doc(doc)
+    assert event.not_measured == [] and event.measurements["y"].mean == 1.0  # type: ignore[union-attr]
