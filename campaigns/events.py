@@ -31,7 +31,9 @@ __all__ = [
     "Event",
     "EventBase",
     "Measurement",
+    "DeviceSkipped",
     "MessageRejected",
+    "MessagesRejected",
     "LateResultRecorded",
     "ReplaySource",
     "RequestResent",
@@ -160,13 +162,15 @@ class TrialDispatched(EventBase):
 
 
 class TrialCompleted(EventBase):
-    """A device returned measurements for a trial."""
+    """A device returned measurements for a trial (``not_measured``: metrics it reported as
+    ``null``, which have no value)."""
 
     kind: Literal["TrialCompleted"] = "TrialCompleted"
     trial_id: str
     device_id: str
     request_id: str
     measurements: dict[str, Measurement]
+    not_measured: list[str] = Field(default_factory=list)
 
 
 class TrialFailed(EventBase):
@@ -242,6 +246,41 @@ class MessageRejected(EventBase):
     topic: str
     reason: str
     excerpt: str = ""
+
+
+class MessagesRejected(EventBase):
+    """How many more device messages were rejected for one reason, counted, not logged one by one.
+
+    The first few rejections of a device and reason are logged in full (``MessageRejected``);
+    the rest are counted and summed up here, so no publisher can grow the log without limit.
+
+    Attributes:
+        device_id: The device, or ``None`` for messages no device of the campaign can answer
+            for (topics of devices not in the spec, or not protocol topics at all).
+        reason: The kind of rejection (``not_json``, ``unknown_request``, ``wrong_device``, ...).
+        count: How many messages this event stands for.
+        first_time: When the first of them arrived (UTC).
+        last_time: When the last of them arrived (UTC).
+        example: One of their reasons in full (at most 200 characters).
+    """
+
+    kind: Literal["MessagesRejected"] = "MessagesRejected"
+    device_id: str | None = None
+    reason: str
+    count: int = Field(ge=1)
+    first_time: datetime
+    last_time: datetime
+    example: str = ""
+
+
+class DeviceSkipped(EventBase):
+    """A device gets no trials: its retained status does not announce every metric the campaign
+    needs. Logged when seen, once per run and set of missing metrics; lasts while its status does."""
+
+    kind: Literal["DeviceSkipped"] = "DeviceSkipped"
+    device_id: str
+    missing: list[str] = Field(min_length=1)
+    measures: list[str] = Field(default_factory=list)
 
 
 class ApprovalRequested(EventBase):
@@ -337,6 +376,8 @@ Event = Annotated[
     | BrokerDisconnected
     | BrokerReconnected
     | MessageRejected
+    | MessagesRejected
+    | DeviceSkipped
     | ApprovalRequested
     | ApprovalGiven
     | ApprovalRejected

@@ -33,6 +33,7 @@ from campaigns.events import (
     EventBase,
     Measurement,
     MessageRejected,
+    MessagesRejected,
     ParameterValue,
     RunStarted,
     TrialCompleted,
@@ -107,7 +108,7 @@ class CampaignState:
     trials: dict[str, TrialRecord] = field(default_factory=dict)
     finished_reason: str | None = None
     runs: int = 0
-    rejected_messages: int = 0
+    rejected_messages: int = 0  # device messages rejected: logged one by one, or counted in summaries
     anomalies: int = 0
     paused_reason: str | None = None
     paused_detail: str = ""
@@ -283,6 +284,8 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             state.window_failed += 1
     elif isinstance(event, MessageRejected):
         state.rejected_messages += 1
+    elif isinstance(event, MessagesRejected):
+        state.rejected_messages += event.count
     elif isinstance(event, BrokerDisconnected):
         if state.broker_down_since is None:
             state.broker_down_since = event.time

@@ -110,15 +110,17 @@ class RunTrial(BaseModel):
 class TrialResult(BaseModel):
     """A device's answer to a :class:`RunTrial`, on ``.../{device_id}/results``.
 
-    On the wire a measurement is a number or ``{"mean": x, "sem": s}``; after parsing it is
-    always a :class:`Measurement`.
+    On the wire a measurement is a number, ``{"mean": x, "sem": s}``, or ``null``: the device
+    did not measure that metric this time (a reading it could not take). After parsing a
+    measurement is a :class:`Measurement`, or ``None`` for ``null``: never a number.
 
     Attributes:
         kind: Always ``trial_result``.
         request_id: The request this answers.
         trial_id: The trial this answers.
-        status: ``completed`` (with at least one measurement) or ``failed`` (with an error).
-        measurements: Metric name to measurement.
+        status: ``completed`` (with at least one metric, measured or ``null``) or ``failed``
+            (with an error).
+        measurements: Metric name to measurement; ``None`` for a metric not measured.
         error: Why the trial failed; required when ``status`` is ``failed``.
     """
 
@@ -128,8 +130,18 @@ class TrialResult(BaseModel):
     request_id: str = Field(min_length=1)
     trial_id: str = Field(min_length=1)
     status: Literal["completed", "failed"]
-    measurements: dict[str, Measurement] = Field(default_factory=dict)
+    measurements: dict[str, Measurement | None] = Field(default_factory=dict)
     error: str | None = None
+
+    @property
+    def measured(self) -> dict[str, Measurement]:
+        """The metrics the device measured (``null`` ones left out)."""
+        return {k: m for k, m in self.measurements.items() if m is not None}
+
+    @property
+    def not_measured(self) -> list[str]:
+        """The metrics the device reported as ``null``: not measured this time."""
+        return [k for k, m in self.measurements.items() if m is None]
 
     @field_validator("measurements", mode="before")
     @classmethod
@@ -140,13 +152,14 @@ class TrialResult(BaseModel):
         for name, item in value.items():
             if isinstance(item, bool):
                 raise ValueError(f"measurement {name!r} is a boolean, not a number")
+            # null stays None (not measured); a bare number is the mean.
             out[name] = {"mean": item} if isinstance(item, int | float) else item
         return out
 
     @model_validator(mode="after")
     def _consistent(self) -> TrialResult:
         if self.status == "completed" and not self.measurements:
-            raise ValueError("a completed result must carry at least one measurement")
+            raise ValueError("a completed result must carry at least one measurement (a number, or null if not measured)")
         if self.status == "failed" and not self.error:
             raise ValueError("a failed result must say why in 'error'")
         return self
@@ -256,7 +269,8 @@ def parse_request(payload: bytes) -> RunTrial:
 def encode(model: BaseModel) -> bytes:
     """Encode a protocol model as a compact UTF-8 JSON payload.
 
-    Unset optional fields (``error``, ``sem``) are left out rather than sent as ``null``.
+    Unset optional fields (``error``, ``sem``) are left out rather than sent as ``null``; a
+    metric not measured stays ``null`` (it is a value of ``measurements``, not a field).
 
     Args:
         model: A :class:`DeviceStatus`, :class:`RunTrial` or :class:`TrialResult`.

@@ -152,6 +152,7 @@ class CampaignLoop(Outcomes):
         self._script_refused: set[str] = set()
         self._next_command_poll = 0.0
         self._worker: OptimizerThread[Optimizer] = OptimizerThread(self.hub.wake)
+        self._start_outcomes()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -175,6 +176,7 @@ class CampaignLoop(Outcomes):
 
     def _run(self) -> CampaignState:
         self._rebuild()
+        self._start_outcomes()
         self.writer.append(RunStarted(**self.writer.fields("orchestrator"), **self.run_info))  # type: ignore[arg-type]
         started = self.clock()
         # Trials in flight when the last run stopped: ask their devices again, with the same
@@ -197,6 +199,7 @@ class CampaignLoop(Outcomes):
             self._scripted()
             spec = self._spec()
             self._expire(spec)
+            self._summarize_rejections()
             self._expire_approvals()
             out_of_time = spec.budget.max_hours is not None and self._hours_used() >= spec.budget.max_hours
             out_of_trials = self.state.budget_used >= spec.budget.max_trials
@@ -204,25 +207,32 @@ class CampaignLoop(Outcomes):
             if self.state.status == "running" and not out_of_time and self.hub.connected:
                 sent = self._dispatch(spec)
             # Everything this pass decided goes to the log in one insert; only then its side
-            # effects: the messages that caused it are acknowledged, the trials sent. What
+            # effects: the messages that caused it are acknowledged, the trials sent. An outcome
+            # (a timeout too, with every device busy) is in the log by the end of its pass; what
             # nothing waits for (a suggestion made ahead) may ride with a later pass's insert.
             held = [e for e in events if getattr(e, "delivery", None) is not None]
-            if held or sent or self.state.status != "running":
+            if held or sent or self._urgent or self.state.status != "running":
                 self.writer.flush()
+                self._urgent = False
             for event in held:
                 self.hub.ack(event)
             for trial in sent:
                 self._publish(trial)
             if self.state.status in ("paused", "finished"):
+                self._end_run()
                 return self.state
             if (out_of_time or out_of_trials) and not self.state.in_flight and (out_of_time or (
                 not self._worker.computing and not self.state.undispatched and not self.state.open_approvals
             )):
+                self._summarize_rejections(final=True)
+                if self._pause_if_silent(spec, ending=True):  # not "finished" when nobody ever answered
+                    self._end_run()
+                    return self.state
                 reason = "max_hours" if out_of_time and not out_of_trials else "budget_exhausted"
                 self.writer.append(CampaignFinished(**self.writer.fields("orchestrator"), reason=reason))  # type: ignore[arg-type]
                 return self.state
             if self.options.max_runtime_s is not None and self.clock() - started > self.options.max_runtime_s:
-                self.writer.flush()
+                self._end_run()
                 return self.state
 
     def _spec(self) -> CampaignSpec:
@@ -337,12 +347,14 @@ class CampaignLoop(Outcomes):
         # Idle, or still "busy" from the trial it has just answered: protocol v1 devices say
         # busy -> result -> idle, and queue a request that comes before their idle, so the
         # next trial goes out with the result's insert instead of a message later.
+        # A device whose status does not announce a metric the campaign needs gets nothing.
         statuses = self.hub.devices()
         busy = self.state.busy_devices()
         return [
             d.id for d in spec.devices
             if d.id not in busy and (s := statuses.get(d.id)) is not None
             and (s.state == "idle" or (s.state == "busy" and d.id in self._answered))
+            and self._suits(d.id, s.measures, spec)
         ]
 
     def _dispatch(self, spec: CampaignSpec) -> list[TrialRecord]:
@@ -386,6 +398,7 @@ class CampaignLoop(Outcomes):
         assert spec is not None
         self.writer.flush()  # intent before side effect
         self._deadlines[t.trial_id] = (self.clock() if since is None else since) + spec.trial_timeout_s
+        self._watch.sent_to.add(t.device_id)
         self._last_resend[t.trial_id] = self.clock()
         request = RunTrial(request_id=t.request_id, campaign_id=self.campaign_id, trial_id=t.trial_id,
                            parameters=dict(t.parameters))

@@ -1,14 +1,23 @@
 """What comes back from devices, and what does not: results, failures, rejections, timeouts.
 
-A mixin of ``flows.loop.CampaignLoop``. Everything here is *staged* in the loop's writer;
-the loop flushes it to the log before acknowledging the messages that caused it. The
-optimizer hears of outcomes through the loop's optimizer thread, in order.
+A mixin of ``flows.loop.CampaignLoop``. Everything here is *staged* in the loop's writer and
+marks the pass *urgent*: the loop flushes it to the log in the same pass (before it
+acknowledges the messages that caused it), so an outcome is in the log as soon as it is
+decided. The optimizer hears of outcomes through the loop's optimizer thread, in order.
+
+Whose value is it: a result counts only from the device its request went to (on time or
+late), and only for metrics that device announces in its retained status; a metric sent as
+``null`` was not measured and has no value. Rejected messages are bounded
+(``flows.rejections``), and a run in which no device answered anything pauses with the likely
+causes instead of finishing as if all were well.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from campaigns import (
@@ -17,12 +26,16 @@ from campaigns import (
     CampaignPaused,
     CampaignState,
     CampaignSpec,
+    DeviceSkipped,
+    EventBase,
     LateResultRecorded,
     Measurement,
+    MessagesRejected,
     TrialCompleted,
     TrialFailed,
     TrialRecord,
     TrialRetried,
+    utcnow,
 )
 from campaigns import MessageRejected as MessageRejectedEvent
 from devices import (
@@ -35,6 +48,7 @@ from devices import (
     TrialResult,
 )
 
+from flows.rejections import RejectionBudget, kind_of
 from flows.writer import EventWriter
 
 if TYPE_CHECKING:
@@ -43,6 +57,27 @@ if TYPE_CHECKING:
 __all__ = ["Outcomes"]
 
 log = logging.getLogger("closedloop.loop")
+
+# A device whose status keeps changing its metrics is named at most this often per run.
+_SKIPS_PER_DEVICE = 3
+# A running trial is re-sent on its device's "idle" status at most this often per run.
+_IDLE_RESENDS = 5
+
+
+@dataclass
+class _RunWatch:
+    """What this run has heard from devices: a run whose trials all time out with no answer
+    from anyone is a broker, ACL or prefix problem, not bad luck."""
+
+    sent_to: set[str] = field(default_factory=set)
+    timed_out: set[str] = field(default_factory=set)
+    timeouts: int = 0
+    heard: bool = False  # a result (any status, on time or late) from the device it was asked of
+
+    def silent(self) -> bool:
+        """Every device this run sent to lost a trial to timeout, at least two in all, and no
+        device answered anything."""
+        return not self.heard and self.timeouts >= 2 and self.sent_to <= self.timed_out
 
 
 class Outcomes:
@@ -56,13 +91,60 @@ class Outcomes:
     _answered: set[str]
     _worker: OptimizerThread[Any]
     _resend: Callable[..., None]  # CampaignLoop's
+    _urgent: bool = False
+    _rejections: RejectionBudget
+    _watch: _RunWatch
+    _skipped: dict[str, set[tuple[str, ...]]]
+    _idle_resends: dict[str, int]
+
+    def _start_outcomes(self) -> None:
+        """Per-run bookkeeping: rejection budget, what was heard, devices named as skipped."""
+        self._urgent = False
+        self._rejections = RejectionBudget(self.clock)
+        self._watch = _RunWatch()
+        self._skipped = {}
+        self._idle_resends = {}
+
+    def _end_run(self) -> None:
+        """The run ends normally: every rejection still only counted goes to the log now."""
+        self._summarize_rejections(final=True)
+        self.writer.flush()
+        self._urgent = False
+
+    def _stage(self, *events: EventBase) -> None:
+        self.writer.stage(*events)
+        self._urgent = True
+
+    # -- timeouts and failures ------------------------------------------------------------
 
     def _expire(self, spec: CampaignSpec) -> None:
         now = self.clock()
         for t in self.state.in_flight:
             deadline = self._deadlines.setdefault(t.trial_id, now + spec.trial_timeout_s)
             if now >= deadline:
+                if t.device_id is not None:
+                    self._watch.timed_out.add(t.device_id)
+                self._watch.timeouts += 1
                 self._fail(t, "timeout", f"no result within {spec.trial_timeout_s:g} s")
+                self._pause_if_silent(spec)
+
+    def _pause_if_silent(self, spec: CampaignSpec, ending: bool = False) -> bool:
+        """Pause (once) when nothing came back in this run; ``ending``: the run would finish
+        now, and one timeout with no answer at all is enough. Returns whether it paused."""
+        w = self._watch
+        if self.state.paused_reason is not None or not (w.silent() or (ending and w.timeouts and not w.heard)):
+            return False
+        prefix = self.hub.topics.prefix
+        devices = ", ".join(sorted(w.timed_out)) or "its devices"
+        detail = (f"no device answered in this run: {w.timeouts} trial(s) timed out on {devices} "
+                  f"(trial_timeout_s {spec.trial_timeout_s:g}) and no result came back. Likely causes: the "
+                  f"broker's ACL denies the devices publishing to {prefix}/devices/+/results (or this "
+                  f"orchestrator reading it, or the devices reading {prefix}/devices/+/requests); the "
+                  f"devices use another topic prefix than {prefix!r}; the devices are not subscribed to "
+                  f"their requests topic; or a trial takes longer than trial_timeout_s")
+        log.warning("pausing: %s", detail)
+        self._stage(CampaignPaused(**self.writer.fields("orchestrator"), reason="no_results", detail=detail))  # type: ignore[arg-type]
+        return True
 
     def _fail(self, t: TrialRecord, reason: str, detail: str) -> None:
         spec = self.state.spec
@@ -71,74 +153,160 @@ class Outcomes:
         common = {"trial_id": t.trial_id, "reason": reason, "detail": detail,
                   "device_id": t.device_id, "request_id": t.request_id}
         if t.attempts <= spec.failure_policy.retries:
-            self.writer.stage(TrialRetried(**self.writer.fields("orchestrator"), attempt=t.attempts, **common))  # type: ignore[arg-type]
+            self._stage(TrialRetried(**self.writer.fields("orchestrator"), attempt=t.attempts, **common))  # type: ignore[arg-type]
             return
-        self.writer.stage(TrialFailed(**self.writer.fields("orchestrator"), **common))  # type: ignore[arg-type]
+        self._stage(TrialFailed(**self.writer.fields("orchestrator"), **common))  # type: ignore[arg-type]
         trial_id = t.trial_id
         self._worker.tell(lambda optimizer: optimizer.fail(trial_id, reason))
         why = self.state.failure_rate_exceeded()
         if why is not None and self.state.paused_reason is None:  # one pause, not one per later failure
-            self.writer.stage(CampaignPaused(**self.writer.fields("orchestrator"), reason="failure_rate", detail=why))  # type: ignore[arg-type]
+            self._stage(CampaignPaused(**self.writer.fields("orchestrator"), reason="failure_rate", detail=why))  # type: ignore[arg-type]
 
-    def _reject(self, device_id: str | None, topic: str, reason: str, excerpt: str = "") -> None:
-        log.warning("rejected message from %s on %s: %s", device_id or "?", topic, reason)
-        actor = f"device:{device_id}" if device_id else "orchestrator"
-        self.writer.stage(MessageRejectedEvent(**self.writer.fields(actor), device_id=device_id,  # type: ignore[arg-type]
-                                                topic=topic, reason=reason, excerpt=excerpt[:200]))
+    # -- rejections -----------------------------------------------------------------------
+
+    def _reject(self, device_id: str | None, topic: str, reason: str, excerpt: str = "",
+                kind: str | None = None, at: datetime | None = None) -> None:
+        """Count a rejected message; log it in full only while its bucket and the run allow."""
+        spec = self.state.spec
+        owner = device_id if spec is not None and any(d.id == device_id for d in spec.devices) else None
+        if not self._rejections.admit(owner, kind or kind_of(reason), at or utcnow(), reason):
+            return
+        log.warning("rejected message from %s on %s: %s", device_id or "?", topic[:200], reason[:300])
+        actor = f"device:{owner}" if owner else "orchestrator"
+        self._stage(MessageRejectedEvent(**self.writer.fields(actor), device_id=owner,  # type: ignore[arg-type]
+                                         topic=topic[:200], reason=reason[:500], excerpt=excerpt[:200]))
+
+    def _summarize_rejections(self, final: bool = False) -> None:
+        """Stage the counted rejections that are due (all of them when the run ends)."""
+        was_capped = self._rejections.capped
+        for s in self._rejections.due(final):
+            log.warning("rejected %d more message(s) from %s (%s) between %s and %s, e.g. %s", s.count,
+                        s.device_id or "devices not in the campaign", s.kind, f"{s.first_time:%H:%M:%S}",
+                        f"{s.last_time:%H:%M:%S}", s.example[:200])
+            self._stage(MessagesRejected(**self.writer.fields("orchestrator"), device_id=s.device_id,  # type: ignore[arg-type]
+                                         reason=s.kind, count=s.count, first_time=s.first_time,
+                                         last_time=s.last_time, example=s.example))
+        if self._rejections.capped and not was_capped:
+            log.warning("many rejected messages: from now on they are only counted, and logged when this run ends")
+
+    # -- device events --------------------------------------------------------------------
 
     def _handle(self, event: object, spec: CampaignSpec) -> None:
         # What an event causes is staged; the caller flushes, then acknowledges the message.
         if isinstance(event, MessageRejected):
-            self._reject(event.device_id, event.topic, event.reason, event.excerpt)
+            self._reject(event.device_id, event.topic, event.reason, event.excerpt, at=event.received_at)
         elif isinstance(event, ResultReceived):
-            self._result(event.device_id, event.result, spec)
+            self._result(event, spec)
         elif isinstance(event, StatusChanged):
             self._answered.discard(event.device_id)
             if event.status.state == "idle":
                 # A device that is idle while the log says it runs a trial lost the request or
-                # restarted: ask again (it answers from its store if it did run it).
+                # restarted: ask again (it answers from its store if it did run it) — a few
+                # times per trial and run: a status that keeps flapping must not grow the log.
                 for t in self.state.in_flight:
-                    if t.device_id == event.device_id:
+                    if t.device_id == event.device_id and self._idle_resends.get(t.trial_id, 0) < _IDLE_RESENDS:
+                        before = t.resends
                         self._resend(t, "device_idle")
+                        if t.resends > before:
+                            self._idle_resends[t.trial_id] = self._idle_resends.get(t.trial_id, 0) + 1
         elif isinstance(event, ConnectionLost):
-            self.writer.stage(BrokerDisconnected(**self.writer.fields("orchestrator"), detail=event.detail))  # type: ignore[arg-type]
+            self._stage(BrokerDisconnected(**self.writer.fields("orchestrator"), detail=event.detail))  # type: ignore[arg-type]
         elif isinstance(event, ConnectionRestored):
-            self.writer.stage(BrokerReconnected(**self.writer.fields("orchestrator"), down_s=event.down_s))  # type: ignore[arg-type]
+            self._stage(BrokerReconnected(**self.writer.fields("orchestrator"), down_s=event.down_s))  # type: ignore[arg-type]
             for t in self.state.in_flight:
                 self._resend(t, "broker_reconnected", force=True)
 
-    def _result(self, device_id: str, result: TrialResult, spec: CampaignSpec) -> None:
-        topic = f"devices/{device_id}/results"
+    def _suits(self, device_id: str, measures: list[str], spec: CampaignSpec) -> bool:
+        """Whether a device's status announces every metric the campaign needs; names it (once
+        per run and set of missing metrics) when it does not."""
+        missing = tuple(m for m in spec.metrics if m not in measures)
+        if not missing:
+            return True
+        named = self._skipped.setdefault(device_id, set())
+        if missing not in named and len(named) < _SKIPS_PER_DEVICE:
+            named.add(missing)
+            log.warning("device %s gets no trials: its status announces %s, not %s, which the campaign needs",
+                        device_id, measures or "no metric", ", ".join(missing))
+            self._stage(DeviceSkipped(**self.writer.fields("orchestrator"), device_id=device_id,  # type: ignore[arg-type]
+                                      missing=list(missing), measures=list(measures)))
+        return False
+
+    def _result(self, event: ResultReceived, spec: CampaignSpec) -> None:
+        device_id, result = event.device_id, event.result
+        topic = self.hub.topics.results(device_id)
         # Any attempt's request id: a result for an earlier attempt of a retried trial measures
         # the same parameters, and the first valid result wins.
         t = self.state.trial_by_request(result.request_id)
         if t is None or t.trial_id != result.trial_id:
-            self._reject(device_id, topic, f"result for unknown request {result.request_id!r} / trial {result.trial_id!r}")
+            self._reject(device_id, topic, f"result for unknown request {result.request_id[:100]!r} / "
+                                           f"trial {result.trial_id[:100]!r}", kind="unknown_request", at=event.received_at)
             return
-        measurements = {k: Measurement(mean=m.mean, sem=m.sem) for k, m in result.measurements.items()}
-        if t.status == "failed" and result.status == "completed" and not t.late_measurements:
-            self.writer.stage(LateResultRecorded(**self.writer.fields(f"device:{device_id}"),  # type: ignore[arg-type]
-                                                  trial_id=t.trial_id, device_id=device_id,
-                                                  request_id=result.request_id, measurements=measurements))
+        sent_to = t.requests.get(result.request_id)
+        if sent_to != device_id:
+            # On time or late: only the device the request went to answers for it.
+            self._reject(device_id, topic, f"result for request {result.request_id!r} came from {device_id[:100]!r}; "
+                                           f"the request went to {sent_to!r}", kind="wrong_device", at=event.received_at)
+            return
+        self._watch.heard = True
+        measurements, ignored = self._announced(device_id, result.measured)
+        if t.status == "failed" and result.status == "completed" and not t.late_measurements and measurements:
+            self._note_ignored(device_id, ignored)
+            self._stage(LateResultRecorded(**self.writer.fields(f"device:{device_id}"),  # type: ignore[arg-type]
+                                           trial_id=t.trial_id, device_id=device_id,
+                                           request_id=result.request_id, measurements=measurements))
             return
         if t.terminal:
-            self._reject(device_id, topic, f"duplicate result for trial {t.trial_id} (already {t.status})")
+            self._reject(device_id, topic, f"duplicate result for trial {t.trial_id} (already {t.status}) "
+                                           f"for request {result.request_id!r}", kind="duplicate", at=event.received_at)
             return
-        if t.requests.get(result.request_id) != device_id:
-            self._reject(device_id, topic, f"request {result.request_id} was sent to "
-                                           f"{t.requests.get(result.request_id)}, not {device_id}")
+        current = t.status == "running" and t.request_id == result.request_id
+        failure = self._failure(result, measurements, ignored, spec)
+        if failure is not None and not current:
+            # An earlier attempt's failure says nothing of the attempt now under way.
+            self._reject(device_id, topic, f"{failure[0]} for an earlier attempt of trial {t.trial_id} "
+                                           f"(request {result.request_id!r})", kind="duplicate", at=event.received_at)
             return
-        if t.status == "running" and t.device_id == device_id:
+        if current:
             self._answered.add(device_id)  # done with our trial: ready for the next (see CampaignLoop)
-        if result.status == "failed":
-            self._fail(t, "device_error", result.error or "device reported failure")
+        if failure is not None:
+            self._fail(t, *failure)
             return
-        missing = [m for m in spec.metrics if m not in measurements]
-        if missing:
-            self._fail(t, "invalid_result", f"result lacks metric {missing[0]!r}")
-            return
-        self.writer.stage(TrialCompleted(**self.writer.fields(f"device:{device_id}"), trial_id=t.trial_id,  # type: ignore[arg-type]
-                                         device_id=device_id, request_id=result.request_id, measurements=measurements))
+        self._note_ignored(device_id, ignored)
+        status = self.hub.devices().get(device_id)
+        not_measured = [m for m in result.not_measured if status is None or m in status.measures]
+        self._stage(TrialCompleted(**self.writer.fields(f"device:{device_id}"), trial_id=t.trial_id,  # type: ignore[arg-type]
+                                   device_id=device_id, request_id=result.request_id, measurements=measurements,
+                                   not_measured=not_measured))
         self._deadlines.pop(t.trial_id, None)
         trial_id = t.trial_id
         self._worker.tell(lambda optimizer: optimizer.complete(trial_id, measurements))
+
+    def _failure(self, result: TrialResult, measurements: dict[str, Measurement], ignored: list[str],
+                 spec: CampaignSpec) -> tuple[str, str] | None:
+        """``(reason, detail)`` when a result does not complete its trial: the device failed,
+        or a metric the campaign needs is null (not measured), missing or not announced."""
+        if result.status == "failed":
+            return "device_error", result.error or "device reported failure"
+        unmeasured = [m for m in spec.metrics if m in result.not_measured]
+        if unmeasured:
+            return "not_measured", f"the device reported {unmeasured[0]!r} as null (not measured); the campaign needs it"
+        missing = [m for m in spec.metrics if m not in measurements]
+        if missing:
+            why = " (not among the metrics its status announces)" if missing[0] in ignored else ""
+            return "invalid_result", f"result lacks metric {missing[0]!r}{why}"
+        return None
+
+    def _announced(self, device_id: str, measured: dict[str, Any]) -> tuple[dict[str, Measurement], list[str]]:
+        """The measurements of metrics the device's status announces (all of them while its
+        status is unknown, e.g. a result that overtook the retained status after a restart),
+        and the names of those left out."""
+        status = self.hub.devices().get(device_id)
+        kept = {k: Measurement(mean=m.mean, sem=m.sem) for k, m in measured.items()
+                if status is None or k in status.measures}
+        return kept, sorted(set(measured) - set(kept))
+
+    @staticmethod
+    def _note_ignored(device_id: str, ignored: list[str]) -> None:
+        # Once per recorded result at most: a line per trial, never per message.
+        if ignored:
+            log.warning("ignored metric(s) %s from %s: not announced in its status", ", ".join(ignored)[:200], device_id)

@@ -28,10 +28,12 @@ from campaigns import (
     CampaignChanged,
     CampaignPaused,
     CampaignResumed,
+    DeviceSkipped,
     Event,
     LateResultRecorded,
     Measurement,
     MessageRejected,
+    MessagesRejected,
     RequestResent,
     RunStarted,
     SuggestedTrial,
@@ -160,6 +162,10 @@ def sample_log(campaign_id: str = "c-1", *, finished: bool = True) -> list[Event
         ApprovalRejected(**at(20), actor="user:bob", approval_id="a4", rejected=["t4"], reason="too hot", via="prefect"),
         CampaignChanged(**at(21), actor="user:ada", reason="reactor limit", command_id="cmd-2",
                         change=CampaignChange(set_bounds={"x1": (-1.0, 1.0)}, fix={"solvent": "water"}, batch_size=3)),
+        MessagesRejected(**at(22), actor="orchestrator", device_id=None, reason="not_json", count=37,
+                         first_time=t0 + timedelta(seconds=21.5), last_time=t0 + timedelta(seconds=21.9),
+                         example="payload is not JSON: Expecting value"),
+        DeviceSkipped(**at(23), actor="orchestrator", device_id="dev-1", missing=["purity"], measures=["yield_"]),
     ]
     if finished:
         events.append(CampaignFinished(**at(len(events) + 1), actor="user:ada", reason="stopped"))

@@ -115,10 +115,15 @@ def test_silent_device_times_out(env: dict[str, str]) -> None:
     finally:
         conn.publish(topics.status("mute"), b"", retain=True)
         conn.close()
-    assert summary["status"] == "finished" and summary["failed"] == 2
-    failed = [e for e in store.read("loop") if isinstance(e, TrialFailed)]
+    # Nothing ever answered: the timeouts are logged, and the run pauses with the likely causes
+    # rather than finishing as if all were well (issue 14 item 15).
+    assert summary["status"] == "paused" and summary["failed"] == 2
+    events = store.read("loop")
+    failed = [e for e in events if isinstance(e, TrialFailed)]
     assert [e.reason for e in failed] == ["timeout", "timeout"]
     assert all(e.device_id == "mute" for e in failed)
+    paused = [e for e in events if isinstance(e, CampaignPaused)]
+    assert [e.reason for e in paused] == ["no_results"] and "ACL" in paused[0].detail
     store.close()
 
 

@@ -254,9 +254,10 @@ def _parses_or_rejects(payload: bytes) -> None:
             assert exc.message and "\n" not in exc.message
             continue
         if isinstance(model, TrialResult):
-            for measurement in model.measurements.values():
+            for measurement in model.measured.values():
                 assert math.isfinite(measurement.mean)
                 assert measurement.sem is None or measurement.sem >= 0
+            assert set(model.measured) | set(model.not_measured) == set(model.measurements)
             assert model.measurements or model.status == "failed"
 
 
