@@ -44,6 +44,7 @@ class Rogue:
         self.prefix, self.devices = prefix, devices
         self.rng = random.Random(seed)
         self.seen: list[tuple[str, bytes]] = []
+        self._mine: set[tuple[str, bytes]] = set()  # what it sent: never taken for a device's result
         self.sent = {"wrong_device": 0, "unknown_device": 0, "replayed": 0}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -65,6 +66,8 @@ class Rogue:
         self.client.loop_stop()
 
     def _publish(self, topic: str, payload: bytes, what: str) -> None:
+        with self._lock:
+            self._mine.add((topic, payload))
         if self.client.publish(topic, payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS:
             with self._lock:
                 self.sent[what] += 1
@@ -75,6 +78,8 @@ class Rogue:
             return  # our own lies, or a stale retained message
         payload = bytes(message.payload)
         with self._lock:
+            if (message.topic, payload) in self._mine:
+                return
             self.seen.append((message.topic, payload))
         try:
             result = json.loads(payload)
