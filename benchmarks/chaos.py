@@ -22,10 +22,10 @@ runs the campaign to its budget (exit 0 expected), and the checks read the log a
 instruments' own records (``<record>`` of finished runs, ``<record>.started`` of started runs):
 
 - forks: the seqs are not exactly 1..N, or two stored documents share a seq (raw collection);
-- results lost: a result an instrument recorded as completed for this campaign that the log
-  holds in no form. ``TrialCompleted`` or ``LateResultRecorded`` hold it with its measurements;
-  a ``MessageRejected`` naming its request id (a result for an attempt the orchestrator had
-  already retried, which protocol v1 ignores) is counted apart as "discarded", not as lost;
+- results lost: a result an instrument recorded as completed for a request of this campaign that
+  the log holds in no form. ``TrialCompleted`` or ``LateResultRecorded`` hold it with its
+  measurements; a result for an attempt the orchestrator had already retried (``TrialRetried``
+  names its request id; protocol v1 ignores it) is counted apart as "discarded", not as lost;
 - trials executed twice: a request id an instrument completed more than once, or a trial whose
   result was already logged when another request of it was dispatched and run to completion.
   Runs started but killed with their instrument (the request returns and runs again, with no
@@ -73,10 +73,10 @@ import yaml
 
 from campaigns import (
     LateResultRecorded,
-    MessageRejected,
     RunStarted,
     TrialCompleted,
     TrialDispatched,
+    TrialRetried,
     fold,
 )
 from simulators import read_completions, read_executions
@@ -497,7 +497,8 @@ def check(chaos: Chaos, final_rc: int) -> tuple[dict[str, Any], list[str]]:
     for e in events:
         if isinstance(e, TrialCompleted | LateResultRecorded):
             logged.setdefault(e.request_id, e)
-    rejected = " ".join(e.reason for e in events if isinstance(e, MessageRejected))
+    # An attempt that failed and was retried: protocol v1 ignores its result if it comes later.
+    superseded = {e.request_id for e in events if isinstance(e, TrialRetried)}
     completed_events = Counter(e.trial_id for e in events if isinstance(e, TrialCompleted))
 
     recorded: dict[str, dict[str, Any]] = {}  # request id → the device's completed result
@@ -511,11 +512,12 @@ def check(chaos: Chaos, final_rc: int) -> tuple[dict[str, Any], list[str]]:
                 r = json.loads(line)
             except ValueError:
                 continue
-            if r.get("status") == "completed" and str(r.get("request_id", "")).startswith(f"{CAMPAIGN}:"):
+            # This campaign's requests only (with --hostile, a twin of the same name shares the devices).
+            if r.get("status") == "completed" and r.get("request_id") in dispatched:
                 recorded.setdefault(r["request_id"], r)
 
-    lost = sorted(rid for rid in recorded if rid not in logged and repr(rid) not in rejected)
-    discarded = sorted(rid for rid in recorded if rid not in logged and repr(rid) in rejected)
+    lost = sorted(rid for rid in recorded if rid not in logged and rid not in superseded)
+    discarded = sorted(rid for rid in recorded if rid not in logged and rid in superseded)
     mismatched = sorted(
         rid for rid, e in logged.items() if rid in recorded
         and any(abs(e.measurements[k].mean - (v["mean"] if isinstance(v, dict) else v)) > 1e-9
