@@ -22,10 +22,10 @@ runs the campaign to its budget (exit 0 expected), and the checks read the log a
 instruments' own records (``<record>`` of finished runs, ``<record>.started`` of started runs):
 
 - forks: the seqs are not exactly 1..N, or two stored documents share a seq (raw collection);
-- results lost: a result an instrument recorded as completed for this campaign that the log
-  holds in no form. ``TrialCompleted`` or ``LateResultRecorded`` hold it with its measurements;
-  a ``MessageRejected`` naming its request id (a result for an attempt the orchestrator had
-  already retried, which protocol v1 ignores) is counted apart as "discarded", not as lost;
+- results lost: a result an instrument recorded as completed for a request of this campaign that
+  the log holds in no form. ``TrialCompleted`` or ``LateResultRecorded`` hold it with its
+  measurements; a result for an attempt the orchestrator had already retried (``TrialRetried``
+  names its request id; protocol v1 ignores it) is counted apart as "discarded", not as lost;
 - trials executed twice: a request id an instrument completed more than once, or a trial whose
   result was already logged when another request of it was dispatched and run to completion.
   Runs started but killed with their instrument (the request returns and runs again, with no
@@ -33,12 +33,19 @@ instruments' own records (``<record>`` of finished runs, ``<record>.started`` of
 - the campaign finished with ``budget_exhausted`` and completed + failed = the budget; every
   logged measurement equals what the instrument recorded for that request.
 
+With ``--hostile`` (``benchmarks/_hostile.py``), while the plan runs: a second campaign with
+the same name, in another home and database, shares the broker and the instruments; and a rogue
+MQTT client sends every real result again with other numbers on another device's topic and on
+an unknown device's topic, and replays old results. Then also: wrong values recorded (a logged
+measurement that is not what the instrument the request went to recorded for that request, in
+either campaign's log) must be 0, and the rejection events in each log stay bounded.
+
 The last line printed is the figures; the exit code is 0 iff every invariant holds.
 
 Usage::
 
     .venv/bin/python benchmarks/chaos.py [--kills 20] [--trials N] [--seed 1] [--botorch]
-        [--retries 0] [--keep]
+        [--retries 0] [--hostile] [--keep]
 """
 
 from __future__ import annotations
@@ -66,20 +73,25 @@ import yaml
 
 from campaigns import (
     LateResultRecorded,
-    MessageRejected,
     RunStarted,
     TrialCompleted,
     TrialDispatched,
+    TrialRetried,
     fold,
 )
 from simulators import read_completions, read_executions
 from storage import MongoEventStore
+
+from _hostile import Rogue, Twin, wrong_values
 
 BIN = Path(sys.executable).parent
 CLOSEDLOOP = str(BIN / "closedloop")
 CAMPAIGN = "chaos"
 DEVICES = ("dev-1", "dev-2", "dev-3")
 DATABASE = "closedloop"
+# Item 19 of issue 14: no publisher can grow a log without limit. The orchestrator keeps the
+# first few rejections per device and reason in full, then counted summaries.
+REJECTION_EVENTS_BOUND = 200
 PREFECT_QUIET = {"PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 T0 = time.monotonic()
 
@@ -269,8 +281,16 @@ class Chaos:
         self.orch: subprocess.Popen[bytes] | None = None
         self.tally = Tally()
         self.spec = root / "chaos.yaml"
-        self.spec.write_text(yaml.safe_dump({
-            "name": CAMPAIGN, "seed": args.seed,
+        self.spec.write_text(yaml.safe_dump(self.spec_dict(args.seed), sort_keys=False))
+        self.twin = Twin(root / "twin", self.env, self.spec_dict(args.seed + 1000), CLOSEDLOOP) if args.hostile else None
+        self.rogue = Rogue(self.broker.port, "closedloop", DEVICES, args.seed) if args.hostile else None
+        self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            self.db.uri, serverSelectionTimeoutMS=1000, connectTimeoutMS=1000, socketTimeoutMS=5000)
+
+    def spec_dict(self, seed: int) -> dict[str, Any]:
+        args = self.args
+        return {
+            "name": CAMPAIGN, "seed": seed,
             "parameters": [{"name": "x1", "type": "float", "bounds": [-5.0, 10.0]},
                            {"name": "x2", "type": "float", "bounds": [0.0, 15.0]}],
             "objectives": [{"name": "branin", "minimize": True}],
@@ -278,9 +298,7 @@ class Chaos:
             "devices": [{"id": d, "measures": ["branin"]} for d in DEVICES],
             "optimizer": {"method": "botorch" if args.botorch else "sobol"},
             "failure_policy": {"retries": args.retries},
-        }, sort_keys=False))
-        self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            self.db.uri, serverSelectionTimeoutMS=1000, connectTimeoutMS=1000, socketTimeoutMS=5000)
+        }
 
     # ---- the parts' lifecycle
 
@@ -293,9 +311,31 @@ class Chaos:
         for d in self.devices:
             d.start()
         say(f"{len(self.devices)} simulated instruments started")
+        if self.rogue is not None and self.twin is not None:
+            self.rogue.start()
+            self.twin.ensure_running()
+            say("hostile: a rogue publisher and a same-named twin campaign (another home) started")
+
+    def keep_twin_running(self) -> None:
+        if self.twin is None:
+            return
+        try:
+            done = self._client["twin"]["events"].find_one(
+                {"campaign_id": {"$eq": CAMPAIGN}, "kind": {"$eq": "CampaignFinished"}}) is not None
+        except pymongo.errors.PyMongoError:
+            return
+        if not done:
+            self.twin.ensure_running()
+
+    def stop_hostiles(self) -> None:
+        if self.rogue is not None:
+            self.rogue.stop()
+        if self.twin is not None:
+            stop_group(self.twin.proc, signal.SIGINT, timeout_s=60)
 
     def stop_all(self) -> None:
         stop_group(self.orch)
+        self.stop_hostiles()
         for d in self.devices:
             stop_group(d.proc, signal.SIGTERM)
         self.broker.stop()
@@ -377,6 +417,7 @@ class Chaos:
         plan = self.plan()
         cycle, first = 0, True
         while len(self.tally.kills) < self.args.kills:
+            self.keep_twin_running()
             proc = self.start_orchestrator(first)
             started = time.monotonic()
             startup_kill = self.rng.random() < 0.15
@@ -434,6 +475,7 @@ class Chaos:
             say(f"the final resume did not finish within {self.args.final_timeout:g} s")
             return -1
         say(f"final resume exited with {proc.returncode}")
+        self.stop_hostiles()
         return proc.returncode
 
 
@@ -455,7 +497,8 @@ def check(chaos: Chaos, final_rc: int) -> tuple[dict[str, Any], list[str]]:
     for e in events:
         if isinstance(e, TrialCompleted | LateResultRecorded):
             logged.setdefault(e.request_id, e)
-    rejected = " ".join(e.reason for e in events if isinstance(e, MessageRejected))
+    # An attempt that failed and was retried: protocol v1 ignores its result if it comes later.
+    superseded = {e.request_id for e in events if isinstance(e, TrialRetried)}
     completed_events = Counter(e.trial_id for e in events if isinstance(e, TrialCompleted))
 
     recorded: dict[str, dict[str, Any]] = {}  # request id → the device's completed result
@@ -469,11 +512,12 @@ def check(chaos: Chaos, final_rc: int) -> tuple[dict[str, Any], list[str]]:
                 r = json.loads(line)
             except ValueError:
                 continue
-            if r.get("status") == "completed" and str(r.get("request_id", "")).startswith(f"{CAMPAIGN}:"):
+            # This campaign's requests only (with --hostile, a twin of the same name shares the devices).
+            if r.get("status") == "completed" and r.get("request_id") in dispatched:
                 recorded.setdefault(r["request_id"], r)
 
-    lost = sorted(rid for rid in recorded if rid not in logged and repr(rid) not in rejected)
-    discarded = sorted(rid for rid in recorded if rid not in logged and repr(rid) in rejected)
+    lost = sorted(rid for rid in recorded if rid not in logged and rid not in superseded)
+    discarded = sorted(rid for rid in recorded if rid not in logged and rid in superseded)
     mismatched = sorted(
         rid for rid, e in logged.items() if rid in recorded
         and any(abs(e.measurements[k].mean - (v["mean"] if isinstance(v, dict) else v)) > 1e-9
@@ -498,7 +542,23 @@ def check(chaos: Chaos, final_rc: int) -> tuple[dict[str, Any], list[str]]:
     runs_started = [e.seq for e in events if isinstance(e, RunStarted)]
     survived = sum(1 for seq in tally.kills if any(s > seq for s in runs_started)) if state.status == "finished" else 0
 
+    hostile: dict[str, Any] = {}
+    records = {d.id: d.record for d in chaos.devices}
+    wrong = wrong_values(events, records)
+    if chaos.twin is not None and chaos.rogue is not None:
+        with MongoEventStore(chaos.db.uri, database="twin") as store:
+            twin_events = store.read(CAMPAIGN)
+        wrong += [f"twin {r}" for r in wrong_values(twin_events, records)]
+        hostile = {"rogue_sent": dict(chaos.rogue.sent), "twin_completed": fold(twin_events).count("completed"),
+                   "rejection_events": rejection_events(events), "twin_rejection_events": rejection_events(twin_events),
+                   "twin_events": len(twin_events)}
+
     problems = []
+    if wrong:
+        problems.append(f"wrong values recorded: {wrong[:10]}")
+    if hostile and max(hostile["rejection_events"], hostile["twin_rejection_events"]) > REJECTION_EVENTS_BOUND:
+        problems.append(f"rejection events {hostile['rejection_events']} / twin {hostile['twin_rejection_events']} "
+                        f"exceed {REJECTION_EVENTS_BOUND}")
     if final_rc != 0:
         problems.append(f"the final resume exited with {final_rc}")
     if state.status != "finished" or state.finished_reason != "budget_exhausted":
@@ -528,8 +588,14 @@ def check(chaos: Chaos, final_rc: int) -> tuple[dict[str, Any], list[str]]:
         "resent": sum(e.kind == "RequestResent" for e in events), "rejected": state.rejected_messages,
         "anomalies": state.anomalies, "broker_outages": state.broker_outages, "forks": forks,
         "own_exits": len(tally.own_exits), "finished": f"{state.status}/{state.finished_reason}",
+        "wrong": len(wrong), **hostile,
     }
     return figures, problems
+
+
+def rejection_events(events: list[Any]) -> int:
+    """Events that record rejected device messages, one by one or as counted summaries."""
+    return sum(e.kind in ("MessageRejected", "MessagesRejected") for e in events)
 
 
 def report(f: dict[str, Any], problems: list[str], tally: Tally, wall_s: float) -> None:
@@ -555,8 +621,17 @@ def report(f: dict[str, Any], problems: list[str], tally: Tally, wall_s: float) 
         ("messages rejected / fold anomalies", f"{f['rejected']} / {f['anomalies']}"),
         ("broker outages seen by the orchestrator", f["broker_outages"]),
         ("forks", f["forks"]),
+        ("wrong values recorded (both campaigns)", f["wrong"]),
         ("wall time", f"{wall_s:.0f} s"),
     ]
+    if "rogue_sent" in f:
+        sent = f["rogue_sent"]
+        rows += [
+            ("rogue: results on another device's topic / unknown device / replayed",
+             f"{sent['wrong_device']} / {sent['unknown_device']} / {sent['replayed']}"),
+            ("twin campaign (same name, other home): completed, events", f"{f['twin_completed']}, {f['twin_events']}"),
+            ("rejection events in the log (twin's)", f"{f['rejection_events']} ({f['twin_rejection_events']})"),
+        ]
     width = max(len(r[0]) for r in rows)
     print()
     for name, value in rows:
@@ -567,7 +642,10 @@ def report(f: dict[str, Any], problems: list[str], tally: Tally, wall_s: float) 
         print(f"  INVARIANT BROKEN: {p}")
     print(f"kills survived: {f['survived']}, broker restarts: {f['broker']}, database restarts: {f['database']}, "
           f"device kills: {f['device']}, results lost: {f['lost']}, trials executed twice: {f['twice']}, "
-          f"forks: {f['forks']}", flush=True)
+          f"forks: {f['forks']}" + (f", wrong values recorded: {f['wrong']}, rejection events: "
+                                    f"{f['rejection_events']} (twin {f['twin_rejection_events']}) for "
+                                    f"{sum(f['rogue_sent'].values())} rogue messages" if "rogue_sent" in f else ""),
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -580,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=0, help="failure_policy.retries (default 0)")
     parser.add_argument("--trial-timeout", type=float, default=20.0, help="trial_timeout_s (default 20)")
     parser.add_argument("--final-timeout", type=float, default=900.0, help="limit of the last resume (s)")
+    parser.add_argument("--hostile", action="store_true",
+                        help="also a same-named twin campaign in another home, and a rogue publisher")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     if args.trials is None:
