@@ -52,8 +52,9 @@ class MqttDeviceHub:
 
     Args:
         settings: Broker URL, protocol, session and topic prefix.
-        client_id: MQTT client id. Keep it stable across restarts (one per campaign, not per
-            process): the broker keeps the session under it, and results published while the
+        client_id: MQTT client id. Keep it stable across restarts and unique to one campaign
+            instance (``campaigns.identity.client_id``; not per process, and never shared by two
+            campaigns): the broker keeps the session under it, and results published while the
             orchestrator is away are delivered when a hub with the same id returns.
         clock: Returns the current UTC time; injected for tests.
         monotonic: Monotonic seconds, for ``down_s``; injected for tests.
