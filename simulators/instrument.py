@@ -290,7 +290,7 @@ class SimInstrument:
             payload = encode(result)
         else:
             self._try_state("busy")
-            answer = self._run(request)
+            answer = self._run(request, fingerprint)
             if answer is None:
                 return False  # stopped mid-trial: unacknowledged, so it comes again
             payload = answer
@@ -314,17 +314,18 @@ class SimInstrument:
                 self._stopping.wait(_RETRY_S)
         return False
 
-    def _run(self, request: RunTrial) -> bytes | None:
-        """Run a request: the payload to publish (``_DROPPED``: none), or None when stopping."""
+    def _run(self, request: RunTrial, fingerprint: str) -> bytes | None:
+        """Run a request (its ``request_fingerprint`` kept and journalled): the payload to publish
+        (``_DROPPED``: none), or None when stopping."""
         with self._lock:
-            self._fingerprints.setdefault(request.request_id, request_fingerprint(request))
+            self._fingerprints.setdefault(request.request_id, fingerprint)
             before = self._runs.get(request.request_id, 0)
             trials_before = sum(self._runs.values())
             self._runs[request.request_id] = before + 1
             self._executions[request.request_id] = self._executions.get(request.request_id, 0) + 1
         if self._record_path is not None:
             started = {"request_id": request.request_id, "trial_id": request.trial_id,
-                       "request": request_fingerprint(request)}
+                       "request": fingerprint}
             append_line(executions_path(self._record_path), json.dumps(started).encode())
         # Keyed by trial and attempt (the request id's last field), not by the campaign or its
         # instance: a replay, or the same campaign in another home, draws the same numbers.
