@@ -120,11 +120,17 @@ class ReplaySource(_Fact):
 
 
 class CampaignCreated(EventBase):
-    """The campaign exists, with this spec (and, for a replay, what it replays)."""
+    """The campaign exists, with this spec (and, for a replay, what it replays).
+
+    ``instance`` is a random token drawn at creation (``campaigns.identity.new_instance``):
+    what tells this campaign from any other of the same name in request ids and the MQTT
+    client id. Logs written before it existed have none; the fold derives one for them.
+    """
 
     kind: Literal["CampaignCreated"] = "CampaignCreated"
     spec: CampaignSpec
     source: ReplaySource | None = None
+    instance: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{8,64}$")
 
 
 class RunStarted(EventBase):

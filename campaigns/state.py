@@ -41,6 +41,7 @@ from campaigns.events import (
     TrialFailed,
     TrialsSuggested,
 )
+from campaigns.identity import fallback_instance
 from campaigns.spec import CampaignSpec
 
 __all__ = ["CampaignState", "OpenApproval", "TrialRecord", "TrialStatus", "apply", "fold"]
@@ -103,6 +104,7 @@ class CampaignState:
     original_spec: CampaignSpec | None = None
     source: ReplaySource | None = None
     created_at: datetime | None = None
+    instance: str | None = None  # what tells this campaign from others of its name (campaigns.identity)
     updated_at: datetime | None = None
     last_seq: int = 0
     trials: dict[str, TrialRecord] = field(default_factory=dict)
@@ -221,6 +223,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             state.spec = state.original_spec = event.spec
             state.source = event.source
             state.created_at = event.time
+            state.instance = event.instance or fallback_instance(event.campaign_id, event.time, event.actor)
         else:
             state.anomalies += 1
     elif isinstance(event, RunStarted):

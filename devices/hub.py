@@ -32,6 +32,7 @@ from .events import (
 )
 from .messages import DeviceStatus, RunTrial, encode, parse_result, parse_status
 from .mqtt import Delivery, MqttConnection, MqttSettings, connect
+from .mqtt import end_session as mqtt_end_session
 from .topics import Topics
 
 __all__ = ["MqttDeviceHub"]
@@ -39,6 +40,7 @@ __all__ = ["MqttDeviceHub"]
 log = logging.getLogger(__name__)
 
 _EXCERPT_CHARS = 200
+_END_SESSION_TIMEOUT_S = 5.0
 
 
 def _utcnow() -> datetime:
@@ -50,8 +52,9 @@ class MqttDeviceHub:
 
     Args:
         settings: Broker URL, protocol, session and topic prefix.
-        client_id: MQTT client id. Keep it stable across restarts (one per campaign, not per
-            process): the broker keeps the session under it, and results published while the
+        client_id: MQTT client id. Keep it stable across restarts and unique to one campaign
+            instance (``campaigns.identity.client_id``; not per process, and never shared by two
+            campaigns): the broker keeps the session under it, and results published while the
             orchestrator is away are delivered when a hub with the same id returns.
         clock: Returns the current UTC time; injected for tests.
         monotonic: Monotonic seconds, for ``down_s``; injected for tests.
@@ -109,14 +112,25 @@ class MqttDeviceHub:
             timeout_s=timeout_s,
         )
 
-    def stop(self) -> None:
+    def stop(self, *, end_session: bool = False) -> None:
         """Disconnect cleanly, keeping the session: unacknowledged results come again later.
 
         Events already queued can still be drained, but acknowledging them does nothing.
+
+        Args:
+            end_session: End the broker's session too (a finished campaign, whose client id
+                never returns): the broker forgets its subscriptions and drops what it queued
+                for it. A broker that cannot be reached then is logged, not raised: the
+                campaign's outcome does not depend on it.
         """
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+            if end_session:
+                try:
+                    mqtt_end_session(self._settings, self._client_id, timeout_s=_END_SESSION_TIMEOUT_S)
+                except BrokerError as exc:
+                    log.warning("could not end the broker session of %s: %s", self._client_id, exc.message)
 
     def __enter__(self) -> MqttDeviceHub:
         self.start()

@@ -1,7 +1,8 @@
 """The one place that builds a connected paho client, and what it does on the wire.
 
 Sessions are persistent by default (a stable client id, clean session/start off, and under
-MQTT 5 a Session Expiry Interval, without which an MQTT 5 broker keeps no session). With
+MQTT 5 a Session Expiry Interval, without which an MQTT 5 broker keeps no session), until
+:func:`end_session` ends one for good. With
 ``manual_ack`` a received QoS 1 message is acknowledged only when the receiver calls
 :meth:`MqttConnection.ack`, so a message the receiver never made durable is delivered again
 after a reconnect. paho reconnects by itself, with back-off from 1 s up to 30 s.
@@ -29,7 +30,7 @@ from campaigns.errors import BrokerError
 from .settings import BrokerAddress, MqttSettings
 from .settings import apply_tls
 
-__all__ = ["Delivery", "MessageHandler", "MqttConnection", "connect"]
+__all__ = ["Delivery", "MessageHandler", "MqttConnection", "connect", "end_session"]
 
 log = logging.getLogger(__name__)
 
@@ -396,6 +397,21 @@ def connect(
         client.loop_stop()
         raise BrokerError(f"cannot reach MQTT broker at {address.display}: no SUBACK within {deadline_s:g} s", hint)
     return connection
+
+
+def end_session(settings: MqttSettings, client_id: str, timeout_s: float | None = None) -> None:
+    """End the broker's session of ``client_id`` for good: no subscriptions, no queued messages.
+
+    Connects once more under the same id with a clean session (MQTT 5: Clean Start and no
+    Session Expiry Interval, i.e. 0) and disconnects: the broker drops the stored session at
+    the connect (MQTT 3.1.1) or the disconnect (MQTT 5). For a client that will never come
+    back (a finished campaign); one connection, no subscription.
+
+    Raises:
+        BrokerError: The broker cannot be reached within ``timeout_s``; the session stays.
+    """
+    clean = settings.model_copy(update={"clean_session": True})
+    connect(clean, client_id=client_id, timeout_s=timeout_s).close()
 
 
 def _guarded(name: str, func: Callable[..., object], *args: Any) -> object:

@@ -138,8 +138,10 @@ class MqttSettings(BaseModel):
         protocol: ``4`` for MQTT 3.1.1 (its protocol level byte) or ``5`` for MQTT 5.0.
         session_expiry_s: MQTT 5 only: how long the broker keeps a persistent session after
             the client goes away (sent as the Session Expiry Interval; without it an MQTT 5
-            broker ends the session at disconnect). Under MQTT 3.1.1 the broker decides
-            (Mosquitto: ``persistent_client_expiration``, default never).
+            broker ends the session at disconnect). A week by default: longer than a stop or
+            a week-end, short of forever; a client that will not return ends its session
+            (``devices.mqtt.end_session``). Under MQTT 3.1.1 the broker decides (Mosquitto:
+            ``persistent_client_expiration``, default never).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)

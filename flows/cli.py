@@ -30,6 +30,7 @@ from campaigns import (
     fold,
     load_spec,
 )
+from campaigns.identity import new_instance
 from devices import parse_broker_url
 from pydantic import ValidationError
 from storage import MongoEventStore
@@ -82,7 +83,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         state = fold(store.read(campaign_id))
         if state.spec is None:
             try:
-                store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{current_user()}", spec=spec)])
+                store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{current_user()}", spec=spec,
+                                              instance=new_instance())])
             except AppendConflictError:
                 pass  # created a moment ago by a concurrent `run`: the lease below decides who runs it
             else:

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
 from campaigns import CampaignSpec, SuggestedTrial, TrialRecord, fold
+from campaigns.identity import client_id
 from devices import MqttDeviceHub
 from optimizer import AxOptimizer
 from storage import MongoCommandInbox
@@ -107,17 +108,20 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, 
 
     # The lease first (one writer per campaign), then the run's resources under it.
     with event_store(settings) as store, hold_lease(store.uri, settings.mongodb_database, campaign_id, took_over) as held:
+        created = fold(store.read(campaign_id, limit=1))
         with broker_url(settings) as url:
-            # A stable client id per campaign: the broker keeps the session (and queues the
-            # results devices publish) while no orchestrator is connected.
-            client_id = f"closedloop-orchestrator-{campaign_id}"[:128]
-            hub = MqttDeviceHub(mqtt_settings(settings, url), client_id=client_id)
+            # A client id per campaign instance, the same at every restart: the broker keeps the
+            # session (and queues the results devices publish) while no orchestrator is
+            # connected, and no other campaign, whatever its name, shares it.
+            hub = MqttDeviceHub(mqtt_settings(settings, url),
+                                client_id=client_id(campaign_id, created.instance or campaign_id))
             hub.start()
             inbox = MongoCommandInbox(store.uri, database=settings.mongodb_database)
             notifier = _prefect_notifier(campaign_id, inbox)
             # A replay campaign (its CampaignCreated says so): a scripted optimizer (faithful) or
             # its source's people (counterfactual).
-            scripted, script = replay_wiring(fold(store.read(campaign_id, limit=1)), store.read)
+            scripted, script = replay_wiring(created, store.read)
+            finished = False
             try:
                 loop = CampaignLoop(
                     campaign_id, store, hub,
@@ -130,11 +134,14 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, 
                     script=script,
                 )
                 state = loop.run()
+                finished = state.status == "finished"
             finally:
                 if notifier is not None:
                     notifier.shutdown()
                 inbox.close()
-                hub.stop()
+                # A finished campaign never comes back: its session would hold queued messages
+                # forever. A stopped or paused one keeps it, to get what arrives meanwhile.
+                hub.stop(end_session=finished)
     best = state.best()
     summary: dict[str, object] = {
         "campaign_id": campaign_id,

@@ -46,6 +46,7 @@ from campaigns import (
     utcnow,
 )
 from campaigns.errors import BrokerError
+from campaigns.identity import request_id as new_request_id
 from devices import MqttDeviceHub, RunTrial
 from optimizer import AxOptimizer
 from storage import Command, MongoCommandInbox, MongoEventStore
@@ -374,7 +375,8 @@ class CampaignLoop(Outcomes):
         sent = []
         for device_id, trial_id in zip(free, queue, strict=False):
             trial = self.state.trials[trial_id]
-            request_id = f"{self.campaign_id}:{trial_id}:{trial.attempts + 1}"
+            # Unique across every campaign that may share the device (its instance, not its name).
+            request_id = new_request_id(self.campaign_id, self.state.instance or "", trial_id, trial.attempts + 1)
             self.writer.stage(TrialDispatched(**self.writer.fields("orchestrator"),  # type: ignore[arg-type]
                                               trial_id=trial_id, device_id=device_id, request_id=request_id))
             sent.append(trial)

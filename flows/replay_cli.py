@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from campaigns import CampaignCreated, CampaignNotFoundError, CampaignState, SpecError, fold
+from campaigns.identity import new_instance
 
 from flows.compare import best_so_far, compare_table, write_compare
 from flows.people import current_user
@@ -144,7 +145,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if fold(store.read(campaign_id)).spec is not None:
             raise SpecError(f"campaign {campaign_id!r} exists already", "pass another --campaign-id")
         store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{current_user()}", spec=spec,
-                                      source=link)])
+                                      source=link, instance=new_instance())])
         print(f"campaign {campaign_id}: {args.mode} replay of {args.source} "
               f"({'its own simulators' if args.simulator is None else f'simulator {args.simulator}'})")
         code = _drive(store, settings, campaign_id, args, resume=False)

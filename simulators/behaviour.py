@@ -225,7 +225,7 @@ def run_random(seed: int, trial_id: str, attempt: str, runs_before: int) -> rand
     Args:
         seed: The instrument's seed.
         trial_id: The trial.
-        attempt: Which attempt of the trial (the request id without its campaign prefix).
+        attempt: Which attempt of the trial (``:{trial}:{n}``, n the request id's last field).
         runs_before: How many times this instrument ran that request before.
     """
     key = "\x1f".join((str(seed), trial_id, attempt, str(runs_before))).encode()

@@ -2,7 +2,10 @@
 
 It runs one trial at a time, keeps every result by ``request_id`` (in memory, and in a JSON
 lines file when given one), and answers a repeated ``request_id`` from that store without
-running the trial again: at-least-once delivery never becomes at-least-once execution.
+running the trial again: at-least-once delivery never becomes at-least-once execution. A
+repeat is the same ``request_id`` for the same campaign id, trial id and parameters; a known
+``request_id`` that asks for something else (another campaign reusing it) is not answered from
+the store, nor run: it gets a ``failed`` result saying so (docs/protocol.md).
 
 It keeps a persistent session under a stable client id, and acknowledges a request only once
 it has answered it, so a request sent while it is away, or one it was running when it died,
@@ -51,7 +54,7 @@ from devices import (
 from .behaviour import SimulatorOptions, run_random, simulate
 from .catalog import SIMULATORS, SimulatorInfo
 from .model import SimModel
-from .record import append_line, executions_path, read_executions
+from .record import append_line, executions_path, read_executions, read_fingerprints, request_fingerprint
 
 __all__ = ["SimInstrument", "simulator_info"]
 
@@ -127,6 +130,7 @@ class SimInstrument:
         self._topics = Topics(settings.prefix)
         self._store: dict[str, TrialResult] = {}
         self._runs: dict[str, int] = {}  # runs started per request_id, across restarts
+        self._fingerprints: dict[str, str] = {}  # what each request_id asked for when first run
         self._executions: dict[str, int] = {}
         self._completions: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -271,14 +275,22 @@ class SimInstrument:
 
     def _answer(self, request: RunTrial, delivery: Delivery | None) -> bool:
         """Serve one request; False when the instrument is stopping."""
+        fingerprint = request_fingerprint(request)
         with self._lock:
             result = self._store.get(request.request_id)
-        if result is not None:
+            first = self._fingerprints.get(request.request_id)
+        if first is not None and first != fingerprint:
+            # Not a repeat: the stored answer belongs to another request (another campaign's).
+            log.warning("device %s: request id %s reused for another request; not run", self.device_id,
+                        request.request_id)
+            payload = encode(self._failed(request, f"request id {request.request_id} was already used for "
+                                          "another campaign, trial or parameters: not run; send a new request id"))
+        elif result is not None:
             log.info("device %s: %s answered from store", self.device_id, request.request_id)
             payload = encode(result)
         else:
             self._try_state("busy")
-            answer = self._run(request)
+            answer = self._run(request, fingerprint)
             if answer is None:
                 return False  # stopped mid-trial: unacknowledged, so it comes again
             payload = answer
@@ -302,17 +314,22 @@ class SimInstrument:
                 self._stopping.wait(_RETRY_S)
         return False
 
-    def _run(self, request: RunTrial) -> bytes | None:
-        """Run a request: the payload to publish (``_DROPPED``: none), or None when stopping."""
+    def _run(self, request: RunTrial, fingerprint: str) -> bytes | None:
+        """Run a request (its ``request_fingerprint`` kept and journalled): the payload to publish
+        (``_DROPPED``: none), or None when stopping."""
         with self._lock:
+            self._fingerprints.setdefault(request.request_id, fingerprint)
             before = self._runs.get(request.request_id, 0)
             trials_before = sum(self._runs.values())
             self._runs[request.request_id] = before + 1
             self._executions[request.request_id] = self._executions.get(request.request_id, 0) + 1
         if self._record_path is not None:
-            started = {"request_id": request.request_id, "trial_id": request.trial_id}
+            started = {"request_id": request.request_id, "trial_id": request.trial_id,
+                       "request": fingerprint}
             append_line(executions_path(self._record_path), json.dumps(started).encode())
-        attempt = request.request_id.removeprefix(request.campaign_id)
+        # Keyed by trial and attempt (the request id's last field), not by the campaign or its
+        # instance: a replay, or the same campaign in another home, draws the same numbers.
+        attempt = f":{request.trial_id}:{request.request_id.rsplit(':', 1)[-1]}"
         rng = run_random(self._seed, request.trial_id, attempt, before)
         try:
             outcome = simulate(self._model, self._options, request.parameters, rng, trials_before=trials_before,
@@ -371,6 +388,8 @@ class SimInstrument:
         with self._lock:
             for request_id, runs in read_executions(self._record_path).items():
                 self._runs[request_id] = max(self._runs.get(request_id, 0), runs)
+            for request_id, fingerprint in read_fingerprints(self._record_path).items():
+                self._fingerprints.setdefault(request_id, fingerprint)
         if not self._record_path.exists():
             return
         loaded = 0

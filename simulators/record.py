@@ -2,17 +2,39 @@
 
 ``<record>`` holds one :class:`~devices.TrialResult` per finished run (JSON lines), written
 and fsynced before the result is published; ``<record>.started`` holds one
-``{"request_id", "trial_id"}`` line per run, written and fsynced before the run begins. A run
-killed midway is in the second and not the first, and runs again when its request returns.
+``{"request_id", "trial_id", "request"}`` line per run, written and fsynced before the run
+begins, ``request`` being the request's fingerprint (:func:`request_fingerprint`; absent in
+journals of older versions). A run killed midway is in the second and not the first, and runs
+again when its request returns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
-__all__ = ["append_line", "executions_path", "read_completions", "read_executions"]
+from devices import RunTrial
+
+__all__ = [
+    "append_line",
+    "executions_path",
+    "read_completions",
+    "read_executions",
+    "read_fingerprints",
+    "request_fingerprint",
+]
+
+
+def request_fingerprint(request: RunTrial) -> str:
+    """What a request asks for, as a hash: its campaign id, trial id and parameters.
+
+    Two requests with the same ``request_id`` are the same request (a repeat, answered from
+    the store) only when their fingerprints are equal too.
+    """
+    content = json.dumps([request.campaign_id, request.trial_id, request.parameters], sort_keys=True)
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
 
 def append_line(path: Path, line: bytes) -> None:
@@ -67,3 +89,27 @@ def read_completions(record_path: Path) -> dict[str, int]:
         ``request_id`` → number of recorded results (1 for every finished request).
     """
     return _count(record_path, "request_id")
+
+
+def read_fingerprints(record_path: Path) -> dict[str, str]:
+    """The fingerprint of the first run of each ``request_id`` in the journal (older lines have none).
+
+    Args:
+        record_path: The instrument's record file (the journal sits next to it).
+
+    Returns:
+        ``request_id`` → :func:`request_fingerprint` of the request first run under it.
+    """
+    found: dict[str, str] = {}
+    path = executions_path(record_path)
+    if not path.exists():
+        return found
+    for line in path.read_bytes().splitlines():
+        try:
+            entry = json.loads(line)
+            key, fingerprint = entry["request_id"], entry["request"]
+        except (ValueError, KeyError, TypeError):  # a line cut short, or written by an older version
+            continue
+        if isinstance(key, str) and isinstance(fingerprint, str):
+            found.setdefault(key, fingerprint)
+    return found
