@@ -35,6 +35,12 @@ until then the optimizer keeps suggesting Sobol points, so devices never idle wa
 data. ``optimizer.method: sobol`` never leaves the Sobol phase, and never calls Ax after
 the constructor checked the spec.
 
+**Nothing a device may send stops it** (``optimizer.robust``): a model sees each metric
+clipped to a range ordinary data never leaves, and a fit or acquisition that still fails
+numerically gives way to the next points of the Sobol sequence (a warning is logged, and the
+trials' generator is ``sobol (fallback: <reason>)``). With every parameter fixed, each trial
+is the fixed point (generator ``fixed``): replicates.
+
 **People in the loop, and mid-campaign changes.** ``rebuild`` takes the campaign's *effective*
 spec (``CampaignState.spec``: every ``CampaignChanged`` applied), and the loop rebuilds after
 each decision or change, so a change applies at once and on every resume:
