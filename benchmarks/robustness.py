@@ -25,7 +25,11 @@ that needed a fallback (share) and fallback trials.
 Usage::
 
     nice .venv/bin/python benchmarks/robustness.py [--campaigns 504] [--seed 0] [--trials 20]
-        [--quick]   (--quick: 48 campaigns of 16 trials)
+        [--quick] [--part K/N --results FILE] [--report FILE ...]
+
+``--quick``: 48 campaigns of 16 trials. ``--part K/N`` runs every N-th campaign of the plan
+(parts in parallel processes), ``--results`` appends a JSON line per campaign, and
+``--report`` prints the table of one or more results files.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
 import argparse
+import json
 import logging
 import time
 import warnings
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,58 +167,79 @@ def plan(campaigns: int, seed: int) -> list[tuple[str, str, str, int, int]]:
     return out
 
 
+def report(rows: list[dict[str, Any]], header: str) -> None:
+    """The table per engine and data kind, the reasons of any stop, and the totals."""
+    count: Counter[tuple[str, str]] = Counter()
+    stopped: Counter[tuple[str, str]] = Counter()
+    fell: Counter[tuple[str, str]] = Counter()
+    fell_trials: Counter[tuple[str, str]] = Counter()
+    for r in rows:
+        key = (r["engine"], r["kind"])
+        count[key] += 1
+        stopped[key] += r["stopped"] is not None
+        fell[key] += r["fallbacks"] > 0
+        fell_trials[key] += r["fallbacks"]
+    print(f"\n{header}\n")
+    print(f"{'engine':<16}{'data':<11}{'campaigns':>10}{'stopped':>9}{'fallback':>10}{'share':>8}{'fb trials':>11}")
+
+    def line(engine: str, kind: str, keys: list[tuple[str, str]]) -> None:
+        n = sum(count[k] for k in keys)
+        if n:
+            f = sum(fell[k] for k in keys)
+            print(f"{engine:<16}{kind:<11}{n:>10}{sum(stopped[k] for k in keys):>9}{f:>10}{f / n:>8.0%}"
+                  f"{sum(fell_trials[k] for k in keys):>11}")
+
+    for engine in ENGINES:
+        for kind in KINDS:
+            line(engine, kind, [(engine, kind)])
+    for engine in ENGINES:
+        line(engine, "all", [(engine, kind) for kind in KINDS])
+    for r in rows:
+        if r["stopped"] is not None:
+            print(f"stopped ({r['engine']}): {r['problem']} {r['kind']} seed {r['seed']} batch {r['batch']}: {r['stopped']}")
+    total = sum(count.values())
+    print(f"\ncampaigns {total}, stopped by the optimizer {sum(stopped.values())}, "
+          f"needed a fallback {sum(fell.values())} ({sum(fell.values()) / max(total, 1):.1%})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--campaigns", type=int, default=504, help="campaigns in all (default 504)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trials", type=int, default=20, help="trials per campaign")
     ap.add_argument("--quick", action="store_true", help="48 campaigns of 16 trials")
+    ap.add_argument("--part", default="0/1", metavar="K/N", help="run only campaigns i with i %% N == K")
+    ap.add_argument("--results", metavar="FILE", help="append one JSON line per campaign to FILE")
+    ap.add_argument("--report", nargs="+", metavar="FILE", help="print the table of results files, run nothing")
     args = ap.parse_args()
+    if args.report:
+        rows = [json.loads(x) for f in args.report for x in Path(f).read_text().splitlines() if x.strip()]
+        report(rows, f"{len(rows)} campaigns from {', '.join(args.report)}")
+        return
     if args.quick:
         args.campaigns, args.trials = 48, 16
+    k, n = (int(v) for v in args.part.split("/"))
     logging.basicConfig(level=logging.ERROR)  # each fallback's warning line is counted, not shown
     warnings.simplefilter("ignore")  # Ax's and BoTorch's warnings about odd data are expected here
     spread = {name: _spread(make()) for name, make in PROBLEMS.items()}
-    count: Counter[tuple[str, str]] = Counter()
-    stopped: Counter[tuple[str, str]] = Counter()
-    fell: Counter[tuple[str, str]] = Counter()
-    fell_trials: Counter[tuple[str, str]] = Counter()
-    reasons: dict[str, list[str]] = defaultdict(list)
+    rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for i, (engine, kind, problem, seed, batch) in enumerate(plan(args.campaigns, args.seed)):
+        if i % n != k:
+            continue
         why, fallbacks = run_campaign(engine, kind, problem, seed, args.trials, batch, spread)
-        key = (engine, kind)
-        count[key] += 1
-        fell[key] += fallbacks > 0
-        fell_trials[key] += fallbacks
-        if why is not None:
-            stopped[key] += 1
-            reasons[engine].append(f"{problem} {kind} seed {seed} batch {batch}: {why}")
-        if (i + 1) % 25 == 0:
-            print(f"  {i + 1} campaigns, {time.perf_counter() - started:.0f} s: stopped {sum(stopped.values())}, "
-                  f"needed a fallback {sum(fell.values())}", flush=True)
-    print(f"\n{args.campaigns} campaigns of {args.trials} trials, seed {args.seed}, "
-          f"{time.perf_counter() - started:.0f} s\n")
-    print(f"{'engine':<16}{'data':<11}{'campaigns':>10}{'stopped':>9}{'fallback':>10}{'share':>8}{'fb trials':>11}")
-    for engine in ENGINES:
-        for kind in KINDS:
-            k = (engine, kind)
-            if count[k]:
-                print(f"{engine:<16}{kind:<11}{count[k]:>10}{stopped[k]:>9}{fell[k]:>10}"
-                      f"{fell[k] / count[k]:>8.0%}{fell_trials[k]:>11}")
-    for engine in ENGINES:
-        n = sum(v for (e, _), v in count.items() if e == engine)
-        s = sum(v for (e, _), v in stopped.items() if e == engine)
-        f = sum(v for (e, _), v in fell.items() if e == engine)
-        if n:
-            print(f"{engine:<16}{'all':<11}{n:>10}{s:>9}{f:>10}{f / n:>8.0%}"
-                  f"{sum(v for (e, _), v in fell_trials.items() if e == engine):>11}")
-    for engine, lines in reasons.items():
-        for line in lines:
-            print(f"stopped ({engine}): {line}")
-    total = sum(count.values())
-    print(f"\ncampaigns {total}, stopped by the optimizer {sum(stopped.values())}, "
-          f"needed a fallback {sum(fell.values())} ({sum(fell.values()) / max(total, 1):.1%})")
+        row = {"engine": engine, "kind": kind, "problem": problem, "seed": seed, "batch": batch,
+               "trials": args.trials, "stopped": why, "fallbacks": fallbacks}
+        rows.append(row)
+        if args.results:
+            with open(args.results, "a") as out:
+                out.write(json.dumps(row) + "\n")
+        if len(rows) % 25 == 0:
+            print(f"  {len(rows)} campaigns, {time.perf_counter() - started:.0f} s: "
+                  f"stopped {sum(r['stopped'] is not None for r in rows)}, "
+                  f"needed a fallback {sum(r['fallbacks'] > 0 for r in rows)}", flush=True)
+    report(rows, f"{len(rows)} campaigns of {args.trials} trials, seed {args.seed}, part {args.part}, "
+                 f"{time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -53,11 +53,11 @@ class Campaign:
     def add(self, kind: type[EventBase], **fields: object) -> None:
         self.events.append(kind(campaign_id="c", seq=len(self.events) + 1, **fields))
 
-    def batch(self, n: int, value=lambda t: branin(t.parameters)) -> list[str]:  # type: ignore[no-untyped-def]
+    def batch(self, n: int, value=lambda t: branin(t.parameters), sem=None) -> list[str]:  # type: ignore[no-untyped-def]
         trials = self.opt.suggest(n)
         self.add(TrialsSuggested, actor="optimizer", trials=trials)
         for t in trials:
-            m = Measurement(mean=value(t))
+            m = Measurement(mean=value(t), sem=None if sem is None else sem(t))
             self.opt.complete(t.trial_id, {"branin": m})
             self.add(TrialDispatched, actor="orchestrator", trial_id=t.trial_id, device_id="d", request_id=f"r{t.trial_id}")
             self.add(TrialCompleted, actor="device:d", trial_id=t.trial_id, device_id="d", request_id=f"r{t.trial_id}",
@@ -122,6 +122,36 @@ def test_noise_that_overflowed_the_fit_no_longer_stops_the_optimizer() -> None:
     assert len(batch) == 4
     assert all(t.generator == "botorch" or t.generator.startswith("sobol (fallback: ") for t in batch)
     assert all(0.0 <= float(v) <= 1.0 for t in batch for v in t.parameters.values())
+
+
+@pytest.mark.filterwarnings("ignore::botorch.exceptions.warnings.OptimizationWarning")
+def test_a_fit_that_fails_falls_back_to_sobol_points_named_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 14 item 8: a fit that fails must not stop the campaign. A standard error of
+    1e300 (finite, legal) on one trial makes Ax's model fit fail (``ModelFittingError``): main
+    raised an OptimizerError at this suggestion and at every resume. Now the batch comes from
+    the Sobol sequence, a warning says why, the generator names the fallback, a rebuilt
+    optimizer makes the same choice, and the next fallback moves on along the sequence."""
+    data = BRANIN.model_dump(mode="json")
+    data["parameters"][0] = {"name": "x1", "type": "int", "bounds": [-5, 10]}  # Ax's BoTorch generator
+    c = Campaign(parse_spec(data))  # the default method
+    for _ in range(3):
+        c.batch(2, sem=lambda t: 1e300 if t.trial_id == "3" else 0.1)
+    with caplog.at_level("WARNING", logger="closedloop.optimizer"):
+        live = c.opt.suggest(2)
+    assert all(t.generator.startswith("sobol (fallback: ModelFittingError") for t in live), live
+    assert "the model failed (ModelFittingError" in caplog.text
+    assert [t.sobol_position for t in live] == [5, 6]  # the centre, then positions 0-4 of the opening
+    c.rebuild()
+    assert c.opt.suggest(2) == live  # the same log, the same choice
+    c.rebuild()
+    c.add(TrialsSuggested, actor="optimizer", trials=c.opt.suggest(2))
+    for t in live:
+        m = Measurement(mean=branin(t.parameters), sem=0.1)
+        c.add(TrialDispatched, actor="orchestrator", trial_id=t.trial_id, device_id="d", request_id=f"r{t.trial_id}")
+        c.add(TrialCompleted, actor="device:d", trial_id=t.trial_id, device_id="d", request_id=f"r{t.trial_id}",
+              measurements={"branin": m})
+    c.rebuild()  # as a resume: the next fallback takes the next positions
+    assert [t.sobol_position for t in c.opt.suggest(2)] == [7, 8]
 
 
 def test_a_numerical_failure_is_named_and_other_errors_are_not() -> None:
