@@ -211,6 +211,8 @@ def main() -> None:
     ap.add_argument("--part", default="0/1", metavar="K/N", help="run only campaigns i with i %% N == K")
     ap.add_argument("--results", metavar="FILE", help="append one JSON line per campaign to FILE")
     ap.add_argument("--report", nargs="+", metavar="FILE", help="print the table of results files, run nothing")
+    ap.add_argument("--done", nargs="+", default=[], metavar="FILE",
+                    help="skip the campaigns already in these results files (a run resumed in other parts)")
     args = ap.parse_args()
     if args.report:
         rows = [json.loads(x) for f in args.report for x in Path(f).read_text().splitlines() if x.strip()]
@@ -222,10 +224,11 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # each fallback's warning line is counted, not shown
     warnings.simplefilter("ignore")  # Ax's and BoTorch's warnings about odd data are expected here
     spread = {name: _spread(make()) for name, make in PROBLEMS.items()}
+    done = {json.loads(x)["seed"] for f in args.done if Path(f).exists() for x in Path(f).read_text().splitlines() if x.strip()}
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for i, (engine, kind, problem, seed, batch) in enumerate(plan(args.campaigns, args.seed)):
-        if i % n != k:
+        if i % n != k or seed in done:
             continue
         why, fallbacks = run_campaign(engine, kind, problem, seed, args.trials, batch, spread)
         row = {"engine": engine, "kind": kind, "problem": problem, "seed": seed, "batch": batch,
