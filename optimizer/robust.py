@@ -31,7 +31,13 @@ from gpytorch.utils.errors import NanError, NotPSDError
 from campaigns.spec import CampaignSpec
 
 __all__ = [
-    "MAX_MAGNITUDE", "NUMERICAL_ERRORS", "OUTLIER_SPREAD", "ModelFailure", "metric_bounds", "numerical_failure", "safety_cutoffs",
+    "MAX_MAGNITUDE",
+    "NUMERICAL_ERRORS",
+    "OUTLIER_SPREAD",
+    "ModelFailure",
+    "metric_bounds",
+    "numerical_failure",
+    "safety_cutoffs",
 ]
 
 #: How many scales (interquartile ranges) from the median a value may lie before it is clipped.
