@@ -8,7 +8,8 @@ change on (and on every resume, since it is rebuilt from the log).
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,6 +34,9 @@ class CampaignChange(BaseModel):
     trial_timeout_s: float | None = Field(default=None, gt=0)
     max_trials: int | None = Field(default=None, gt=0)
     max_hours: float | None = Field(default=None, gt=0)
+    method: Literal["botorch", "botorch_default", "sobol"] | None = Field(
+        default=None, description="the optimizer's method from now on (`optimizer.method`)"
+    )
 
     def is_empty(self) -> bool:
         """Whether the change changes nothing."""
@@ -48,6 +52,8 @@ class CampaignChange(BaseModel):
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{name}={value:g}")
+        if self.method is not None:
+            parts.append(f"method={self.method}")
         return ", ".join(parts) or "nothing"
 
 
@@ -65,6 +71,9 @@ def apply_change(spec: CampaignSpec, change: CampaignChange) -> CampaignSpec:
             raise SpecError(f"--set-bounds {name}: no such parameter", f"parameters: {', '.join(params)}")
         if p["type"] == "choice":
             raise SpecError(f"--set-bounds {name}: a choice parameter has no bounds", "fix it to a value with --fix")
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise SpecError(f"--set-bounds {name}={low:g}:{high:g}: bounds must be finite numbers",
+                            "e.g. --set-bounds x1=0:5")
         p["bounds"] = [int(low), int(high)] if p["type"] == "int" else [low, high]
     fixed = dict(data.get("fixed_parameters", {}))
     for name in change.free:
@@ -90,6 +99,8 @@ def apply_change(spec: CampaignSpec, change: CampaignChange) -> CampaignSpec:
         data["budget"]["max_trials"] = change.max_trials
     if change.max_hours is not None:
         data["budget"]["max_hours"] = change.max_hours
+    if change.method is not None:
+        data["optimizer"] = {**data.get("optimizer", {}), "method": change.method}
     try:
         return parse_spec(data, "change")
     except SpecError:

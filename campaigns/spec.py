@@ -37,6 +37,18 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _NAME_RE = re.compile(rf"^{_NAME}$")
 _DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+#: The largest magnitude of a parameter bound: integers up to it are exact in float64 (Ax
+#: models int parameters as floats) and far inside MongoDB's 8-byte ints, and a float range's
+#: width and its Sobol and model arithmetic stay finite (issue 14, item 11).
+MAX_BOUND = 1e15
+
+
+def _check_bounds(low: float, high: float) -> None:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("bounds must be finite numbers")
+    if max(abs(low), abs(high)) > MAX_BOUND:
+        raise ValueError("bounds must lie within ±1e15 (what the optimizer and the database hold "
+                         "exactly); rescale the parameter, e.g. to other units")
 
 
 class _Model(BaseModel):
@@ -66,8 +78,7 @@ class FloatParameter(_Model):
     @model_validator(mode="after")
     def _bounds(self) -> FloatParameter:
         low, high = self.bounds
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError("bounds must be finite numbers")
+        _check_bounds(low, high)
         if low >= high:
             raise ValueError(f"lower bound {low:g} is not below upper bound {high:g}; write [low, high]")
         if self.log_scale and low <= 0:
@@ -88,6 +99,7 @@ class IntParameter(_Model):
     @model_validator(mode="after")
     def _bounds(self) -> IntParameter:
         low, high = self.bounds
+        _check_bounds(low, high)
         if low >= high:
             raise ValueError(f"lower bound {low} is not below upper bound {high}; write [low, high]")
         if self.log_scale and low <= 0:

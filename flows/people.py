@@ -292,7 +292,7 @@ def _cmd_change(args: argparse.Namespace) -> int:
         change["add_outcome_constraints"] = args.add_constraint
     if args.threshold:
         change["objective_thresholds"] = {k: _number(v, "--threshold") for k, v in _pairs(args.threshold, "--threshold").items()}
-    for name in ("batch_size", "trial_timeout_s", "max_trials", "max_hours"):
+    for name in ("batch_size", "trial_timeout_s", "max_trials", "max_hours", "method"):
         if getattr(args, name) is not None:
             change[name] = getattr(args, name)
     if not change:
@@ -341,6 +341,8 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--trial-timeout", dest="trial_timeout_s", type=float, metavar="S")
     c.add_argument("--max-trials", dest="max_trials", type=int)
     c.add_argument("--max-hours", dest="max_hours", type=float)
+    c.add_argument("--method", choices=["botorch", "botorch_default", "sobol"],
+                   help="the optimizer's method from now on (e.g. sobol: no model)")
     who(c)
     c.set_defaults(func=_cmd_change)
 

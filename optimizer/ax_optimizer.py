@@ -35,6 +35,12 @@ until then the optimizer keeps suggesting Sobol points, so devices never idle wa
 data. ``optimizer.method: sobol`` never leaves the Sobol phase, and never calls Ax after
 the constructor checked the spec.
 
+**Nothing a device may send stops it** (``optimizer.robust``): a model sees each metric
+clipped to a range ordinary data never leaves, and a fit or acquisition that still fails
+numerically gives way to the next points of the Sobol sequence (a warning is logged, and the
+trials' generator is ``sobol (fallback: <reason>)``). With every parameter fixed, each trial
+is the fixed point (generator ``fixed``): replicates.
+
 **People in the loop, and mid-campaign changes.** ``rebuild`` takes the campaign's *effective*
 spec (``CampaignState.spec``: every ``CampaignChanged`` applied), and the loop rebuilds after
 each decision or change, so a change applies at once and on every resume:
@@ -55,6 +61,7 @@ each decision or change, so a change applies at once and on every resume:
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Iterable, Mapping
@@ -74,11 +81,14 @@ from optimizer.ax_setup import AX_ERRORS, SUGGEST_HINT, build_client, optimizer_
 from optimizer.fastbo import FAST_ERRORS, fast_generate, supports_fast
 from optimizer.generation import generate, training_rows, training_trials
 from optimizer.replay import TrialEntry, attach_in_bulk, attach_one, attach_per_trial, ordered_trials
+from optimizer.robust import ModelFailure, numerical_failure
 from optimizer.sobol import SobolSampler, fixed_parameter_values
 
 __all__ = ["AxOptimizer", "default_initialization_trials"]
 
 _Key = tuple[tuple[str, ParameterValue], ...]
+
+log = logging.getLogger("closedloop.optimizer")
 
 
 def default_initialization_trials(spec: CampaignSpec) -> int:
@@ -241,6 +251,10 @@ class AxOptimizer:
         """
         if n < 1:
             raise OptimizerError(f"suggest(n={n}): n must be at least 1", "ask for one trial or more")
+        if len(self._fixed) == len(self._spec.parameters):
+            # Every parameter fixed (``change --fix`` of each, or a spec that fixes them all):
+            # the one point, as replicates; there is nothing for a model or Sobol to choose.
+            return [self._add(TrialEntry(str(len(self._trials)), dict(self._fixed), "fixed", None)) for _ in range(n)]
         out: list[SuggestedTrial] = []
         while len(out) < n:
             remaining = n - len(out)
@@ -248,7 +262,11 @@ class AxOptimizer:
             if sobol:
                 out += self._suggest_sobol(sobol)
                 continue
-            got = self._suggest_botorch(remaining)
+            try:
+                got = self._suggest_botorch(remaining)
+            except ModelFailure as failure:
+                out += self._fallback(remaining, failure.reason)
+                continue
             # Ax returns fewer candidates, or none, when it finds no new ones (e.g. a small
             # discrete space); the batch is topped up with Sobol points, never short.
             out += got if got else self._suggest_sobol(remaining)
@@ -266,7 +284,15 @@ class AxOptimizer:
         counted = sum(1 for t in self._trials if t.status != "rejected")
         return min(wanted, max(0, init - counted))
 
-    def _suggest_sobol(self, n: int) -> list[SuggestedTrial]:
+    def _fallback(self, n: int, reason: str) -> list[SuggestedTrial]:
+        """Points of the Sobol sequence when the model failed numerically, the reason in their
+        generator: the campaign goes on, and since each fallback takes the next positions of
+        the sequence, a rebuilt optimizer facing the same failure moves on too."""
+        log.warning("campaign %r: the model failed (%s); %d trial(s) from the Sobol sequence instead",
+                    self._spec.name, reason, n)
+        return self._suggest_sobol(n, generator=f"sobol (fallback: {reason})")
+
+    def _suggest_sobol(self, n: int, generator: str = "sobol") -> list[SuggestedTrial]:
         batch: set[_Key] = set()
 
         def new_point(parameters: Mapping[str, ParameterValue]) -> bool:
@@ -283,7 +309,7 @@ class AxOptimizer:
                 out.append(self._add(TrialEntry("0", center, "center", None)))
         points = self._sampler.next_points(self._next_position, n - len(out), accept=new_point)
         return out + [
-            self._add(TrialEntry(str(len(self._trials)), dict(p.parameters), "sobol", p.position)) for p in points
+            self._add(TrialEntry(str(len(self._trials)), dict(p.parameters), generator, p.position)) for p in points
         ]
 
     def _suggest_botorch(self, n: int) -> list[SuggestedTrial]:
@@ -328,10 +354,15 @@ class AxOptimizer:
                 warnings.simplefilter("ignore", BadInitialCandidatesWarning)  # a flat acquisition: any start will do
                 candidates = fast_generate(self._spec, trained, pending, n, seed, self._fixed)
         except FAST_ERRORS as exc:
+            reason = numerical_failure(exc)
+            if reason is not None:
+                raise ModelFailure(reason) from exc
             raise optimizer_error(
                 self._spec, "suggesting trials", exc,
                 SUGGEST_HINT,
             ) from exc
+        if not all(math.isfinite(v) for c in candidates for v in c.values() if isinstance(v, float)):
+            raise ModelFailure("the model proposed a point that is not finite")
         out: list[SuggestedTrial] = []
         for parameters in candidates:
             # A candidate on a trial already run (a corner, with a parameter fixed) is

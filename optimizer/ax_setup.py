@@ -49,8 +49,8 @@ AX_ERRORS: tuple[type[BaseException], ...] = (
 
 #: What to do when a model fails while suggesting trials (either BoTorch path).
 SUGGEST_HINT = (
-    "check the recorded measurements; to go on without a model set "
-    "`optimizer: {method: sobol}` in the campaign file"
+    "check the recorded measurements; to go on without a model: "
+    "`closedloop change CAMPAIGN --method sobol --reason ...`, then `closedloop resume CAMPAIGN`"
 )
 
 

@@ -44,12 +44,14 @@ from campaigns.spec import CampaignSpec, FloatParameter
 from optimizer.acquisition import Acquisition, LogEHVI, LogNEI, baseline, hypercells, maximize
 from optimizer.fastgp import FastGP
 from optimizer.replay import TrialEntry
+from optimizer.robust import metric_bounds, safety_cutoffs
 
 __all__ = ["FAST_ERRORS", "FAST_SETTINGS", "fast_generate", "supports_fast"]
 
 #: What a failed fit or acquisition optimization raises (e.g. a kernel matrix that is not
-#: positive definite: ``torch.linalg.LinAlgError`` is a ``RuntimeError``).
-FAST_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, np.linalg.LinAlgError, FloatingPointError)
+#: positive definite: ``torch.linalg.LinAlgError`` is a ``RuntimeError``; an overflow: an
+#: ``ArithmeticError``). The numerical ones make ``AxOptimizer`` fall back to Sobol points.
+FAST_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, ArithmeticError, np.linalg.LinAlgError)
 
 #: The acquisition optimizer per candidate: raw Sobol samples, starts picked from them by
 #: BoTorch's ``initialize_q_batch``, L-BFGS-B iterations from each start, which stop once an
@@ -186,14 +188,22 @@ def _untried(x: np.ndarray, ends: np.ndarray, taken: np.ndarray) -> np.ndarray:
 
 
 def _fit(spec: CampaignSpec, space: _Space, trained: Sequence[TrialEntry], metric: str) -> FastGP:
-    """A GP of one metric on the trials that measured it (known noise if every sem is given)."""
+    """A GP of one metric on the trials that measured it (known noise if every sem is given).
+
+    The values are winsorized as Ax does, then clipped to ``optimizer.robust.safety_cutoffs``
+    (which ordinary data never reaches) so that an extreme but finite reading cannot overflow
+    the model; a standard error is capped at the width of that range.
+    """
     rows = [t for t in trained if metric in t.measurements]
     ms = [t.measurements[metric] for t in rows]
     X = torch.tensor([space.to_unit(t.parameters) for t in rows], dtype=torch.float64)
+    y = np.array([m.mean for m in ms], dtype=float)
+    low, high = safety_cutoffs(y, metric_bounds(spec, metric))
     yvar = None
     if all(m.sem is not None for m in ms):
-        yvar = torch.tensor([float(m.sem) ** 2 for m in ms], dtype=torch.float64)  # type: ignore[arg-type]
-    y = np.array([m.mean for m in ms], dtype=float)
+        widest = high - low
+        yvar = torch.tensor([min(float(m.sem), widest) ** 2 for m in ms], dtype=torch.float64)  # type: ignore[arg-type]
+    y = np.clip(y, low, high)
     return FastGP(X, torch.from_numpy(np.clip(y, *winsorization_cutoffs(spec, metric, y))), yvar)
 
 

@@ -31,6 +31,12 @@ __all__ = ["EXACT", "FastGP"]
 
 MIN_LENGTHSCALE = 0.025
 MIN_NOISE = 1e-4
+# Upper bounds of the fit that BoTorch leaves open: a line search of L-BFGS-B can otherwise
+# step the log noise past 709, where exp overflows (issue 14, item 8). Noise and lengthscales
+# beyond them mean the same model (all noise; a flat dimension), so the fit loses nothing.
+MAX_LENGTHSCALE = 1e4
+MAX_NOISE = 1e3
+MAX_CONSTANT = 1e4  # the constant mean, in standardized units
 EXACT = 1e-6  # the noise variance (standardized) of a conditioned draw of the latent function
 NOISE_PRIOR = (-4.0, 1.0)  # LogNormal(loc, scale) of the noise variance (standardized units)
 _JITTER = 1e-8
@@ -118,8 +124,8 @@ class FastGP:
         """
         X, y = self.X.numpy(), self.y.numpy()
         n, d = X.shape
-        lengthscale = np.exp(theta[:d])
-        noise = math.exp(theta[d]) if self.yvar is None else None
+        lengthscale = np.exp(np.minimum(theta[:d], math.log(MAX_LENGTHSCALE)))
+        noise = float(np.exp(min(theta[d], math.log(MAX_NOISE)))) if self.yvar is None else None
         constant = theta[-1]
         diffs = (X[:, None, :] - X[None, :, :]) / lengthscale  # (n, n, d)
         sq = diffs * diffs
@@ -128,7 +134,7 @@ class FastGP:
         K = kern + np.diag(noise_diag) + _JITTER * np.eye(n)
         try:
             factor = cho_factor(K, lower=True)
-        except np.linalg.LinAlgError:
+        except (np.linalg.LinAlgError, ValueError):  # not positive definite, or not finite
             return math.inf, np.zeros_like(theta)
         r = y - constant
         alpha = cho_solve(factor, r)
@@ -150,12 +156,12 @@ class FastGP:
         d = self.X.shape[1]
         loc, scale = _lengthscale_prior(d)
         x0 = [loc - scale**2] * d  # log of the prior's mode, as BoTorch initializes
-        bounds: list[tuple[float | None, float | None]] = [(math.log(MIN_LENGTHSCALE), None)] * d
+        bounds: list[tuple[float, float]] = [(math.log(MIN_LENGTHSCALE), math.log(MAX_LENGTHSCALE))] * d
         if self.yvar is None:
             x0.append(NOISE_PRIOR[0] - NOISE_PRIOR[1] ** 2)
-            bounds.append((math.log(MIN_NOISE), None))
+            bounds.append((math.log(MIN_NOISE), math.log(MAX_NOISE)))
         x0.append(0.0)
-        bounds.append((None, None))
+        bounds.append((-MAX_CONSTANT, MAX_CONSTANT))
 
         result = minimize(self.loss_and_gradient, np.array(x0), jac=True, method="L-BFGS-B", bounds=bounds,
                           options={"maxiter": maxiter})

@@ -52,6 +52,7 @@ from botorch.sampling.normal import SobolQMCNormalSampler
 from campaigns.events import ParameterValue
 from campaigns.spec import CampaignSpec, FloatParameter
 from optimizer.ax_setup import AX_ERRORS, SUGGEST_HINT, optimizer_error
+from optimizer.robust import NUMERICAL_ERRORS, ModelFailure, numerical_failure
 
 __all__ = [
     "FAST_ACQUISITION",
@@ -170,7 +171,10 @@ def generate(
                 arms = [run.arms[0] for [run] in runs]
     except GenerationStrategyRepeatedPoints:
         return []  # the model only proposes points already tried
-    except AX_ERRORS as exc:
+    except (*AX_ERRORS, *NUMERICAL_ERRORS) as exc:
+        reason = numerical_failure(exc)
+        if reason is not None:
+            raise ModelFailure(reason) from exc  # AxOptimizer falls back to its Sobol sequence
         raise optimizer_error(
             spec, "suggesting trials", exc,
             SUGGEST_HINT,

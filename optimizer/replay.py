@@ -50,6 +50,7 @@ from campaigns.events import Measurement, ParameterValue
 from campaigns.spec import CampaignSpec
 from campaigns.state import TrialRecord
 from optimizer.ax_setup import AX_ERRORS, coerce_parameters, optimizer_error
+from optimizer.robust import metric_bounds, safety_cutoffs
 
 __all__ = [
     "OUT_OF_DESIGN",
@@ -198,13 +199,14 @@ def attach_in_bulk(client: Client, spec: CampaignSpec, trials: Sequence[TrialEnt
         if extra:
             client.configure_tracking_metrics(metric_names=extra)
         signature = {name: metric.signature for name, metric in experiment.metrics.items()}
+        cutoffs = model_cutoffs(spec, completed)
         rows = [
             DataRow(
                 trial_index=int(t.trial_id),
                 arm_name=arm_names[t.trial_id],
                 metric_name=name,
                 metric_signature=signature[name],
-                mean=float(m.mean),
+                mean=min(max(float(m.mean), cutoffs[name][0]), cutoffs[name][1]),
                 se=float(m.sem) if m.sem is not None else math.nan,
                 step=math.nan,  # Client.attach_data's "no progression"
             )
@@ -235,6 +237,7 @@ def attach_per_trial(client: Client, spec: CampaignSpec, trials: Sequence[TrialE
     Raises:
         OptimizerError: Ax refuses a trial's parameters or its data.
     """
+    cutoffs = model_cutoffs(spec, [t for t in trials if t.status == "completed"])
     for t in trials:
         what, hint = f"attaching trial {t.trial_id}", _ATTACH_HINT
         try:
@@ -248,7 +251,9 @@ def attach_per_trial(client: Client, spec: CampaignSpec, trials: Sequence[TrialE
                 client._experiment.trials[index].update_run_metadata(t.run_metadata)
             what, hint = f"completing trial {t.trial_id}", "check the measurements"
             if t.status == "completed":
-                client.complete_trial(trial_index=index, raw_data=raw_data(t.measurements) or None)
+                clipped = {k: m.model_copy(update={"mean": min(max(m.mean, cutoffs[k][0]), cutoffs[k][1])})
+                           for k, m in t.measurements.items()}
+                client.complete_trial(trial_index=index, raw_data=raw_data(clipped) or None)
             elif t.status == "failed":
                 client.mark_trial_failed(trial_index=index, failed_reason=t.reason or "failed")
             elif t.status == "rejected":
@@ -256,3 +261,13 @@ def attach_per_trial(client: Client, spec: CampaignSpec, trials: Sequence[TrialE
                 client._experiment.trials[index].mark_abandoned(reason=t.reason or "rejected")
         except AX_ERRORS as exc:
             raise optimizer_error(spec, what, exc, hint, t.trial_id) from exc
+
+
+def model_cutoffs(spec: CampaignSpec, completed: Sequence[TrialEntry]) -> dict[str, tuple[float, float]]:
+    """Per metric, the range Ax's model sees its values in (``optimizer.robust.safety_cutoffs``:
+    ordinary data is untouched; a 1e200 reading would overflow Ax's standardization)."""
+    values: dict[str, list[float]] = {}
+    for t in completed:
+        for name, m in t.measurements.items():
+            values.setdefault(name, []).append(float(m.mean))
+    return {name: safety_cutoffs(v, metric_bounds(spec, name)) for name, v in values.items()}
