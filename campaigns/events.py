@@ -405,4 +405,5 @@ def event_to_doc(event: EventBase) -> dict[str, Any]:
 def event_from_doc(doc: dict[str, Any]) -> Event:
     """Parse a stored document back into its event (unknown keys such as ``_id`` dropped)."""
     data = {k: v for k, v in doc.items() if k != "_id"}
-    return _ADAPTER.validate_python(data)
+    # from_log: what an older version accepted and logged is read as it was (campaigns.spec).
+    return _ADAPTER.validate_python(data, context={"from_log": True})
