@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,7 @@ def _check_size(data: Any, source: str) -> None:
 
 
 _INT64 = (-(2**63), 2**63 - 1)
+_BOUND_PATH = re.compile(r"^parameters\[\d+\]\.bounds\[\d+\]$")
 
 
 def _check_storable(data: Any, source: str) -> None:
@@ -166,7 +168,9 @@ def _check_storable(data: Any, source: str) -> None:
     stack: list[tuple[Any, str]] = [(data, "")]
     while stack:
         node, where = stack.pop()
-        if isinstance(node, int) and not isinstance(node, bool) and not _INT64[0] <= node <= _INT64[1]:
+        # Parameter bounds have a tighter rule of their own (campaigns.spec.MAX_BOUND), said by the model.
+        if (isinstance(node, int) and not isinstance(node, bool) and not _INT64[0] <= node <= _INT64[1]
+                and not _BOUND_PATH.match(where)):
             raise SpecError(f"{source}: {where or 'spec'}: {node:.3g} is too large a whole number",
                             f"whole numbers in a campaign lie within ±{2**63:.3g}")
         if isinstance(node, dict):
