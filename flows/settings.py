@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -13,6 +14,14 @@ from devices import Topics, parse_broker_url
 __all__ = ["Settings", "settings_problem"]
 
 _DB_NAME_FORBIDDEN = set('/\\. "$\x00')
+
+
+def _one_line(check: Callable[[str], object], value: str) -> None:
+    """Run the devices layer's own check of a value; its error becomes the setting's message."""
+    try:
+        check(value)
+    except ClosedLoopError as exc:
+        raise ValueError(exc.message) from None
 
 
 class Settings(BaseSettings):
@@ -53,19 +62,13 @@ class Settings(BaseSettings):
     @classmethod
     def _mqtt_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            try:
-                parse_broker_url(value.get_secret_value())  # its message shows the URL redacted
-            except ClosedLoopError as exc:
-                raise ValueError(exc.message) from None
+            _one_line(parse_broker_url, value.get_secret_value())  # its message shows the URL redacted
         return value
 
     @field_validator("mqtt_prefix")
     @classmethod
     def _mqtt_prefix(cls, value: str) -> str:
-        try:
-            Topics(value)
-        except ClosedLoopError as exc:
-            raise ValueError(exc.message) from None
+        _one_line(Topics, value)
         return value
 
     @field_validator("mongodb_database")
