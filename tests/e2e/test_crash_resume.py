@@ -110,8 +110,10 @@ def test_second_run_is_refused_naming_the_owner(tmp_path: Path, mosquitto_url: s
     home = tmp_path / "home"
     env = cli_env(home, prefect_server, CLOSEDLOOP_MQTT_URL=mosquitto_url)
     spec = write_spec(tmp_path / "spec.yaml", {**SPEC, "name": "twice", "budget": {"max_trials": 6}})
-    sims = {d: start_sim(d, env, tmp_path / f"{d}.jsonl") for d in ("dev-a", "dev-b")}
+    sims: dict[str, subprocess.Popen[str]] = {}
     try:
+        # No instrument yet: the first run cannot finish before the second has been refused,
+        # however slow the machine (nothing is dispatched to a device that is not there).
         first = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--no-simulators", "--quiet"], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: (x := status_or_none("twice", env)) and x["runs"] >= 1, 240, "the first run")
@@ -119,6 +121,7 @@ def test_second_run_is_refused_naming_the_owner(tmp_path: Path, mosquitto_url: s
         assert second.returncode != 0
         assert "is being run by" in second.stderr and f":{first.pid}" in second.stderr, second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
+        sims = {d: start_sim(d, env, tmp_path / f"{d}.jsonl") for d in ("dev-a", "dev-b")}
         _, err = first.communicate(timeout=240)
         assert first.returncode == 0, err
     finally:
