@@ -34,18 +34,26 @@ SPEC = {
 @pytest.mark.timeout(600)
 def test_run_status_export(tmp_path: Path, prefect_server: dict[str, str]) -> None:
     env = cli_env(tmp_path / "home", prefect_server)
-    spec = write_spec(tmp_path / "branin.yaml", SPEC)
+    # The first three trials wait for a person: while trial 2's approval is open the campaign
+    # cannot finish, so the second process sees it running, by construction, however slow.
+    spec = write_spec(tmp_path / "branin.yaml", {**SPEC, "approval": {"first_n": 3}})
     proc = subprocess.Popen([CLOSEDLOOP, "run", str(spec)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     seen_while_running: list[dict] = []
     try:
         while proc.poll() is None:
-            time.sleep(1.0)
+            time.sleep(0.5)
             if not (tmp_path / "home" / "mongo.json").exists():
                 continue
             out = run(["status", "branin-e2e", "--json"], env, timeout=60)
             if out.returncode == 0 and proc.poll() is None:
-                seen_while_running.append(json.loads(out.stdout))
+                seen = json.loads(out.stdout)
+                seen_while_running.append(seen)
+                waiting = [t for a in seen["approvals_waiting"] for t in a["trial_ids"]]
+                # Trials 0 and 1 at once; trial 2 once a trial has completed (seen above).
+                if waiting and ("0" in waiting or seen["trials"]["completed"] >= 1):
+                    approve = run(["approve", "branin-e2e", "--reason", "ok", "--by", "tester"], env, timeout=120)
+                    assert approve.returncode == 0, approve.stderr
         stdout, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
