@@ -337,7 +337,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `closedloop` console script."""
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # argparse reads `--flag=--` as an empty list, not a value: every command would then meet
+    # a list where it expects text. Refused here, once, for every flag.
+    given = next((w for w in words if w.startswith("-") and w.endswith("=--")), None)
+    if given is not None:
+        print(f"error: argument {given[:-3][:60]}: '--' is not a value; give one, e.g. {given[:-3][:60]}=VALUE",
+              file=sys.stderr)
+        return EXIT_USAGE
+    args = _parser().parse_args(words)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # SIGTERM unwinds like Ctrl-C (signal handlers can be set from the main thread only).

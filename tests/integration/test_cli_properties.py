@@ -160,6 +160,21 @@ def test_every_command_answers_garbage_in_one_line(command: str, seeded: dict[st
     check()
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_flag_given_dashdash_as_its_value_is_one_line(command: str, seeded: dict[str, str]) -> None:
+    """argparse reads `--flag=--` as an empty list (found by the property above: `approve c
+    --trial=-- --reason=c` was a TypeError): every value-taking flag of every command, exit 2."""
+    env = {k: v for k, v in seeded.items() if k != "cwd"}
+    flags = [f for a in COMMANDS[command]._actions if a.option_strings and a.nargs != 0
+             for f in a.option_strings if f.startswith("--")]
+    for flag in flags:
+        argv = [command, "c", f"{flag}=--", "--reason=c"]
+        with environment(env), contextlib.chdir(seeded["cwd"]):
+            code, stderr = run_main(argv)
+        assert_one_line(code, stderr, argv)
+        assert code == 2 and "'--' is not a value" in stderr, (argv, stderr)
+
+
 VARIABLES = {
     "CLOSEDLOOP_MQTT_URL": st.sampled_from(["mqtt://host:notaport", "mqtt://", "http://h", "mqtt://h:99999",
                                             "mqtt://h/path", "mqtt://[::1", "mqtts://u:p@:1", " ", "", "\u00e9"]),
