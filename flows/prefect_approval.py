@@ -286,8 +286,9 @@ class PrefectApprovals:
                     return
                 except NotPausedError:
                     pass  # not paused yet (or already answered): look again
-                except Exception:  # noqa: BLE001
-                    log.exception("approval %s: resuming its Prefect flow run failed", a.approval_id)
+                except Exception as e:  # noqa: BLE001
+                    if "schema not found" not in str(e):  # Prefect pauses, then saves the form
+                        log.exception("approval %s: resuming its Prefect flow run failed", a.approval_id)
             time.sleep(0.25)
         log.warning("approval %s: its Prefect flow run could not be closed", a.approval_id)
 

@@ -35,12 +35,16 @@ def _read(flow_run_id: str) -> Any:
         return client.read_flow_run(UUID(flow_run_id))
 
 
-def _paused_with_form(approvals: Any, approval_id: str) -> tuple[str, dict[str, Any], str]:
-    """Wait until the approval run is Paused with its form saved; (flow run id, schema, description)."""
+def _paused_with_form(approvals: Any, approval_id: str, pause_key: str | None = None) -> tuple[str, dict[str, Any], str]:
+    """Wait until the approval run is Paused (under `pause_key`, if given) with its form saved;
+    (flow run id, schema, description). Prefect sets the Paused state first and saves the form
+    just after, and a resume in between is refused ("Run input schema not found")."""
     from prefect.client.orchestration import get_client
 
     run_id = _wait_for(lambda: approvals.flow_run_id(approval_id), 30, "the approval flow run")
-    run = _wait_for(lambda: (r := _read(run_id)).state.is_paused() and r, 30, "the Paused state")
+    run = _wait_for(lambda: (r := _read(run_id)).state.is_paused()
+                    and (pause_key is None or r.state.state_details.pause_key == pause_key) and r,
+                    60, f"the Paused state {pause_key or ''}")
     keyset = run.state.state_details.run_input_keyset
     assert keyset, "paused without an input form"
 
@@ -102,8 +106,7 @@ def test_answer_in_prefect_becomes_the_cli_command() -> None:
 
         # A wrong answer (unknown trial) is reported in the run's log and the form is offered again.
         resume_flow_run(UUID(run_id), run_input={"decision": "approve", "reject": ["99"]})
-        _wait_for(lambda: (r := _read(run_id)).state.is_paused()
-                  and r.state.state_details.pause_key == "answer-2", 60, "the form offered again")
+        _paused_with_form(approvals, "a3", pause_key="answer-2")  # the form offered again
         assert not got
 
         t1 = time.monotonic()
@@ -137,8 +140,7 @@ def test_reject_all_in_prefect() -> None:
         assert got[0] == {"approval_id": "a1", "approve": [], "edit": {}, "reject": ["3", "4"], "reason": "",
                           "by": "bob", "via": "prefect"}
         # No decision recorded within confirm_s (the loop may have refused it): the form is offered again.
-        _wait_for(lambda: (r := _read(run_id)).state.is_paused()
-                  and r.state.state_details.pause_key == "answer-2", 60, "the form offered again")
+        _paused_with_form(approvals, "a1", pause_key="answer-2")  # the form offered again
     finally:
         approvals.close("a1")
         approvals.shutdown()

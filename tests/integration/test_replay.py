@@ -43,22 +43,22 @@ SPEC = parse_spec({
 
 
 def _person(store: MongoEventStore, inbox: MongoCommandInbox, stop: threading.Event) -> None:
-    """The source's people: edit and reject in the first approval, approve the second as is,
-    narrow x1 once six trials exist."""
+    """The source's people: edit and reject in the first approval; narrow x1, then approve the
+    second as is. The campaign waits for each answer, so the change lands at a known point
+    (four trials) by construction, however fast the instruments are."""
     answered: set[str] = set()
-    changed = False
-    while not stop.wait(0.2):
+    while not stop.wait(0.05):
         state = fold(store.read("src"))
         for a in state.open_approvals.values():
             if a.approval_id in answered:
                 continue
             answered.add(a.approval_id)
-            payload = ({"approval_id": a.approval_id, "edit": {a.trial_ids[0]: {"x1": 2.5}}, "reject": [a.trial_ids[1]]}
-                       if len(answered) == 1 else {"approval_id": a.approval_id})
+            if len(answered) == 1:
+                payload = {"approval_id": a.approval_id, "edit": {a.trial_ids[0]: {"x1": 2.5}}, "reject": [a.trial_ids[1]]}
+            else:
+                inbox.submit("src", "change", {"set_bounds": {"x1": [0.0, 5.0]}}, by="ana", reason="the left side is toxic")
+                payload = {"approval_id": a.approval_id}
             inbox.submit("src", "approve", payload, by="ana", reason="chemist's call")
-        if not changed and len(state.trials) >= 6:
-            inbox.submit("src", "change", {"set_bounds": {"x1": [0.0, 5.0]}}, by="ana", reason="the left side is toxic")
-            changed = True
         if state.status == "finished":
             return
 
