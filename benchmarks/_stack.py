@@ -154,13 +154,13 @@ def run_campaign(stack: Stack, spec: CampaignSpec, *, prefect: bool = False, dat
             if threads is not None:
                 env["CLOSEDLOOP_OPTIMIZER_THREADS"] = str(threads)
             os.environ.update(env)
-            from flows.flow import campaign
+            from flows.prefect.flow import campaign
 
             campaign(spec.name)
         else:
             from functools import partial
 
-            from flows.loop import CampaignLoop
+            from flows.engine.loop import CampaignLoop
             from optimizer import AxOptimizer
 
             hub = MqttDeviceHub(mqtt, client_id=f"bench-orchestrator-{uuid.uuid4().hex[:6]}")

@@ -39,7 +39,7 @@ MQTT client sends every real result again with other numbers on another device's
 an unknown device's topic, and replays old results. Then also: wrong values recorded (a logged
 measurement that is not what the instrument the request went to recorded for that request, in
 either campaign's log) must be 0, and no orchestrator run may write more rejection events
-than ``flows.rejections`` bounds a run to, however many lies come.
+than ``flows.engine.rejections`` bounds a run to, however many lies come.
 
 The last line printed is the figures; the exit code is 0 iff every invariant holds.
 
@@ -83,7 +83,7 @@ from campaigns import (
 from simulators import read_completions, read_executions
 from storage import MongoEventStore
 
-from flows.rejections import KINDS, MAX_EVENTS_PER_RUN
+from flows.engine.rejections import KINDS, MAX_EVENTS_PER_RUN
 
 from _hostile import Rogue, Twin, wrong_values
 
@@ -93,7 +93,7 @@ CAMPAIGN = "chaos"
 DEVICES = ("dev-1", "dev-2", "dev-3")
 DATABASE = "closedloop"
 # Item 19 of issue 14: no publisher can grow a log without limit. A run of the orchestrator
-# writes at most this many rejection events (flows/rejections.py), however much is sent.
+# writes at most this many rejection events (flows/engine/rejections.py), however much is sent.
 REJECTION_EVENTS_PER_RUN = MAX_EVENTS_PER_RUN + (len(DEVICES) + 1) * len(KINDS)
 PREFECT_QUIET = {"PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 T0 = time.monotonic()

@@ -33,7 +33,7 @@ import pymongo  # noqa: E402
 from benchmarks._stack import Stack, branin_spec  # noqa: E402
 from campaigns import CampaignCreated, CampaignSpec, Measurement, SuggestedTrial, TrialRecord, fold  # noqa: E402
 from devices import MqttDeviceHub  # noqa: E402
-from flows.loop import CampaignLoop  # noqa: E402
+from flows.engine.loop import CampaignLoop  # noqa: E402
 from optimizer import AxOptimizer  # noqa: E402
 from simulators import SimInstrument  # noqa: E402
 

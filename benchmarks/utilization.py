@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._stack import Stack, branin_spec, run_campaign  # noqa: E402
 from campaigns import Measurement, SuggestedTrial  # noqa: E402
-from flows.loop import LoopOptions  # noqa: E402
+from flows.engine.loop import LoopOptions  # noqa: E402
 from optimizer import AxOptimizer  # noqa: E402
 from simulators import branin  # noqa: E402
 

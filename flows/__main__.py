@@ -1,5 +1,5 @@
 """``python -m flows`` runs the CLI."""
 
-from flows.cli import main
+from flows.cli.main import main
 
 raise SystemExit(main())

@@ -4,7 +4,7 @@ every mistake, and what `change --trial-timeout` applies to (issue 14 items 6, 9
 The campaign here waits for an approval, written straight into a real MongoDB-wire server's log;
 where a running orchestrator matters, the test holds the campaign's lease as an orchestrator
 would (on another host), so the CLI hands its command over through the inbox, and the test then
-does what the loop does with it (`flows.commands.events_for`, the inbox's claim).
+does what the loop does with it (`flows.engine.commands.events_for`, the inbox's claim).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from campaigns import (
     fold,
     load_spec,
 )
-from flows.commands import events_for
+from flows.engine.commands import events_for
 from storage import Command, MongoCommandInbox, MongoEventStore, MongoLease
 from tests.e2e.cli import CLOSEDLOOP, cli_env, run
 from tests.e2e.test_crash_resume import wait_for

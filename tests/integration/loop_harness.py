@@ -26,7 +26,7 @@ from campaigns import (
     parse_spec,
 )
 from devices import DeviceStatus, MqttConnection, MqttDeviceHub, MqttSettings, Topics, connect, encode
-from flows.loop import CampaignLoop, LoopOptions
+from flows.engine.loop import CampaignLoop, LoopOptions
 from optimizer import AxOptimizer
 from storage import MongoEventStore
 from tests.conftest_brokers import Mosquitto

@@ -3,7 +3,7 @@
 Issue 14 must-show 3 (the CLI): for every subcommand (read from the parser itself, so a new
 command or flag is covered as soon as it exists), argument lists of its flags and garbage values
 (zero, negative, NaN, infinite, huge, empty, unicode, malformed NAME=VALUE and LOW:HIGH) run
-through `flows.cli.main` in-process against a real MongoDB-wire server holding a campaign that
+through `flows.cli.main.main` in-process against a real MongoDB-wire server holding a campaign that
 waits for an approval. The exit code is 0, 1 or 2 and, when it is not 0, the last line on stderr
 is the one error line; no traceback. The same for malformed ``CLOSEDLOOP_*`` variables. A few
 runs of the real entry point (tests/e2e/test_hostile_cli.py) show the console script agrees.

@@ -9,7 +9,7 @@ import pytest
 
 from campaigns import CampaignCreated, TrialCompleted, fold, load_spec, parse_spec
 from devices import MqttSettings
-from flows.flow import campaign
+from flows.prefect.flow import campaign
 from simulators import SimInstrument
 from simulators.emulator import Emulator
 from storage import MongoEventStore

@@ -23,7 +23,7 @@ from campaigns import (
     parse_spec,
 )
 from devices import DeviceStatus, MqttSettings, Topics, connect, encode
-from flows.flow import campaign
+from flows.prefect.flow import campaign
 from simulators import SimInstrument
 from storage import MongoEventStore
 from tests.conftest import closedloop_env

@@ -24,8 +24,8 @@ from campaigns import (
     parse_spec,
 )
 from devices import MqttDeviceHub, MqttSettings
-from flows.ahead import OptimizerThread
-from flows.loop import CampaignLoop
+from flows.engine.ahead import OptimizerThread
+from flows.engine.loop import CampaignLoop
 from optimizer import AxOptimizer
 from simulators import SimInstrument
 from storage import MongoEventStore

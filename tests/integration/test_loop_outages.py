@@ -28,7 +28,7 @@ from campaigns import (
     parse_spec,
 )
 from devices import MqttSettings
-from flows.flow import campaign
+from flows.prefect.flow import campaign
 from simulators import SimInstrument
 from storage import EmbeddedMongo, MongoEventStore
 from tests.conftest_brokers import Mosquitto, free_port

@@ -13,7 +13,7 @@ import pytest
 
 from campaigns import CampaignCreated, CampaignState, TrialFailed, fold
 from devices import MqttDeviceHub, MqttSettings
-from flows.loop import CampaignLoop
+from flows.engine.loop import CampaignLoop
 from simulators import SimInstrument
 from storage import MongoEventStore
 from tests.conftest_brokers import Mosquitto

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from campaigns import TrialFailed
 from campaigns.errors import DeviceMessageError
 from devices import MqttDeviceHub, MqttSettings, Topics, parse_result
-from flows.loop import CampaignLoop, LoopOptions
+from flows.engine.loop import CampaignLoop, LoopOptions
 from optimizer import AxOptimizer
 from storage import MongoEventStore
 from tests.integration.loop_harness import kinds, seed, spec
@@ -134,7 +134,7 @@ def test_only_the_asked_device_answers_for_its_request(store: MongoEventStore, m
     assert len({e.trial_id for e in kinds(events, "TrialCompleted")}) == len(kinds(events, "TrialCompleted"))
     assert len({e.trial_id for e in kinds(events, "LateResultRecorded")}) == len(kinds(events, "LateResultRecorded"))
     rejections = kinds(events, "MessageRejected") + kinds(events, "MessagesRejected")
-    # flows.rejections: 32 in a run, then one summary per (device of the spec or none) x kind.
+    # flows.engine.rejections: 32 in a run, then one summary per (device of the spec or none) x kind.
     assert len(rejections) <= 32 + 3 * 11
 
 

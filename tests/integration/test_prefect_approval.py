@@ -76,7 +76,7 @@ def _campaign_like_flow(body: Any) -> Any:
 def test_answer_in_prefect_becomes_the_cli_command() -> None:
     from prefect.flow_runs import resume_flow_run
 
-    from flows.prefect_approval import PrefectApprovals, prefect_server_configured
+    from flows.prefect.approval import PrefectApprovals, prefect_server_configured
 
     assert prefect_server_configured()
     got: list[dict[str, Any]] = []
@@ -128,7 +128,7 @@ def test_answer_in_prefect_becomes_the_cli_command() -> None:
 def test_reject_all_in_prefect() -> None:
     from prefect.flow_runs import resume_flow_run
 
-    from flows.prefect_approval import PrefectApprovals
+    from flows.prefect.approval import PrefectApprovals
 
     got: list[dict[str, Any]] = []
     approvals = PrefectApprovals("c2", got.append, poll_interval=1, confirm_s=0.1)
@@ -147,7 +147,7 @@ def test_reject_all_in_prefect() -> None:
 
 
 def test_closed_elsewhere_completes_without_an_answer() -> None:
-    from flows.prefect_approval import PrefectApprovals
+    from flows.prefect.approval import PrefectApprovals
 
     got: list[dict[str, Any]] = []
     approvals = PrefectApprovals("c1", got.append, poll_interval=1)
@@ -169,7 +169,7 @@ def test_closed_elsewhere_completes_without_an_answer() -> None:
 
 def test_close_right_after_open_and_shutdown_never_hang() -> None:
     """close() racing the run's creation, and shutdown() with an approval still waiting."""
-    from flows.prefect_approval import PrefectApprovals
+    from flows.prefect.approval import PrefectApprovals
 
     got: list[dict[str, Any]] = []
     approvals = PrefectApprovals("c3", got.append, poll_interval=1)
@@ -190,7 +190,7 @@ def test_close_right_after_open_and_shutdown_never_hang() -> None:
 def test_a_run_cancelled_elsewhere_ends_and_the_next_campaign_run_supersedes_stale_ones() -> None:
     """A crashed campaign run leaves its approval run Paused: the next run's open() cancels it.
     A run cancelled from outside (the UI's Cancel) ends its thread without an answer."""
-    from flows.prefect_approval import PrefectApprovals
+    from flows.prefect.approval import PrefectApprovals
 
     got: list[dict[str, Any]] = []
     first = PrefectApprovals("c4", got.append, poll_interval=1)

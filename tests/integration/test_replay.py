@@ -12,9 +12,9 @@ import pytest
 
 from campaigns import CampaignChanged, CampaignCreated, fold, parse_spec
 from devices import MqttSettings
-from flows.flow import campaign
-from flows.replay import plan_replay
-from flows.replay_cli import identical_trials
+from flows.prefect.flow import campaign
+from flows.engine.replay import plan_replay
+from flows.cli.replay import identical_trials
 from simulators import SimInstrument
 from storage import MongoCommandInbox, MongoEventStore
 from tests.conftest import closedloop_env

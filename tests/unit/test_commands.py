@@ -21,7 +21,7 @@ from campaigns import (
     fold,
     load_spec,
 )
-from flows.commands import events_for
+from flows.engine.commands import events_for
 from storage import Command
 
 SPEC = load_spec(Path(__file__).parents[2] / "campaigns" / "examples" / "branin.yaml")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from campaigns import ClosedLoopError, parse_spec
-from flows.commands import events_for
+from flows.engine.commands import events_for
 from storage import Command
 from tests.unit.test_commands import fields_of, waiting_state
 

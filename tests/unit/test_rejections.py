@@ -1,4 +1,4 @@
-"""The rejection budget (flows.rejections): every rejected message counted once, few events."""
+"""The rejection budget (flows.engine.rejections): every rejected message counted once, few events."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.rejections import FULL_PER_BUCKET, KINDS, MAX_EVENTS_PER_RUN, SUMMARY_INTERVAL_S, RejectionBudget, kind_of
+from flows.engine.rejections import FULL_PER_BUCKET, KINDS, MAX_EVENTS_PER_RUN, SUMMARY_INTERVAL_S, RejectionBudget, kind_of
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

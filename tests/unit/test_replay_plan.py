@@ -23,7 +23,7 @@ from campaigns import (
 )
 from campaigns.changes import CampaignChange
 from campaigns.events import EventBase
-from flows.replay import ReplayScript, ScriptedOptimizer, faithful_points, plan_replay
+from flows.engine.replay import ReplayScript, ScriptedOptimizer, faithful_points, plan_replay
 
 SPEC = load_spec(Path(__file__).parents[2] / "campaigns" / "examples" / "branin.yaml")
 

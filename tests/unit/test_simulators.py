@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from campaigns import load_spec
-from flows.runtime import check_spec_devices
+from flows.engine.catalog import check_spec_devices
 from simulators import (
     SIMULATORS,
     ColourMixingModel,

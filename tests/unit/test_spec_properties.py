@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaigns import CampaignSpec, SpecError, load_spec
-from flows.runtime import check_spec_devices
+from flows.engine.catalog import check_spec_devices
 
 BASE: dict[str, Any] = yaml.safe_load(
     (Path(__file__).parents[2] / "campaigns" / "examples" / "branin.yaml").read_text())

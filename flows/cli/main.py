@@ -9,10 +9,8 @@ a traceback.
 from __future__ import annotations
 
 import argparse
-from contextlib import nullcontext
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -20,11 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from pydantic import ValidationError
+
 from campaigns import (
     AppendConflictError,
     CampaignCreated,
     CampaignNotFoundError,
-    CampaignResumed,
     ClosedLoopError,
     SpecError,
     fold,
@@ -32,20 +31,20 @@ from campaigns import (
 )
 from campaigns.identity import new_instance
 from devices import parse_broker_url
-from pydantic import ValidationError
-from storage import MongoEventStore
-
-from flows.lease import hold_lease
-from flows.people import add_commands, current_user
-from flows.replay_cli import add_replay_commands, parse_options
-
-from flows.report import best_line, status_dict, status_text
-from flows.runtime import broker_url, check_spec_devices, event_store, mqtt_settings, running_broker_url, simulated_lab
-from flows.settings import Settings, settings_problem
+from flows.app.runtime import (
+    event_store,
+    mqtt_settings,
+    running_broker_url,
+)
+from flows.app.settings import Settings, settings_problem
+from flows.cli.drive import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, drive
+from flows.cli.people import add_commands, current_user
+from flows.cli.replay import add_replay_commands, parse_options
+from flows.cli.report import status_dict, status_text
+from flows.engine.catalog import check_spec_devices
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 class _Terminated(KeyboardInterrupt):
@@ -55,15 +54,6 @@ class _Terminated(KeyboardInterrupt):
 def _on_sigterm(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the stop finish
     raise _Terminated
-
-
-def _quiet_prefect_defaults() -> None:
-    # Before Prefect is imported: keep its console logs out of the progress display, don't try
-    # to reach the internet, and give the ephemeral API server time to start on a slow machine.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -96,70 +86,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 "pass --campaign-id NEW_ID for a new campaign, or `closedloop resume` it",
                 campaign_id=campaign_id,
             )
-        return _drive(store, settings, campaign_id, args, resume=False)
+        return drive(store, settings, campaign_id, args, resume=False)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     settings = Settings()
     with event_store(settings) as store:
-        return _drive(store, settings, args.campaign, args, resume=True)
-
-
-def _drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: argparse.Namespace, *, resume: bool) -> int:
-    """Run a campaign that exists, under its lease, until it finishes or pauses."""
-    with hold_lease(store.uri, settings.mongodb_database, campaign_id,
-                    lambda prev: print(f"campaign {campaign_id}: took over the stale lease of {prev}")):
-        state = fold(store.read(campaign_id))  # re-read: we are the only writer from here on
-        spec = state.spec
-        if spec is None:
-            raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
-        if state.status == "finished":
-            print(status_text(state))
-            raise ClosedLoopError(
-                f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
-                "pass --campaign-id NEW_ID to run the spec again as a new campaign",
-                campaign_id=campaign_id,
-            )
-        if state.status == "paused":
-            if not resume:
-                raise ClosedLoopError(
-                    f"campaign {campaign_id!r} is paused: {state.paused_detail or state.paused_reason}",
-                    f"fix the cause, then `closedloop resume {campaign_id} --reason ...`",
-                    campaign_id=campaign_id,
-                )
-            store.append([CampaignResumed(campaign_id=campaign_id, seq=state.last_seq + 1, actor=f"user:{current_user()}",
-                                          reason=args.reason or "resumed from the command line")])
-        elif state.last_seq > 1:
-            print(f"campaign {campaign_id}: continuing from event {state.last_seq} "
-                  f"({state.count('completed')} completed, {len(state.in_flight)} in flight)")
-        with broker_url(settings) as url:
-            # The flow reads its settings from the environment (composition root; no
-            # credentials in Prefect's flow-run parameters).
-            os.environ["CLOSEDLOOP_MQTT_URL"] = url
-            os.environ["CLOSEDLOOP_MONGODB_URI"] = store.uri
-            os.environ["CLOSEDLOOP_MONGODB_DATABASE"] = settings.mongodb_database
-            lab = nullcontext() if args.no_simulators else simulated_lab(spec, mqtt_settings(settings, url), settings.home / "devices")
-            with lab:
-                from flows.progress import ProgressReporter
-
-                _quiet_prefect_defaults()
-                from flows.prefect_server import local_prefect_api
-
-                with local_prefect_api():
-                    from flows.flow import campaign
-
-                    with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet):
-                        campaign(campaign_id, max_runtime_s=args.max_runtime)
-    final = fold(store.read(campaign_id))
-    print(status_text(final))
-    if final.status == "paused" and final.paused_reason == "user":
-        print(f"campaign {campaign_id} paused on request: {final.paused_detail} — "
-              f"`closedloop resume {campaign_id}` to go on", file=sys.stderr)
-        return EXIT_OK
-    if final.status == "paused":
-        print(f"error: campaign {campaign_id} paused: {final.paused_detail or final.paused_reason} — "
-              f"fix the cause, then `closedloop resume {campaign_id}`", file=sys.stderr)
-    return EXIT_OK if final.status == "finished" else EXIT_ERROR
+        return drive(store, settings, args.campaign, args, resume=True)
 
 
 def _load_state(campaign_id: str):  # type: ignore[no-untyped-def]
@@ -215,7 +148,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from simulators import SIMULATORS, run_standalone
 
     if args.from_campaign is not None:
-        from flows.replay_cli import serve_emulator
+        from flows.cli.replay import serve_emulator
 
         return serve_emulator(args)
     if args.list:

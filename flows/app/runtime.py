@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from campaigns import CampaignSpec, ClosedLoopError, SpecError
 from devices import EmbeddedBroker, MqttSettings, parse_broker_url
-from simulators import SIMULATORS, SimInstrument
+from flows.app.settings import Settings
+from simulators import SimInstrument
 from storage import EmbeddedMongo, MongoEventStore
 
-from flows.settings import Settings
-
-__all__ = ["broker_url", "check_spec_devices", "event_store", "simulated_lab", "mqtt_settings"]
+__all__ = ["broker_url", "event_store", "simulated_lab", "mqtt_settings"]
 
 
 @contextmanager
@@ -107,26 +106,6 @@ def mqtt_settings(settings: Settings, url: str) -> MqttSettings:
     return MqttSettings(url=url, prefix=settings.mqtt_prefix, username=settings.mqtt_username, password=password,
                         ca_file=settings.mqtt_ca_file, cert_file=settings.mqtt_cert_file,
                         key_file=settings.mqtt_key_file)
-
-
-def check_spec_devices(spec: CampaignSpec) -> None:
-    """Check the spec's devices against the simulator catalog (unknown simulator, bad options,
-    metrics no device measures). Raises SpecError."""
-
-    def validate(name: str, options: Mapping[str, object]) -> list[str]:
-        info = SIMULATORS[name]
-        try:
-            info.options_model.model_validate(dict(options))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"{where}: {first['msg']}") from None
-        return list(info.measures(options))
-
-    def inputs(name: str, options: Mapping[str, object]) -> list[str]:
-        return list(SIMULATORS[name].inputs(options))
-
-    spec.check_devices(SIMULATORS, validate, inputs)
 
 
 @contextmanager

@@ -37,12 +37,16 @@ from campaigns import (
     TrialRetried,
     fold,
 )
+from flows.app.lease import hold_lease
+from flows.app.runtime import event_store
+from flows.app.settings import Settings
+from flows.engine.commands import (
+    bind_approval,
+    change_problem,
+    decision_conflict,
+    events_for,
+)
 from storage import Command, MongoCommandInbox, MongoEventStore
-
-from flows.commands import bind_approval, change_problem, decision_conflict, events_for
-from flows.lease import hold_lease
-from flows.runtime import event_store
-from flows.settings import Settings
 
 __all__ = ["add_commands", "current_user"]
 

@@ -10,14 +10,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from campaigns import CampaignCreated, CampaignNotFoundError, CampaignState, SpecError, fold
+from campaigns import (
+    CampaignCreated,
+    CampaignNotFoundError,
+    CampaignState,
+    SpecError,
+    fold,
+)
 from campaigns.identity import new_instance
-
-from flows.compare import best_so_far, compare_table, write_compare
-from flows.people import current_user
-from flows.replay import faithful_points, plan_replay
-from flows.runtime import check_spec_devices, event_store
-from flows.settings import Settings
+from flows.app.runtime import event_store
+from flows.app.settings import Settings
+from flows.cli.compare import best_so_far, compare_table, write_compare
+from flows.cli.drive import drive
+from flows.cli.people import current_user
+from flows.engine.catalog import check_spec_devices
+from flows.engine.replay import faithful_points, plan_replay
 
 __all__ = ["add_replay_commands", "faithful_report", "identical_trials", "parse_options", "serve_emulator"]
 
@@ -128,7 +135,6 @@ def _print_faithful(source: CampaignState, replay: CampaignState, report: Path |
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from flows.cli import _drive  # the same run path as `closedloop run`
 
     for flag, value in (("--batch-size", args.batch_size), ("--seed", args.seed)):
         if value is not None and abs(value) >= 2**63:  # the log stores 8-byte integers
@@ -148,7 +154,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                                       source=link, instance=new_instance())])
         print(f"campaign {campaign_id}: {args.mode} replay of {args.source} "
               f"({'its own simulators' if args.simulator is None else f'simulator {args.simulator}'})")
-        code = _drive(store, settings, campaign_id, args, resume=False)
+        code = drive(store, settings, campaign_id, args, resume=False)
         replay = fold(store.read(campaign_id))
     if args.mode == "faithful":
         _print_faithful(source, replay, None if args.report is None else Path(args.report))
@@ -218,10 +224,9 @@ def serve_emulator(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
+    from flows.app.runtime import mqtt_settings, running_broker_url
     from simulators import SimInstrument, SimulatorOptions
     from simulators.emulator import Emulator
-
-    from flows.runtime import mqtt_settings, running_broker_url
 
     if args.simulator is not None:
         raise SpecError(f"sim: --from-campaign serves an emulator, not {args.simulator!r}", "drop the simulator name")

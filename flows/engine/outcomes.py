@@ -1,6 +1,6 @@
 """What comes back from devices, and what does not: results, failures, rejections, timeouts.
 
-A mixin of ``flows.loop.CampaignLoop``. Everything here is *staged* in the loop's writer and
+A mixin of ``flows.engine.loop.CampaignLoop``. Everything here is *staged* in the loop's writer and
 marks the pass *urgent*: the loop flushes it to the log in the same pass (before it
 acknowledges the messages that caused it), so an outcome is in the log as soon as it is
 decided. The optimizer hears of outcomes through the loop's optimizer thread, in order.
@@ -8,7 +8,7 @@ decided. The optimizer hears of outcomes through the loop's optimizer thread, in
 Whose value is it: a result counts only from the device its request went to (on time or
 late), and only for metrics that device announces in its retained status; a metric sent as
 ``null`` was not measured and has no value. Rejected messages are bounded
-(``flows.rejections``), and a run in which no device answered anything pauses with the likely
+(``flows.engine.rejections``), and a run in which no device answered anything pauses with the likely
 causes instead of finishing as if all were well.
 """
 
@@ -24,8 +24,8 @@ from campaigns import (
     BrokerDisconnected,
     BrokerReconnected,
     CampaignPaused,
-    CampaignState,
     CampaignSpec,
+    CampaignState,
     DeviceSkipped,
     EventBase,
     LateResultRecorded,
@@ -47,12 +47,11 @@ from devices import (
     StatusChanged,
     TrialResult,
 )
-
-from flows.rejections import RejectionBudget, kind_of
-from flows.writer import EventWriter
+from flows.engine.rejections import RejectionBudget, kind_of
+from flows.engine.writer import EventWriter
 
 if TYPE_CHECKING:
-    from flows.ahead import OptimizerThread
+    from flows.engine.ahead import OptimizerThread
 
 __all__ = ["Outcomes"]
 

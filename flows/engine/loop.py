@@ -5,11 +5,11 @@ appended to the event log before it takes effect (``TrialDispatched`` before the
 publish) and every outcome after it arrives; a device message is acknowledged to the broker
 only once what it caused is in the log, so a crash in between makes the broker deliver it
 again. The in-memory state is always ``fold(log)`` plus what one pass has staged and not yet
-flushed (``flows.writer``): a pass's events go to the log in one insert, before any publish or
+flushed (``flows.engine.writer``): a pass's events go to the log in one insert, before any publish or
 acknowledgement they allow.
 
 Dispatch is ``async`` by default: every call on the optimizer runs, in order, in one worker
-thread (``flows.ahead``), so while devices are busy the next suggestion is computed ahead
+thread (``flows.engine.ahead``), so while devices are busy the next suggestion is computed ahead
 (``LoopOptions.suggest_ahead`` trials beyond the free devices, pending trials known to the
 optimizer) and logged as soon as it is ready; a device that frees up gets it at once. The loop
 never waits for the optimizer meanwhile: it handles results and commands. ``batch`` dispatch
@@ -48,13 +48,12 @@ from campaigns import (
 from campaigns.errors import BrokerError
 from campaigns.identity import request_id as new_request_id
 from devices import MqttDeviceHub, RunTrial
+from flows.engine.ahead import OptimizerThread
+from flows.engine.commands import events_for
+from flows.engine.outcomes import Outcomes
+from flows.engine.writer import EventWriter
 from optimizer import AxOptimizer
 from storage import Command, MongoCommandInbox, MongoEventStore
-
-from flows.ahead import OptimizerThread
-from flows.commands import events_for
-from flows.outcomes import Outcomes
-from flows.writer import EventWriter
 
 __all__ = ["CampaignLoop", "LoopOptions", "Optimizer"]
 
@@ -97,7 +96,7 @@ class ApprovalNotifier(Protocol):
 
 
 class CommandScript(Protocol):
-    """Commands that fall due as the campaign goes (a replay's people: ``flows.replay.ReplayScript``)."""
+    """Commands that fall due as the campaign goes (a replay's people: ``flows.engine.replay.ReplayScript``)."""
 
     def due(self, state: CampaignState) -> list[Command]: ...
 
@@ -117,7 +116,7 @@ class CampaignLoop(Outcomes):
         lease_lost: Returns the exception to stop on once the campaign's lease was lost.
         inbox: Where people's commands (approve, change, pause, stop) arrive.
         notifier: Also shows approval requests elsewhere (the Prefect UI).
-        script: For a counterfactual replay: the source's people (``flows.replay.ReplayScript``),
+        script: For a counterfactual replay: the source's people (``flows.engine.replay.ReplayScript``),
             whose commands are applied as they fall due, as a person's would be.
     """
 

@@ -32,7 +32,6 @@ from campaigns import (
     ClosedLoopError,
     EventBase,
     Measurement,
-
     ReplaySource,
     SpecError,
     SuggestedTrial,

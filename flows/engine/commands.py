@@ -28,9 +28,8 @@ from campaigns import (
     apply_change,
 )
 from campaigns.state import OpenApproval
+from flows.engine.catalog import check_spec_devices
 from storage import Command
-
-from flows.runtime import check_spec_devices
 
 __all__ = ["bind_approval", "change_problem", "decision_conflict", "events_for"]
 

@@ -58,7 +58,7 @@ def prefect_server_configured() -> bool:
     try:
         from prefect.settings import get_current_settings
 
-        from flows.prefect_server import local_api_url
+        from flows.prefect.server import local_api_url
 
         url = get_current_settings().api.url
         return bool(url) and url != local_api_url()
@@ -295,7 +295,11 @@ class PrefectApprovals:
     async def _cancel_stale(self, a: _Approval, name: str, logger: Any) -> None:
         """Cancel paused runs of this approval left by an earlier campaign run (a crashed process)."""
         from prefect.client.schemas.filters import (
-            FlowRunFilter, FlowRunFilterName, FlowRunFilterState, FlowRunFilterStateType)
+            FlowRunFilter,
+            FlowRunFilterName,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable
-from typing import Any
 from functools import partial
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -19,14 +19,13 @@ from prefect.context import get_run_context
 from campaigns import CampaignSpec, SuggestedTrial, TrialRecord, fold
 from campaigns.identity import client_id
 from devices import MqttDeviceHub
+from flows.app.lease import hold_lease
+from flows.app.runtime import broker_url, event_store, mqtt_settings
+from flows.app.settings import Settings
+from flows.engine.loop import CampaignLoop, LoopOptions
+from flows.engine.replay import replay_wiring
 from optimizer import AxOptimizer
 from storage import MongoCommandInbox
-
-from flows.lease import hold_lease
-from flows.loop import CampaignLoop, LoopOptions
-from flows.replay import replay_wiring
-from flows.runtime import broker_url, event_store, mqtt_settings
-from flows.settings import Settings
 
 __all__ = ["campaign"]
 
@@ -75,7 +74,7 @@ def _make_optimizer(threads: int | None, spec: CampaignSpec, trials: Iterable[Tr
 def _prefect_notifier(campaign_id: str, inbox: MongoCommandInbox) -> Any:
     """With a Prefect server configured, approval requests also wait in the Prefect UI as paused
     flow runs with a form; an answer there becomes the same command a CLI answer is."""
-    from flows.prefect_approval import PrefectApprovals, prefect_server_configured
+    from flows.prefect.approval import PrefectApprovals, prefect_server_configured
 
     if not prefect_server_configured():
         return None

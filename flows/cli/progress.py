@@ -12,7 +12,13 @@ from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from campaigns import (
     BrokerDisconnected,
@@ -24,9 +30,8 @@ from campaigns import (
     TrialFailed,
     apply,
 )
+from flows.cli.report import best_line, condition_line
 from storage import MongoEventStore
-
-from flows.report import best_line, condition_line
 
 __all__ = ["ProgressReporter"]
 

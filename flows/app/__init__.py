@@ -1,0 +1,1 @@
+"""Application wiring: settings read once, the concrete backends, the campaign's lease."""

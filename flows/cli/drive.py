@@ -1,0 +1,89 @@
+"""The run path shared by `closedloop run`, `resume` and `replay`: under the campaign's lease,
+with its broker, simulated instruments and Prefect API, the campaign flow until it finishes or
+pauses."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import nullcontext
+
+from campaigns import CampaignNotFoundError, CampaignResumed, ClosedLoopError, fold
+from flows.app.lease import hold_lease
+from flows.app.runtime import broker_url, mqtt_settings, simulated_lab
+from flows.app.settings import Settings
+from flows.cli.people import current_user
+from flows.cli.report import status_text
+from storage import MongoEventStore
+
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "drive",
+           "quiet_prefect_defaults"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+def quiet_prefect_defaults() -> None:
+    # Before Prefect is imported: keep its console logs out of the progress display, don't try
+    # to reach the internet, and give the ephemeral API server time to start on a slow machine.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: argparse.Namespace, *, resume: bool) -> int:
+    """Run a campaign that exists, under its lease, until it finishes or pauses."""
+    with hold_lease(store.uri, settings.mongodb_database, campaign_id,
+                    lambda prev: print(f"campaign {campaign_id}: took over the stale lease of {prev}")):
+        state = fold(store.read(campaign_id))  # re-read: we are the only writer from here on
+        spec = state.spec
+        if spec is None:
+            raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
+        if state.status == "finished":
+            print(status_text(state))
+            raise ClosedLoopError(
+                f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
+                "pass --campaign-id NEW_ID to run the spec again as a new campaign",
+                campaign_id=campaign_id,
+            )
+        if state.status == "paused":
+            if not resume:
+                raise ClosedLoopError(
+                    f"campaign {campaign_id!r} is paused: {state.paused_detail or state.paused_reason}",
+                    f"fix the cause, then `closedloop resume {campaign_id} --reason ...`",
+                    campaign_id=campaign_id,
+                )
+            store.append([CampaignResumed(campaign_id=campaign_id, seq=state.last_seq + 1, actor=f"user:{current_user()}",
+                                          reason=args.reason or "resumed from the command line")])
+        elif state.last_seq > 1:
+            print(f"campaign {campaign_id}: continuing from event {state.last_seq} "
+                  f"({state.count('completed')} completed, {len(state.in_flight)} in flight)")
+        with broker_url(settings) as url:
+            # The flow reads its settings from the environment (composition root; no
+            # credentials in Prefect's flow-run parameters).
+            os.environ["CLOSEDLOOP_MQTT_URL"] = url
+            os.environ["CLOSEDLOOP_MONGODB_URI"] = store.uri
+            os.environ["CLOSEDLOOP_MONGODB_DATABASE"] = settings.mongodb_database
+            lab = nullcontext() if args.no_simulators else simulated_lab(spec, mqtt_settings(settings, url), settings.home / "devices")
+            with lab:
+                from flows.cli.progress import ProgressReporter
+
+                quiet_prefect_defaults()
+                from flows.prefect.server import local_prefect_api
+
+                with local_prefect_api():
+                    from flows.prefect.flow import campaign
+
+                    with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet):
+                        campaign(campaign_id, max_runtime_s=args.max_runtime)
+    final = fold(store.read(campaign_id))
+    print(status_text(final))
+    if final.status == "paused" and final.paused_reason == "user":
+        print(f"campaign {campaign_id} paused on request: {final.paused_detail} — "
+              f"`closedloop resume {campaign_id}` to go on", file=sys.stderr)
+        return EXIT_OK
+    if final.status == "paused":
+        print(f"error: campaign {campaign_id} paused: {final.paused_detail or final.paused_reason} — "
+              f"fix the cause, then `closedloop resume {campaign_id}`", file=sys.stderr)
+    return EXIT_OK if final.status == "finished" else EXIT_ERROR
