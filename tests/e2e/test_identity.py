@@ -19,7 +19,8 @@ from tests.conftest_brokers import Mosquitto, unique
 from tests.e2e.cli import CLOSEDLOOP, branin, cli_env, run, status, write_spec
 
 
-def _spec(name: str, seed: int, devices: list[dict[str, Any]], max_trials: int) -> dict[str, Any]:
+def _spec(name: str, seed: int, devices: list[dict[str, Any]], max_trials: int,
+          trial_timeout_s: float = 20) -> dict[str, Any]:
     return {
         "name": name,
         "seed": seed,
@@ -27,7 +28,7 @@ def _spec(name: str, seed: int, devices: list[dict[str, Any]], max_trials: int) 
                        {"name": "x2", "type": "float", "bounds": [0.0, 15.0]}],
         "objectives": [{"name": "branin", "minimize": True}],
         "budget": {"max_trials": max_trials},
-        "trial_timeout_s": 20,
+        "trial_timeout_s": trial_timeout_s,
         "devices": devices,
         "optimizer": {"method": "sobol"},
     }
@@ -98,7 +99,9 @@ def test_long_names_with_one_prefix_run_at_once(tmp_path: Path, mosquitto_url: s
     try:
         device.publish(held.status("held"), encode(DeviceStatus(state="idle", device_id="held", measures=["branin"])),
                        retain=True)
-        spec_a = write_spec(tmp_path / "a.yaml", _spec(names[0], 1, [{"id": "held", "measures": ["branin"]}], 1))
+        # Its deadline outlasts b's whole run however slow the machine (b's run is bounded by its own timeout).
+        spec_a = write_spec(tmp_path / "a.yaml", _spec(names[0], 1, [{"id": "held", "measures": ["branin"]}], 1,
+                                                       trial_timeout_s=3600))
         a = subprocess.Popen([CLOSEDLOOP, "run", str(spec_a), "--no-simulators", "--quiet"], env=envs[0],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         request = requests.get(timeout=240)  # a is connected and has sent its trial
