@@ -223,7 +223,6 @@ def asyncapi() -> dict[str, Any]:
             "version": str(PROTOCOL_VERSION),
             "description": info_text,
             "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
-            "externalDocs": {"description": "docs/protocol.md", "url": "protocol.md"},
         },
         "defaultContentType": "application/json",
         "servers": {
