@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# The layer contracts, and the generated documents (docs/asyncapi.yaml, docs/events.schema.json)
+# up to date with the models; `make test` runs both too.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/python docs/generate.py --check
+
+# Regenerate docs/asyncapi.yaml and docs/events.schema.json from the models.
+docs: $(STAMP)
+	$(BIN)/python docs/generate.py
 
 clean:
 	rm -rf $(VENV) .closedloop .pytest_cache

@@ -52,8 +52,11 @@ class Measurement(BaseModel):
 
     model_config = _WIRE
 
-    mean: float
-    sem: float | None = Field(default=None, ge=0.0)
+    mean: float = Field(description="The measured value: a finite JSON number (not a boolean, not a string).")
+    sem: float | None = Field(
+        default=None, ge=0.0,
+        description="Standard error of the mean, >= 0; absent or null when unknown (the noise is then inferred).",
+    )
 
     @field_validator("mean", "sem", mode="before")
     @classmethod
@@ -74,9 +77,15 @@ class DeviceStatus(BaseModel):
 
     model_config = _WIRE
 
-    state: Literal["idle", "busy", "offline"]
-    device_id: str = Field(min_length=1)
-    measures: list[str]
+    state: Literal["idle", "busy", "offline"] = Field(
+        description="idle: ready for a trial (only an idle device is sent one); busy: running one; "
+        "offline: gone (the device's last will, or said before a clean shutdown).",
+    )
+    device_id: str = Field(min_length=1, description="The device's id; must equal the device id in the topic.")
+    measures: list[str] = Field(
+        description="Names of the metrics the device reports. A device gets trials only from a campaign whose "
+        "every objective and constrained metric is named here, and only these metrics of its results are recorded.",
+    )
 
 
 class RunTrial(BaseModel):
@@ -92,11 +101,19 @@ class RunTrial(BaseModel):
 
     model_config = _WIRE
 
-    kind: Literal["run_trial"] = "run_trial"
-    request_id: str = Field(min_length=1)
-    campaign_id: str = Field(min_length=1)
-    trial_id: str = Field(min_length=1)
-    parameters: dict[str, ParameterValue]
+    kind: Literal["run_trial"] = Field(default="run_trial", description='Always "run_trial"; required on the wire.')
+    request_id: str = Field(
+        min_length=1,
+        description="Opaque, unique per attempt of a trial across every campaign that may share the device. "
+        "The same id with the same campaign_id, trial_id and parameters is a repeat: answer it from your store.",
+    )
+    campaign_id: str = Field(min_length=1, description="The campaign the trial belongs to (its name, not unique).")
+    trial_id: str = Field(
+        min_length=1, description='The trial to run: always a JSON string (e.g. "3"); copy it into the result.',
+    )
+    parameters: dict[str, ParameterValue] = Field(
+        description="Parameter name to value: a finite number, a string or a boolean.",
+    )
 
     @field_validator("parameters")
     @classmethod
@@ -126,12 +143,19 @@ class TrialResult(BaseModel):
 
     model_config = _WIRE
 
-    kind: Literal["trial_result"] = "trial_result"
-    request_id: str = Field(min_length=1)
-    trial_id: str = Field(min_length=1)
-    status: Literal["completed", "failed"]
-    measurements: dict[str, Measurement | None] = Field(default_factory=dict)
-    error: str | None = None
+    kind: Literal["trial_result"] = Field(
+        default="trial_result", description='Always "trial_result"; required on the wire.',
+    )
+    request_id: str = Field(min_length=1, description="The request_id of the request this answers, copied.")
+    trial_id: str = Field(min_length=1, description="The trial_id of the request this answers, copied.")
+    status: Literal["completed", "failed"] = Field(
+        description="completed: with at least one metric in measurements; failed: with an error.",
+    )
+    measurements: dict[str, Measurement | None] = Field(
+        default_factory=dict,
+        description='Metric name to a number (the mean), {"mean": m, "sem": s}, or null (not measured this time).',
+    )
+    error: str | None = Field(default=None, description="Why the trial failed, one line; required when failed.")
 
     @property
     def measured(self) -> dict[str, Measurement]:
