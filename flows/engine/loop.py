@@ -19,7 +19,6 @@ suggests ``batch_size`` trials only when none is in flight, and waits for the wh
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,17 +42,17 @@ from campaigns import (
     TrialRecord,
     TrialsSuggested,
     fold,
-    utcnow,
 )
+from campaigns.command import Command
 from campaigns.errors import BrokerError
 from campaigns.identity import request_id as new_request_id
-from devices import MqttDeviceHub, RunTrial
+from devices.messages import RunTrial
 from flows.engine.ahead import OptimizerThread
 from flows.engine.commands import events_for
 from flows.engine.outcomes import Outcomes
+from flows.engine.ports import Clock, CommandInbox, DeviceHub, EventLog, SystemClock
 from flows.engine.writer import EventWriter
 from optimizer import AxOptimizer
-from storage import Command, MongoCommandInbox, MongoEventStore
 
 __all__ = ["CampaignLoop", "LoopOptions", "Optimizer"]
 
@@ -86,6 +85,9 @@ class LoopOptions:
     max_runtime_s: float | None = None
     resend_min_interval_s: float = 5.0
     command_poll_s: float = 0.5
+    # False: every optimizer call runs in the loop's own thread, in order (deterministic runs
+    # on a manual clock; nothing is computed while the loop waits on devices).
+    optimizer_in_thread: bool = True
 
 
 class ApprovalNotifier(Protocol):
@@ -107,11 +109,11 @@ class CampaignLoop(Outcomes):
     Args:
         campaign_id: The campaign to run; it must exist in ``store``.
         store: The event log.
-        hub: Connected MQTT device hub (persistent session, stable client id).
+        hub: The connected device hub (MQTT: persistent session, stable client id).
         make_optimizer: ``(spec, trials) -> Optimizer``, rebuilding the optimizer from the log.
         options: Loop tuning.
-        clock: Monotonic clock (seconds) for trial deadlines, injected for tests.
-        wallclock: UTC clock for the campaign's ``max_hours``, injected for tests.
+        clock: Monotonic seconds for trial deadlines and UTC time for the campaign's
+            ``max_hours`` (a manual clock in tests).
         run_info: ``host``, ``pid`` and ``flow_run_id`` recorded in ``RunStarted``.
         lease_lost: Returns the exception to stop on once the campaign's lease was lost.
         inbox: Where people's commands (approve, change, pause, stop) arrive.
@@ -123,22 +125,23 @@ class CampaignLoop(Outcomes):
     def __init__(
         self,
         campaign_id: str,
-        store: MongoEventStore,
-        hub: MqttDeviceHub,
+        store: EventLog,
+        hub: DeviceHub,
         make_optimizer: Callable[[CampaignSpec, Iterable[TrialRecord]], Optimizer] = AxOptimizer.rebuild,
         options: LoopOptions | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wallclock: Callable[[], datetime] = utcnow,
+        clock: Clock | None = None,
         run_info: dict[str, object] | None = None,
         lease_lost: Callable[[], BaseException | None] = lambda: None,
-        inbox: MongoCommandInbox | None = None,
+        inbox: CommandInbox | None = None,
         notifier: ApprovalNotifier | None = None,
         script: CommandScript | None = None,
     ) -> None:
         self.campaign_id = campaign_id
         self.store, self.hub = store, hub
         self.options = options or LoopOptions()
-        self.clock, self.wallclock = clock, wallclock
+        clock = clock or SystemClock()
+        self.clock: Callable[[], float] = clock.monotonic
+        self.wallclock: Callable[[], datetime] = clock.now
         self.run_info = run_info or {}
         self._lease_lost = lease_lost
         self._make_optimizer = make_optimizer
@@ -151,7 +154,7 @@ class CampaignLoop(Outcomes):
         self.script = script
         self._script_refused: set[str] = set()
         self._next_command_poll = 0.0
-        self._worker: OptimizerThread[Optimizer] = OptimizerThread(self.hub.wake)
+        self._worker: OptimizerThread[Optimizer] = self._new_worker()
         self._start_outcomes()
 
     # -- the loop ----------------------------------------------------------------------------
@@ -168,7 +171,7 @@ class CampaignLoop(Outcomes):
             )
         if self.state.status in ("finished", "paused"):
             return self.state
-        self._worker = OptimizerThread(self.hub.wake)
+        self._worker = self._new_worker()
         try:
             return self._run()
         finally:
@@ -234,6 +237,9 @@ class CampaignLoop(Outcomes):
             if self.options.max_runtime_s is not None and self.clock() - started > self.options.max_runtime_s:
                 self._end_run()
                 return self.state
+
+    def _new_worker(self) -> OptimizerThread[Optimizer]:
+        return OptimizerThread(self.hub.wake, threaded=self.options.optimizer_in_thread)
 
     def _spec(self) -> CampaignSpec:
         assert self.state.spec is not None

@@ -38,20 +38,20 @@ from campaigns import (
     utcnow,
 )
 from campaigns import MessageRejected as MessageRejectedEvent
-from devices import (
+from devices.events import (
     ConnectionLost,
     ConnectionRestored,
     MessageRejected,
-    MqttDeviceHub,
     ResultReceived,
     StatusChanged,
-    TrialResult,
 )
+from devices.messages import TrialResult
 from flows.engine.rejections import RejectionBudget, kind_of
 from flows.engine.writer import EventWriter
 
 if TYPE_CHECKING:
     from flows.engine.ahead import OptimizerThread
+    from flows.engine.ports import DeviceHub
 
 __all__ = ["Outcomes"]
 
@@ -84,7 +84,7 @@ class Outcomes:
 
     state: CampaignState
     writer: EventWriter
-    hub: MqttDeviceHub
+    hub: DeviceHub
     clock: Callable[[], float]
     _deadlines: dict[str, float]
     _answered: set[str]
