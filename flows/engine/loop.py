@@ -356,11 +356,12 @@ class CampaignLoop(Outcomes):
         # A device whose status does not announce a metric the campaign needs gets nothing.
         statuses = self.hub.devices()
         busy = self.state.busy_devices()
+        needed = self._needed(spec)
         return [
             d.id for d in spec.devices
             if d.id not in busy and (s := statuses.get(d.id)) is not None
             and (s.state == "idle" or (s.state == "busy" and d.id in self._answered))
-            and self._suits(d.id, s.measures, spec)
+            and (all(m in s.measures for m in needed) or self._suits(d.id, s.measures, spec))
         ]
 
     def _dispatch(self, spec: CampaignSpec) -> list[TrialRecord]:
@@ -370,8 +371,10 @@ class CampaignLoop(Outcomes):
         if suggested:
             self.writer.stage(TrialsSuggested(**self.writer.fields("optimizer"), trials=suggested))  # type: ignore[arg-type]
             self._ask(suggested)
-        free = self._free_devices(spec)
         queue = [t.trial_id for t in self.state.undispatched]
+        # Which devices are free matters only with trials to send, or to size an async suggestion.
+        wants_free = bool(queue) or (spec.dispatch != "batch" and not self._worker.computing)
+        free = self._free_devices(spec) if wants_free else []
         n = self._wanted(spec, len(free), len(queue))
         if n > 0:
             # Computed in the worker thread, after every result told to the optimizer so far;

@@ -294,7 +294,8 @@ class MemoryDeviceHub:
 
     def _status(self, device_id: str, status: DeviceStatus) -> None:
         with self._cond:
-            changed = self._statuses.get(device_id) != status
+            last = self._statuses.get(device_id)
+            changed = last is not status and last != status
             self._statuses[device_id] = status
         if changed:
             self._put(StatusChanged(device_id=device_id, status=status, received_at=self.clock.now()))
@@ -390,6 +391,7 @@ class MemoryInstrument:
         self.executions: dict[str, int] = {}
         """Runs started per request id."""
         self._state = "offline"
+        self._statuses: dict[str, DeviceStatus] = {}
         self._running = False
         self._online = False
 
@@ -416,8 +418,11 @@ class MemoryInstrument:
 
     def _announce(self, state: str) -> None:
         self._state = state
-        self.hub._status(self.device_id, DeviceStatus(state=state, device_id=self.device_id,  # type: ignore[arg-type]
-                                                      measures=self.measures))
+        status = self._statuses.get(state)
+        if status is None:  # frozen: one per state will do
+            status = self._statuses[state] = DeviceStatus(state=state, device_id=self.device_id,  # type: ignore[arg-type]
+                                                          measures=self.measures)
+        self.hub._status(self.device_id, status)
 
     def _next(self) -> None:
         while self._online and not self._running and self._queue:
