@@ -25,17 +25,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tabulate import tabulate  # noqa: E402
+from tabulate import tabulate
 
-from campaigns import CampaignCreated, CampaignSpec, Measurement, SuggestedTrial, TrialRecord  # noqa: E402
-from flows.engine.loop import CampaignLoop, LoopOptions  # noqa: E402
-from flows.engine.memory import ManualClock, MemoryEventLog  # noqa: E402
-from flows.engine.memory_hub import MemoryDeviceHub  # noqa: E402
-from flows.engine.ports import Clock, SystemClock  # noqa: E402
-from optimizer import AxOptimizer  # noqa: E402
-from simulators.catalog import SIMULATORS  # noqa: E402
-
-from benchmarks._stack import Stack, branin_spec, run_campaign  # noqa: E402
+from benchmarks._stack import Stack, branin_spec, run_campaign
+from campaigns import (
+    CampaignCreated,
+    CampaignSpec,
+    Measurement,
+    SuggestedTrial,
+    TrialRecord,
+)
+from flows.engine.loop import CampaignLoop, LoopOptions
+from flows.engine.memory import ManualClock, MemoryEventLog
+from flows.engine.memory_hub import MemoryDeviceHub
+from flows.engine.ports import Clock, SystemClock
+from optimizer import AxOptimizer
+from simulators.catalog import SIMULATORS
 
 
 @dataclass

@@ -140,13 +140,14 @@ class CampaignLoop(Outcomes):
         self.store, self.hub = store, hub
         self.options = options or LoopOptions()
         clock = clock or SystemClock()
+        self._clock = clock
         self.clock: Callable[[], float] = clock.monotonic
         self.wallclock: Callable[[], datetime] = clock.now
         self.run_info = run_info or {}
         self._lease_lost = lease_lost
         self._make_optimizer = make_optimizer
         self.state = CampaignState()
-        self.writer = EventWriter(store, self.state)
+        self.writer = self._writer_for(store)
         self._deadlines: dict[str, float] = {}
         self._last_resend: dict[str, float] = {}
         self._answered: set[str] = set()  # devices whose last status predates their last result
@@ -162,7 +163,7 @@ class CampaignLoop(Outcomes):
     def run(self) -> CampaignState:
         """Run until the campaign finishes or pauses (or ``max_runtime_s``); returns the state."""
         self.state = fold(self.store.read(self.campaign_id))
-        self.writer = EventWriter(self.store, self.state)
+        self.writer = self._writer_for(self.store)
         spec = self.state.spec
         if spec is None:
             raise CampaignNotFoundError(
@@ -237,6 +238,10 @@ class CampaignLoop(Outcomes):
             if self.options.max_runtime_s is not None and self.clock() - started > self.options.max_runtime_s:
                 self._end_run()
                 return self.state
+
+    def _writer_for(self, store: EventLog) -> EventWriter:
+        # Back-off through a database outage waits on the loop's clock.
+        return EventWriter(store, self.state, sleep=self._clock.sleep, clock=self._clock.monotonic)
 
     def _new_worker(self) -> OptimizerThread[Optimizer]:
         return OptimizerThread(self.hub.wake, threaded=self.options.optimizer_in_thread)

@@ -16,7 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from campaigns import AppendConflictError, EventBase, StorageError, utcnow
+from campaigns import (
+    AppendConflictError,
+    EventBase,
+    StorageError,
+    StorageUnavailableError,
+    utcnow,
+)
 from campaigns.command import Command, CommandKind
 from campaigns.events import Event, event_from_doc, event_to_doc
 from campaigns.summary import CampaignSummary
@@ -39,6 +45,13 @@ class MemoryEventLog:
         self._logs: dict[str, dict[int, _Entry]] = {}
         self._last: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._outage: list[bool] = []
+
+    def go_down(self, appends: int, *, land: bool = False) -> None:
+        """The next ``appends`` appends raise ``StorageUnavailableError``, as a database that is
+        away does; ``land``: each is written first (its acknowledgement was lost)."""
+        with self._lock:
+            self._outage = [land] * appends
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -60,6 +73,9 @@ class MemoryEventLog:
             if event.seq != first + i:
                 raise ValueError(f"seqs of one append must be contiguous: expected {first + i}, got {event.seq}")
         with self._lock:
+            down = self._outage.pop(0) if self._outage else None
+            if down is False:
+                raise StorageUnavailableError("the (in-memory) database is away", "retry the same append")
             log = self._logs.setdefault(campaign_id, {})
             if first > 1 and not after_own_write and (first - 1) not in log:
                 raise ValueError(f"campaign {campaign_id!r}: appending seq {first} would leave a gap"
@@ -71,9 +87,12 @@ class MemoryEventLog:
                     self._last[campaign_id] = max(self._last.get(campaign_id, 0), event.seq)
                 elif there is not event and _doc(there) != event_to_doc(event):
                     written = event.seq - first
-                    landed = f" (the {written} event(s) before it were written)" if written else ""
-                    raise AppendConflictError(f"campaign {campaign_id!r}: seq {event.seq} is already in the log{landed}",
+                    before = f" (the {written} event(s) before it were written)" if written else ""
+                    raise AppendConflictError(f"campaign {campaign_id!r}: seq {event.seq} is already in the log{before}",
                                               _CONFLICT_HINT, campaign_id=campaign_id)
+            if down:
+                raise StorageUnavailableError("the (in-memory) database went away before acknowledging",
+                                              "retry the same append")
 
     def insert_document(self, doc: dict[str, Any]) -> None:
         """Store a document as it is, as another tool or a hand edit would write the collection.
@@ -274,6 +293,10 @@ class ManualClock:
             raise ValueError("a clock does not go back")
         with self._lock:
             self._seconds += seconds
+
+    def sleep(self, seconds: float) -> None:
+        """Waiting is advancing: nothing else happens meanwhile."""
+        self.advance(max(0.0, seconds))
 
     def advance_to(self, monotonic: float) -> None:
         """Move forward to ``monotonic`` seconds (no-op if it is already past)."""

@@ -103,6 +103,10 @@ class Clock(Protocol):
         """The current UTC time."""
         ...
 
+    def sleep(self, seconds: float) -> None:
+        """Let ``seconds`` pass (a back-off while the database is away)."""
+        ...
+
 
 class SystemClock:
     """The machine's clocks."""
@@ -114,3 +118,7 @@ class SystemClock:
     def now(self) -> datetime:
         """The current UTC time, at millisecond precision (what the log stores)."""
         return utcnow()
+
+    def sleep(self, seconds: float) -> None:
+        """``time.sleep``."""
+        time.sleep(seconds)
