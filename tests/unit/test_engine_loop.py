@@ -165,3 +165,24 @@ def test_failures_are_retried_then_the_campaign_pauses() -> None:
     assert len(paused) == 1 and paused[0].reason == "failure_rate" and "3 of 3 trials failed" in paused[0].detail
     assert events[-1] == paused[0] or not kinds(events, "TrialCompleted")
     assert fold(events).status == "paused"
+
+
+def test_a_run_that_dies_mid_campaign_is_resumed_from_the_log_and_nothing_runs_twice() -> None:
+    """The orchestrator dies (at the start of a pass, writing nothing more) with trials in flight
+    and results waiting unacknowledged; the instruments run on meanwhile. The next run folds the
+    log, asks the devices again with the same request ids (answered from their stores) and gets
+    the waiting results again: every trial completes once and every request ran once."""
+    rig = Rig(parse_spec({**OUTAGES, "budget": {"max_trials": 8}}))
+    sims = [rig.hub.instrument(d, "branin", {"duration_s": [0.3, 0.8], "seed": i + 1})
+            for i, d in enumerate(("sim-a", "sim-b"))]
+    first = rig.run(until=lambda ev: len(kinds(ev, "TrialCompleted")) >= 3 and bool(fold(ev).in_flight))
+    assert first.status == "running" and first.in_flight
+    rig.clock.advance(60)  # the instruments finish what they had: their results wait in the session
+    rig.hub.restart()  # the next orchestrator's connection, same session
+    state = rig.run()
+    events = rig.events()
+    assert state.finished_reason == "budget_exhausted" and state.count("completed") == 8
+    assert len(kinds(events, "RunStarted")) == 2 and kinds(events, "RequestResent")
+    assert Counter(e.trial_id for e in kinds(events, "TrialCompleted")) == Counter({str(i): 1 for i in range(8)})
+    assert all(n == 1 for s in sims for n in s.executions.values())
+    assert sum(len(s.executions) for s in sims) == 8
