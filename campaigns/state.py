@@ -122,6 +122,11 @@ class CampaignState:
     applied_commands: set[str] = field(default_factory=set)
     changes: int = 0
     approvals_requested: int = 0
+    # Indexes kept by apply(), so that a long campaign's loop pays per live trial, not per trial:
+    # the trials without an outcome yet (in suggestion order), the rejected count, request ids.
+    _live: dict[str, TrialRecord] = field(default_factory=dict, repr=False, compare=False)
+    _rejected: int = field(default=0, repr=False, compare=False)
+    _by_request: dict[str, TrialRecord] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def status(self) -> Literal["empty", "running", "paused", "finished"]:
@@ -139,17 +144,17 @@ class CampaignState:
     @property
     def in_flight(self) -> list[TrialRecord]:
         """Trials dispatched to a device and not yet answered."""
-        return [t for t in self.trials.values() if t.status == "running"]
+        return [t for t in self._live.values() if t.status == "running"]
 
     @property
     def undispatched(self) -> list[TrialRecord]:
         """Trials ready to be sent to a device: suggested, not waiting for approval."""
-        return [t for t in self.trials.values() if t.status == "suggested" and t.awaiting_approval is None]
+        return [t for t in self._live.values() if t.status == "suggested" and t.awaiting_approval is None]
 
     @property
     def budget_used(self) -> int:
         """Trials that count against ``max_trials``: every suggested trial but rejected ones."""
-        return sum(1 for t in self.trials.values() if t.status != "rejected")
+        return len(self.trials) - self._rejected
 
     def failure_rate_exceeded(self) -> str | None:
         """Why the failure policy says pause (failures since the last resume), or None."""
@@ -168,10 +173,7 @@ class CampaignState:
 
     def trial_by_request(self, request_id: str) -> TrialRecord | None:
         """The trial dispatched with this request id (any of its attempts), if any."""
-        for t in reversed(self.trials.values()):
-            if request_id in t.requests:
-                return t
-        return None
+        return self._by_request.get(request_id)
 
     def feasible(self, trial: TrialRecord) -> bool:
         """Whether a completed trial satisfies every outcome constraint (a constraint whose
@@ -233,7 +235,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             if s.trial_id in state.trials:
                 state.anomalies += 1
                 continue
-            state.trials[s.trial_id] = TrialRecord(
+            state.trials[s.trial_id] = state._live[s.trial_id] = TrialRecord(
                 trial_id=s.trial_id,
                 index=len(state.trials),
                 parameters=dict(s.parameters),
@@ -250,6 +252,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             if t.first_dispatch_seq is None:
                 t.first_dispatch_seq = event.seq
             t.requests[event.request_id] = event.device_id
+            state._by_request[event.request_id] = t
             t.attempts += 1
     elif isinstance(event, RequestResent):
         t = state.trials.get(event.trial_id)
@@ -277,6 +280,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             t.status, t.finished_at, t.measurements = "completed", event.time, dict(event.measurements)
             t.device_id, t.request_id = event.device_id, event.request_id
             state.window_completed += 1
+            state._live.pop(t.trial_id, None)
     elif isinstance(event, TrialFailed):
         t = state.trials.get(event.trial_id)
         if t is None or t.terminal:
@@ -285,6 +289,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             t.status, t.finished_at = "failed", event.time
             t.failure_reason, t.failure_detail = event.reason, event.detail
             state.window_failed += 1
+            state._live.pop(t.trial_id, None)
     elif isinstance(event, MessageRejected):
         state.rejected_messages += 1
     elif isinstance(event, MessagesRejected):
@@ -360,6 +365,8 @@ def _decide(state: CampaignState, event: ApprovalGiven | ApprovalRejected) -> No
         t.awaiting_approval, t.decided_by = None, event.actor
         if trial_id in event.rejected or (trial_id not in approved and trial_id not in edited):
             t.status, t.finished_at, t.failure_reason = "rejected", event.time, event.reason
+            state._live.pop(trial_id, None)
+            state._rejected += 1
         elif trial_id in edited:
             t.suggested_parameters = dict(t.parameters)
             t.parameters = {**t.parameters, **edited[trial_id]}

@@ -17,34 +17,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, MongoClient, WriteConcern
 
+from campaigns.command import Command, CommandKind
 from storage._errors import driver_errors
 from storage._query import _eq
 
 __all__ = ["Command", "MongoCommandInbox"]
-
-CommandKind = Literal["approve", "change", "pause", "stop"]
-
-
-class Command(BaseModel):
-    """A person's request for a campaign, waiting to be applied by its orchestrator."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    command_id: str
-    campaign_id: str
-    kind: CommandKind
-    payload: dict[str, Any]
-    by: str
-    reason: str
-    submitted_at: datetime
-    state: Literal["pending", "claimed", "applied", "refused", "withdrawn"] = "pending"
-    seq: int | None = None
-    error: str | None = None
 
 
 class MongoCommandInbox:

@@ -21,17 +21,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from pymongo import ASCENDING, DESCENDING, MongoClient, WriteConcern
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, ConfigurationError, DuplicateKeyError
 
 from campaigns.errors import AppendConflictError, StorageError
 from campaigns.events import Event, EventBase, event_from_doc, event_to_doc
+from campaigns.summary import CampaignSummary
 from storage._errors import driver_errors, short
 from storage._query import _eq
 from storage._uri import redact_uri
@@ -43,18 +43,6 @@ _INDEX_NAME = "campaign_id_seq_unique"
 _DUPLICATE_KEY = 11000
 _SOCKET_TIMEOUT_MS = 30_000
 _CONFLICT_HINT = "another closedloop process is writing this campaign; re-read the log"
-
-
-class CampaignSummary(BaseModel):
-    """One line of ``closedloop list``: what a campaign is and how far its log goes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    campaign_id: str
-    name: str
-    created_at: datetime
-    last_seq: int
-    finished: bool
 
 
 class MongoEventStore:

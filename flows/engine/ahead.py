@@ -10,6 +10,9 @@ has; when a suggestion is ready the worker wakes the loop (``wake``).
 An optimizer replaced by a rebuild (a person's decision or change) is retired: calls queued
 for it are skipped, a suggestion it was computing is discarded unlogged (it was made under
 the old spec), and :meth:`OptimizerThread.use` returns only once the worker has let go of it.
+
+``threaded=False`` runs every call at once in the caller's thread, in the same order and with
+the same error and retirement rules: a run on a manual clock is then deterministic.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ class OptimizerThread(Generic[O]):
 
     Args:
         wake: Called (from the worker thread) when a suggestion is ready.
+        threaded: False: run each call at once in the caller's thread instead.
     """
 
-    def __init__(self, wake: Callable[[], None]) -> None:
+    def __init__(self, wake: Callable[[], None], *, threaded: bool = True) -> None:
         self._wake = wake
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="closedloop-optimizer")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="closedloop-optimizer") if threaded else None
         self._optimizer: O | None = None
         self._generation = 0
         self._lock = threading.Lock()
@@ -108,7 +112,8 @@ class OptimizerThread(Generic[O]):
         with self._lock:
             self._generation += 1
         self._suggestion, self.computing = None, 0
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _submit(self, call: Callable[[], R], generation: int) -> Future[R | None]:
         # The caller's context (e.g. Prefect's flow run) goes with the call, so a suggestion
@@ -127,4 +132,8 @@ class OptimizerThread(Generic[O]):
                         self._error = exc  # a retired optimizer's error concerns nobody
                 return None
 
-        return self._pool.submit(guarded)
+        if self._pool is not None:
+            return self._pool.submit(guarded)
+        done: Future[R | None] = Future()
+        done.set_result(guarded())
+        return done

@@ -27,9 +27,9 @@ from campaigns import (
     IntParameter,
     apply_change,
 )
+from campaigns.command import Command
 from campaigns.state import OpenApproval
 from flows.engine.catalog import check_spec_devices
-from storage import Command
 
 __all__ = ["bind_approval", "change_problem", "decision_conflict", "events_for"]
 

@@ -19,7 +19,6 @@ suggests ``batch_size`` trials only when none is in flight, and waits for the wh
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,17 +42,17 @@ from campaigns import (
     TrialRecord,
     TrialsSuggested,
     fold,
-    utcnow,
 )
+from campaigns.command import Command
 from campaigns.errors import BrokerError
 from campaigns.identity import request_id as new_request_id
-from devices import MqttDeviceHub, RunTrial
+from devices.messages import RunTrial
 from flows.engine.ahead import OptimizerThread
 from flows.engine.commands import events_for
 from flows.engine.outcomes import Outcomes
+from flows.engine.ports import Clock, CommandInbox, DeviceHub, EventLog, SystemClock
 from flows.engine.writer import EventWriter
 from optimizer import AxOptimizer
-from storage import Command, MongoCommandInbox, MongoEventStore
 
 __all__ = ["CampaignLoop", "LoopOptions", "Optimizer"]
 
@@ -86,6 +85,9 @@ class LoopOptions:
     max_runtime_s: float | None = None
     resend_min_interval_s: float = 5.0
     command_poll_s: float = 0.5
+    # False: every optimizer call runs in the loop's own thread, in order (deterministic runs
+    # on a manual clock; nothing is computed while the loop waits on devices).
+    optimizer_in_thread: bool = True
 
 
 class ApprovalNotifier(Protocol):
@@ -107,11 +109,11 @@ class CampaignLoop(Outcomes):
     Args:
         campaign_id: The campaign to run; it must exist in ``store``.
         store: The event log.
-        hub: Connected MQTT device hub (persistent session, stable client id).
+        hub: The connected device hub (MQTT: persistent session, stable client id).
         make_optimizer: ``(spec, trials) -> Optimizer``, rebuilding the optimizer from the log.
         options: Loop tuning.
-        clock: Monotonic clock (seconds) for trial deadlines, injected for tests.
-        wallclock: UTC clock for the campaign's ``max_hours``, injected for tests.
+        clock: Monotonic seconds for trial deadlines and UTC time for the campaign's
+            ``max_hours`` (a manual clock in tests).
         run_info: ``host``, ``pid`` and ``flow_run_id`` recorded in ``RunStarted``.
         lease_lost: Returns the exception to stop on once the campaign's lease was lost.
         inbox: Where people's commands (approve, change, pause, stop) arrive.
@@ -123,27 +125,29 @@ class CampaignLoop(Outcomes):
     def __init__(
         self,
         campaign_id: str,
-        store: MongoEventStore,
-        hub: MqttDeviceHub,
+        store: EventLog,
+        hub: DeviceHub,
         make_optimizer: Callable[[CampaignSpec, Iterable[TrialRecord]], Optimizer] = AxOptimizer.rebuild,
         options: LoopOptions | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wallclock: Callable[[], datetime] = utcnow,
+        clock: Clock | None = None,
         run_info: dict[str, object] | None = None,
         lease_lost: Callable[[], BaseException | None] = lambda: None,
-        inbox: MongoCommandInbox | None = None,
+        inbox: CommandInbox | None = None,
         notifier: ApprovalNotifier | None = None,
         script: CommandScript | None = None,
     ) -> None:
         self.campaign_id = campaign_id
         self.store, self.hub = store, hub
         self.options = options or LoopOptions()
-        self.clock, self.wallclock = clock, wallclock
+        clock = clock or SystemClock()
+        self._clock = clock
+        self.clock: Callable[[], float] = clock.monotonic
+        self.wallclock: Callable[[], datetime] = clock.now
         self.run_info = run_info or {}
         self._lease_lost = lease_lost
         self._make_optimizer = make_optimizer
         self.state = CampaignState()
-        self.writer = EventWriter(store, self.state)
+        self.writer = self._writer_for(store)
         self._deadlines: dict[str, float] = {}
         self._last_resend: dict[str, float] = {}
         self._answered: set[str] = set()  # devices whose last status predates their last result
@@ -151,7 +155,7 @@ class CampaignLoop(Outcomes):
         self.script = script
         self._script_refused: set[str] = set()
         self._next_command_poll = 0.0
-        self._worker: OptimizerThread[Optimizer] = OptimizerThread(self.hub.wake)
+        self._worker: OptimizerThread[Optimizer] = self._new_worker()
         self._start_outcomes()
 
     # -- the loop ----------------------------------------------------------------------------
@@ -159,7 +163,7 @@ class CampaignLoop(Outcomes):
     def run(self) -> CampaignState:
         """Run until the campaign finishes or pauses (or ``max_runtime_s``); returns the state."""
         self.state = fold(self.store.read(self.campaign_id))
-        self.writer = EventWriter(self.store, self.state)
+        self.writer = self._writer_for(self.store)
         spec = self.state.spec
         if spec is None:
             raise CampaignNotFoundError(
@@ -168,7 +172,7 @@ class CampaignLoop(Outcomes):
             )
         if self.state.status in ("finished", "paused"):
             return self.state
-        self._worker = OptimizerThread(self.hub.wake)
+        self._worker = self._new_worker()
         try:
             return self._run()
         finally:
@@ -234,6 +238,13 @@ class CampaignLoop(Outcomes):
             if self.options.max_runtime_s is not None and self.clock() - started > self.options.max_runtime_s:
                 self._end_run()
                 return self.state
+
+    def _writer_for(self, store: EventLog) -> EventWriter:
+        # Back-off through a database outage waits on the loop's clock.
+        return EventWriter(store, self.state, sleep=self._clock.sleep, clock=self._clock.monotonic)
+
+    def _new_worker(self) -> OptimizerThread[Optimizer]:
+        return OptimizerThread(self.hub.wake, threaded=self.options.optimizer_in_thread)
 
     def _spec(self) -> CampaignSpec:
         assert self.state.spec is not None
@@ -350,11 +361,12 @@ class CampaignLoop(Outcomes):
         # A device whose status does not announce a metric the campaign needs gets nothing.
         statuses = self.hub.devices()
         busy = self.state.busy_devices()
+        needed = self._needed(spec)
         return [
             d.id for d in spec.devices
             if d.id not in busy and (s := statuses.get(d.id)) is not None
             and (s.state == "idle" or (s.state == "busy" and d.id in self._answered))
-            and self._suits(d.id, s.measures, spec)
+            and (all(m in s.measures for m in needed) or self._suits(d.id, s.measures, spec))
         ]
 
     def _dispatch(self, spec: CampaignSpec) -> list[TrialRecord]:
@@ -364,8 +376,10 @@ class CampaignLoop(Outcomes):
         if suggested:
             self.writer.stage(TrialsSuggested(**self.writer.fields("optimizer"), trials=suggested))  # type: ignore[arg-type]
             self._ask(suggested)
-        free = self._free_devices(spec)
         queue = [t.trial_id for t in self.state.undispatched]
+        # Which devices are free matters only with trials to send, or to size an async suggestion.
+        wants_free = bool(queue) or (spec.dispatch != "batch" and not self._worker.computing)
+        free = self._free_devices(spec) if wants_free else []
         n = self._wanted(spec, len(free), len(queue))
         if n > 0:
             # Computed in the worker thread, after every result told to the optimizer so far;

@@ -38,20 +38,20 @@ from campaigns import (
     utcnow,
 )
 from campaigns import MessageRejected as MessageRejectedEvent
-from devices import (
+from devices.events import (
     ConnectionLost,
     ConnectionRestored,
     MessageRejected,
-    MqttDeviceHub,
     ResultReceived,
     StatusChanged,
-    TrialResult,
 )
+from devices.messages import TrialResult
 from flows.engine.rejections import RejectionBudget, kind_of
 from flows.engine.writer import EventWriter
 
 if TYPE_CHECKING:
     from flows.engine.ahead import OptimizerThread
+    from flows.engine.ports import DeviceHub
 
 __all__ = ["Outcomes"]
 
@@ -84,7 +84,7 @@ class Outcomes:
 
     state: CampaignState
     writer: EventWriter
-    hub: MqttDeviceHub
+    hub: DeviceHub
     clock: Callable[[], float]
     _deadlines: dict[str, float]
     _answered: set[str]
@@ -95,6 +95,7 @@ class Outcomes:
     _watch: _RunWatch
     _skipped: dict[str, set[tuple[str, ...]]]
     _idle_resends: dict[str, int]
+    _needed_for: tuple[CampaignSpec, tuple[str, ...]] | None = None
 
     def _start_outcomes(self) -> None:
         """Per-run bookkeeping: rejection budget, what was heard, devices named as skipped."""
@@ -215,10 +216,16 @@ class Outcomes:
             for t in self.state.in_flight:
                 self._resend(t, "broker_reconnected", force=True)
 
+    def _needed(self, spec: CampaignSpec) -> tuple[str, ...]:
+        """``spec.metrics``, computed once per spec (it parses the outcome constraints)."""
+        if self._needed_for is None or self._needed_for[0] is not spec:
+            self._needed_for = (spec, tuple(spec.metrics))
+        return self._needed_for[1]
+
     def _suits(self, device_id: str, measures: list[str], spec: CampaignSpec) -> bool:
         """Whether a device's status announces every metric the campaign needs; names it (once
         per run and set of missing metrics) when it does not."""
-        missing = tuple(m for m in spec.metrics if m not in measures)
+        missing = tuple(m for m in self._needed(spec) if m not in measures)
         if not missing:
             return True
         named = self._skipped.setdefault(device_id, set())
@@ -286,10 +293,10 @@ class Outcomes:
         or a metric the campaign needs is null (not measured), missing or not announced."""
         if result.status == "failed":
             return "device_error", result.error or "device reported failure"
-        unmeasured = [m for m in spec.metrics if m in result.not_measured]
+        unmeasured = [m for m in self._needed(spec) if m in result.not_measured]
         if unmeasured:
             return "not_measured", f"the device reported {unmeasured[0]!r} as null (not measured); the campaign needs it"
-        missing = [m for m in spec.metrics if m not in measurements]
+        missing = [m for m in self._needed(spec) if m not in measurements]
         if missing:
             why = " (not among the metrics its status announces)" if missing[0] in ignored else ""
             return "invalid_result", f"result lacks metric {missing[0]!r}{why}"

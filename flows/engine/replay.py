@@ -40,8 +40,8 @@ from campaigns import (
     fold,
     utcnow,
 )
+from campaigns.command import Command
 from campaigns.events import ParameterValue
-from storage import Command
 
 __all__ = [
     "ReplayMode",

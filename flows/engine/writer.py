@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from campaigns import CampaignState, EventBase, StorageUnavailableError, apply
-from storage import MongoEventStore
+from flows.engine.ports import EventLog
 
 __all__ = ["EventWriter"]
 
@@ -40,7 +40,7 @@ class EventWriter:
 
     def __init__(
         self,
-        store: MongoEventStore,
+        store: EventLog,
         state: CampaignState,
         *,
         max_backoff_s: float = 10.0,

@@ -1,7 +1,9 @@
-"""The event-store contract: what every backend of ``MongoEventStore`` must honour.
+"""The storage contracts: what every event log and command inbox must honour.
 
-Runs against nx-27017 (embedded) by default, and against a real MongoDB when
-``CLOSEDLOOP_TEST_MONGODB_URI`` is set.
+Each test runs on every backend: ``MongoEventStore`` / ``MongoCommandInbox`` on nx-27017 (a real
+MongoDB when ``CLOSEDLOOP_TEST_MONGODB_URI`` is set) and the engine's in-memory classes
+(``MemoryEventLog`` / ``MemoryCommandInbox``). What only a database server can show (an
+unreachable server, a malformed URI) runs on MongoDB alone.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import threading
 import time
 import typing
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pymongo
 import pytest
-from pymongo.collection import Collection
 
 from campaigns import (
     AppendConflictError,
@@ -23,28 +26,65 @@ from campaigns import (
     StorageError,
     fold,
 )
-from storage import MongoEventStore, redact_uri
+from flows.engine.memory import MemoryCommandInbox, MemoryEventLog
+from storage import MongoCommandInbox, MongoEventStore, redact_uri
 from tests.conftest_mongo import sample_log
 
-RawEvents = Collection[dict[str, typing.Any]]
+Store = MongoEventStore | MemoryEventLog
+Inbox = MongoCommandInbox | MemoryCommandInbox
 
 
-@pytest.fixture
-def raw(store: MongoEventStore, mongo_uri: str) -> Iterator[Collection[dict[str, typing.Any]]]:
-    """The events collection through plain pymongo: another writer, or a hand edit."""
+@dataclass
+class Raw:
+    """The stored documents behind a store's back: another writer, or a hand edit."""
+
+    insert: Callable[[dict[str, typing.Any]], None]
+    documents: Callable[[str], list[dict[str, typing.Any]]]
+
+    def seqs(self, campaign_id: str) -> list[int]:
+        return sorted(d["seq"] for d in self.documents(campaign_id))
+
+    def doc(self, campaign_id: str, seq: int) -> dict[str, typing.Any] | None:
+        return next((d for d in self.documents(campaign_id) if d["seq"] == seq), None)
+
+
+@dataclass
+class Backend:
+    store: Store
+    raw: Raw
+    another_writer: Callable[[], Store]  # a second handle on the same log (its own connection)
+
+
+@pytest.fixture(params=["mongodb", "memory"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        log = MemoryEventLog()
+        yield Backend(log, Raw(log.insert_document, log.documents), lambda: log)
+        return
+    store: MongoEventStore = request.getfixturevalue("store")
+    mongo_uri: str = request.getfixturevalue("mongo_uri")
     client: pymongo.MongoClient[dict[str, typing.Any]] = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    coll = client[store.database]["events"]
     try:
-        yield client[store.database]["events"]
+        yield Backend(store, Raw(lambda d: coll.insert_one(dict(d)) and None,
+                                 lambda cid: list(coll.find({"campaign_id": cid}, {"_id": 0}))),
+                      lambda: MongoEventStore(mongo_uri, database=store.database))
     finally:
         client.close()
 
 
+@pytest.fixture
+def raw(backend: Backend) -> Raw:
+    return backend.raw
+
+
+@pytest.fixture
+def log_store(backend: Backend) -> Store:
+    return backend.store
+
+
 def _run(campaign_id: str, seq: int, actor: str = "orchestrator") -> RunStarted:
     return RunStarted(campaign_id=campaign_id, seq=seq, actor=actor, host="h", pid=seq)
-
-
-def _seqs(raw: Collection[dict[str, typing.Any]], campaign_id: str) -> list[int]:
-    return sorted(d["seq"] for d in raw.find({"campaign_id": campaign_id}, {"seq": 1}))
 
 
 def test_public_names() -> None:
@@ -58,11 +98,11 @@ def test_public_names() -> None:
         assert getattr(storage, name).__doc__, name
 
 
-def test_round_trip_gives_back_every_kind_of_event_equal(store: MongoEventStore) -> None:
+def test_round_trip_gives_back_every_kind_of_event_equal(log_store: Store) -> None:
     log = sample_log("c-1")
-    store.append(log[:1])  # one event: insert_one
-    store.append(log[1:])  # a batch: ordered insert_many
-    back = store.read("c-1")
+    log_store.append(log[:1])  # one event: insert_one
+    log_store.append(log[1:])  # a batch: ordered insert_many
+    back = log_store.read("c-1")
     assert back == log
     kinds = {a.__name__ for a in typing.get_args(typing.get_args(Event)[0])}
     assert {type(e).__name__ for e in back} == kinds
@@ -71,10 +111,10 @@ def test_round_trip_gives_back_every_kind_of_event_equal(store: MongoEventStore)
     assert fold(back).spec.batch_size == 3
 
 
-def test_stored_documents_keep_booleans_and_times_as_written(store: MongoEventStore, raw: RawEvents) -> None:
+def test_stored_documents_keep_booleans_and_times_as_written(log_store: Store, raw: Raw) -> None:
     log = sample_log("c-1")
-    store.append(log)
-    doc = raw.find_one({"campaign_id": "c-1", "seq": 1}, {"_id": 0})
+    log_store.append(log)
+    doc = raw.doc("c-1", 1)
     assert doc is not None
     assert doc["spec"]["objectives"][0]["minimize"] is True
     assert doc["spec"]["parameters"][0]["log_scale"] is False
@@ -83,67 +123,68 @@ def test_stored_documents_keep_booleans_and_times_as_written(store: MongoEventSt
     assert doc["kind"] == "CampaignCreated"
 
 
-def test_read_is_in_seq_order_and_after_seq_skips_the_prefix_and_limit_caps(store: MongoEventStore) -> None:
+def test_read_is_in_seq_order_and_after_seq_skips_the_prefix_and_limit_caps(log_store: Store) -> None:
     log = sample_log("c-1")
     for e in log:
-        store.append([e])
-    assert [e.seq for e in store.read("c-1")] == list(range(1, len(log) + 1))
-    assert store.read("c-1", after_seq=5) == log[5:]
-    assert store.read("c-1", after_seq=len(log)) == []
-    assert store.read("c-1", limit=1) == log[:1] and store.read("c-1", after_seq=2, limit=2) == log[2:4]
-    assert store.read("nobody") == []
+        log_store.append([e])
+    assert [e.seq for e in log_store.read("c-1")] == list(range(1, len(log) + 1))
+    assert log_store.read("c-1", after_seq=5) == log[5:]
+    assert log_store.read("c-1", after_seq=len(log)) == []
+    assert log_store.read("c-1", limit=1) == log[:1] and log_store.read("c-1", after_seq=2, limit=2) == log[2:4]
+    assert log_store.read("nobody") == []
 
 
-def test_last_seq_and_exists(store: MongoEventStore) -> None:
-    assert store.last_seq("c-1") == 0
-    assert not store.exists("c-1")
-    store.append(sample_log("c-1"))
-    store.append([_run("c-2", 1)])
-    assert store.last_seq("c-1") == len(sample_log("c-1"))
-    assert store.last_seq("c-2") == 1
-    assert store.exists("c-1") and store.exists("c-2")
+def test_last_seq_and_exists(log_store: Store) -> None:
+    assert log_store.last_seq("c-1") == 0
+    assert not log_store.exists("c-1")
+    log_store.append(sample_log("c-1"))
+    log_store.append([_run("c-2", 1)])
+    assert log_store.last_seq("c-1") == len(sample_log("c-1"))
+    assert log_store.last_seq("c-2") == 1
+    assert log_store.exists("c-1") and log_store.exists("c-2")
 
 
-def test_appending_a_taken_seq_raises_conflict_and_leaves_the_log_unchanged(store: MongoEventStore) -> None:
+def test_appending_a_taken_seq_raises_conflict_and_leaves_the_log_unchanged(log_store: Store) -> None:
     log = sample_log("c-1")
-    store.append(log[:3])
+    log_store.append(log[:3])
     with pytest.raises(AppendConflictError) as info:
-        store.append([_run("c-1", 3, actor="user:intruder")])
+        log_store.append([_run("c-1", 3, actor="user:intruder")])
     assert "c-1" in str(info.value) and "seq 3" in str(info.value)
     assert "re-read the log" in info.value.hint
     assert info.value.campaign_id == "c-1"
     with pytest.raises(AppendConflictError):
-        store.append([_run("c-1", 3), _run("c-1", 4)])  # the batch stops at its first event
-    assert store.read("c-1") == log[:3]
-    store.append(log[3:])
-    assert store.read("c-1") == log
+        log_store.append([_run("c-1", 3), _run("c-1", 4)])  # the batch stops at its first event
+    assert log_store.read("c-1") == log[:3]
+    log_store.append(log[3:])
+    assert log_store.read("c-1") == log
 
 
-def test_appends_that_would_break_contiguity_are_programming_errors(store: MongoEventStore) -> None:
-    store.append([_run("c-1", 1)])
+def test_appends_that_would_break_contiguity_are_programming_errors(log_store: Store) -> None:
+    log_store.append([_run("c-1", 1)])
     with pytest.raises(ValueError, match="gap"):
-        store.append([_run("c-1", 3)])
+        log_store.append([_run("c-1", 3)])
     with pytest.raises(ValueError, match="contiguous"):
-        store.append([_run("c-1", 2), _run("c-1", 4)])
+        log_store.append([_run("c-1", 2), _run("c-1", 4)])
     with pytest.raises(ValueError, match="c-2"):
-        store.append([_run("c-1", 2), _run("c-2", 3)])
-    store.append([])
-    assert [e.seq for e in store.read("c-1")] == [1]
+        log_store.append([_run("c-1", 2), _run("c-2", 3)])
+    log_store.append([])
+    assert [e.seq for e in log_store.read("c-1")] == [1]
 
 
-def test_a_batch_cut_by_a_foreign_write_lands_as_a_contiguous_prefix(store: MongoEventStore, raw: RawEvents) -> None:
-    store.append([_run("c-1", 1), _run("c-1", 2), _run("c-1", 3)])
-    raw.insert_one(dict(_run("c-1", 5, actor="user:foreign").model_dump(mode="json")))  # bypasses the store
+def test_a_batch_cut_by_a_foreign_write_lands_as_a_contiguous_prefix(log_store: Store, raw: Raw) -> None:
+    log_store.append([_run("c-1", 1), _run("c-1", 2), _run("c-1", 3)])
+    raw.insert(dict(_run("c-1", 5, actor="user:foreign").model_dump(mode="json")))  # bypasses the store
     with pytest.raises(AppendConflictError, match="seq 5") as info:
-        store.append([_run("c-1", 4), _run("c-1", 5), _run("c-1", 6)])
+        log_store.append([_run("c-1", 4), _run("c-1", 5), _run("c-1", 6)])
     assert "1 event(s) before it were written" in str(info.value)
-    assert _seqs(raw, "c-1") == [1, 2, 3, 4, 5]
-    assert store.read("c-1")[4].actor == "user:foreign"
+    assert raw.seqs("c-1") == [1, 2, 3, 4, 5]
+    assert log_store.read("c-1")[4].actor == "user:foreign"
 
 
-def test_two_writers_racing_for_the_same_seq_exactly_one_wins(store: MongoEventStore, mongo_uri: str) -> None:
+def test_two_writers_racing_for_the_same_seq_exactly_one_wins(backend: Backend) -> None:
     rounds = 20
-    stores = [store, MongoEventStore(mongo_uri, database=store.database)]
+    log_store = backend.store
+    stores = [log_store, backend.another_writer()]
     wins: list[list[int]] = [[], []]
     conflicts: list[list[int]] = [[], []]
     barrier = threading.Barrier(2)
@@ -165,17 +206,17 @@ def test_two_writers_racing_for_the_same_seq_exactly_one_wins(store: MongoEventS
     stores[1].close()
     assert sorted(wins[0] + wins[1]) == list(range(1, rounds + 1))
     assert sorted(conflicts[0] + conflicts[1]) == list(range(1, rounds + 1))
-    log = store.read("race")
+    log = log_store.read("race")
     assert [e.seq for e in log] == list(range(1, rounds + 1))
     assert [e.actor for e in log] == [f"user:w{0 if s in wins[0] else 1}" for s in range(1, rounds + 1)]
 
 
-def test_list_campaigns(store: MongoEventStore) -> None:
-    assert store.list_campaigns() == []
-    store.append(sample_log("c-done", finished=True))
-    store.append(sample_log("c-live", finished=False))
-    store.append([_run("c-orphan", 1)])  # no CampaignCreated: not a campaign
-    summaries = {s.campaign_id: s for s in store.list_campaigns()}
+def test_list_campaigns(log_store: Store) -> None:
+    assert log_store.list_campaigns() == []
+    log_store.append(sample_log("c-done", finished=True))
+    log_store.append(sample_log("c-live", finished=False))
+    log_store.append([_run("c-orphan", 1)])  # no CampaignCreated: not a campaign
+    summaries = {s.campaign_id: s for s in log_store.list_campaigns()}
     assert set(summaries) == {"c-done", "c-live"}
     assert summaries["c-done"].finished and summaries["c-done"].last_seq == len(sample_log("c-done"))
     assert not summaries["c-live"].finished and summaries["c-live"].last_seq == len(sample_log("c-live", finished=False))
@@ -183,14 +224,14 @@ def test_list_campaigns(store: MongoEventStore) -> None:
     assert summaries["c-live"].created_at == sample_log("c-live")[0].time
 
 
-def test_a_document_that_no_longer_parses_gives_storage_error(store: MongoEventStore, raw: RawEvents) -> None:
-    store.append([_run("c-1", 1)])
+def test_a_document_that_no_longer_parses_gives_storage_error(log_store: Store, raw: Raw) -> None:
+    log_store.append([_run("c-1", 1)])
     alien = {"campaign_id": "c-1", "seq": 2, "kind": "TrialTeleported", "actor": "x", "time": "2026-01-01T00:00:00Z"}
-    raw.insert_one(alien)
+    raw.insert(alien)
     with pytest.raises(StorageError, match=r"'c-1'.*seq 2") as info:
-        store.read("c-1")
+        log_store.read("c-1")
     assert info.value.campaign_id == "c-1"
-    assert [e.seq for e in store.read("c-1", after_seq=2)] == []
+    assert [e.seq for e in log_store.read("c-1", after_seq=2)] == []
 
 
 def test_unreachable_server_gives_one_line_storage_error_without_the_password() -> None:
@@ -230,36 +271,98 @@ def test_redact_uri(uri: str, shown: str) -> None:
 # -- retrying an append whose acknowledgement was lost ------------------------------------------
 
 
-def test_appending_the_same_events_again_is_a_silent_no_op(store: MongoEventStore, raw: RawEvents) -> None:
+def test_appending_the_same_events_again_is_a_silent_no_op(log_store: Store, raw: Raw) -> None:
     log = sample_log("c-1")  # floats such as 0.1 + 0.2, booleans, nested documents
-    store.append(log[:1])
-    store.append(log[:1])  # insert_one path
-    store.append(log[1:])
-    store.append(log[1:])  # insert_many path
-    store.append(log)  # the whole log again, from seq 1
-    assert store.read("c-1") == log
-    assert _seqs(raw, "c-1") == list(range(1, len(log) + 1))
+    log_store.append(log[:1])
+    log_store.append(log[:1])  # insert_one path
+    log_store.append(log[1:])
+    log_store.append(log[1:])  # insert_many path
+    log_store.append(log)  # the whole log again, from seq 1
+    assert log_store.read("c-1") == log
+    assert raw.seqs("c-1") == list(range(1, len(log) + 1))
 
 
-def test_a_retry_after_a_partial_batch_appends_the_rest(store: MongoEventStore, raw: RawEvents) -> None:
+def test_a_retry_after_a_partial_batch_appends_the_rest(log_store: Store, raw: Raw) -> None:
     events = [_run("c-1", seq) for seq in range(1, 6)]
-    store.append(events[:2])  # what a batch cut by a crash leaves: a prefix
-    store.append(events)
-    assert store.read("c-1") == events
-    assert _seqs(raw, "c-1") == [1, 2, 3, 4, 5]
+    log_store.append(events[:2])  # what a batch cut by a crash leaves: a prefix
+    log_store.append(events)
+    assert log_store.read("c-1") == events
+    assert raw.seqs("c-1") == [1, 2, 3, 4, 5]
 
 
-def test_a_different_event_at_a_taken_seq_is_still_a_conflict(store: MongoEventStore, raw: RawEvents) -> None:
+def test_a_different_event_at_a_taken_seq_is_still_a_conflict(log_store: Store, raw: Raw) -> None:
     first = _run("c-1", 1)
-    store.append([first])
+    log_store.append([first])
     later = first.model_copy(update={"time": first.time.replace(microsecond=(first.time.microsecond + 1) % 10**6)})
     with pytest.raises(AppendConflictError, match="seq 1 is already in the log"):
-        store.append([later])  # the same event but another time: not our earlier write
+        log_store.append([later])  # the same event but another time: not our earlier write
     events = [first, *(_run("c-1", seq) for seq in (2, 3, 4))]
-    raw.insert_one(dict(_run("c-1", 3, actor="user:foreign").model_dump(mode="json")))  # after a prefix of ours
-    store.append(events[1:2])
+    raw.insert(dict(_run("c-1", 3, actor="user:foreign").model_dump(mode="json")))  # after a prefix of ours
+    log_store.append(events[1:2])
     with pytest.raises(AppendConflictError, match="seq 3") as info:
-        store.append(events)
+        log_store.append(events)
     assert "2 event(s) before it were written" in str(info.value)
-    assert _seqs(raw, "c-1") == [1, 2, 3]
-    assert store.read("c-1")[2].actor == "user:foreign"
+    assert raw.seqs("c-1") == [1, 2, 3]
+    assert log_store.read("c-1")[2].actor == "user:foreign"
+
+
+# -- the command inbox ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["mongodb", "memory"])
+def inbox(request: pytest.FixtureRequest) -> Iterator[Inbox]:
+    if request.param == "memory":
+        yield MemoryCommandInbox()
+        return
+    mongo_uri: str = request.getfixturevalue("mongo_uri")
+    database = f"cl_test_{uuid.uuid4().hex[:12]}"
+    with MongoCommandInbox(mongo_uri, database=database) as mongo:
+        yield mongo
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    try:
+        client.drop_database(database)
+    finally:
+        client.close()
+
+
+def test_submitted_commands_are_pending_oldest_first_per_campaign(inbox: Inbox) -> None:
+    first = inbox.submit("c-1", "pause", {}, by="ana", reason="lunch")
+    time.sleep(0.002)  # submitted_at has millisecond precision: two distinct instants, in order
+    second = inbox.submit("c-1", "approve", {"approval_id": "a0", "approved": ["0"]}, by="bo", reason="ok",
+                          command_id="mine")
+    inbox.submit("c-2", "stop", {}, by="ana", reason="done")
+    pending = inbox.pending("c-1")
+    assert [c.command_id for c in pending] == [first.command_id, "mine"]
+    assert pending[1] == second and pending[1].payload == {"approval_id": "a0", "approved": ["0"]}
+    assert pending[1].state == "pending" and pending[1].by == "bo" and pending[1].reason == "ok"
+    assert [c.kind for c in inbox.pending("c-2")] == ["stop"]
+    assert inbox.pending("nobody") == []
+
+
+def test_a_claimed_command_stays_pending_until_applied_or_refused(inbox: Inbox) -> None:
+    a = inbox.submit("c-1", "pause", {}, by="ana", reason="r")
+    b = inbox.submit("c-1", "stop", {}, by="ana", reason="r")
+    assert inbox.claim(a.command_id) and inbox.claim(a.command_id)  # claimed again after a crash
+    assert [c.state for c in inbox.pending("c-1")] == ["claimed", "pending"]
+    inbox.applied(a.command_id, 42)
+    assert inbox.claim(b.command_id)
+    inbox.refused(b.command_id, "the campaign is finished")
+    assert inbox.pending("c-1") == []
+    applied, refused = inbox.get(a.command_id), inbox.get(b.command_id)
+    assert applied is not None and applied.state == "applied" and applied.seq == 42
+    assert refused is not None and refused.state == "refused" and refused.error == "the campaign is finished"
+    assert not inbox.claim(a.command_id) and not inbox.claim(b.command_id)
+
+
+def test_a_command_is_withdrawn_only_while_pending_and_then_never_claimed(inbox: Inbox) -> None:
+    a = inbox.submit("c-1", "pause", {}, by="ana", reason="r")
+    b = inbox.submit("c-1", "stop", {}, by="ana", reason="r")
+    assert inbox.withdraw(a.command_id)
+    assert not inbox.claim(a.command_id) and not inbox.withdraw(a.command_id)
+    assert inbox.claim(b.command_id)
+    assert not inbox.withdraw(b.command_id)  # claimed: the orchestrator applies it
+    assert not inbox.withdraw("never-submitted") and not inbox.claim("never-submitted")
+    assert inbox.get("never-submitted") is None
+    assert [c.command_id for c in inbox.pending("c-1")] == [b.command_id]
+    withdrawn = inbox.get(a.command_id)
+    assert withdrawn is not None and withdrawn.state == "withdrawn"

@@ -1,19 +1,14 @@
-"""Suggestions computed ahead (async dispatch) and batch-synchronous dispatch, on a real
-Mosquitto and a MongoDB-wire log; and the optimizer thread's ordering and retirement rules."""
+"""Suggestions computed ahead (async dispatch) and batch-synchronous dispatch, in the engine on
+its in-memory backends (formerly on a real Mosquitto and a MongoDB-wire log); and the optimizer
+thread's ordering and retirement rules, threaded and inline."""
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
-import uuid
-from collections.abc import Iterator
-from functools import partial
 
 import pytest
 
 from campaigns import (
-    CampaignCreated,
     CampaignSpec,
     Measurement,
     OptimizerError,
@@ -23,12 +18,9 @@ from campaigns import (
     fold,
     parse_spec,
 )
-from devices import MqttDeviceHub, MqttSettings
 from flows.engine.ahead import OptimizerThread
-from flows.engine.loop import CampaignLoop
 from optimizer import AxOptimizer
-from simulators import SimInstrument
-from storage import MongoEventStore
+from tests.unit.engine_rig import Rig
 
 
 def spec(**extra: object) -> CampaignSpec:
@@ -43,31 +35,21 @@ def spec(**extra: object) -> CampaignSpec:
     })
 
 
-@pytest.fixture
-def store(mongo_uri: str) -> Iterator[MongoEventStore]:
-    with MongoEventStore(mongo_uri, database=f"cl_ahead_{uuid.uuid4().hex[:8]}") as s:
-        yield s
-
-
-def run(store: MongoEventStore, url: str, campaign: CampaignSpec, duration_s: list[float],
-        reason: str = "budget_exhausted") -> list:  # type: ignore[type-arg]
-    store.append([CampaignCreated(campaign_id=campaign.name, seq=1, actor="user:test", spec=campaign)])
-    mqtt = MqttSettings(url=url, prefix=f"t-{uuid.uuid4().hex[:8]}")
-    with SimInstrument("dev-a", "branin", {"duration_s": duration_s, "seed": 1}, mqtt), \
-         SimInstrument("dev-b", "branin", {"duration_s": duration_s, "seed": 2}, mqtt), \
-         MqttDeviceHub(mqtt, client_id=f"hub-{uuid.uuid4().hex[:6]}") as hub:
-        state = CampaignLoop(campaign.name, store, hub, make_optimizer=partial(AxOptimizer.rebuild, threads=1),
-                             run_info={"host": socket.gethostname(), "pid": os.getpid()}).run()
+def run(campaign: CampaignSpec, duration_s: list[float], reason: str = "budget_exhausted") -> list:  # type: ignore[type-arg]
+    rig = Rig(campaign, campaign_id=campaign.name)
+    rig.hub.instrument("dev-a", "branin", {"duration_s": duration_s, "seed": 1})
+    rig.hub.instrument("dev-b", "branin", {"duration_s": duration_s, "seed": 2})
+    state = rig.run(max_runtime_s=10**6)
     assert state.finished_reason == reason
-    events = store.read(campaign.name)
+    events = rig.events()
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     return events
 
 
-def test_async_next_trial_is_logged_before_the_previous_result(store: MongoEventStore, mosquitto_url: str) -> None:
+def test_async_next_trial_is_logged_before_the_previous_result() -> None:
     # Trials last far longer than a Sobol suggestion: each device's next trial is already in
     # the log when its previous result arrives, so it goes out at once.
-    events = run(store, mosquitto_url, spec(budget={"max_trials": 6}, batch_size=2), [0.4, 0.8])
+    events = run(spec(budget={"max_trials": 6}, batch_size=2), [0.4, 0.8])
     assert fold(events).count("completed") == 6
     suggested_at = {t.trial_id: e.seq for e in events if isinstance(e, TrialsSuggested) for t in e.trials}
     last_result: dict[str, int] = {}
@@ -81,8 +63,8 @@ def test_async_next_trial_is_logged_before_the_previous_result(store: MongoEvent
     assert checked == 4  # every dispatch but each device's first
 
 
-def test_batch_dispatch_waits_for_the_whole_batch(store: MongoEventStore, mosquitto_url: str) -> None:
-    events = run(store, mosquitto_url, spec(budget={"max_trials": 7}, batch_size=3, dispatch="batch"), [0.0, 0.05])
+def test_batch_dispatch_waits_for_the_whole_batch() -> None:
+    events = run(spec(budget={"max_trials": 7}, batch_size=3, dispatch="batch"), [0.0, 0.05])
     batches = [e for e in events if isinstance(e, TrialsSuggested)]
     assert [len(b.trials) for b in batches] == [3, 3, 1]
     for b in batches:
@@ -91,13 +73,12 @@ def test_batch_dispatch_waits_for_the_whole_batch(store: MongoEventStore, mosqui
     assert fold(events).count("completed") == 7
 
 
-def test_async_campaign_out_of_time_finishes_with_suggestions_ahead(store: MongoEventStore, mosquitto_url: str) -> None:
+def test_async_campaign_out_of_time_finishes_with_suggestions_ahead() -> None:
     # max_hours ends the campaign while the next trials are suggested ahead: it finishes, once
     # the trials in flight are done, and the undispatched ones stay in the log unrun.
-    events = run(store, mosquitto_url, spec(budget={"max_trials": 500, "max_hours": 0.001}, batch_size=2),
-                 [0.2, 0.4], reason="max_hours")
+    events = run(spec(budget={"max_trials": 500, "max_hours": 0.001}, batch_size=2), [0.2, 0.4], reason="max_hours")
     state = fold(events)
-    assert not state.in_flight
+    assert not state.in_flight and state.undispatched
     assert state.count("completed") + len(state.undispatched) == len(state.trials)
 
 
@@ -125,6 +106,27 @@ def test_optimizer_thread_keeps_order_and_drops_a_retired_suggestion() -> None:
         assert worker.computing == 0 and worker.collect(wait=True) is None
         worker.suggest(1, lambda o, n: o.suggest(n))
         again = worker.collect(wait=True)
+        assert again is not None and [t.trial_id for t in again] == ["0"]
+    finally:
+        worker.close()
+
+
+def test_inline_optimizer_runs_each_call_at_once_under_the_same_rules() -> None:
+    campaign = spec(budget={"max_trials": 10})
+    woken = threading.Event()
+    worker: OptimizerThread[AxOptimizer] = OptimizerThread(woken.set, threaded=False)
+    try:
+        worker.use(AxOptimizer(campaign, threads=1))
+        worker.suggest(2, lambda o, n: o.suggest(n))
+        assert woken.is_set() and worker.computing == 2  # computed already; collected on the next look
+        first = worker.collect()
+        assert first is not None and [t.trial_id for t in first] == ["0", "1"] and worker.computing == 0
+        worker.tell(lambda o: o.complete("7", {"branin": Measurement(mean=1.0)}))  # no such trial
+        with pytest.raises(OptimizerError):
+            worker.check()
+        worker.use(AxOptimizer.rebuild(campaign, fold([]).trials.values(), threads=1))
+        worker.suggest(1, lambda o, n: o.suggest(n))
+        again = worker.collect()
         assert again is not None and [t.trial_id for t in again] == ["0"]
     finally:
         worker.close()

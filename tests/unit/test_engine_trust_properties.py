@@ -2,33 +2,26 @@
 recorded as a trial's measurement that is not a valid result from the device its request went
 to, for that request, and for metrics that device announces.
 
-The messages go in where paho hands them to the hub (its message callback), so every byte
-takes the real path: topic parsing, payload parsing, hub events, the loop's handling, the log
-(a MongoDB-wire server through pymongo). No broker: hundreds of cases run in seconds; the
-broker-level cases are in test_loop_trust.py.
+The messages arrive as bytes on topics of the in-memory hub, which parses them as the MQTT hub
+does (the hub contract, tests/integration/test_hub_contract.py, holds both to it), then the
+loop handles them and logs to the in-memory log: hundreds of cases in a few seconds.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from campaigns import TrialFailed
 from campaigns.errors import DeviceMessageError
-from devices import MqttDeviceHub, MqttSettings, Topics, parse_result
-from flows.engine.loop import CampaignLoop, LoopOptions
-from optimizer import AxOptimizer
-from storage import MongoEventStore
-from tests.integration.loop_harness import kinds, seed, spec
+from devices import Topics, parse_result
+from tests.unit.engine_rig import Rig, kinds, spec
 
-PREFIX = "p"
+PREFIX = "t"  # the rig's hub prefix
 SENT = {"r-0": ("0", "dev-d"), "r-1": ("1", "dev-e"), "r-2": ("2", "dev-d")}  # trial 2 timed out on dev-d
 METRICS = ["branin", "purity", "zz"]
 DEVICES = ["dev-d", "dev-e", "ghost", "dev-d "]
@@ -66,12 +59,6 @@ payloads = (st.binary(max_size=30) | st.just(b"") | statuses.map(lambda body: js
 messages = st.lists(st.tuples(topics, payloads), min_size=1, max_size=12)
 
 
-@pytest.fixture(scope="module")
-def store(mongo_uri: str) -> Iterator[MongoEventStore]:
-    with MongoEventStore(mongo_uri, database=f"cl_prop_{uuid.uuid4().hex[:8]}") as s:
-        yield s
-
-
 def _results_from(msgs: list[tuple[str, bytes]]) -> list[tuple[str, Any]]:
     """Every well-formed result among the messages, with the device its topic names."""
     out = []
@@ -92,7 +79,7 @@ def _results_from(msgs: list[tuple[str, bytes]]) -> list[tuple[str, Any]]:
 @example(msgs=[(f"{PREFIX}/devices/{d}/results", json.dumps(
     {"kind": "trial_result", "request_id": "r-2", "trial_id": "2", "status": "completed",
      "measurements": {"branin": value}}).encode()) for d, value in (("dev-e", 1.0), ("ghost", 2.0), ("dev-d", 3.0))])
-def test_only_the_asked_device_answers_for_its_request(store: MongoEventStore, msgs: list[tuple[str, bytes]]) -> None:
+def test_only_the_asked_device_answers_for_its_request(msgs: list[tuple[str, bytes]]) -> None:
     """Issue 14 item 2 and must-show 3: a late result on another device's topic was recorded as
     the trial's value. Over random topics and payloads, every TrialCompleted and
     LateResultRecorded is a valid result, from the device the request went to, for that request,
@@ -101,18 +88,15 @@ def test_only_the_asked_device_answers_for_its_request(store: MongoEventStore, m
     campaign_id = f"prop-{uuid.uuid4().hex[:10]}"
     campaign = spec([{"id": "dev-d", "measures": ["branin", "purity"]}, {"id": "dev-e", "measures": ["branin", "purity"]}],
                     trial_timeout_s=10_000)
-    seed(store, campaign, {t: d for t, d in SENT.values()}, campaign_id=campaign_id, after=lambda seq: [TrialFailed(
+    rig = Rig(campaign_id=campaign_id)
+    rig.seed(campaign, {t: d for t, d in SENT.values()}, after=lambda seq: [TrialFailed(
         campaign_id=campaign_id, seq=seq, actor="orchestrator", trial_id="2", reason="timeout", device_id="dev-d",
         request_id="r-2")])
-    # Never connected: what paho would hand it is handed to it directly, then the loop runs.
-    hub = MqttDeviceHub(MqttSettings(url="mqtt://127.0.0.1:9", prefix=PREFIX), client_id="property")
-    for topic, body in msgs:
-        hub._on_message(topic, body, None)
-    ticks = itertools.count()
-    CampaignLoop(campaign_id, store, hub, make_optimizer=AxOptimizer.rebuild,
-                 options=LoopOptions(poll_s=0.0, max_runtime_s=40), clock=lambda: float(next(ticks)),
-                 run_info={"host": "property", "pid": 1}).run()
-    events = store.read(campaign_id)
+    hub = rig.hub
+    for topic, body in msgs:  # they wait for the loop, as a persistent session keeps them
+        hub.publish(topic, body)
+    rig.run(max_runtime_s=40, poll_s=1.0)
+    events = rig.events()
 
     announced = {d: set(s.measures) for d, s in hub.devices().items()}
     sent_results = _results_from(msgs)
@@ -136,24 +120,3 @@ def test_only_the_asked_device_answers_for_its_request(store: MongoEventStore, m
     rejections = kinds(events, "MessageRejected") + kinds(events, "MessagesRejected")
     # flows.engine.rejections: 32 in a run, then one summary per (device of the spec or none) x kind.
     assert len(rejections) <= 32 + 3 * 11
-
-
-def test_a_flapping_status_does_not_grow_the_log(store: MongoEventStore) -> None:
-    """Issue 14 item 19: every "idle" status of a device running a trial re-sent the request and
-    logged a RequestResent (at most every 5 s), so a status flapping busy/idle — or anyone
-    publishing on the device's status topic — grew the log for as long as it went on. Now a
-    trial is re-sent on "idle" a few times per run at most."""
-    campaign_id = f"flap-{uuid.uuid4().hex[:10]}"
-    campaign = spec([{"id": "dev-d", "measures": ["branin"]}], trial_timeout_s=10**9)
-    seed(store, campaign, {"0": "dev-d"}, campaign_id=campaign_id)
-    hub = MqttDeviceHub(MqttSettings(url="mqtt://127.0.0.1:9", prefix=PREFIX), client_id="flapping")
-    for _ in range(40):
-        for state in ("busy", "idle"):
-            hub._on_message(f"{PREFIX}/devices/dev-d/status", json.dumps(
-                {"state": state, "device_id": "dev-d", "measures": ["branin"]}).encode(), None)
-    ticks = itertools.count(step=10)  # every look at the clock is 10 s later: no re-send is too soon
-    CampaignLoop(campaign_id, store, hub, make_optimizer=AxOptimizer.rebuild,
-                 options=LoopOptions(poll_s=0.0, max_runtime_s=2000), clock=lambda: float(next(ticks)),
-                 run_info={"host": "property", "pid": 1}).run()
-    resent = [e for e in kinds(store.read(campaign_id), "RequestResent") if e.reason == "device_idle"]
-    assert 1 <= len(resent) <= 5, len(resent)
