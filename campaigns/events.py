@@ -11,7 +11,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from campaigns.changes import CampaignChange
 from campaigns.spec import CampaignSpec
@@ -43,7 +43,9 @@ __all__ = [
     "TrialDispatched",
     "TrialFailed",
     "TrialRetried",
+    "TrialEngine",
     "TrialsSuggested",
+    "engine_of_generator",
     "event_from_doc",
     "event_to_doc",
     "utcnow",
@@ -142,13 +144,41 @@ class RunStarted(EventBase):
     flow_run_id: str | None = None
 
 
+#: What chose a suggested trial (``optimizer.engines`` says which engine a spec uses, and why):
+#: ``sobol`` closedloop's space-filling design (the centre, then scrambled Sobol points, also
+#: when a model failed), ``fast`` the NumPy GP (``optimizer.fastbo``), ``ax`` Ax's BoTorch with
+#: closedloop's cheaper settings, ``ax_default`` Ax's BoTorch with Ax's defaults, ``fixed``
+#: every parameter held (no choice left), ``replay`` a faithful replay's recorded point, and
+#: ``unknown`` a model trial logged before the engine was recorded (``fast`` or ``ax``).
+TrialEngine = Literal["sobol", "fast", "ax", "ax_default", "fixed", "replay", "unknown"]
+
+
+def engine_of_generator(generator: str) -> TrialEngine:
+    """The engine an old log's ``generator`` implies (logs before the engine was recorded)."""
+    if generator in ("center", "sobol") or generator.startswith("sobol (fallback"):
+        return "sobol"
+    if generator in ("fixed", "replay"):
+        return generator  # type: ignore[return-value]
+    return "unknown"  # "botorch": the fast engine or Ax's; the log did not say which
+
+
 class SuggestedTrial(_Fact):
-    """A trial the optimizer proposed."""
+    """A trial the optimizer proposed: its parameters, how (``generator``: ``center``,
+    ``sobol``, ``botorch``, ``fixed``, ...) and by which engine (``engine``)."""
 
     trial_id: str
     parameters: dict[str, ParameterValue]
     generator: str
     sobol_position: int | None = None
+    engine: TrialEngine = "unknown"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upcast_engine(cls, data: Any) -> Any:
+        # Logs before issue 15 have no engine: derived from the generator where it is certain.
+        if isinstance(data, dict) and "engine" not in data and isinstance(data.get("generator"), str):
+            data = {**data, "engine": engine_of_generator(data["generator"])}
+        return data
 
 
 class TrialsSuggested(EventBase):

@@ -39,6 +39,7 @@ from campaigns.events import (
     TrialCompleted,
     TrialDispatched,
     TrialFailed,
+    TrialEngine,
     TrialsSuggested,
 )
 from campaigns.identity import fallback_instance
@@ -59,6 +60,7 @@ class TrialRecord:
     generator: str
     sobol_position: int | None
     suggested_at: datetime
+    engine: TrialEngine = "unknown"  # which engine chose it
     status: TrialStatus = "suggested"
     device_id: str | None = None
     request_id: str | None = None
@@ -240,6 +242,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
                 generator=s.generator,
                 sobol_position=s.sobol_position,
                 suggested_at=event.time,
+                engine=s.engine,
             )
     elif isinstance(event, TrialDispatched):
         t = state.trials.get(event.trial_id)

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from campaigns.events import ParameterValue
-from campaigns.spec import CampaignSpec, FloatParameter
+from campaigns.spec import CampaignSpec, FloatParameter, not_continuous
 from optimizer.acquisition import Acquisition, LogEHVI, LogNEI, baseline, hypercells, maximize
 from optimizer.fastgp import FastGP
 from optimizer.replay import TrialEntry
@@ -67,8 +67,8 @@ FAST_SETTINGS: dict[str, float] = {"num_restarts": 10, "raw_samples": 512, "maxi
 
 
 def supports_fast(spec: CampaignSpec) -> bool:
-    """Whether the fast method can serve the spec: float parameters only, no linear constraints."""
-    return all(isinstance(p, FloatParameter) for p in spec.parameters) and not spec.parameter_constraints
+    """Whether the fast engine can serve the spec: float parameters only, no linear constraints."""
+    return not_continuous(spec) is None
 
 
 class _Space:

@@ -52,6 +52,7 @@ from botorch.sampling.normal import SobolQMCNormalSampler
 from campaigns.events import ParameterValue
 from campaigns.spec import CampaignSpec, FloatParameter
 from optimizer.ax_setup import AX_ERRORS, SUGGEST_HINT, optimizer_error
+from optimizer.engines import model_engine
 from optimizer.robust import NUMERICAL_ERRORS, ModelFailure, numerical_failure
 
 __all__ = [
@@ -88,7 +89,7 @@ def botorch_strategy(spec: CampaignSpec) -> GenerationStrategy:
     (``GenerationStrategyRepeatedPoints`` is raised instead, and the caller tops the batch up
     with points of its own Sobol sequence).
     """
-    fast = spec.optimizer.method == "botorch"
+    fast = model_engine(spec).engine != "ax_default"
     continuous = all(isinstance(p, FloatParameter) for p in spec.parameters)
     optimizer_kwargs: dict[str, Any] = {}
     options: dict[str, Any] = {}
@@ -162,7 +163,7 @@ def generate(
             # Made under the seed (the fast method's sampler draws its own).
             strategy = botorch_strategy(spec)
             client.set_generation_strategy(strategy)
-            if spec.optimizer.method == "botorch":  # one generator run of n arms, on a bounded subset
+            if model_engine(spec).engine != "ax_default":  # one generator run of n arms, on a bounded subset
                 data = training_trials(spec, experiment.lookup_data(), spec.optimizer.max_training_points)
                 [[run]] = strategy.gen(experiment=experiment, data=data, n=n, fixed_features=features)
                 arms = run.arms
@@ -171,10 +172,12 @@ def generate(
                 arms = [run.arms[0] for [run] in runs]
     except GenerationStrategyRepeatedPoints:
         return []  # the model only proposes points already tried
-    except (*AX_ERRORS, *NUMERICAL_ERRORS) as exc:
+    except (*AX_ERRORS, *NUMERICAL_ERRORS, RuntimeError) as exc:
         reason = numerical_failure(exc)
         if reason is not None:
             raise ModelFailure(reason) from exc  # AxOptimizer falls back to its Sobol sequence
+        if not isinstance(exc, AX_ERRORS):
+            raise  # a RuntimeError that is not numerics: a bug, shown as one
         raise optimizer_error(
             spec, "suggesting trials", exc,
             SUGGEST_HINT,

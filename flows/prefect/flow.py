@@ -55,10 +55,10 @@ class _TaskOptimizer:
         self.inner = inner
 
     def suggest(self, n: int) -> list[SuggestedTrial]:
-        inner = self.inner
-        if inner.spec.optimizer.method == "sobol" or inner.num_trials + n <= inner.initialization_trials:
-            return inner.suggest(n)
-        return suggest_trials(inner, n)
+        # The optimizer decides whether a model runs (optimizer.engines.sobol_phase), once.
+        if not self.inner.uses_model(n):
+            return self.inner.suggest(n)
+        return suggest_trials(self.inner, n)
 
     def complete(self, trial_id: str, measurements: dict) -> None:  # type: ignore[type-arg]
         self.inner.complete(trial_id, measurements)
