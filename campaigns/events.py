@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
@@ -17,6 +18,12 @@ from campaigns.changes import CampaignChange
 from campaigns.spec import CampaignSpec
 
 __all__ = [
+    "ActorKind",
+    "AnswerVia",
+    "FailureReason",
+    "FinishReason",
+    "PauseReason",
+    "ResendReason",
     "ApprovalGiven",
     "ApprovalRejected",
     "ApprovalRequested",
@@ -31,6 +38,8 @@ __all__ = [
     "Event",
     "EventBase",
     "Measurement",
+    "DeviceOffline",
+    "DeviceOnline",
     "DeviceSkipped",
     "MessageRejected",
     "MessagesRejected",
@@ -48,10 +57,26 @@ __all__ = [
     "engine_of_generator",
     "event_from_doc",
     "event_to_doc",
+    "software_versions",
     "utcnow",
 ]
 
 ParameterValue = float | int | str
+
+# Closed vocabularies (event-model's way): every value any version wrote, and nothing else.
+#: Why a trial attempt gave no result.
+FailureReason = Literal["timeout", "device_error", "not_measured", "invalid_result"]
+#: Why a running trial's request went out again.
+ResendReason = Literal["resume", "device_idle", "broker_reconnected"]
+#: Why a campaign ended.
+FinishReason = Literal["budget_exhausted", "max_hours", "stopped"]
+#: Why a campaign stopped dispatching.
+PauseReason = Literal["user", "failure_rate", "no_results"]
+#: Where a person's answer to an approval came from (``timeout``: the policy's, nobody's).
+AnswerVia = Literal["cli", "prefect", "replay", "timeout"]
+#: Who writes events: ``optimizer``, ``orchestrator``, ``device:<id>``, ``user:<name>``.
+ActorKind = Literal["optimizer", "orchestrator", "device", "user"]
+_ACTOR = r"^(optimizer|orchestrator|(device|user):.+)$"
 
 
 def utcnow() -> datetime:
@@ -92,12 +117,17 @@ class EventBase(_Fact):
     campaign_id: str
     seq: int = Field(ge=1)
     time: datetime = Field(default_factory=utcnow)
-    actor: str
+    actor: str = Field(pattern=_ACTOR)
 
     @field_validator("time")
     @classmethod
     def _utc(cls, v: datetime) -> datetime:
         return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
+    @property
+    def actor_kind(self) -> ActorKind:
+        """``optimizer``, ``orchestrator``, ``device`` or ``user``."""
+        return self.actor.partition(":")[0]  # type: ignore[return-value]
 
 
 class ReplaySource(_Fact):
@@ -135,13 +165,31 @@ class CampaignCreated(EventBase):
     instance: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{8,64}$")
 
 
+#: The distributions whose versions decide what a run does, as ``RunStarted.versions`` names them.
+VERSIONED = {"closedloop": "closedloop", "ax": "ax-platform", "botorch": "botorch", "prefect": "prefect"}
+
+
+def software_versions() -> dict[str, str]:
+    """The installed versions of closedloop, Ax, BoTorch and Prefect (``"not installed"`` if absent)."""
+    out = {}
+    for name, dist in VERSIONED.items():
+        try:
+            out[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 class RunStarted(EventBase):
-    """An orchestrator process took the campaign and started (or resumed) running it."""
+    """An orchestrator process took the campaign and started (or resumed) running it, with
+    these versions of closedloop, Ax, BoTorch and Prefect (``software_versions``; empty in
+    logs written before they were recorded)."""
 
     kind: Literal["RunStarted"] = "RunStarted"
     host: str
     pid: int
     flow_run_id: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
 
 
 #: What chose a suggested trial (``optimizer.engines`` says which engine a spec uses, and why):
@@ -214,7 +262,7 @@ class TrialFailed(EventBase):
 
     kind: Literal["TrialFailed"] = "TrialFailed"
     trial_id: str
-    reason: str
+    reason: FailureReason
     detail: str = ""
     device_id: str | None = None
     request_id: str | None = None
@@ -231,7 +279,7 @@ class RequestResent(EventBase):
     trial_id: str
     device_id: str
     request_id: str
-    reason: str
+    reason: ResendReason
 
 
 class TrialRetried(EventBase):
@@ -241,7 +289,7 @@ class TrialRetried(EventBase):
     kind: Literal["TrialRetried"] = "TrialRetried"
     trial_id: str
     attempt: int = Field(ge=1, description="the attempt that failed (1 = the first)")
-    reason: str
+    reason: FailureReason
     detail: str = ""
     device_id: str | None = None
     request_id: str | None = None
@@ -319,6 +367,26 @@ class DeviceSkipped(EventBase):
     measures: list[str] = Field(default_factory=list)
 
 
+class DeviceOnline(EventBase):
+    """A device's retained status appeared, or came back from ``offline``, in this run: it
+    takes trials (``idle``) or is busy. Logged by the orchestrator when it sees the status, at
+    most a few times per device and run, so a flapping device cannot grow the log."""
+
+    kind: Literal["DeviceOnline"] = "DeviceOnline"
+    device_id: str
+    state: Literal["idle", "busy"]
+    measures: list[str] = Field(default_factory=list)
+
+
+class DeviceOffline(EventBase):
+    """A device's status says ``offline`` (its last will, or a clean goodbye): its running trial
+    will time out unless it comes back. Seen first, or after it was online, in this run."""
+
+    kind: Literal["DeviceOffline"] = "DeviceOffline"
+    device_id: str
+    state: Literal["offline"] = "offline"
+
+
 class ApprovalRequested(EventBase):
     """Proposed trials wait for a person: nothing of them is dispatched until a decision.
 
@@ -334,7 +402,7 @@ class ApprovalRequested(EventBase):
     )
     why: str
     deadline: datetime | None = None
-    on_timeout: str = "keep_waiting"
+    on_timeout: Literal["reject", "approve", "keep_waiting"] = "keep_waiting"
     answer_with: str
 
 
@@ -348,7 +416,7 @@ class ApprovalGiven(EventBase):
     edited: dict[str, dict[str, ParameterValue]] = Field(default_factory=dict)
     rejected: list[str] = Field(default_factory=list)
     reason: str
-    via: str = "cli"
+    via: AnswerVia = "cli"
     command_id: str | None = None
 
 
@@ -359,7 +427,7 @@ class ApprovalRejected(EventBase):
     approval_id: str
     rejected: list[str] = Field(min_length=1)
     reason: str
-    via: str = "cli"
+    via: AnswerVia = "cli"
     command_id: str | None = None
 
 
@@ -377,7 +445,7 @@ class CampaignPaused(EventBase):
     """The campaign stops dispatching until resumed: too many failures, or a person said so."""
 
     kind: Literal["CampaignPaused"] = "CampaignPaused"
-    reason: str
+    reason: PauseReason
     detail: str = ""
     command_id: str | None = None
 
@@ -394,7 +462,7 @@ class CampaignFinished(EventBase):
     """The campaign ended: ``budget_exhausted``, ``max_hours``, ``stopped``, ..."""
 
     kind: Literal["CampaignFinished"] = "CampaignFinished"
-    reason: str
+    reason: FinishReason
     detail: str = ""
     command_id: str | None = None
 
@@ -414,6 +482,8 @@ Event = Annotated[
     | MessageRejected
     | MessagesRejected
     | DeviceSkipped
+    | DeviceOnline
+    | DeviceOffline
     | ApprovalRequested
     | ApprovalGiven
     | ApprovalRejected

@@ -39,6 +39,8 @@ from campaigns.events import (
     TrialCompleted,
     TrialDispatched,
     TrialFailed,
+    DeviceOffline,
+    DeviceOnline,
     TrialEngine,
     TrialsSuggested,
 )
@@ -120,6 +122,7 @@ class CampaignState:
     window_failed: int = 0
     broker_down_since: datetime | None = None
     broker_outages: int = 0
+    devices: dict[str, str] = field(default_factory=dict)  # device -> last state logged (DeviceOnline/Offline)
     open_approvals: dict[str, OpenApproval] = field(default_factory=dict)
     applied_commands: set[str] = field(default_factory=set)
     changes: int = 0
@@ -298,6 +301,8 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             state.broker_outages += 1
     elif isinstance(event, BrokerReconnected):
         state.broker_down_since = None
+    elif isinstance(event, DeviceOnline | DeviceOffline):
+        state.devices[event.device_id] = event.state
     elif isinstance(event, ApprovalRequested):
         _request_approval(state, event)
     elif isinstance(event, ApprovalGiven | ApprovalRejected):
