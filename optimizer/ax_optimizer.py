@@ -1,62 +1,16 @@
-"""``AxOptimizer``: suggest, complete and fail trials; rebuild the optimizer from the log.
+"""``AxOptimizer``: suggest, complete, fail and reject trials; rebuild the optimizer from the log.
 
-The optimizer is derived state. It keeps its own records of the campaign's trials
-(``optimizer.replay.TrialEntry``) and touches Ax only to generate BoTorch trials where the
-fast method does not serve (below): Sobol suggestions, results, failures and rejections update
-the records alone, and each Ax BoTorch call gets an Ax experiment built afresh from them in one pass (``attach_in_bulk``, the path
-``AxOptimizer.rebuild(spec, trials)`` takes on resume; the first call after ``rebuild`` uses
-the experiment ``rebuild`` built). A live and a rebuilt optimizer thus hand Ax the same
-experiment by construction, and the rebuilt one makes the same next suggestion as the live
-one did. Three more choices make that so:
+The optimizer is derived state. It keeps its own records of the campaign's trials and builds
+an Ax experiment from them (in one pass, as ``rebuild`` does) only when Ax generates; which
+engine suggests, and when the Sobol opening ends, ``optimizer.engines`` decides. With the opening
+ours (Sobol positions recorded), every model fitted from scratch, and each call seeded from
+``(seed, trials so far)``, a rebuilt optimizer makes the live one's next suggestion.
 
-- **Initialization is ours.** The first trial is the centre of the search space
-  (``optimizer.center_first``, generator ``"center"``; Ax's default opens so too), the next
-  ones points of one scrambled Sobol sequence (``optimizer.sobol``), recorded with their
-  position, so a rebuilt optimizer continues the sequence at ``max(recorded positions) + 1``.
-- **Bayesian optimization only**: on a continuous space the default method generates from
-  the records (``optimizer.fastbo``: Ax's model and acquisition in NumPy; Ax's experiment is
-  then only built when something reads it); otherwise Ax does, with a generation strategy
-  holding a single BoTorch (MBM) node, as ``optimizer.method`` says (``optimizer.generation``).
-  Either way the model is fitted from scratch at every call, in the live optimizer as in a
-  rebuilt one (Ax would otherwise reuse a model fitted earlier; no warm start, for that
-  reason).
-- **Each BO call is seeded** from ``(spec.seed, number of trials so far)``, the strategy made
-  under that seed too; the global random, numpy and torch states are restored afterwards.
-
-Why records: ``Client.complete_trial`` validates the experiment's whole data at every call
-(~14 ms per trial at a few hundred trials), the bottleneck of a fast campaign; a bulk build
-costs 10 ms at 30 trials, 140 ms at 1,000 — 1-5% of the BoTorch call it precedes.
-
-The BO phase starts once ``initialization_trials`` trials were suggested *and* at least half
-of that many (rounded up) were completed with data *and* every metric of the optimization
-config (objectives and outcome constraints) was measured at least once (Ax cannot model a
-metric it has no data for, e.g. right after an outcome constraint on a new metric is added);
-until then the optimizer keeps suggesting Sobol points, so devices never idle waiting for
-data. ``optimizer.method: sobol`` never leaves the Sobol phase, and never calls Ax after
-the constructor checked the spec.
-
-**Nothing a device may send stops it** (``optimizer.robust``): a model sees each metric
-clipped to a range ordinary data never leaves, and a fit or acquisition that still fails
-numerically gives way to the next points of the Sobol sequence (a warning is logged, and the
-trials' generator is ``sobol (fallback: <reason>)``). With every parameter fixed, each trial
-is the fixed point (generator ``fixed``): replicates.
-
-**People in the loop, and mid-campaign changes.** ``rebuild`` takes the campaign's *effective*
-spec (``CampaignState.spec``: every ``CampaignChanged`` applied), and the loop rebuilds after
-each decision or change, so a change applies at once and on every resume:
-
-- new bounds: Sobol points are mapped into the current bounds, and Ax's search space is built
-  from them; trials that ran outside (bounds narrowed since) stay in the experiment with their
-  data, out of design, and Ax's model uses them;
-- ``fixed_parameters``: every new suggestion carries the fixed value (the Sobol sampler sets
-  it; Ax gets it as fixed features, so its model still learns from trials run at other
-  values); a freed parameter varies again;
-- outcome constraints and objective thresholds: Ax's optimization config is the spec's;
-- the Sobol sequence goes on at ``max(recorded positions) + 1`` whatever changed;
-- an edited trial (``generator == "human"``) is attached with the edited parameters, its run
-  metadata noting that a person chose it, and completes or fails as any trial;
-- a rejected trial (status ``"rejected"``) is attached and abandoned: never suggested again,
-  never pending a result. It does not count toward the initialization trials.
+Nothing a device may send stops it (``optimizer.robust``): a model that fails numerically
+gives way to the next Sobol points (generator ``sobol (fallback: <reason>)``). People and
+changes reach it through ``rebuild(effective spec, trials)``: bounds, fixed parameters and
+constraints as changed; an edited trial attached with its edited parameters, a rejected one
+abandoned. The measurements behind these choices are in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -93,7 +47,7 @@ log = logging.getLogger("closedloop.optimizer")
 
 
 class AxOptimizer:
-    """The campaign's optimizer: scrambled Sobol initialization, then Ax BoTorch.
+    """The campaign's optimizer: the centre and scrambled Sobol points, then the spec's engine.
 
     A trial's id is its Ax trial index as text (``"0"``, ``"1"``, ...). Trials suggested and
     not yet completed or failed are pending, so new suggestions avoid them.
