@@ -76,7 +76,7 @@ PauseReason = Literal["user", "failure_rate", "no_results"]
 AnswerVia = Literal["cli", "prefect", "replay", "timeout"]
 #: Who writes events: ``optimizer``, ``orchestrator``, ``device:<id>``, ``user:<name>``.
 ActorKind = Literal["optimizer", "orchestrator", "device", "user"]
-_ACTOR = r"^(optimizer|orchestrator|(device|user):.+)$"
+_ACTOR = r"^(optimizer|orchestrator|(device|user):.*)$"
 
 
 def utcnow() -> datetime:
