@@ -197,7 +197,7 @@ class RunStarted(EventBase):
 #: when a model failed), ``fast`` the NumPy GP (``optimizer.fastbo``), ``ax`` Ax's BoTorch with
 #: closedloop's cheaper settings, ``ax_default`` Ax's BoTorch with Ax's defaults, ``fixed``
 #: every parameter held (no choice left), ``replay`` a faithful replay's recorded point, and
-#: ``unknown`` a model trial logged before the engine was recorded (``fast`` or ``ax``).
+#: ``unknown`` a model's trial logged before engines were recorded (the log did not say which).
 TrialEngine = Literal["sobol", "fast", "ax", "ax_default", "fixed", "replay", "unknown"]
 
 
@@ -207,7 +207,7 @@ def engine_of_generator(generator: str) -> TrialEngine:
         return "sobol"
     if generator in ("fixed", "replay"):
         return generator  # type: ignore[return-value]
-    return "unknown"  # "botorch": the fast engine or Ax's; the log did not say which
+    return "unknown"  # "botorch": the fast engine or one of Ax's; the log did not say which
 
 
 class SuggestedTrial(_Fact):
