@@ -23,6 +23,7 @@ __all__ = [
     "FailureReason",
     "FinishReason",
     "PauseReason",
+    "RejectionKind",
     "ResendReason",
     "ApprovalGiven",
     "ApprovalRejected",
@@ -74,6 +75,9 @@ FinishReason = Literal["budget_exhausted", "max_hours", "stopped"]
 PauseReason = Literal["user", "failure_rate", "no_results"]
 #: Where a person's answer to an approval came from (``timeout``: the policy's, nobody's).
 AnswerVia = Literal["cli", "prefect", "replay", "timeout"]
+#: What kind of device message was rejected, counted (``MessagesRejected``).
+RejectionKind = Literal["not_utf8", "not_json", "not_object", "too_large", "invalid_result", "invalid_status",
+                        "bad_topic", "unknown_request", "wrong_device", "duplicate", "other"]
 #: Who writes events: ``optimizer``, ``orchestrator``, ``device:<id>``, ``user:<name>``.
 ActorKind = Literal["optimizer", "orchestrator", "device", "user"]
 _ACTOR = r"^(optimizer|orchestrator|(device|user):.*)$"
@@ -350,7 +354,7 @@ class MessagesRejected(EventBase):
 
     kind: Literal["MessagesRejected"] = "MessagesRejected"
     device_id: str | None = None
-    reason: str
+    reason: RejectionKind
     count: int = Field(ge=1)
     first_time: datetime
     last_time: datetime
