@@ -101,3 +101,17 @@ def test_uses_model_predicts_what_suggest_does_and_each_trial_names_its_engine(c
         assert set(engines) <= {"sobol", model}
     assert seen[2] == (False, ["sobol", "sobol"])  # 6 suggested > 5 opening, but only 2 results yet
     assert any(model in engines for _, engines in seen)
+
+
+def test_only_foreign_libraries_errors_become_check_the_measurements() -> None:
+    """A TypeError, KeyError or IndexError is a bug of ours: it must surface as one, never as
+    an OptimizerError telling the user to check the recorded measurements."""
+    from ax.exceptions.core import AxError, UserInputError
+    from botorch.exceptions.errors import BotorchError
+
+    from optimizer.ax_setup import AX_ERRORS
+
+    for ours in (TypeError, KeyError, IndexError, AttributeError, RuntimeError):
+        assert not issubclass(ours, AX_ERRORS), ours
+    for theirs in (AxError, UserInputError, BotorchError):
+        assert issubclass(theirs, AX_ERRORS), theirs
