@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
+from typing import Any
 
 from campaigns import CampaignSpec, CampaignState, EventBase, TrialRecord, event_to_doc
 from optimizer.engines import default_initialization_trials, model_engine

@@ -20,8 +20,8 @@ SOLVENT = {"name": "solvent", "type": "choice", "values": ["water", "ethanol"]}
 
 
 @pytest.mark.parametrize(("changes", "line"), [
-    ({}, "engine: fast (auto: a continuous space, float parameters only and no parameter constraint); "
-         "the first 5 trials: sobol"),
+    ({}, ("engine: fast (auto: a continuous space, float parameters only and no parameter constraint); "
+          "the first 5 trials: sobol")),
     ({"parameters": [*SPEC["parameters"], SOLVENT]}, "engine: ax (auto: a choice parameter: solvent)"),
     ({"parameter_constraints": ["x1 + x2 <= 10"]}, "engine: ax (auto: a parameter constraint: x1 + x2 <= 10)"),
     ({"optimizer": {"method": "ax_default", "initialization_trials": 3}},

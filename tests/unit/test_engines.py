@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from campaigns import Measurement, SpecError, SuggestedTrial, event_from_doc, fold, parse_spec
+from campaigns import (
+    Measurement,
+    SpecError,
+    SuggestedTrial,
+    event_from_doc,
+    fold,
+    parse_spec,
+)
 from optimizer import AxOptimizer, model_engine
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
