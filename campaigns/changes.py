@@ -34,7 +34,8 @@ class CampaignChange(BaseModel):
     trial_timeout_s: float | None = Field(default=None, gt=0)
     max_trials: int | None = Field(default=None, gt=0)
     max_hours: float | None = Field(default=None, gt=0)
-    method: Literal["botorch", "botorch_default", "sobol"] | None = Field(
+    # botorch / botorch_default: earlier names of auto / ax_default, still read (old logs).
+    method: Literal["auto", "fast", "ax", "ax_default", "sobol", "botorch", "botorch_default"] | None = Field(
         default=None, description="the optimizer's method from now on (`optimizer.method`)"
     )
 

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from campaigns.changes import CampaignChange
 from campaigns.spec import CampaignSpec
 
 __all__ = [
+    "ActorKind",
+    "AnswerVia",
+    "FailureReason",
+    "FinishReason",
+    "PauseReason",
+    "RejectionKind",
+    "ResendReason",
     "ApprovalGiven",
     "ApprovalRejected",
     "ApprovalRequested",
@@ -31,6 +39,8 @@ __all__ = [
     "Event",
     "EventBase",
     "Measurement",
+    "DeviceOffline",
+    "DeviceOnline",
     "DeviceSkipped",
     "MessageRejected",
     "MessagesRejected",
@@ -43,13 +53,34 @@ __all__ = [
     "TrialDispatched",
     "TrialFailed",
     "TrialRetried",
+    "TrialEngine",
     "TrialsSuggested",
+    "engine_of_generator",
     "event_from_doc",
     "event_to_doc",
+    "software_versions",
     "utcnow",
 ]
 
 ParameterValue = float | int | str
+
+# Closed vocabularies (event-model's way): every value any version wrote, and nothing else.
+#: Why a trial attempt gave no result.
+FailureReason = Literal["timeout", "device_error", "not_measured", "invalid_result"]
+#: Why a running trial's request went out again.
+ResendReason = Literal["resume", "device_idle", "broker_reconnected"]
+#: Why a campaign ended.
+FinishReason = Literal["budget_exhausted", "max_hours", "stopped"]
+#: Why a campaign stopped dispatching.
+PauseReason = Literal["user", "failure_rate", "no_results"]
+#: Where a person's answer to an approval came from (``timeout``: the policy's, nobody's).
+AnswerVia = Literal["cli", "prefect", "replay", "timeout"]
+#: What kind of device message was rejected, counted (``MessagesRejected``).
+RejectionKind = Literal["not_utf8", "not_json", "not_object", "too_large", "invalid_result", "invalid_status",
+                        "bad_topic", "unknown_request", "wrong_device", "duplicate", "other"]
+#: Who writes events: ``optimizer``, ``orchestrator``, ``device:<id>``, ``user:<name>``.
+ActorKind = Literal["optimizer", "orchestrator", "device", "user"]
+_ACTOR = r"^(optimizer|orchestrator|(device|user):.*)$"
 
 
 def utcnow() -> datetime:
@@ -90,12 +121,17 @@ class EventBase(_Fact):
     campaign_id: str
     seq: int = Field(ge=1)
     time: datetime = Field(default_factory=utcnow)
-    actor: str
+    actor: str = Field(pattern=_ACTOR)
 
     @field_validator("time")
     @classmethod
     def _utc(cls, v: datetime) -> datetime:
         return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
+    @property
+    def actor_kind(self) -> ActorKind:
+        """``optimizer``, ``orchestrator``, ``device`` or ``user``."""
+        return self.actor.partition(":")[0]  # type: ignore[return-value]
 
 
 class ReplaySource(_Fact):
@@ -133,22 +169,68 @@ class CampaignCreated(EventBase):
     instance: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{8,64}$")
 
 
+#: The distributions whose versions decide what a run does, as ``RunStarted.versions`` names them.
+VERSIONED = {"closedloop": "closedloop", "ax": "ax-platform", "botorch": "botorch", "prefect": "prefect"}
+
+
+def software_versions() -> dict[str, str]:
+    """The installed versions of closedloop, Ax, BoTorch and Prefect (``"not installed"`` if absent)."""
+    out = {}
+    for name, dist in VERSIONED.items():
+        try:
+            out[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 class RunStarted(EventBase):
-    """An orchestrator process took the campaign and started (or resumed) running it."""
+    """An orchestrator process took the campaign and started (or resumed) running it, with
+    these versions of closedloop, Ax, BoTorch and Prefect (``software_versions``; empty in
+    logs written before they were recorded)."""
 
     kind: Literal["RunStarted"] = "RunStarted"
     host: str
     pid: int
     flow_run_id: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+#: What chose a suggested trial (``optimizer.engines`` says which engine a spec uses, and why):
+#: ``sobol`` closedloop's space-filling design (the centre, then scrambled Sobol points, also
+#: when a model failed), ``fast`` the NumPy GP (``optimizer.fastbo``), ``ax`` Ax's BoTorch with
+#: closedloop's cheaper settings, ``ax_default`` Ax's BoTorch with Ax's defaults, ``fixed``
+#: every parameter held (no choice left), ``replay`` a faithful replay's recorded point, and
+#: ``unknown`` a model's trial logged before engines were recorded (the log did not say which).
+TrialEngine = Literal["sobol", "fast", "ax", "ax_default", "fixed", "replay", "unknown"]
+
+
+def engine_of_generator(generator: str) -> TrialEngine:
+    """The engine an old log's ``generator`` implies (logs before the engine was recorded)."""
+    if generator in ("center", "sobol") or generator.startswith("sobol (fallback"):
+        return "sobol"
+    if generator in ("fixed", "replay"):
+        return generator  # type: ignore[return-value]
+    return "unknown"  # "botorch": the fast engine or one of Ax's; the log did not say which
 
 
 class SuggestedTrial(_Fact):
-    """A trial the optimizer proposed."""
+    """A trial the optimizer proposed: its parameters, how (``generator``: ``center``,
+    ``sobol``, ``botorch``, ``fixed``, ...) and by which engine (``engine``)."""
 
     trial_id: str
     parameters: dict[str, ParameterValue]
     generator: str
     sobol_position: int | None = None
+    engine: TrialEngine = "unknown"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upcast_engine(cls, data: Any) -> Any:
+        # Logs before issue 15 have no engine: derived from the generator where it is certain.
+        if isinstance(data, dict) and "engine" not in data and isinstance(data.get("generator"), str):
+            data = {**data, "engine": engine_of_generator(data["generator"])}
+        return data
 
 
 class TrialsSuggested(EventBase):
@@ -184,7 +266,7 @@ class TrialFailed(EventBase):
 
     kind: Literal["TrialFailed"] = "TrialFailed"
     trial_id: str
-    reason: str
+    reason: FailureReason
     detail: str = ""
     device_id: str | None = None
     request_id: str | None = None
@@ -201,7 +283,7 @@ class RequestResent(EventBase):
     trial_id: str
     device_id: str
     request_id: str
-    reason: str
+    reason: ResendReason
 
 
 class TrialRetried(EventBase):
@@ -211,7 +293,7 @@ class TrialRetried(EventBase):
     kind: Literal["TrialRetried"] = "TrialRetried"
     trial_id: str
     attempt: int = Field(ge=1, description="the attempt that failed (1 = the first)")
-    reason: str
+    reason: FailureReason
     detail: str = ""
     device_id: str | None = None
     request_id: str | None = None
@@ -272,7 +354,7 @@ class MessagesRejected(EventBase):
 
     kind: Literal["MessagesRejected"] = "MessagesRejected"
     device_id: str | None = None
-    reason: str
+    reason: RejectionKind
     count: int = Field(ge=1)
     first_time: datetime
     last_time: datetime
@@ -287,6 +369,26 @@ class DeviceSkipped(EventBase):
     device_id: str
     missing: list[str] = Field(min_length=1)
     measures: list[str] = Field(default_factory=list)
+
+
+class DeviceOnline(EventBase):
+    """A device's retained status appeared, or came back from ``offline``, in this run: it
+    takes trials (``idle``) or is busy. Logged by the orchestrator when it sees the status, at
+    most a few times per device and run, so a flapping device cannot grow the log."""
+
+    kind: Literal["DeviceOnline"] = "DeviceOnline"
+    device_id: str
+    state: Literal["idle", "busy"]
+    measures: list[str] = Field(default_factory=list)
+
+
+class DeviceOffline(EventBase):
+    """A device's status says ``offline`` (its last will, or a clean goodbye): its running trial
+    will time out unless it comes back. Seen first, or after it was online, in this run."""
+
+    kind: Literal["DeviceOffline"] = "DeviceOffline"
+    device_id: str
+    state: Literal["offline"] = "offline"
 
 
 class ApprovalRequested(EventBase):
@@ -304,7 +406,7 @@ class ApprovalRequested(EventBase):
     )
     why: str
     deadline: datetime | None = None
-    on_timeout: str = "keep_waiting"
+    on_timeout: Literal["reject", "approve", "keep_waiting"] = "keep_waiting"
     answer_with: str
 
 
@@ -318,7 +420,7 @@ class ApprovalGiven(EventBase):
     edited: dict[str, dict[str, ParameterValue]] = Field(default_factory=dict)
     rejected: list[str] = Field(default_factory=list)
     reason: str
-    via: str = "cli"
+    via: AnswerVia = "cli"
     command_id: str | None = None
 
 
@@ -329,7 +431,7 @@ class ApprovalRejected(EventBase):
     approval_id: str
     rejected: list[str] = Field(min_length=1)
     reason: str
-    via: str = "cli"
+    via: AnswerVia = "cli"
     command_id: str | None = None
 
 
@@ -347,7 +449,7 @@ class CampaignPaused(EventBase):
     """The campaign stops dispatching until resumed: too many failures, or a person said so."""
 
     kind: Literal["CampaignPaused"] = "CampaignPaused"
-    reason: str
+    reason: PauseReason
     detail: str = ""
     command_id: str | None = None
 
@@ -364,7 +466,7 @@ class CampaignFinished(EventBase):
     """The campaign ended: ``budget_exhausted``, ``max_hours``, ``stopped``, ..."""
 
     kind: Literal["CampaignFinished"] = "CampaignFinished"
-    reason: str
+    reason: FinishReason
     detail: str = ""
     command_id: str | None = None
 
@@ -384,6 +486,8 @@ Event = Annotated[
     | MessageRejected
     | MessagesRejected
     | DeviceSkipped
+    | DeviceOnline
+    | DeviceOffline
     | ApprovalRequested
     | ApprovalGiven
     | ApprovalRejected

@@ -30,7 +30,9 @@ __all__ = [
     "LinearConstraint",
     "Objective",
     "OutcomeConstraint",
+    "OLD_METHOD_NAMES",
     "Parameter",
+    "not_continuous",
 ]
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -194,25 +196,27 @@ class DeviceSpec(_Model):
         return value
 
 
+#: ``optimizer.method`` values of earlier versions, read as the engine they named.
+OLD_METHOD_NAMES = {"botorch": "auto", "botorch_default": "ax_default"}
+
+
 class OptimizerSettings(_Model):
     """Optional tuning of the optimizer; the defaults suit most campaigns.
 
-    Every method opens with ``initialization_trials`` trials (default 5): the centre of the
-    search space first (``center_first``, as Ax's default and a design-of-experiments centre
-    point), then scrambled Sobol points. Then ``method`` says what suggests trials:
+    Every method but ``sobol`` opens with ``initialization_trials`` trials (default 5): the
+    centre of the search space first (``center_first``), then scrambled Sobol points. Then
+    ``method`` names the engine that suggests trials (``optimizer.engines``; README's spec
+    reference has the table):
 
-    - ``botorch`` (default): Bayesian optimization with Ax's default model and acquisition
-      (a GP per metric with BoTorch's priors; log noisy expected improvement, or log expected
-      hypervolume improvement with several objectives; candidates one at a time, the earlier
-      ones pending), computed fast: on a continuous space (float parameters, no parameter
-      constraints) by closedloop's own NumPy implementation (``optimizer.fastbo``, ~0.03-0.4 s
-      per batch of 4), otherwise by Ax with a cheaper acquisition optimizer; the GP is fitted
-      on at most ``max_training_points`` trials (the best, the most recent and a spread of
-      the rest), so the time per suggestion stops growing with the campaign (figures in
-      ``benchmarks/README.md``).
-    - ``botorch_default``: Ax's own BoTorch defaults (20 restarts, 1,024 raw samples,
-      candidates one at a time, every trial in the model). Slower, growing with the campaign.
-    - ``sobol``: quasi-random points only; no model, nearly free.
+    - ``auto`` (default): ``fast`` on a continuous space (float parameters only, no parameter
+      constraints), else ``ax``. ``closedloop validate`` says which, and why.
+    - ``fast``: closedloop's NumPy GP (``optimizer.fastbo``): Ax's default model and
+      acquisition without Ax's per-call overhead. Continuous spaces only.
+    - ``ax``: Ax's BoTorch with a cheaper acquisition optimizer; any space.
+    - ``ax_default``: Ax's BoTorch with Ax's own defaults (slower, every trial in the model).
+    - ``sobol``: quasi-random points only; no model.
+
+    ``botorch`` and ``botorch_default`` (earlier names) are read as ``auto`` and ``ax_default``.
 
     Attributes:
         initialization_trials: Trials before the model takes over (the centre and Sobol points).
@@ -220,14 +224,34 @@ class OptimizerSettings(_Model):
             each float or int parameter at the middle of its range (of its log range when
             ``log_scale``), each choice at its middle value (the later of two), a fixed
             parameter at its value; skipped when the centre breaks a parameter constraint.
-        method: ``botorch``, ``botorch_default`` or ``sobol``.
-        max_training_points: ``botorch`` only: the most trials the GP is fitted on.
+        method: ``auto``, ``fast``, ``ax``, ``ax_default`` or ``sobol``.
+        max_training_points: ``fast`` and ``ax``: the most trials the GP is fitted on.
     """
 
     initialization_trials: int | None = Field(default=None, ge=1)
     center_first: bool = True
-    method: Literal["botorch", "botorch_default", "sobol"] = "botorch"
+    method: Literal["auto", "fast", "ax", "ax_default", "sobol"] = "auto"
     max_training_points: int = Field(default=250, ge=20)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _old_names(cls, value: Any) -> Any:
+        return OLD_METHOD_NAMES.get(value, value) if isinstance(value, str) else value
+
+
+def not_continuous(spec: CampaignSpec) -> str | None:
+    """What keeps a spec's space from being continuous (the ``fast`` engine's), or ``None``.
+
+    E.g. ``"a choice parameter: solvent"``, ``"a parameter constraint: x1 + x2 <= 10"``.
+    """
+    for p in spec.parameters:
+        if isinstance(p, ChoiceParameter):
+            return f"a choice parameter: {p.name}"
+        if isinstance(p, IntParameter):
+            return f"an int parameter: {p.name}"
+    if spec.parameter_constraints:
+        return f"a parameter constraint: {spec.parameter_constraints[0].strip()}"
+    return None
 
 
 class FailurePolicy(_Model):
@@ -324,6 +348,14 @@ class CampaignSpec(_Model):
             _parse_outcome(text, f"outcome_constraints[{i}]")
         for i, text in enumerate(self.parameter_constraints):
             _parse_linear(text, self._range_names(), f"parameter_constraints[{i}]")
+        return self
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> CampaignSpec:
+        why = not_continuous(self) if self.optimizer.method == "fast" else None
+        if why is not None:
+            raise ValueError(f"optimizer.method: fast needs a continuous space, and this campaign has {why}; "
+                             "use method auto or ax")
         return self
 
     def _range_names(self) -> set[str]:

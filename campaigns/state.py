@@ -39,6 +39,9 @@ from campaigns.events import (
     TrialCompleted,
     TrialDispatched,
     TrialFailed,
+    DeviceOffline,
+    DeviceOnline,
+    TrialEngine,
     TrialsSuggested,
 )
 from campaigns.identity import fallback_instance
@@ -59,6 +62,7 @@ class TrialRecord:
     generator: str
     sobol_position: int | None
     suggested_at: datetime
+    engine: TrialEngine = "unknown"  # which engine chose it
     status: TrialStatus = "suggested"
     device_id: str | None = None
     request_id: str | None = None
@@ -118,6 +122,7 @@ class CampaignState:
     window_failed: int = 0
     broker_down_since: datetime | None = None
     broker_outages: int = 0
+    devices: dict[str, str] = field(default_factory=dict)  # device -> last state logged (DeviceOnline/Offline)
     open_approvals: dict[str, OpenApproval] = field(default_factory=dict)
     applied_commands: set[str] = field(default_factory=set)
     changes: int = 0
@@ -242,6 +247,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
                 generator=s.generator,
                 sobol_position=s.sobol_position,
                 suggested_at=event.time,
+                engine=s.engine,
             )
     elif isinstance(event, TrialDispatched):
         t = state.trials.get(event.trial_id)
@@ -300,6 +306,8 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             state.broker_outages += 1
     elif isinstance(event, BrokerReconnected):
         state.broker_down_since = None
+    elif isinstance(event, DeviceOnline | DeviceOffline):
+        state.devices[event.device_id] = event.state
     elif isinstance(event, ApprovalRequested):
         _request_approval(state, event)
     elif isinstance(event, ApprovalGiven | ApprovalRejected):

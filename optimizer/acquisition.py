@@ -1,4 +1,4 @@
-"""The fast method's acquisition functions and their maximizer, in NumPy.
+"""The fast engine's acquisition functions and their maximizer, in NumPy.
 
 Each takes points of the unit cube ``(m, d)`` and returns its value per point and, when
 asked, the gradient, written out (``FastGP.predict``): an acquisition optimizer calls them
@@ -350,11 +350,8 @@ def baseline(objective: tuple[FastGP, float], conditions: Sequence[tuple[FastGP,
     those feasible by posterior means; None if none is.
 
     BoTorch's ``qLogNEI`` takes the best of its draws at every data point that may be the best
-    (``prune_inferior_points``). Drawn at several, that best is above the best point's value
-    in most draws, a bar that discounts the improvement near the best trial: with the (up to
-    8) points within 3 standard deviations of the best one's mean, Branin's median regret over
-    100 seeds was 0.0111, with the best point alone 0.0074 (Ax's client 0.0097); Hartmann6's
-    over 150 seeds 0.048 and 0.045 (``benchmarks/README.md``).
+    (``prune_inferior_points``); drawn at several, that bar discounts the improvement near the
+    best trial, and the best point alone did better (``benchmarks/README.md``).
     """
     model, sign = objective
     x = model.X.numpy()

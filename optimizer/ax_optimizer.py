@@ -1,62 +1,16 @@
-"""``AxOptimizer``: suggest, complete and fail trials; rebuild the optimizer from the log.
+"""``AxOptimizer``: suggest, complete, fail and reject trials; rebuild the optimizer from the log.
 
-The optimizer is derived state. It keeps its own records of the campaign's trials
-(``optimizer.replay.TrialEntry``) and touches Ax only to generate BoTorch trials where the
-fast method does not serve (below): Sobol suggestions, results, failures and rejections update
-the records alone, and each Ax BoTorch call gets an Ax experiment built afresh from them in one pass (``attach_in_bulk``, the path
-``AxOptimizer.rebuild(spec, trials)`` takes on resume; the first call after ``rebuild`` uses
-the experiment ``rebuild`` built). A live and a rebuilt optimizer thus hand Ax the same
-experiment by construction, and the rebuilt one makes the same next suggestion as the live
-one did. Three more choices make that so:
+The optimizer is derived state. It keeps its own records of the campaign's trials and builds
+an Ax experiment from them (in one pass, as ``rebuild`` does) only when Ax generates; which
+engine suggests, and when the Sobol opening ends, ``optimizer.engines`` decides. With the opening
+ours (Sobol positions recorded), every model fitted from scratch, and each call seeded from
+``(seed, trials so far)``, a rebuilt optimizer makes the live one's next suggestion.
 
-- **Initialization is ours.** The first trial is the centre of the search space
-  (``optimizer.center_first``, generator ``"center"``; Ax's default opens so too), the next
-  ones points of one scrambled Sobol sequence (``optimizer.sobol``), recorded with their
-  position, so a rebuilt optimizer continues the sequence at ``max(recorded positions) + 1``.
-- **Bayesian optimization only**: on a continuous space the default method generates from
-  the records (``optimizer.fastbo``: Ax's model and acquisition in NumPy; Ax's experiment is
-  then only built when something reads it); otherwise Ax does, with a generation strategy
-  holding a single BoTorch (MBM) node, as ``optimizer.method`` says (``optimizer.generation``).
-  Either way the model is fitted from scratch at every call, in the live optimizer as in a
-  rebuilt one (Ax would otherwise reuse a model fitted earlier; no warm start, for that
-  reason).
-- **Each BO call is seeded** from ``(spec.seed, number of trials so far)``, the strategy made
-  under that seed too; the global random, numpy and torch states are restored afterwards.
-
-Why records: ``Client.complete_trial`` validates the experiment's whole data at every call
-(~14 ms per trial at a few hundred trials), the bottleneck of a fast campaign; a bulk build
-costs 10 ms at 30 trials, 140 ms at 1,000 — 1-5% of the BoTorch call it precedes.
-
-The BO phase starts once ``initialization_trials`` trials were suggested *and* at least half
-of that many (rounded up) were completed with data *and* every metric of the optimization
-config (objectives and outcome constraints) was measured at least once (Ax cannot model a
-metric it has no data for, e.g. right after an outcome constraint on a new metric is added);
-until then the optimizer keeps suggesting Sobol points, so devices never idle waiting for
-data. ``optimizer.method: sobol`` never leaves the Sobol phase, and never calls Ax after
-the constructor checked the spec.
-
-**Nothing a device may send stops it** (``optimizer.robust``): a model sees each metric
-clipped to a range ordinary data never leaves, and a fit or acquisition that still fails
-numerically gives way to the next points of the Sobol sequence (a warning is logged, and the
-trials' generator is ``sobol (fallback: <reason>)``). With every parameter fixed, each trial
-is the fixed point (generator ``fixed``): replicates.
-
-**People in the loop, and mid-campaign changes.** ``rebuild`` takes the campaign's *effective*
-spec (``CampaignState.spec``: every ``CampaignChanged`` applied), and the loop rebuilds after
-each decision or change, so a change applies at once and on every resume:
-
-- new bounds: Sobol points are mapped into the current bounds, and Ax's search space is built
-  from them; trials that ran outside (bounds narrowed since) stay in the experiment with their
-  data, out of design, and Ax's model uses them;
-- ``fixed_parameters``: every new suggestion carries the fixed value (the Sobol sampler sets
-  it; Ax gets it as fixed features, so its model still learns from trials run at other
-  values); a freed parameter varies again;
-- outcome constraints and objective thresholds: Ax's optimization config is the spec's;
-- the Sobol sequence goes on at ``max(recorded positions) + 1`` whatever changed;
-- an edited trial (``generator == "human"``) is attached with the edited parameters, its run
-  metadata noting that a person chose it, and completes or fails as any trial;
-- a rejected trial (status ``"rejected"``) is attached and abandoned: never suggested again,
-  never pending a result. It does not count toward the initialization trials.
+Nothing a device may send stops it (``optimizer.robust``): a model that fails numerically
+gives way to the next Sobol points (generator ``sobol (fallback: <reason>)``). People and
+changes reach it through ``rebuild(effective spec, trials)``: bounds, fixed parameters and
+constraints as changed; an edited trial attached with its edited parameters, a rejected one
+abandoned. The measurements behind these choices are in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -74,11 +28,12 @@ from ax.core.metric import Metric
 from botorch.exceptions.warnings import BadInitialCandidatesWarning
 
 from campaigns.errors import OptimizerError
-from campaigns.events import Measurement, ParameterValue, SuggestedTrial
+from campaigns.events import Measurement, ParameterValue, SuggestedTrial, TrialEngine
 from campaigns.spec import CampaignSpec
 from campaigns.state import TrialRecord
-from optimizer.ax_setup import AX_ERRORS, SUGGEST_HINT, build_client, optimizer_error, quiet_ax
-from optimizer.fastbo import FAST_ERRORS, fast_generate, supports_fast
+from optimizer.ax_setup import AX_ERRORS, build_client, optimizer_error, quiet_ax
+from optimizer.engines import EngineChoice, default_initialization_trials, model_engine, sobol_phase
+from optimizer.fastbo import FAST_ERRORS, fast_generate
 from optimizer.generation import generate, training_rows, training_trials
 from optimizer.replay import TrialEntry, attach_in_bulk, attach_one, attach_per_trial, ordered_trials
 from optimizer.robust import ModelFailure, numerical_failure
@@ -91,19 +46,8 @@ _Key = tuple[tuple[str, ParameterValue], ...]
 log = logging.getLogger("closedloop.optimizer")
 
 
-def default_initialization_trials(spec: CampaignSpec) -> int:
-    """How many Sobol trials open a campaign: the spec's setting, else 5 (as Ax's default).
-
-    ``max(5, 2 * d)`` before: on Hartmann6 (d = 6) with a budget of 40 it left the model too
-    few trials (``benchmarks/generation.py``).
-    """
-    if spec.optimizer.initialization_trials is not None:
-        return spec.optimizer.initialization_trials
-    return 5
-
-
 class AxOptimizer:
-    """The campaign's optimizer: scrambled Sobol initialization, then Ax BoTorch.
+    """The campaign's optimizer: the centre and scrambled Sobol points, then the spec's engine.
 
     A trial's id is its Ax trial index as text (``"0"``, ``"1"``, ...). Trials suggested and
     not yet completed or failed are pending, so new suggestions avoid them.
@@ -125,6 +69,7 @@ class AxOptimizer:
                 raise OptimizerError(f"threads={threads}: need at least 1", "pass threads >= 1, or None")
             torch.set_num_threads(threads)
         self._spec = spec
+        self._engine = model_engine(spec)
         self._verbose = verbose
         quiet_ax(verbose)
         # Ax's view of the trials: ``_stale`` once the records changed since it was built,
@@ -198,6 +143,15 @@ class AxOptimizer:
         return default_initialization_trials(self._spec)
 
     @property
+    def engine(self) -> EngineChoice:
+        """The engine that suggests trials after the Sobol opening, and why."""
+        return self._engine
+
+    def uses_model(self, n: int) -> bool:
+        """Whether ``suggest(n)`` would call a model (rather than only the Sobol sampler)."""
+        return len(self._fixed) < len(self._spec.parameters) and self._sobol_left(n) < n
+
+    @property
     def num_trials(self) -> int:
         """How many trials exist (suggested, running, completed, failed or rejected)."""
         return len(self._trials)
@@ -227,8 +181,8 @@ class AxOptimizer:
         """The ids of the trials the last BoTorch suggestion's model was fitted on."""
         if self._last_fit is None:
             data = self._ax._experiment.lookup_data()
-            fast = self._spec.optimizer.method == "botorch"  # Ax's default fits on every trial
-            subset = training_trials(self._spec, data, self._spec.optimizer.max_training_points) if fast else None
+            bounded = self._engine.engine != "ax_default"  # Ax's default fits on every trial
+            subset = training_trials(self._spec, data, self._spec.optimizer.max_training_points) if bounded else None
             self._last_fit = [str(i) for i in sorted(set((subset or data).df["trial_index"].astype(int)))]
         return list(self._last_fit)
 
@@ -254,7 +208,8 @@ class AxOptimizer:
         if len(self._fixed) == len(self._spec.parameters):
             # Every parameter fixed (``change --fix`` of each, or a spec that fixes them all):
             # the one point, as replicates; there is nothing for a model or Sobol to choose.
-            return [self._add(TrialEntry(str(len(self._trials)), dict(self._fixed), "fixed", None)) for _ in range(n)]
+            return [self._add(TrialEntry(str(len(self._trials)), dict(self._fixed), "fixed", None), engine="fixed")
+                    for _ in range(n)]
         out: list[SuggestedTrial] = []
         while len(out) < n:
             remaining = n - len(out)
@@ -273,16 +228,8 @@ class AxOptimizer:
         return out
 
     def _sobol_left(self, wanted: int) -> int:
-        """How many of the next ``wanted`` trials come from Sobol."""
-        if self._spec.optimizer.method == "sobol":
-            return wanted
-        init = self.initialization_trials
-        observed = sum(1 for t in self._trials if t.status == "completed" and t.measurements)
-        if observed < math.ceil(init / 2) or self.unobserved_metrics:
-            return wanted
-        # A rejected trial never ran: the initialization goes on without it.
-        counted = sum(1 for t in self._trials if t.status != "rejected")
-        return min(wanted, max(0, init - counted))
+        """How many of the next ``wanted`` trials come from Sobol (``optimizer.engines``)."""
+        return sobol_phase(self._spec, self._trials, bool(self.unobserved_metrics), wanted)
 
     def _fallback(self, n: int, reason: str) -> list[SuggestedTrial]:
         """Points of the Sobol sequence when the model failed numerically, the reason in their
@@ -306,15 +253,16 @@ class AxOptimizer:
         if not self._trials and self._spec.optimizer.center_first:
             center = self._sampler.center()
             if center is not None:  # the campaign's first trial (its key joins self._keys)
-                out.append(self._add(TrialEntry("0", center, "center", None)))
+                out.append(self._add(TrialEntry("0", center, "center", None), engine="sobol"))
         points = self._sampler.next_points(self._next_position, n - len(out), accept=new_point)
         return out + [
-            self._add(TrialEntry(str(len(self._trials)), dict(p.parameters), generator, p.position)) for p in points
+            self._add(TrialEntry(str(len(self._trials)), dict(p.parameters), generator, p.position), engine="sobol")
+            for p in points
         ]
 
     def _suggest_botorch(self, n: int) -> list[SuggestedTrial]:
         seed = (self._spec.seed * 1_000_003 + len(self._trials)) % 2**32
-        if self._spec.optimizer.method == "botorch" and supports_fast(self._spec):
+        if self._engine.engine == "fast":
             return self._suggest_fast(n, seed)
         self._stale |= self._used
         self._sync()
@@ -335,7 +283,7 @@ class AxOptimizer:
             # Attached as a rebuild attaches it (for a look at Ax's experiment after the call;
             # the next call builds its own).
             attach_one(self._ax, self._spec, entry)
-            out.append(self._add(entry, in_ax=True))
+            out.append(self._add(entry, in_ax=True, engine=self._engine.engine))
         return out
 
     def _suggest_fast(self, n: int, seed: int) -> list[SuggestedTrial]:
@@ -357,10 +305,7 @@ class AxOptimizer:
             reason = numerical_failure(exc)
             if reason is not None:
                 raise ModelFailure(reason) from exc
-            raise optimizer_error(
-                self._spec, "suggesting trials", exc,
-                SUGGEST_HINT,
-            ) from exc
+            raise  # the fast engine is ours: anything but numerics is a bug, shown as one
         if not all(math.isfinite(v) for c in candidates for v in c.values() if isinstance(v, float)):
             raise ModelFailure("the model proposed a point that is not finite")
         out: list[SuggestedTrial] = []
@@ -369,7 +314,7 @@ class AxOptimizer:
             # dropped; suggest() asks again for the rest, or tops the batch up with Sobol.
             if _key(parameters) in self._keys:
                 continue
-            out.append(self._add(TrialEntry(str(len(self._trials)), parameters, "botorch", None)))
+            out.append(self._add(TrialEntry(str(len(self._trials)), parameters, "botorch", None), engine="fast"))
         return out
 
     # ----------------------------------------------------------------- outcomes
@@ -450,7 +395,7 @@ class AxOptimizer:
             attach_in_bulk(client, self._spec, self._trials)
             self._ax, self._stale, self._used = client, False, False
 
-    def _add(self, entry: TrialEntry, *, in_ax: bool = False) -> SuggestedTrial:
+    def _add(self, entry: TrialEntry, *, in_ax: bool = False, engine: TrialEngine = "unknown") -> SuggestedTrial:
         """Record a trial; unless ``in_ax``, Ax's experiment is out of date until the next sync."""
         self._trials.append(entry)
         self._by_id[entry.trial_id] = entry
@@ -461,7 +406,7 @@ class AxOptimizer:
             self._stale = True
         return SuggestedTrial(
             trial_id=entry.trial_id, parameters=dict(entry.parameters), generator=entry.generator,
-            sobol_position=entry.sobol_position,
+            sobol_position=entry.sobol_position, engine=engine,
         )
 
 

@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Literal
 
+import numpy as np
+import torch
 from ax import ChoiceParameterConfig, Client, RangeParameterConfig
 from ax.exceptions.core import AxError
 from ax.utils.common.logger import set_ax_logger_levels
@@ -33,17 +35,17 @@ __all__ = [
 
 
 
-#: What Ax (and BoTorch, torch and the numerics under it) raise for a bad configuration or a
-#: failed generation. Each is turned into an ``OptimizerError`` with a hint, never swallowed.
+#: What Ax, BoTorch and the linear algebra under them raise for a configuration they refuse or
+#: a generation that failed: each becomes an ``OptimizerError`` with a hint. ``ValueError`` is
+#: in because Ax raises it (not its own ``UserInputError``) for refused configurations. A
+#: ``TypeError``, ``KeyError`` or ``IndexError`` is a bug of ours and surfaces as one.
 AX_ERRORS: tuple[type[BaseException], ...] = (
     AxError,
     BotorchError,
     ModelFittingError,
     ValueError,
-    TypeError,
-    KeyError,
-    IndexError,
-    RuntimeError,
+    torch.linalg.LinAlgError,
+    np.linalg.LinAlgError,
 )
 
 

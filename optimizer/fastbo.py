@@ -1,33 +1,13 @@
-"""The fast BoTorch method: ``FastGP`` models, analytic acquisition, greedy batches.
+"""The ``fast`` engine: ``FastGP`` models, analytic acquisition, greedy batches, in NumPy.
 
-``optimizer.method: botorch`` on a continuous search space (float parameters, no linear
-parameter constraints) generates here, from the optimizer's own records; other spaces go
-through Ax's BoTorch generator (``optimizer.generation``). The choices are Ax's defaults but
-for two (the noisy EI's baseline is the best trial alone, and raw samples are also drawn around
-it), computed without GPyTorch's and Ax's per-call overhead (``benchmarks/generation.py``:
-21-39x faster at 30-100 trials). One batch:
-
-- one GP per metric of the optimization config (objectives and outcome constraints):
-  ``FastGP``, BoTorch's default model and priors, on the bounded training set
-  (``optimizer.generation.training_rows``), after Ax's automatic winsorization of the bad
-  tail (``winsorization_cutoffs``);
-- candidate by candidate (sequential greedy, as Ax's default batch): the **log noisy
-  expected improvement** (one objective; Ax's ``qLogNEI`` with the best trial as its
-  baseline): the EI above the best of 128 joint quasi-random draws of the objective at the
-  trial with the best posterior mean (feasible by posterior means), the pending trials
-  (suggested or running) and the batch's earlier candidates, averaged over the draws; or the
-  **log expected hypervolume improvement** (several objectives; the reference point the
-  objective thresholds, a missing one inferred as BoTorch does); plus the log probability
-  that every outcome constraint holds;
-- maximized (``optimizer.acquisition.maximize``) from raw Sobol samples and, with one
-  objective, as many again around the best trial (BoTorch's ``sample_around_best``), with
-  L-BFGS-B, each candidate after the first also from where the previous one's starts ended
-  (warm starts);
-- the constraint models, and several objectives, take the posterior mean at pending trials
-  and earlier candidates as data (the Kriging believer).
-
-Every random draw comes from ``seed``, so the batch is a function of the records and the
-seed: a rebuilt optimizer makes the live one's suggestion.
+Serves continuous spaces (float parameters, no parameter constraints; ``optimizer.engines``)
+from the optimizer's own records. The choices are Ax's defaults (one GP per metric with
+BoTorch's priors after Ax's winsorization; log noisy expected improvement, or log expected
+hypervolume improvement with several objectives, plus the log probability that each outcome
+constraint holds; candidates one at a time, earlier ones pending) but for two: the noisy EI's
+baseline is the best trial alone, and raw samples are also drawn around it. Without GPyTorch's
+and Ax's per-call overhead it is many times faster (figures in ``benchmarks/README.md``).
+Every random draw comes from ``seed``, so a batch is a function of the records and the seed.
 """
 
 from __future__ import annotations
@@ -40,7 +20,7 @@ import torch
 from torch import Tensor
 
 from campaigns.events import ParameterValue
-from campaigns.spec import CampaignSpec, FloatParameter
+from campaigns.spec import CampaignSpec, FloatParameter, not_continuous
 from optimizer.acquisition import Acquisition, LogEHVI, LogNEI, baseline, hypercells, maximize
 from optimizer.fastgp import FastGP
 from optimizer.replay import TrialEntry
@@ -57,18 +37,16 @@ FAST_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, Arithm
 #: BoTorch's ``initialize_q_batch``, L-BFGS-B iterations from each start, which stop once an
 #: iteration improves the log acquisition by less than ``factr`` x 2.2e-16 relative (2.2e-6;
 #: scipy's default 1e7 gives 2.2e-9: the same candidates to ~1e-4 of the range, ~25% more
-#: time, the extra iterations crawling along flat log-EI ridges). ``around_best`` raw samples
-#: more are drawn around the best trial, normal with ``around_sd`` (unit cube; BoTorch's
-#: ``sample_around_best`` uses 1e-3): Hartmann6 over 150 seeds (measured with an 8-point
-#: baseline, ``acquisition.baseline``), runs ending within 0.015 of the optimum went from 14
-#: to 32 and the median regret from 0.064 to 0.048; 1e-3 and 0.02 gave 22 and 27 runs.
+#: time). ``around_best`` raw samples more are drawn around the best trial, normal with
+#: ``around_sd`` (unit cube; BoTorch's ``sample_around_best`` uses 1e-3; why 0.01:
+#: ``benchmarks/README.md``).
 FAST_SETTINGS: dict[str, float] = {"num_restarts": 10, "raw_samples": 512, "maxiter": 200, "factr": 1e10,
                                    "around_best": 512, "around_sd": 0.01}
 
 
 def supports_fast(spec: CampaignSpec) -> bool:
-    """Whether the fast method can serve the spec: float parameters only, no linear constraints."""
-    return all(isinstance(p, FloatParameter) for p in spec.parameters) and not spec.parameter_constraints
+    """Whether the fast engine can serve the spec: float parameters only, no linear constraints."""
+    return not_continuous(spec) is None
 
 
 class _Space:

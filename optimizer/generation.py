@@ -1,29 +1,16 @@
-"""How BoTorch trials are generated through Ax: the two BoTorch methods, the bounded training set.
+"""How the ``ax`` and ``ax_default`` engines generate through Ax; the bounded training set.
 
-``optimizer.method`` (``campaigns.spec.OptimizerSettings``) picks one of:
+- ``ax`` (``auto`` on a space with int or choice parameters or parameter constraints): one
+  model fit and one acquisition optimization per batch, Ax generating a single run of ``n``
+  candidates greedily (each with the earlier ones pending), a cheaper acquisition optimizer
+  than Ax's (``FAST_ACQUISITION``), one GP per metric, fitted on at most
+  ``optimizer.max_training_points`` trials (``training_trials``) so the time per batch stops
+  growing with the campaign.
+- ``ax_default``: Ax's own BoTorch defaults (``configure_generation_strategy(method="fast")``),
+  every trial in the model. Slower; the reference.
 
-- ``botorch`` (the default) on a continuous space is ``optimizer.fastbo``'s (Ax's model and
-  acquisition, in NumPy, without Ax's and GPyTorch's per-call overhead). Here, with int or
-  choice parameters or linear parameter constraints, it is still **fast**: one model fit and
-  *one* acquisition optimization per
-  batch: Ax generates a single generator run with all ``n`` candidates (BoTorch's
-  ``optimize_acqf`` picks them greedily, each with the earlier ones pending); each arm becomes
-  a single-arm trial, in order (``generate``). Optimizing the ``q`` candidates jointly
-  (``sequential=False``) was measured and rejected: on Hartmann6 its median regret after 40
-  trials was 0.82 against 0.20 (3 seeds). The acquisition optimizer is cheaper than Ax's
-  (``FAST_ACQUISITION``), a model with several metrics is one GP per metric (Ax's batched
-  multi-output GP costs ~3x as much to fit), and the GP is fitted on at most
-  ``optimizer.max_training_points`` trials (``training_trials``), so the time per batch
-  stops growing with the campaign.
-- ``botorch_default``: Ax's own BoTorch (MBM) defaults, as ``configure_generation_strategy(
-  method="fast")`` builds them (20 restarts, 1,024 raw samples, candidates one at a time with
-  the earlier ones pending, every trial in the model). Slower; kept as the reference.
-
-Both go through Ax's public generation-strategy API (``GenerationNode``, ``GeneratorSpec``
-kwargs, ``model_gen_options``, ``SurrogateSpec``; the training subset is the ``data``
-argument of ``GenerationStrategy.gen``). Neither warm-starts the GP from an earlier fit: the
-suggestion must be a function of the log alone (a rebuilt optimizer makes the live one's next
-suggestion), and a process's previous fit is not in the log.
+Both use Ax's public generation-strategy API and never warm-start a GP: a suggestion must be
+a function of the log alone. Why these settings: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -52,6 +39,7 @@ from botorch.sampling.normal import SobolQMCNormalSampler
 from campaigns.events import ParameterValue
 from campaigns.spec import CampaignSpec, FloatParameter
 from optimizer.ax_setup import AX_ERRORS, SUGGEST_HINT, optimizer_error
+from optimizer.engines import model_engine
 from optimizer.robust import NUMERICAL_ERRORS, ModelFailure, numerical_failure
 
 __all__ = [
@@ -88,7 +76,7 @@ def botorch_strategy(spec: CampaignSpec) -> GenerationStrategy:
     (``GenerationStrategyRepeatedPoints`` is raised instead, and the caller tops the batch up
     with points of its own Sobol sequence).
     """
-    fast = spec.optimizer.method == "botorch"
+    fast = model_engine(spec).engine != "ax_default"
     continuous = all(isinstance(p, FloatParameter) for p in spec.parameters)
     optimizer_kwargs: dict[str, Any] = {}
     options: dict[str, Any] = {}
@@ -162,7 +150,7 @@ def generate(
             # Made under the seed (the fast method's sampler draws its own).
             strategy = botorch_strategy(spec)
             client.set_generation_strategy(strategy)
-            if spec.optimizer.method == "botorch":  # one generator run of n arms, on a bounded subset
+            if model_engine(spec).engine != "ax_default":  # one generator run of n arms, on a bounded subset
                 data = training_trials(spec, experiment.lookup_data(), spec.optimizer.max_training_points)
                 [[run]] = strategy.gen(experiment=experiment, data=data, n=n, fixed_features=features)
                 arms = run.arms
@@ -171,10 +159,12 @@ def generate(
                 arms = [run.arms[0] for [run] in runs]
     except GenerationStrategyRepeatedPoints:
         return []  # the model only proposes points already tried
-    except (*AX_ERRORS, *NUMERICAL_ERRORS) as exc:
+    except (*AX_ERRORS, *NUMERICAL_ERRORS, RuntimeError) as exc:
         reason = numerical_failure(exc)
         if reason is not None:
             raise ModelFailure(reason) from exc  # AxOptimizer falls back to its Sobol sequence
+        if not isinstance(exc, AX_ERRORS):
+            raise  # a RuntimeError that is not numerics: a bug, shown as one
         raise optimizer_error(
             spec, "suggesting trials", exc,
             SUGGEST_HINT,

@@ -1,7 +1,9 @@
 """Exports of a campaign's trials: one row per trial, as CSV or JSON, from its folded state.
 
 Columns, in order: ``trial_id, index, status, device_id, request_id, suggested_at,
-dispatched_at, finished_at, failure_reason, failure_detail``, then ``param.<name>`` for every
+dispatched_at, finished_at, failure_reason, failure_detail, attempts, engine, generator``
+(``engine``: what chose the trial, ``sobol``, ``fast``, ``ax``, ...; ``unknown`` for a model
+trial of a log written before engines were recorded), then ``param.<name>`` for every
 parameter of the spec, then ``<metric>`` (the mean) and ``<metric>.sem`` for every metric the
 spec needs (objectives, then constraint metrics) and any other metric a device reported.
 Times are ISO-8601 UTC text; a missing value is ``None`` (an empty CSV cell, ``null`` in JSON).
@@ -33,6 +35,8 @@ _TRIAL_COLUMNS = [
     "failure_reason",
     "failure_detail",
     "attempts",
+    "engine",
+    "generator",
 ]
 
 
@@ -88,6 +92,8 @@ def _row(trial: TrialRecord, parameters: list[str], metrics: list[str], late: li
         "failure_reason": trial.failure_reason,
         "failure_detail": trial.failure_detail or None,
         "attempts": trial.attempts,
+        "engine": trial.engine,
+        "generator": trial.generator,
     }
     for name in parameters:
         row[f"param.{name}"] = trial.parameters.get(name)

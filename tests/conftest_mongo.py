@@ -28,6 +28,8 @@ from campaigns import (
     CampaignChanged,
     CampaignPaused,
     CampaignResumed,
+    DeviceOffline,
+    DeviceOnline,
     DeviceSkipped,
     Event,
     LateResultRecorded,
@@ -131,7 +133,7 @@ def sample_log(campaign_id: str = "c-1", *, finished: bool = True) -> list[Event
         MessageRejected(
             **at(6), actor="orchestrator", device_id="dev-1", topic="lab/dev-1/result", reason="duplicate", excerpt="{}"
         ),
-        TrialRetried(**at(7), actor="orchestrator", trial_id="t1", attempt=1, reason="device_offline"),
+        TrialRetried(**at(7), actor="orchestrator", trial_id="t1", attempt=1, reason="timeout"),
         TrialDispatched(**at(8), actor="orchestrator", trial_id="t1", device_id="dev-1", request_id="r-1"),
         RequestResent(**at(9), actor="orchestrator", trial_id="t1", device_id="dev-1", request_id="r-1", reason="resume"),
         BrokerDisconnected(**at(10), actor="orchestrator", detail="connection lost"),
@@ -145,7 +147,7 @@ def sample_log(campaign_id: str = "c-1", *, finished: bool = True) -> list[Event
             request_id="r-1",
             measurements={"yield_": Measurement(mean=0.1 + 0.2, sem=None)},
         ),
-        CampaignPaused(**at(14), actor="user:ada", reason="manual", detail="lunch"),
+        CampaignPaused(**at(14), actor="user:ada", reason="user", detail="lunch"),
         CampaignResumed(**at(15), actor="user:ada"),
         TrialsSuggested(**at(16), actor="optimizer", trials=[
             SuggestedTrial(trial_id="t2", parameters={"x1": 0.5, "n": 2, "solvent": "water"}, generator="botorch"),
@@ -166,6 +168,8 @@ def sample_log(campaign_id: str = "c-1", *, finished: bool = True) -> list[Event
                          first_time=t0 + timedelta(seconds=21.5), last_time=t0 + timedelta(seconds=21.9),
                          example="payload is not JSON: Expecting value"),
         DeviceSkipped(**at(23), actor="orchestrator", device_id="dev-1", missing=["purity"], measures=["yield_"]),
+        DeviceOffline(**at(24), actor="orchestrator", device_id="dev-2"),
+        DeviceOnline(**at(25), actor="orchestrator", device_id="dev-2", state="idle", measures=["yield_", "purity"]),
     ]
     if finished:
         events.append(CampaignFinished(**at(len(events) + 1), actor="user:ada", reason="stopped"))

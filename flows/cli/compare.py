@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from campaigns import CampaignState, ClosedLoopError
+from flows.cli.report import engine_counts, engines_text
 
 __all__ = ["Curve", "best_so_far", "compare_table", "write_compare"]
 
@@ -30,6 +31,8 @@ class Curve:
         trials: 1, 2, ... (completed trials so far).
         seconds: Time of each result since the campaign's first trial was dispatched.
         best: Best value so far after each result.
+        engines: How many trials each engine chose (``TrialsSuggested``'s ``engine``).
+        best_engine: The engine that chose the best trial.
     """
 
     campaign_id: str
@@ -38,6 +41,8 @@ class Curve:
     trials: list[int]
     seconds: list[float]
     best: list[float]
+    engines: dict[str, int] = field(default_factory=dict)
+    best_engine: str | None = None
 
     @property
     def final(self) -> float | None:
@@ -61,24 +66,30 @@ def best_so_far(state: CampaignState) -> Curve:
     start = min(dispatched) if dispatched else state.created_at
     trials, seconds, best = [], [], []
     current: float | None = None
+    best_engine: str | None = None
     for i, t in enumerate(done, start=1):
         v = t.measurements[objective.name].mean
-        current = v if current is None else (min(current, v) if objective.minimize else max(current, v))
+        if current is None or (v < current if objective.minimize else v > current):
+            current, best_engine = v, t.engine
         trials.append(i)
         seconds.append(0.0 if start is None or t.finished_at is None else (t.finished_at - start).total_seconds())
         best.append(current)
-    return Curve(state.campaign_id, objective.name, objective.minimize, trials, seconds, best)
+    return Curve(state.campaign_id, objective.name, objective.minimize, trials, seconds, best,
+                 engines=engine_counts(state), best_engine=best_engine)
 
 
 def _rows(curves: list[Curve]) -> list[tuple[str, ...]]:
-    rows = [("campaign", "metric", "trials", "best", "best at trial", "best after s", "total s")]
+    rows = [("campaign", "metric", "trials", "best", "best at trial", "best after s", "total s", "best by",
+             "engines")]
     for c in curves:
+        engines = engines_text(c.engines)
         if not c.best:
-            rows.append((c.campaign_id, c.metric, "0", "-", "-", "-", "-"))
+            rows.append((c.campaign_id, c.metric, "0", "-", "-", "-", "-", "-", engines))
             continue
         at = c.best.index(c.best[-1])
         rows.append((c.campaign_id, f"{c.metric} ({'min' if c.minimize else 'max'})", str(c.trials[-1]),
-                     f"{c.best[-1]:.6g}", str(c.trials[at]), f"{c.seconds[at]:.1f}", f"{c.seconds[-1]:.1f}"))
+                     f"{c.best[-1]:.6g}", str(c.trials[at]), f"{c.seconds[at]:.1f}", f"{c.seconds[-1]:.1f}",
+                     c.best_engine or "-", engines))
     return rows
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from campaigns import (
     CampaignNotFoundError,
     ClosedLoopError,
     SpecError,
+    event_to_doc,
     fold,
     load_spec,
 )
@@ -40,7 +42,7 @@ from flows.app.settings import Settings, settings_problem
 from flows.cli.drive import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, drive
 from flows.cli.people import add_commands, current_user
 from flows.cli.replay import add_replay_commands, parse_options
-from flows.cli.report import status_dict, status_text
+from flows.cli.report import engine_line, log_line, status_dict, status_text
 from flows.engine.catalog import check_spec_devices
 
 __all__ = ["main"]
@@ -61,6 +63,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     check_spec_devices(spec)
     print(f"{args.spec}: campaign {spec.name!r} is valid ({len(spec.parameters)} parameters, "
           f"{len(spec.objectives)} objective(s), {len(spec.devices)} device(s))")
+    print(engine_line(spec))
+    return EXIT_OK
+
+
+def _cmd_log(args: argparse.Namespace) -> int:
+    with event_store(Settings()) as store:
+        events = store.read(args.campaign)
+    if not events:
+        raise CampaignNotFoundError(f"no campaign {args.campaign!r}", "see `closedloop list`", campaign_id=args.campaign)
+    try:
+        for event in events:
+            print(json.dumps(event_to_doc(event), sort_keys=True) if args.json else log_line(event))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `closedloop log X | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 
@@ -231,6 +248,11 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a campaign file without running anything")
     v.add_argument("spec")
     v.set_defaults(func=_cmd_validate)
+
+    lg = sub.add_parser("log", help="the campaign's events as logged, one a line (--json: one JSON object a line)")
+    lg.add_argument("campaign")
+    lg.add_argument("--json", action="store_true", help="each event as a JSON object, as this version reads it (older shapes upcast)")
+    lg.set_defaults(func=_cmd_log)
 
     s = sub.add_parser("status", help="where a campaign stands")
     s.add_argument("campaign")

@@ -345,8 +345,9 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--trial-timeout", dest="trial_timeout_s", type=float, metavar="S")
     c.add_argument("--max-trials", dest="max_trials", type=int)
     c.add_argument("--max-hours", dest="max_hours", type=float)
-    c.add_argument("--method", choices=["botorch", "botorch_default", "sobol"],
-                   help="the optimizer's method from now on (e.g. sobol: no model)")
+    c.add_argument("--method", choices=["auto", "fast", "ax", "ax_default", "sobol", "botorch", "botorch_default"],
+                   help="the optimizer's engine from now on (e.g. sobol: no model; botorch and botorch_default "
+                   "are the earlier names of auto and ax_default)")
     who(c)
     c.set_defaults(func=_cmd_change)
 

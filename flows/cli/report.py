@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from campaigns import CampaignState, TrialRecord
+from campaigns import CampaignSpec, CampaignState, EventBase, TrialRecord, event_to_doc
+from optimizer.engines import default_initialization_trials, model_engine
 
-__all__ = ["best_line", "condition_line", "status_dict", "status_text"]
+__all__ = [
+    "best_line",
+    "condition_line",
+    "engine_counts",
+    "engine_line",
+    "engines_text",
+    "log_line",
+    "status_dict",
+    "status_text",
+]
+
+
+def engine_line(spec: CampaignSpec) -> str:
+    """What ``closedloop validate`` says of the optimizer: the engine and why."""
+    choice = model_engine(spec)
+    if choice.engine == "sobol":
+        return f"engine: sobol ({choice.why}; no model, quasi-random points only)"
+    opening = default_initialization_trials(spec)
+    return f"engine: {choice.engine} ({choice.why}); the first {opening} trials: sobol (the centre, then Sobol points)"
+
+
+def log_line(event: EventBase) -> str:
+    """One event on one line: seq, time, actor, kind, then its own fields as compact JSON."""
+    doc = event_to_doc(event)
+    head = f"{event.seq:>5}  {doc['time']}  {event.actor}  {doc['kind']}"
+    rest = {k: v for k, v in doc.items() if k not in ("seq", "time", "actor", "kind", "campaign_id", "schema_version")}
+    return f"{head}  {json.dumps(rest, sort_keys=True, separators=(',', ':'))}" if rest else head
+
+
+def engine_counts(state: CampaignState) -> dict[str, int]:
+    """How many trials each engine chose (``sobol``, ``fast``, ``ax``, ...), in first-use order."""
+    out: dict[str, int] = {}
+    for t in state.trials.values():
+        out[t.engine] = out.get(t.engine, 0) + 1
+    return out
+
+
+def engines_text(counts: dict[str, int]) -> str:
+    """``"sobol 5, fast 3"`` (``"-"`` with no trial)."""
+    return ", ".join(f"{engine} {n}" for engine, n in counts.items()) or "-"
 
 
 def _trial_summary(t: TrialRecord) -> dict[str, Any]:
@@ -15,6 +56,8 @@ def _trial_summary(t: TrialRecord) -> dict[str, Any]:
         "parameters": t.parameters,
         "measurements": {k: v.mean for k, v in t.measurements.items()},
         "device_id": t.device_id,
+        "engine": t.engine,
+        "generator": t.generator,
     }
 
 
@@ -36,6 +79,7 @@ def status_dict(state: CampaignState) -> dict[str, Any]:
             "rejected": state.count("rejected"),
         },
         "best": None if best is None else _trial_summary(best),
+        "optimizer": None if spec is None else {"method": spec.optimizer.method, "engines": engine_counts(state)},
         "objectives": [] if spec is None else [o.model_dump() for o in spec.objectives],
         "runs": state.runs,
         "paused": None if state.paused_reason is None else {"reason": state.paused_reason, "detail": state.paused_detail},
@@ -109,6 +153,9 @@ def status_text(state: CampaignState) -> str:
         f"{t['waiting']} waiting{budget}",
         best_line(state),
     ]
+    if state.trials:
+        method = "" if spec is None else f" (optimizer.method: {spec.optimizer.method})"
+        lines.append(f"chosen by: {engines_text(engine_counts(state))}{method}")
     if condition_line(state):
         lines.append(condition_line(state))
     if state.rejected_messages:

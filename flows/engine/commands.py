@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -28,6 +28,7 @@ from campaigns import (
     apply_change,
 )
 from campaigns.command import Command
+from campaigns.events import AnswerVia
 from campaigns.state import OpenApproval
 from flows.engine.catalog import check_spec_devices
 
@@ -172,8 +173,10 @@ def _approval(state: CampaignState, command: Command, fields: Fields) -> EventBa
             if not c.holds(point):
                 raise _refuse(state, f"--edit {tid}: the edited trial breaks the parameter constraint {c.text!r}",
                               "choose values that satisfy it")
-    common = {"approval_id": approval_id, "reason": command.reason, "via": p.get("via", "cli"),
-              "command_id": command.command_id}
+    via = p.get("via", "cli")
+    if via not in get_args(AnswerVia):  # ApprovalGiven.via is a closed vocabulary
+        raise _refuse(state, f"an answer via {str(via)[:40]!r}", f"answer via {', '.join(get_args(AnswerVia))}")
+    common = {"approval_id": approval_id, "reason": command.reason, "via": via, "command_id": command.command_id}
     if not approved and not edited:
         return ApprovalRejected(**fields(f"user:{command.by}", 0), rejected=reject, **common)
     return ApprovalGiven(**fields(f"user:{command.by}", 0), approved=approved, edited=edited, rejected=reject, **common)

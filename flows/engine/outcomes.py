@@ -26,6 +26,8 @@ from campaigns import (
     CampaignPaused,
     CampaignSpec,
     CampaignState,
+    DeviceOffline,
+    DeviceOnline,
     DeviceSkipped,
     EventBase,
     LateResultRecorded,
@@ -61,6 +63,8 @@ log = logging.getLogger("closedloop.loop")
 _SKIPS_PER_DEVICE = 3
 # A running trial is re-sent on its device's "idle" status at most this often per run.
 _IDLE_RESENDS = 5
+# A device's online/offline transitions are logged at most this often per run.
+_PRESENCE_PER_DEVICE = 10
 
 
 @dataclass
@@ -96,6 +100,7 @@ class Outcomes:
     _skipped: dict[str, set[tuple[str, ...]]]
     _idle_resends: dict[str, int]
     _needed_for: tuple[CampaignSpec, tuple[str, ...]] | None = None
+    _presence: dict[str, list[Any]]  # device -> [online (None: no status yet this run), transitions logged]
 
     def _start_outcomes(self) -> None:
         """Per-run bookkeeping: rejection budget, what was heard, devices named as skipped."""
@@ -104,6 +109,7 @@ class Outcomes:
         self._watch = _RunWatch()
         self._skipped = {}
         self._idle_resends = {}
+        self._presence = {}
 
     def _end_run(self) -> None:
         """The run ends normally: every rejection still only counted goes to the log now."""
@@ -199,6 +205,7 @@ class Outcomes:
             self._result(event, spec)
         elif isinstance(event, StatusChanged):
             self._answered.discard(event.device_id)
+            self._note_presence(event.device_id, event.status.state, event.status.measures)
             if event.status.state == "idle":
                 # A device that is idle while the log says it runs a trial lost the request or
                 # restarted: ask again (it answers from its store if it did run it) — a few
@@ -221,6 +228,21 @@ class Outcomes:
         if self._needed_for is None or self._needed_for[0] is not spec:
             self._needed_for = (spec, tuple(spec.metrics))
         return self._needed_for[1]
+
+    def _note_presence(self, device_id: str, state: str, measures: list[str]) -> None:
+        """Log a device coming online (first status, or back from offline) or going offline, so
+        a timeout's cause is in the log; a few times per device and run at most."""
+        seen = self._presence.setdefault(device_id, [None, 0])
+        online = state != "offline"
+        if seen[0] is not None and seen[0] == online:
+            return
+        seen[0] = online
+        seen[1] += 1
+        if seen[1] > _PRESENCE_PER_DEVICE:
+            return
+        fields = self.writer.fields("orchestrator")
+        self._stage(DeviceOnline(**fields, device_id=device_id, state=state, measures=list(measures)) if online  # type: ignore[arg-type]
+                    else DeviceOffline(**fields, device_id=device_id))  # type: ignore[arg-type]
 
     def _suits(self, device_id: str, measures: list[str], spec: CampaignSpec) -> bool:
         """Whether a device's status announces every metric the campaign needs; names it (once

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
 from campaigns import CampaignSpec, SuggestedTrial, TrialRecord, fold
+from campaigns.events import software_versions
 from campaigns.identity import client_id
 from devices import MqttDeviceHub
 from flows.app.lease import hold_lease
@@ -55,10 +56,10 @@ class _TaskOptimizer:
         self.inner = inner
 
     def suggest(self, n: int) -> list[SuggestedTrial]:
-        inner = self.inner
-        if inner.spec.optimizer.method == "sobol" or inner.num_trials + n <= inner.initialization_trials:
-            return inner.suggest(n)
-        return suggest_trials(inner, n)
+        # The optimizer decides whether a model runs (optimizer.engines.sobol_phase), once.
+        if not self.inner.uses_model(n):
+            return self.inner.suggest(n)
+        return suggest_trials(self.inner, n)
 
     def complete(self, trial_id: str, measurements: dict) -> None:  # type: ignore[type-arg]
         self.inner.complete(trial_id, measurements)
@@ -126,7 +127,8 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, 
                     campaign_id, store, hub,
                     make_optimizer=scripted or partial(_make_optimizer, settings.optimizer_threads),
                     options=LoopOptions(max_runtime_s=max_runtime_s),
-                    run_info={"host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run_id},
+                    run_info={"host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run_id,
+                              "versions": software_versions()},
                     lease_lost=held.lost_error,
                     inbox=inbox,
                     notifier=notifier,

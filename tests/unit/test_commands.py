@@ -71,6 +71,7 @@ def test_rejecting_everything_is_an_approval_rejected() -> None:
     ({"edit": {"0": {"x9": "1"}}}, "no such parameter"),
     ({"edit": {"0": {"x1": "warm"}}}, "not a number"),
     ({"approval_id": "a7"}, "approval 'a7' is not waiting"),
+    ({"via": "carrier pigeon"}, "an answer via 'carrier pigeon'"),  # via is a closed vocabulary
 ])
 def test_bad_approvals_are_refused_in_one_line(payload: dict[str, Any], message: str) -> None:
     state = waiting_state()

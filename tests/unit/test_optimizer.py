@@ -31,7 +31,8 @@ def make_spec(parameters: list[dict[str, Any]], **extra: Any) -> CampaignSpec:
 
 
 def test_all_names_are_exported() -> None:
-    assert sorted(optimizer.__all__) == ["AxOptimizer", "SobolPoint", "SobolSampler", "default_initialization_trials"]
+    assert sorted(optimizer.__all__) == ["AxOptimizer", "EngineChoice", "SobolPoint", "SobolSampler",
+                                         "default_initialization_trials", "model_engine"]
     for name in optimizer.__all__:
         assert getattr(optimizer, name).__doc__
 

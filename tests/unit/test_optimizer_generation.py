@@ -26,7 +26,8 @@ def branin(x1: float, x2: float) -> float:
 
 
 def with_optimizer(spec: CampaignSpec, **settings: object) -> CampaignSpec:
-    return spec.model_copy(update={"optimizer": spec.optimizer.model_copy(update=settings)})
+    # Validated, as a spec file is (earlier method names read as today's).
+    return CampaignSpec.model_validate({**spec.model_dump(), "optimizer": {**spec.optimizer.model_dump(), **settings}})
 
 
 def completed(spec: CampaignSpec, n: int, values: list[dict[str, float]] | None = None) -> list[TrialRecord]:

@@ -83,7 +83,9 @@ def one_line(exc: pytest.ExceptionInfo[SpecError]) -> str:
         (with_(fixed_parameters={"x9": 1}), "fixed_parameters", "not a parameter"),
         (with_(dispatch="sometimes"), "dispatch", "'async' or 'batch'"),
         (with_(optimizer={"max_training_points": 3}), "optimizer.max_training_points", "20"),
-        (with_(optimizer={"method": "magic"}), "optimizer.method", "botorch_default"),
+        (with_(optimizer={"method": "magic"}), "optimizer.method", "ax_default"),
+        (with_(optimizer={"method": "fast"}, parameter_constraints=["x1 + x2 <= 3"]), "optimizer.method",
+         "use method auto or ax"),
         (with_(optimizer={"center_first": "perhaps"}), "optimizer.center_first", "bool"),
     ],
 )
