@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaigns import ApprovalRequested, CampaignCreated, SuggestedTrial, TrialsSuggested, load_spec
-from flows import cli
+from flows.cli import main as cli
 from simulators import SIMULATORS
 from storage import MongoEventStore
 
