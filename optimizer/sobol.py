@@ -68,6 +68,8 @@ class SobolSampler:
         self._constraints: list[LinearConstraint] = spec.parsed_parameter_constraints
         self._dimension = len(spec.parameters)
         self._fixed = fixed_parameter_values(spec)
+        self._engine: torch.quasirandom.SobolEngine | None = None
+        self._position = 0
 
     def point_at(self, position: int) -> dict[str, ParameterValue]:
         """The parameters at one position, whether or not they satisfy the constraints.
@@ -130,12 +132,21 @@ class SobolSampler:
     def _draw(self, start: int, n: int) -> list[list[float]]:
         if start < 0:
             raise ValueError("a Sobol position is >= 0")
-        engine = torch.quasirandom.SobolEngine(  # type: ignore[no-untyped-call]
-            self._dimension, scramble=True, seed=self._spec.seed
-        )
-        if start:
-            engine.fast_forward(start)  # type: ignore[no-untyped-call]
-        return engine.draw(n, dtype=torch.float64).tolist()
+        # One scrambled engine per sequence (building one costs ~10 ms); positions are reached
+        # by fast-forwarding it, or resetting it first, so every draw equals a fresh engine's.
+        if self._engine is None:
+            self._engine = torch.quasirandom.SobolEngine(  # type: ignore[no-untyped-call]
+                self._dimension, scramble=True, seed=self._spec.seed
+            )
+            self._position = 0
+        if start < self._position:
+            self._engine.reset()  # type: ignore[no-untyped-call]
+            self._position = 0
+        if start > self._position:
+            self._engine.fast_forward(start - self._position)  # type: ignore[no-untyped-call]
+        rows: list[list[float]] = self._engine.draw(n, dtype=torch.float64).tolist()
+        self._position = start + n
+        return rows
 
     def _map(self, row: list[float]) -> dict[str, ParameterValue]:
         out: dict[str, ParameterValue] = {}

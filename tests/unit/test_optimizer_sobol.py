@@ -83,3 +83,13 @@ def test_the_demo_spec_maps_onto_its_bounds() -> None:
     spec = load_spec(EXAMPLES / "branin.yaml")
     for p in SobolSampler(spec).next_points(0, 64):
         assert -5.0 <= float(p.parameters["x1"]) <= 10.0 and 0.0 <= float(p.parameters["x2"]) <= 15.0
+
+
+def test_one_sampler_asked_in_any_order_gives_a_fresh_samplers_points() -> None:
+    """The sampler keeps one scrambled engine and fast-forwards or resets it; whatever order
+    positions are asked in, each point is the one a new sampler gives at that position."""
+    sampler = SobolSampler(MIXED)
+    for start, n in [(0, 5), (5, 3), (2, 4), (100, 2), (50, 1), (50, 7), (0, 1), (300, 3)]:
+        got = [p.parameters for p in sampler.next_points(start, n)]
+        assert got == [p.parameters for p in SobolSampler(MIXED).next_points(start, n)], (start, n)
+        assert sampler.point_at(start) == SobolSampler(MIXED).point_at(start)
