@@ -30,13 +30,16 @@ from campaigns import (
     CampaignNotFoundError,
     CampaignPaused,
     CampaignResumed,
+    CampaignState,
     ClosedLoopError,
     EventBase,
+    IntParameter,
     RunStarted,
     SpecError,
     TrialRetried,
     fold,
 )
+from campaigns.assignments import parameter_value, parameter_values, split_assignments
 from flows.app.lease import hold_lease
 from flows.app.runtime import event_store
 from flows.app.settings import Settings
@@ -86,6 +89,8 @@ def _send(store: MongoEventStore, settings: Settings, command: Command) -> int:
         # Bound to what its author sees now: the orchestrator applies it to this approval, with
         # these trials, or refuses it.
         command = command.model_copy(update={"payload": bind_approval(state, command.payload)})
+    if command.kind in ("approve", "change"):
+        command = _typed(state, command)
 
     def fields(actor: str, offset: int) -> dict[str, Any]:
         return {"campaign_id": campaign_id, "seq": state.last_seq + 1 + offset, "actor": actor}
@@ -239,23 +244,47 @@ def _cmd_pending(args: argparse.Namespace) -> int:
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"{flag} {item!r}: expected NAME=VALUE", f"e.g. {flag} x1=2.5")
-        out[key] = value
-    return out
+    try:
+        return split_assignments(items)
+    except ValueError as exc:
+        raise SpecError(f"{flag} {exc}", f"e.g. {flag} x1=2.5") from None
 
 
 def _number(text: str, flag: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise SpecError(f"{flag}: {text!r} is not a number", f"e.g. {flag} x1=2.5") from None
+        raise SpecError(f"{flag} {text!r}: not a number", f"e.g. {flag} x1=2.5") from None
     if not math.isfinite(value):
-        raise SpecError(f"{flag}: {text!r} is not a finite number", f"e.g. {flag} x1=2.5")
+        raise SpecError(f"{flag} {text!r}: not a finite number", f"e.g. {flag} x1=2.5")
     return value
+
+
+def _typed(state: CampaignState, command: Command) -> Command:
+    """``--edit`` and ``--fix`` values and ``--set-bounds`` typed by their parameters, as the loop reads them."""
+    assert state.spec is not None
+    payload = dict(command.payload)
+    params = state.spec.parameters
+    try:
+        if payload.get("edit"):
+            payload["edit"] = {tid: parameter_values(params, values) for tid, values in payload["edit"].items()}
+    except ValueError as exc:
+        raise SpecError(f"--edit {exc}", "e.g. --edit 3 x1=2.5") from None
+    try:
+        if payload.get("fix"):
+            payload["fix"] = parameter_values(params, payload["fix"])
+    except ValueError as exc:
+        raise SpecError(f"--fix {exc}", "e.g. --fix x2=3.0") from None
+    bounds = {}
+    for name, pair in (payload.get("set_bounds") or {}).items():
+        p = next((q for q in params if q.name == name), None)
+        try:
+            bounds[name] = pair if not isinstance(p, IntParameter) else tuple(parameter_value(p, v) for v in pair)
+        except ValueError as exc:
+            raise SpecError(f"--set-bounds {exc}", "e.g. --set-bounds n=1:8") from None
+    if bounds:
+        payload["set_bounds"] = bounds
+    return command.model_copy(update={"payload": payload})
 
 
 def _cmd_approve(args: argparse.Namespace) -> int:
@@ -282,12 +311,7 @@ def _cmd_change(args: argparse.Namespace) -> int:
         bounds[name] = (_number(low, "--set-bounds"), _number(high, "--set-bounds"))
     if bounds:
         change["set_bounds"] = bounds
-    fixed: dict[str, Any] = {}
-    for name, text in _pairs(args.fix or [], "--fix").items():
-        try:
-            fixed[name] = float(text)
-        except ValueError:
-            fixed[name] = text  # a choice parameter's value
+    fixed = _pairs(args.fix or [], "--fix")  # typed by the campaign's parameters in _send
     if fixed:
         change["fix"] = fixed
     if args.free:

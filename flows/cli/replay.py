@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from campaigns import (
     SpecError,
     fold,
 )
+from campaigns.assignments import option_value, split_assignment
 from campaigns.identity import new_instance
 from flows.app.runtime import event_store
 from flows.app.settings import Settings
@@ -30,20 +30,19 @@ __all__ = ["add_replay_commands", "faithful_report", "identical_trials", "parse_
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``--option KEY=VALUE`` items as a mapping; a value is read as JSON when it parses.
+    """``--option KEY=VALUE`` items as a mapping; a value is read as JSON when it parses
+    (the simulator's options model types it).
 
     Raises:
-        SpecError: an item without ``=``.
+        SpecError: an item that is not KEY=VALUE, or a value that is no finite number.
     """
     out: dict[str, Any] = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"--option {item!r}: expected KEY=VALUE", "e.g. --option noise_sd=0.1")
         try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
+            key, value = split_assignment(item)
+            out[key] = option_value(value)
+        except ValueError as exc:
+            raise SpecError(f"--option {exc}", "e.g. --option noise_sd=0.1") from None
     return out
 
 

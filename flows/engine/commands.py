@@ -24,9 +24,9 @@ from campaigns import (
     ChoiceParameter,
     ClosedLoopError,
     EventBase,
-    IntParameter,
     apply_change,
 )
+from campaigns.assignments import parameter_value
 from campaigns.state import OpenApproval
 from flows.engine.catalog import check_spec_devices
 from storage import Command
@@ -44,22 +44,19 @@ def _coerce(state: CampaignState, trial_id: str, name: str, value: Any) -> Any:
     assert state.spec is not None
     p = next((q for q in state.spec.parameters if q.name == name), None)
     if p is None:
-        raise _refuse(state, f"--edit {trial_id} {name}=...: no such parameter",
+        raise _refuse(state, f"edit of trial {trial_id}: {name!r} is not a parameter of this campaign",
                       f"parameters: {', '.join(q.name for q in state.spec.parameters)}")
-    if isinstance(p, ChoiceParameter):
-        for v in p.values:
-            if str(v) == str(value):
-                return v
-        raise _refuse(state, f"--edit {trial_id} {name}={value}: not one of {p.values}", "pick one of the values")
     try:
-        number = int(value) if isinstance(p, IntParameter) else float(value)
-    except (TypeError, ValueError):
-        raise _refuse(state, f"--edit {trial_id} {name}={value}: not a number", "e.g. --edit 3 x1=2.5") from None
+        typed = parameter_value(p, value)
+    except ValueError as exc:
+        raise _refuse(state, f"edit of trial {trial_id}: {exc}", "give a value the parameter takes") from None
+    if isinstance(p, ChoiceParameter):
+        return typed
     low, high = p.bounds
-    if not low <= number <= high:
-        raise _refuse(state, f"--edit {trial_id} {name}={value}: outside the bounds [{low:g}, {high:g}]",
-                      "choose a value inside, or widen the bounds with `closedloop change --set-bounds`")
-    return number
+    if not low <= typed <= high:
+        raise _refuse(state, f"edit of trial {trial_id}: {name}={value} is outside the bounds [{low:g}, {high:g}]",
+                      "choose a value inside, or widen the bounds with a change of the campaign's bounds")
+    return typed
 
 
 #: The largest numbers `change` takes: beyond them a value is a typo, and some could not even

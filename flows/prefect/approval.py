@@ -39,6 +39,8 @@ from prefect.input import RunInput
 from prefect.states import Cancelled, Completed
 from pydantic import ConfigDict, Field
 
+from campaigns.assignments import split_assignment
+
 __all__ = ["ApprovalForm", "PrefectApprovals", "parse_edits", "prefect_server_configured"]
 
 log = logging.getLogger(__name__)
@@ -85,35 +87,28 @@ class ApprovalForm(RunInput):
     by: str = Field("", description="Your name (recorded in the campaign log)")
 
 
-_EDIT_ITEM = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*=\s*(.*?)\s*$")
+def parse_edits(text: str) -> dict[str, dict[str, str]]:
+    """``"3: x1=2.5, x2=1; 4: x1=0"`` -> ``{"3": {"x1": "2.5", "x2": "1"}, "4": {"x1": "0"}}``.
 
-
-def _value(text: str) -> int | float | str:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_edits(text: str) -> dict[str, dict[str, int | float | str]]:
-    """``"3: x1=2.5, x2=1; 4: x1=0"`` -> ``{"3": {"x1": 2.5, "x2": 1}, "4": {"x1": 0}}``.
+    The values stay as typed: the loop types them by their parameters, as it does the CLI's.
 
     Raises:
         ValueError: the text does not have that shape (the message says where).
     """
-    edits: dict[str, dict[str, int | float | str]] = {}
+    edits: dict[str, dict[str, str]] = {}
     for part in filter(None, (p.strip() for p in re.split(r"[;\n]", text))):
         trial, sep, rest = part.partition(":")
         if not sep or not trial.strip():
             raise ValueError(f"{part!r}: expected 'ID: name=value, ...'")
-        changes: dict[str, int | float | str] = {}
+        changes: dict[str, str] = {}
         for item in filter(None, (i.strip() for i in rest.split(","))):
-            m = _EDIT_ITEM.match(item)
-            if m is None or not m.group(2):
+            try:
+                name, value = split_assignment(item)
+            except ValueError as exc:
+                raise ValueError(f"trial {trial.strip()}: {exc}") from None
+            if not value:
                 raise ValueError(f"{item!r} (trial {trial.strip()}): expected name=value")
-            changes[m.group(1)] = _value(m.group(2))
+            changes[name] = value
         if not changes:
             raise ValueError(f"{part!r}: no name=value given")
         edits.setdefault(trial.strip(), {}).update(changes)
