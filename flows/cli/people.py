@@ -12,7 +12,6 @@ import argparse
 import getpass
 import math
 import sys
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +39,7 @@ from campaigns import (
     fold,
 )
 from campaigns.assignments import parameter_value, parameter_values, split_assignments
+from campaigns.waiting import wait_for
 from flows.app.lease import hold_lease
 from flows.app.runtime import event_store
 from flows.app.settings import Settings
@@ -114,19 +114,20 @@ def _hand_over(store: MongoEventStore, settings: Settings, command: Command, loc
     with MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
         inbox.submit(command.campaign_id, command.kind, command.payload, by=command.by,
                      reason=command.reason, command_id=command.command_id)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def decided() -> Command | None:
             current = inbox.get(command.command_id)
-            if current is not None and current.state == "applied":
-                events = store.read(command.campaign_id, after_seq=max(0, (current.seq or 1) - 1))
-                print(f"{command.campaign_id}: {_describe(events[0]) if events else 'applied'} "
-                      f"(applied by the running orchestrator, event {current.seq})")
-                _timeout_note(command)
-                return 0
-            if current is not None and current.state == "refused":
-                raise ClosedLoopError(f"refused: {current.error}", "fix the command and send it again",
-                                      campaign_id=command.campaign_id)
-            time.sleep(0.3)
+            return current if current is not None and current.state in ("applied", "refused") else None
+
+        current = wait_for(decided, 30, interval_s=0.3)
+        if current is not None and current.state == "applied":
+            events = store.read(command.campaign_id, after_seq=max(0, (current.seq or 1) - 1))
+            print(f"{command.campaign_id}: {_describe(events[0]) if events else 'applied'} "
+                  f"(applied by the running orchestrator, event {current.seq})")
+            _timeout_note(command)
+            return 0
+        if current is not None:
+            raise ClosedLoopError(f"refused: {current.error}", "fix the command and send it again",
+                                  campaign_id=command.campaign_id)
     print(f"{command.campaign_id}: sent to the orchestrator that runs it ({locked.owner}); "
           "it applies it when it next checks (see `closedloop history`)")
     return 0
@@ -151,10 +152,14 @@ def _interrupted(store: MongoEventStore, settings: Settings, command: Command) -
             withdrawn = inbox.withdraw(command.command_id)  # only while pending: then nothing applies it
             current = None if withdrawn else inbox.get(command.command_id)
             seq = None if withdrawn else logged_at()
-            deadline = time.monotonic() + 10
-            while seq is None and current is not None and current.state == "claimed" and time.monotonic() < deadline:
-                time.sleep(0.2)  # the orchestrator is applying it: wait for its verdict
-                current, seq = inbox.get(command.command_id), logged_at()
+
+            def verdict() -> bool:  # the orchestrator is applying it: wait for its verdict
+                nonlocal current, seq
+                if seq is None and current is not None and current.state == "claimed":
+                    current, seq = inbox.get(command.command_id), logged_at()
+                return not (seq is None and current is not None and current.state == "claimed")
+
+            wait_for(verdict, 10, interval_s=0.2)
     except KeyboardInterrupt:
         print(f"interrupted again: whether {what} was applied is in `closedloop history {cid}`", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -40,6 +40,7 @@ from prefect.states import Cancelled, Completed
 from pydantic import ConfigDict, Field
 
 from campaigns.assignments import split_assignment
+from campaigns.waiting import wait_for
 
 __all__ = ["ApprovalForm", "PrefectApprovals", "parse_edits", "prefect_server_configured"]
 
@@ -271,21 +272,22 @@ class PrefectApprovals:
 
     def _resume_closed(self, a: _Approval) -> None:
         """Resume the paused run with the "decided elsewhere" marker, once it is paused."""
-        deadline = time.monotonic() + 60.0
-        while time.monotonic() < deadline:
+        def resumed() -> bool:
             if a.thread is None or not a.thread.is_alive():
-                return
+                return True
             if a.flow_run_id is not None:
                 try:
                     resume_flow_run(UUID(a.flow_run_id), run_input={CLOSED_KEY: a.close_reason})
-                    return
+                    return True
                 except NotPausedError:
                     pass  # not paused yet (or already answered): look again
                 except Exception as e:  # noqa: BLE001
                     if "schema not found" not in str(e):  # Prefect pauses, then saves the form
                         log.exception("approval %s: resuming its Prefect flow run failed", a.approval_id)
-            time.sleep(0.25)
-        log.warning("approval %s: its Prefect flow run could not be closed", a.approval_id)
+            return False
+
+        if not wait_for(resumed, 60.0, interval_s=0.25):
+            log.warning("approval %s: its Prefect flow run could not be closed", a.approval_id)
 
     async def _cancel_stale(self, a: _Approval, name: str, logger: Any) -> None:
         """Cancel paused runs of this approval left by an earlier campaign run (a crashed process)."""
