@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from campaigns import CampaignState, ClosedLoopError
+from flows.cli.tables import table
 
 __all__ = ["Curve", "best_so_far", "compare_table", "write_compare"]
 
@@ -70,8 +71,11 @@ def best_so_far(state: CampaignState) -> Curve:
     return Curve(state.campaign_id, objective.name, objective.minimize, trials, seconds, best)
 
 
+_HEADERS = ("campaign", "metric", "trials", "best", "best at trial", "best after s", "total s")
+
+
 def _rows(curves: list[Curve]) -> list[tuple[str, ...]]:
-    rows = [("campaign", "metric", "trials", "best", "best at trial", "best after s", "total s")]
+    rows: list[tuple[str, ...]] = []
     for c in curves:
         if not c.best:
             rows.append((c.campaign_id, c.metric, "0", "-", "-", "-", "-"))
@@ -84,9 +88,7 @@ def _rows(curves: list[Curve]) -> list[tuple[str, ...]]:
 
 def compare_table(curves: list[Curve]) -> str:
     """A plain-text table: campaign, completed trials, best value, trials and time to reach it."""
-    rows = _rows(curves)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return table(_HEADERS, _rows(curves))
 
 
 def _figure(curves: list[Curve]) -> bytes:
@@ -121,7 +123,7 @@ def write_compare(curves: list[Curve], out: Path) -> tuple[Path, Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     png_path, html_path = out.with_suffix(".png"), out.with_suffix(".html")
     png_path.write_bytes(png)
-    head, *body = _rows(curves)
+    head, body = _HEADERS, _rows(curves)
     cells = lambda row, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
     rows = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body)
     page = (

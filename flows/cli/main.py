@@ -37,10 +37,18 @@ from flows.app.runtime import (
     running_broker_url,
 )
 from flows.app.settings import Settings, settings_problem
-from flows.cli.drive import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, drive
+from flows.cli.drive import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    drive,
+)
 from flows.cli.people import add_commands, current_user
 from flows.cli.replay import add_replay_commands, parse_options
 from flows.cli.report import status_dict, status_text
+from flows.cli.tables import table
 from flows.engine.catalog import check_spec_devices
 
 __all__ = ["main"]
@@ -137,8 +145,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not rows:
         print("no campaigns yet: start one with `closedloop run SPEC.yaml`")
-    for r in rows:
-        print(f"{r.campaign_id}\t{'finished' if r.finished else 'open'}\t{r.last_seq} events\tcreated {r.created_at}")
+        return EXIT_OK
+    print(table(["campaign", "state", "events", "created"],
+                [(r.campaign_id, "finished" if r.finished else "open", r.last_seq, r.created_at) for r in rows]))
     return EXIT_OK
 
 
@@ -152,9 +161,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
         return serve_emulator(args)
     if args.list:
-        width = max(len(n) for n in SIMULATORS)
-        for name, info in SIMULATORS.items():
-            print(f"{name:<{width}}  {info.description}")
+        print(table(["simulator", "what it simulates"], [(n, i.description) for n, i in SIMULATORS.items()]))
         return EXIT_OK
     if args.simulator is None:
         raise SpecError("sim: which simulator?", "name one, e.g. `closedloop sim branin --device-id d1`; "

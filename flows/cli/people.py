@@ -43,6 +43,7 @@ from campaigns.waiting import wait_for
 from flows.app.lease import hold_lease
 from flows.app.runtime import event_store
 from flows.app.settings import Settings
+from flows.cli.tables import table
 from flows.engine.commands import (
     bind_approval,
     change_problem,
@@ -217,12 +218,14 @@ def _cmd_history(args: argparse.Namespace) -> int:
         events = store.read(args.campaign)
     if not events:
         raise CampaignNotFoundError(f"no campaign {args.campaign!r}", "see `closedloop list`", campaign_id=args.campaign)
+    rows = []
     for e in events:
         if isinstance(e, _HISTORY):
             why = getattr(e, "reason", "") if not isinstance(e, CampaignPaused | CampaignFinished) else (
                 getattr(e, "detail", "") or e.reason)
-            why_text = f"  — {why}" if why and not isinstance(e, RunStarted | TrialRetried) else ""
-            print(f"{e.time:%Y-%m-%d %H:%M:%S}  #{e.seq:<5} {e.actor:<18} {_describe(e)}{why_text}")
+            rows.append((f"{e.time:%Y-%m-%d %H:%M:%S}", e.seq, e.actor, _describe(e),
+                         why if why and not isinstance(e, RunStarted | TrialRetried) else ""))
+    print(table(["time (UTC)", "event", "by", "what", "why"], rows))
     return 0
 
 
@@ -237,15 +240,19 @@ def _cmd_pending(args: argparse.Namespace) -> int:
                 since = f"{request.requested_at:%Y-%m-%d %H:%M} UTC"
                 until = "" if request.deadline is None else f", on {request.deadline:%Y-%m-%d %H:%M} UTC: {request.on_timeout}"
                 print(f"{cid}  approval {request.approval_id}  since {since}{until}  ({request.why})")
-                for tid in request.trial_ids:
-                    params = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in state.trials[tid].parameters.items())
-                    print(f"    trial {tid}: {params}")
+                names = list(dict.fromkeys(k for tid in request.trial_ids for k in state.trials[tid].parameters))
+                print(table(["trial", *names], [
+                    (tid, *(_cell(state.trials[tid].parameters.get(n)) for n in names)) for tid in request.trial_ids
+                ], indent="    "))
                 print(f"    answer: closedloop approve {cid} --approval {request.approval_id} --reason \"...\" "
                       "[--trial ID ...] [--edit ID name=value ...] [--reject ID ...]")
     if not shown:
         print("no approvals waiting")
     return 0
+
+
+def _cell(value: object) -> object:
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:

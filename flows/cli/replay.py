@@ -23,6 +23,7 @@ from flows.app.settings import Settings
 from flows.cli.compare import best_so_far, compare_table, write_compare
 from flows.cli.drive import drive
 from flows.cli.people import current_user
+from flows.cli.tables import table
 from flows.engine.catalog import check_spec_devices
 from flows.engine.replay import faithful_points, plan_replay
 
@@ -115,13 +116,12 @@ def _print_faithful(source: CampaignState, replay: CampaignState, report: Path |
     assert source.spec is not None
     metric = source.spec.objectives[0].name
     print(f"\nfaithful replay: {len(rows)} recorded trial(s) re-run; {metric}, recorded vs simulated:")
-    print(f"  {'source':>7} {'replay':>7} {'recorded':>12} {'simulated':>12} {'error':>12}")
     shown = rows if len(rows) <= 40 else rows[:30] + rows[-5:]
-    for i, r in enumerate(shown):
-        if len(rows) > 40 and i == 30:
-            print(f"  ... {len(rows) - 35} more (all of them with --report FILE.csv)")
-        print(f"  {r['source_trial']:>7} {r['replay_trial']:>7} {_fmt(r[f'{metric}.recorded']):>12} "
-              f"{_fmt(r[f'{metric}.simulated']):>12} {_fmt(r[f'{metric}.error']):>12}")
+    cells = [(r["source_trial"], r["replay_trial"], _fmt(r[f"{metric}.recorded"]), _fmt(r[f"{metric}.simulated"]),
+              _fmt(r[f"{metric}.error"])) for r in shown]
+    if len(rows) > 40:
+        cells.insert(30, ("...", f"{len(rows) - 35} more", "(all of them", "with --report", "FILE.csv)"))
+    print(table(["source", "replay", "recorded", "simulated", "error"], cells, indent="  "))
     for m, s in summary.items():
         print(f"  {m}: {s['n']} pair(s), mean |error| {_fmt(s['mae'])}, max |error| {_fmt(s['max_abs_error'])}, "
               f"correlation {_fmt(s['correlation'])}")
