@@ -14,7 +14,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from campaigns import CampaignState, ClosedLoopError
+from campaigns import CampaignNotFoundError, CampaignState, UsageError
 from flows.cli.tables import table
 
 __all__ = ["Curve", "best_so_far", "compare_table", "write_compare"]
@@ -53,7 +53,7 @@ def best_so_far(state: CampaignState) -> Curve:
         ClosedLoopError: the campaign has no spec.
     """
     if state.spec is None or state.campaign_id is None:
-        raise ClosedLoopError("no such campaign", "see `closedloop list`")
+        raise CampaignNotFoundError("no such campaign", "see `closedloop list`")
     objective = state.spec.objectives[0]
     done = [t for t in state.trials.values()
             if t.status == "completed" and objective.name in t.measurements and state.feasible(t)]
@@ -118,7 +118,7 @@ def _figure(curves: list[Curve]) -> bytes:
 def write_compare(curves: list[Curve], out: Path) -> tuple[Path, Path]:
     """Write ``out.png`` and ``out.html`` (the plot inline, and the table); returns both paths."""
     if not curves:
-        raise ClosedLoopError("nothing to compare", "name one campaign or more")
+        raise UsageError("nothing to compare", "name one campaign or more")
     png = _figure(curves)
     out.parent.mkdir(parents=True, exist_ok=True)
     png_path, html_path = out.with_suffix(".png"), out.with_suffix(".html")

@@ -9,7 +9,7 @@ import os
 import sys
 from contextlib import nullcontext
 
-from campaigns import CampaignNotFoundError, CampaignResumed, ClosedLoopError, fold
+from campaigns import CampaignNotFoundError, CampaignResumed, CampaignStateError, fold
 from flows.app.lease import hold_lease
 from flows.app.runtime import broker_url, mqtt_settings, simulated_lab
 from flows.app.settings import Settings
@@ -42,14 +42,14 @@ def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: ar
             raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
         if state.status == "finished":
             print(status_text(state))
-            raise ClosedLoopError(
+            raise CampaignStateError(
                 f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
                 "pass --campaign-id NEW_ID to run the spec again as a new campaign",
                 campaign_id=campaign_id,
             )
         if state.status == "paused":
             if not resume:
-                raise ClosedLoopError(
+                raise CampaignStateError(
                     f"campaign {campaign_id!r} is paused: {state.paused_detail or state.paused_reason}",
                     f"fix the cause, then `closedloop resume {campaign_id} --reason ...`",
                     campaign_id=campaign_id,

@@ -30,12 +30,12 @@ from campaigns import (
     CampaignPaused,
     CampaignResumed,
     CampaignState,
-    ClosedLoopError,
+    CommandRefusedError,
     EventBase,
     IntParameter,
     RunStarted,
-    SpecError,
     TrialRetried,
+    UsageError,
     fold,
 )
 from campaigns.assignments import parameter_value, parameter_values, split_assignments
@@ -68,7 +68,7 @@ def _by(args: argparse.Namespace) -> str:
 
 def _deliver(campaign_id: str, kind: str, payload: dict[str, Any], args: argparse.Namespace) -> int:
     if not isinstance(args.reason, str) or not args.reason.strip():  # argparse turns `--reason=--` into []
-        raise SpecError("--reason: say why (it is recorded in the log with your name)", 'e.g. --reason "reactor limit"')
+        raise UsageError("--reason: say why (it is recorded in the log with your name)", 'e.g. --reason "reactor limit"')
     settings = Settings()
     now = datetime.now(UTC)
     command = Command(command_id=uuid.uuid4().hex, campaign_id=campaign_id, kind=kind,  # type: ignore[arg-type]
@@ -127,7 +127,7 @@ def _hand_over(store: MongoEventStore, settings: Settings, command: Command, loc
             _timeout_note(command)
             return 0
         if current is not None:
-            raise ClosedLoopError(f"refused: {current.error}", "fix the command and send it again",
+            raise CommandRefusedError(f"refused: {current.error}", "fix the command and send it again",
                                   campaign_id=command.campaign_id)
     print(f"{command.campaign_id}: sent to the orchestrator that runs it ({locked.owner}); "
           "it applies it when it next checks (see `closedloop history`)")
@@ -259,16 +259,16 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     try:
         return split_assignments(items)
     except ValueError as exc:
-        raise SpecError(f"{flag} {exc}", f"e.g. {flag} x1=2.5") from None
+        raise UsageError(f"{flag} {exc}", f"e.g. {flag} x1=2.5") from None
 
 
 def _number(text: str, flag: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise SpecError(f"{flag} {text!r}: not a number", f"e.g. {flag} x1=2.5") from None
+        raise UsageError(f"{flag} {text!r}: not a number", f"e.g. {flag} x1=2.5") from None
     if not math.isfinite(value):
-        raise SpecError(f"{flag} {text!r}: not a finite number", f"e.g. {flag} x1=2.5")
+        raise UsageError(f"{flag} {text!r}: not a finite number", f"e.g. {flag} x1=2.5")
     return value
 
 
@@ -281,19 +281,19 @@ def _typed(state: CampaignState, command: Command) -> Command:
         if payload.get("edit"):
             payload["edit"] = {tid: parameter_values(params, values) for tid, values in payload["edit"].items()}
     except ValueError as exc:
-        raise SpecError(f"--edit {exc}", "e.g. --edit 3 x1=2.5") from None
+        raise UsageError(f"--edit {exc}", "e.g. --edit 3 x1=2.5") from None
     try:
         if payload.get("fix"):
             payload["fix"] = parameter_values(params, payload["fix"])
     except ValueError as exc:
-        raise SpecError(f"--fix {exc}", "e.g. --fix x2=3.0") from None
+        raise UsageError(f"--fix {exc}", "e.g. --fix x2=3.0") from None
     bounds = {}
     for name, pair in (payload.get("set_bounds") or {}).items():
         p = next((q for q in params if q.name == name), None)
         try:
             bounds[name] = pair if not isinstance(p, IntParameter) else tuple(parameter_value(p, v) for v in pair)
         except ValueError as exc:
-            raise SpecError(f"--set-bounds {exc}", "e.g. --set-bounds n=1:8") from None
+            raise UsageError(f"--set-bounds {exc}", "e.g. --set-bounds n=1:8") from None
     if bounds:
         payload["set_bounds"] = bounds
     return command.model_copy(update={"payload": payload})
@@ -303,11 +303,11 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     edits: dict[str, dict[str, str]] = {}
     for group in args.edit or []:
         if len(group) < 2:
-            raise SpecError(f"--edit {' '.join(group)}: expected a trial id then NAME=VALUE", "e.g. --edit 3 x1=2.5")
+            raise UsageError(f"--edit {' '.join(group)}: expected a trial id then NAME=VALUE", "e.g. --edit 3 x1=2.5")
         edits.setdefault(group[0], {}).update(_pairs(group[1:], "--edit"))
-    conflict = decision_conflict(args.trial, edits, args.reject or [])
+    conflict = decision_conflict(args.trial, edits, args.reject or [], words=("--trial", "--edit", "--reject"))
     if conflict is not None:
-        raise SpecError(conflict, "give each trial to one of --trial, --edit and --reject")
+        raise UsageError(conflict, "give each trial to one of --trial, --edit and --reject")
     payload = {"approval_id": args.approval, "approve": args.trial, "edit": edits,
                "reject": args.reject or [], "via": "cli"}
     return _deliver(args.campaign, "approve", payload, args)
@@ -319,7 +319,7 @@ def _cmd_change(args: argparse.Namespace) -> int:
     for name, text in _pairs(args.set_bounds or [], "--set-bounds").items():
         low, sep, high = text.partition(":")
         if not sep:
-            raise SpecError(f"--set-bounds {name}={text}: expected LOW:HIGH", "e.g. --set-bounds x1=0:5")
+            raise UsageError(f"--set-bounds {name}={text}: expected LOW:HIGH", "e.g. --set-bounds x1=0:5")
         bounds[name] = (_number(low, "--set-bounds"), _number(high, "--set-bounds"))
     if bounds:
         change["set_bounds"] = bounds
@@ -336,10 +336,10 @@ def _cmd_change(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             change[name] = getattr(args, name)
     if not change:
-        raise SpecError("nothing to change", "give at least one of --set-bounds, --fix, --free, --batch-size, ...")
+        raise UsageError("nothing to change", "give at least one of --set-bounds, --fix, --free, --batch-size, ...")
     problem = change_problem(change)
     if problem is not None:
-        raise SpecError(problem, "see `closedloop change --help`")
+        raise UsageError(problem, "see `closedloop change --help`")
     return _deliver(args.campaign, "change", change, args)
 
 

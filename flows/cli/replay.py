@@ -13,7 +13,7 @@ from campaigns import (
     CampaignCreated,
     CampaignNotFoundError,
     CampaignState,
-    SpecError,
+    UsageError,
     fold,
 )
 from campaigns.assignments import option_value, split_assignment
@@ -35,7 +35,7 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     (the simulator's options model types it).
 
     Raises:
-        SpecError: an item that is not KEY=VALUE, or a value that is no finite number.
+        UsageError: an item that is not KEY=VALUE, or a value that is no finite number.
     """
     out: dict[str, Any] = {}
     for item in items or []:
@@ -43,7 +43,7 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
             key, value = split_assignment(item)
             out[key] = option_value(value)
         except ValueError as exc:
-            raise SpecError(f"--option {exc}", "e.g. --option noise_sd=0.1") from None
+            raise UsageError(f"--option {exc}", "e.g. --option noise_sd=0.1") from None
     return out
 
 
@@ -137,7 +137,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     for flag, value in (("--batch-size", args.batch_size), ("--seed", args.seed)):
         if value is not None and abs(value) >= 2**63:  # the log stores 8-byte integers
-            raise SpecError(f"{flag} {value:.3g}: too large a whole number", f"give {flag} below {2**63:.3g}")
+            raise UsageError(f"{flag} {value:.3g}: too large a whole number", f"give {flag} below {2**63:.3g}")
     settings = Settings()
     with event_store(settings) as store:
         source = fold(store.read(args.source))
@@ -148,7 +148,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         check_spec_devices(spec)
         campaign_id = args.campaign_id or f"{args.source}-{args.mode}-{datetime.now():%Y%m%d-%H%M%S}"
         if fold(store.read(campaign_id)).spec is not None:
-            raise SpecError(f"campaign {campaign_id!r} exists already", "pass another --campaign-id")
+            raise UsageError(f"campaign {campaign_id!r} exists already", "pass another --campaign-id")
         store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{current_user()}", spec=spec,
                                       source=link, instance=new_instance())])
         print(f"campaign {campaign_id}: {args.mode} replay of {args.source} "
@@ -228,7 +228,7 @@ def serve_emulator(args: argparse.Namespace) -> int:
     from simulators.emulator import Emulator
 
     if args.simulator is not None:
-        raise SpecError(f"sim: --from-campaign serves an emulator, not {args.simulator!r}", "drop the simulator name")
+        raise UsageError(f"sim: --from-campaign serves an emulator, not {args.simulator!r}", "drop the simulator name")
     settings = Settings()
     with event_store(settings) as store:
         state = fold(store.read(args.from_campaign))
@@ -250,10 +250,10 @@ def serve_emulator(args: argparse.Namespace) -> int:
         options = SimulatorOptions.model_validate(parse_options(args.option))
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        raise SpecError(f"--option {'.'.join(str(p) for p in first['loc']) or 'options'}: {first['msg']}",
+        raise UsageError(f"--option {'.'.join(str(p) for p in first['loc']) or 'options'}: {first['msg']}",
                         "see docs/simulators.md for the behaviour options") from None
     if args.device_id is None:
-        raise SpecError("sim: --device-id is required to serve as an instrument", "e.g. --device-id emu-1")
+        raise UsageError("sim: --device-id is required to serve as an instrument", "e.g. --device-id emu-1")
     url = running_broker_url(settings, args.broker)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
