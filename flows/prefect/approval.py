@@ -261,12 +261,10 @@ class PrefectApprovals:
     def _run(self, a: _Approval) -> None:
         try:
             run = approval_flow.with_options(flow_run_name=f"approval/{self.campaign_id}/{a.approval_id}")
-            key = f"{id(self)}/{a.approval_id}/{id(a)}"
-            _LIVE[key] = (self, a)
-            try:
-                asyncio.run(run(self.campaign_id, a.approval_id, a.trials, a.why, a.answer_with, key))
-            finally:
-                _LIVE.pop(key, None)
+            # This thread runs in a context of its own (see `open`): the flow run inside finds
+            # its approval there, handed over explicitly, not through shared module state.
+            _THIS_APPROVAL.set((self, a))
+            asyncio.run(run(self.campaign_id, a.approval_id, a.trials, a.why, a.answer_with))
         except Exception:  # noqa: BLE001
             log.exception("approval %s: its Prefect flow run failed (the CLI still answers it)", a.approval_id)
 
@@ -396,16 +394,16 @@ class PrefectApprovals:
 
 _ENDED = "ended without an answer"
 
-#: The approvals whose flow runs are running in this process, by the key passed to the flow.
-_LIVE: dict[str, tuple[PrefectApprovals, _Approval]] = {}
+#: The approval an approval flow run serves, set in the thread that runs it (one per approval).
+_THIS_APPROVAL: contextvars.ContextVar[tuple[PrefectApprovals, _Approval]] = contextvars.ContextVar("approval")
 
 
 @flow(name="approval", persist_result=False, validate_parameters=False)
-async def approval_flow(campaign_id: str, approval_id: str, trials: list[dict[str, Any]], why: str, answer_with: str,
-                  key: str) -> Any:
+async def approval_flow(campaign_id: str, approval_id: str, trials: list[dict[str, Any]], why: str,
+                        answer_with: str) -> Any:
     """One approval request of a campaign, waiting for a person in the Prefect UI."""
     logger = get_run_logger()
-    approvals, a = _LIVE[key]
+    approvals, a = _THIS_APPROVAL.get()
     a.flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
     await approvals._cancel_stale(a, f"approval/{campaign_id}/{approval_id}", logger)
     command = await approvals._wait(a, logger)
