@@ -170,7 +170,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_sim(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from simulators import SIMULATORS, run_standalone
+    from simulators import SIMULATORS, serve
 
     if args.from_campaign is not None:
         from flows.cli.replay import serve_emulator
@@ -211,14 +211,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         except ClosedLoopError as exc:
             raise UsageError(f"--broker: {exc.message}", exc.hint) from None
     url = running_broker_url(settings, args.broker)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"simulator {args.simulator} serving as device {args.device_id}; Ctrl-C to stop", file=sys.stderr)
-    try:
-        run_standalone(args.simulator, args.device_id, mqtt_settings(settings, url), options, stop,
-                       record_path=None if args.record is None else Path(args.record))
-    except KeyboardInterrupt:
-        stop.set()
+    serve(args.simulator, args.device_id, mqtt_settings(settings, url), options,
+          record_path=None if args.record is None else Path(args.record),
+          announce=f"simulator {args.simulator} serving as device {args.device_id}; Ctrl-C to stop")
     return EXIT_OK
 
 

@@ -16,7 +16,6 @@ from campaigns import (
     UsageError,
     fold,
 )
-from campaigns.assignments import option_value, split_assignment
 from campaigns.identity import new_instance
 from flows.app.runtime import event_store
 from flows.app.settings import Settings
@@ -37,14 +36,12 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     Raises:
         UsageError: an item that is not KEY=VALUE, or a value that is no finite number.
     """
-    out: dict[str, Any] = {}
-    for item in items or []:
-        try:
-            key, value = split_assignment(item)
-            out[key] = option_value(value)
-        except ValueError as exc:
-            raise UsageError(f"--option {exc}", "e.g. --option noise_sd=0.1") from None
-    return out
+    from simulators import parse_options as parse_simulator_options
+
+    try:
+        return parse_simulator_options(items)
+    except ValueError as exc:
+        raise UsageError(f"--option {exc}", "e.g. --option noise_sd=0.1") from None
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float | None:
@@ -217,14 +214,12 @@ def serve_emulator(args: argparse.Namespace) -> int:
     simulated instrument; ``--option`` takes the behaviour options (``noise_sd``, ``duration_s``,
     ``failures``, ``seed``, ...). Its own predictive noise is added to each measurement.
     """
-    import signal
     import sys
-    import threading
 
     from pydantic import ValidationError
 
     from flows.app.runtime import mqtt_settings, running_broker_url
-    from simulators import SimInstrument, SimulatorOptions
+    from simulators import SimulatorOptions, serve
     from simulators.emulator import Emulator
 
     if args.simulator is not None:
@@ -255,14 +250,8 @@ def serve_emulator(args: argparse.Namespace) -> int:
     if args.device_id is None:
         raise UsageError("sim: --device-id is required to serve as an instrument", "e.g. --device-id emu-1")
     url = running_broker_url(settings, args.broker)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"emulator serving as device {args.device_id} (measures {', '.join(emulator.metrics)}); Ctrl-C to stop",
-          file=sys.stderr)
-    record = None if args.record is None else Path(args.record)
-    try:
-        with SimInstrument(args.device_id, emulator, options, mqtt_settings(settings, url), record_path=record):
-            stop.wait()
-    except KeyboardInterrupt:
-        stop.set()
+    serve(emulator, args.device_id, mqtt_settings(settings, url), options,
+          record_path=None if args.record is None else Path(args.record),
+          announce=f"emulator serving as device {args.device_id} (measures {', '.join(emulator.metrics)}); "
+                   "Ctrl-C to stop")
     return 0
