@@ -88,7 +88,7 @@ def test_faithful_and_counterfactual_replays_and_compare(tmp_path: Path, prefect
     out = run(["replay", "recorded", "--simulator", "branin", "--seed", "3"], env, timeout=120)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "use --mode counterfactual" in out.stderr
     out = run(["replay", "recorded", "--simulator", "branin", "--option", "noise_sd"], env, timeout=120)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "expected KEY=VALUE" in out.stderr
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "expected NAME=VALUE" in out.stderr
     out = run(["compare", "recorded", "nope", "-o", str(tmp_path / "x")], env, timeout=120)
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "no campaign 'nope'" in out.stderr
     emu.unlink()
