@@ -7,9 +7,15 @@ The CLI prints ``str(error)`` on one line and never a traceback for these.
 ::
 
     ClosedLoopError                 root: message + hint (+ campaign_id, trial_id, device_id)
+     ├── UsageError                 a command line is malformed or asks for the impossible (CLI exit 2)
      ├── SpecError                  a campaign file is malformed or inconsistent (CLI exit 2)
+     ├── CommandRefusedError        a person's command does not fit the campaign as it stands
      ├── CampaignNotFoundError      no campaign of that id in the log
+     ├── CampaignStateError         the campaign's state forbids the request (finished, paused)
      ├── CampaignLockedError        another live process holds the campaign's lease
+     ├── ConfigurationError         a setting or a file it names is missing or unreadable
+     ├── OutputError                a file the user asked for cannot be written
+     ├── ServiceStartError          a service closedloop starts itself (Prefect's local server) did not start
      ├── StorageError               the event store cannot be reached or refused a write
      │    ├── StorageUnavailableError  the server cannot be reached now: retry later
      │    └── AppendConflictError   another writer appended the same seq: history would fork
@@ -25,12 +31,18 @@ __all__ = [
     "BrokerError",
     "CampaignLockedError",
     "CampaignNotFoundError",
+    "CampaignStateError",
     "ClosedLoopError",
+    "CommandRefusedError",
+    "ConfigurationError",
     "DeviceMessageError",
     "OptimizerError",
+    "OutputError",
+    "ServiceStartError",
     "SpecError",
     "StorageError",
     "StorageUnavailableError",
+    "UsageError",
 ]
 
 
@@ -68,8 +80,37 @@ class ClosedLoopError(Exception):
         return text
 
 
+class UsageError(ClosedLoopError):
+    """A command line is malformed (a flag's value, a missing argument) or asks for the
+    impossible; nothing has run. The CLI's usage error, worded in its flags."""
+
+
 class SpecError(ClosedLoopError):
     """A campaign spec is malformed or inconsistent; nothing has run."""
+
+
+class CommandRefusedError(ClosedLoopError):
+    """A person's command (approve, change, pause, stop) does not fit the campaign as it stands.
+
+    Worded in the campaign's terms, whichever way the command came (CLI, Prefect form,
+    inbox, replay); nothing was logged.
+    """
+
+
+class CampaignStateError(ClosedLoopError):
+    """The campaign's state forbids what was asked (run a finished campaign, run a paused one)."""
+
+
+class ConfigurationError(ClosedLoopError):
+    """A setting, or a file a setting names, is missing or cannot be read."""
+
+
+class OutputError(ClosedLoopError):
+    """A file the user asked for (an export, a report) cannot be written."""
+
+
+class ServiceStartError(ClosedLoopError):
+    """A service closedloop starts itself (Prefect's local API server) did not start."""
 
 
 class CampaignNotFoundError(ClosedLoopError):

@@ -8,15 +8,24 @@ validation errors into that line is `campaigns.spec_file`.
 from __future__ import annotations
 
 import difflib
-import math
 import keyword
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from campaigns.approval import ApprovalPolicy, names_in, parse_condition
+from campaigns import expressions
+from campaigns.approval import ApprovalPolicy
 from campaigns.errors import SpecError
 
 __all__ = [
@@ -38,7 +47,6 @@ __all__ = [
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _NAME_RE = re.compile(rf"^{_NAME}$")
 _DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 #: The largest magnitude of a parameter bound: integers up to it are exact in float64 (Ax
 #: models int parameters as floats) and far inside MongoDB's 8-byte ints, and a float range's
 #: width and its Sobol and model arithmetic stay finite (issue 14, item 11).
@@ -303,6 +311,9 @@ class CampaignSpec(_Model):
     fixed_parameters: dict[str, float | int | str] = Field(
         default_factory=dict, description="parameters held at a value (the optimizer varies the others)"
     )
+    # Constraints parsed once, when the spec is validated (the texts above are what the log keeps).
+    _outcome: list[OutcomeConstraint] = PrivateAttr(default_factory=list)
+    _linear: list[LinearConstraint] = PrivateAttr(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -340,14 +351,14 @@ class CampaignSpec(_Model):
                     raise ValueError(f"fixed_parameters.{name}: {value!r} is not one of its values {p.values}")
             elif isinstance(value, str) or not (p.bounds[0] <= value <= p.bounds[1]):
                 raise ValueError(f"fixed_parameters.{name}: {value!r} is outside its bounds {list(p.bounds)}")
-        if self.approval.when is not None:
-            unknown = sorted(names_in(parse_condition(self.approval.when)) - set(by_name))
+        condition = self.approval.condition
+        if condition is not None:
+            unknown = sorted(expressions.names(condition) - set(by_name))
             if unknown:
                 raise ValueError(f"approval.when: {unknown[0]!r} is not a parameter of this campaign; use parameter names")
-        for i, text in enumerate(self.outcome_constraints):
-            _parse_outcome(text, f"outcome_constraints[{i}]")
-        for i, text in enumerate(self.parameter_constraints):
-            _parse_linear(text, self._range_names(), f"parameter_constraints[{i}]")
+        self._outcome = [_parse_outcome(t, f"outcome_constraints[{i}]") for i, t in enumerate(self.outcome_constraints)]
+        self._linear = [_parse_linear(t, by_name, f"parameter_constraints[{i}]")
+                        for i, t in enumerate(self.parameter_constraints)]
         return self
 
     @model_validator(mode="after")
@@ -358,21 +369,15 @@ class CampaignSpec(_Model):
                              "use method auto or ax")
         return self
 
-    def _range_names(self) -> set[str]:
-        return {p.name for p in self.parameters if not isinstance(p, ChoiceParameter)}
-
     @property
     def parsed_outcome_constraints(self) -> list[OutcomeConstraint]:
-        """The outcome constraints, parsed."""
-        return [_parse_outcome(t, f"outcome_constraints[{i}]") for i, t in enumerate(self.outcome_constraints)]
+        """The outcome constraints, parsed (when the spec was validated)."""
+        return list(self._outcome)
 
     @property
     def parsed_parameter_constraints(self) -> list[LinearConstraint]:
-        """The linear parameter constraints, parsed."""
-        names = self._range_names()
-        return [
-            _parse_linear(t, names, f"parameter_constraints[{i}]") for i, t in enumerate(self.parameter_constraints)
-        ]
+        """The linear parameter constraints, parsed (when the spec was validated)."""
+        return list(self._linear)
 
     @property
     def metrics(self) -> list[str]:
@@ -440,36 +445,30 @@ class CampaignSpec(_Model):
 
 
 def _parse_outcome(text: str, where: str) -> OutcomeConstraint:
-    m = re.fullmatch(rf"\s*({_NAME})\s*(>=|<=)\s*({_NUMBER})\s*", text)
-    if not m:
-        raise ValueError(f"{where}: cannot read {text!r}; write it like \"purity >= 0.2\"")
     try:
-        _check_name(m[1])
+        metric, op, bound = expressions.outcome(expressions.parse(text))
+    except expressions.ExpressionError:
+        raise ValueError(f"{where}: cannot read {text!r}; write it like \"purity >= 0.2\"") from None
+    try:
+        _check_name(metric)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
-    return OutcomeConstraint(metric=m[1], op=m[2], bound=float(m[3]))  # type: ignore[arg-type]
+    return OutcomeConstraint(metric=metric, op=op, bound=bound)  # type: ignore[arg-type]
 
 
-def _parse_linear(text: str, names: set[str], where: str) -> LinearConstraint:
-    m = re.fullmatch(r"\s*(.+?)\s*(<=|>=)\s*(" + _NUMBER + r")\s*", text)
-    if not m:
-        raise ValueError(f"{where}: cannot read {text!r}; write it like \"x1 + 2*x2 <= 10\"")
-    lhs, op, bound = m[1], m[2], float(m[3])
-    coefficients: dict[str, float] = {}
-    term_re = re.compile(rf"\s*([-+]?)\s*(?:({_NUMBER})\s*\*?\s*)?({_NAME})\s*")
-    pos = 0
-    first = True
-    while pos < len(lhs):
-        t = term_re.match(lhs, pos)
-        if not t or t.end() == pos or (not first and not t[1]):
-            raise ValueError(f"{where}: cannot read {text!r}; write it like \"x1 + 2*x2 <= 10\"")
-        sign = -1.0 if t[1] == "-" else 1.0
-        coef = sign * (float(t[2]) if t[2] else 1.0)
-        if t[3] not in names:
-            raise ValueError(f"{where}: {t[3]!r} is not a float or int parameter of this campaign")
-        coefficients[t[3]] = coefficients.get(t[3], 0.0) + coef
-        pos = t.end()
-        first = False
+def _parse_linear(text: str, parameters: Mapping[str, Any], where: str) -> LinearConstraint:
+    """A linear constraint on float and int parameters (the grammar of `campaigns.expressions`)."""
+    try:
+        coefficients, op, bound = expressions.linear(expressions.parse(text))
+    except expressions.ExpressionError:
+        raise ValueError(f"{where}: cannot read {text!r}; write it like \"x1 + 2*x2 <= 10\"") from None
+    for name in coefficients:
+        p = parameters.get(name)
+        if p is None:
+            raise ValueError(f"{where}: {name!r} is not a float or int parameter of this campaign")
+        if isinstance(p, ChoiceParameter):
+            raise ValueError(f"{where}: {name!r} is a choice parameter; a linear constraint reads float or int "  # noqa: TRY004 - a spec mistake: pydantic wants ValueError
+                             "parameters only")
     if op == ">=":
         coefficients = {k: -v for k, v in coefficients.items()}
         bound = -bound

@@ -196,7 +196,7 @@ def check_new_spec(spec: CampaignSpec, source: str = "spec") -> None:
         for p in spec.parameters
     }
     try:
-        check_condition(spec.approval.when, kinds)
+        check_condition(spec.approval.when, kinds, spec.approval.condition)
     except ValueError as exc:
         text, _, hint = str(exc).partition("; ")
         raise SpecError(f"{source}: approval.when: {text}", hint or "fix the condition") from None

@@ -21,12 +21,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
 from campaigns.errors import BrokerError
+from campaigns.waiting import wait_for
 
 __all__ = ["EmbeddedBroker"]
 
@@ -148,28 +148,26 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 cwd=_PACKAGE_ROOT,
             )
-        deadline = time.monotonic() + self.startup_timeout_s
         # Readiness is the child's word (a file written once amqtt listens), not an open
         # port: another process may hold the port, and the child then dies instead.
-        while not ready_file.exists():
-            code = self._process.poll()
-            if code is not None:
-                if self._process.stdin is not None:
-                    self._process.stdin.close()
-                self._process = None
-                raise BrokerError(
-                    f"embedded MQTT broker at {display} exited with code {code} on start-up: "
-                    f"{self._last_log_line()}",
-                    f"see {self.log_path}; is port {port} already in use?",
-                )
-            if time.monotonic() > deadline:
-                self._kill()
-                raise BrokerError(
-                    f"embedded MQTT broker at {display} did not start within "
-                    f"{self.startup_timeout_s:g} s",
-                    f"see {self.log_path}",
-                )
-            time.sleep(0.05)
+        process = self._process
+        if not wait_for(lambda: ready_file.exists() or process.poll() is not None, self.startup_timeout_s,
+                        interval_s=0.05):
+            self._kill()
+            raise BrokerError(
+                f"embedded MQTT broker at {display} did not start within {self.startup_timeout_s:g} s",
+                f"see {self.log_path}",
+            )
+        code = process.poll()
+        if not ready_file.exists() and code is not None:
+            if process.stdin is not None:
+                process.stdin.close()
+            self._process = None
+            raise BrokerError(
+                f"embedded MQTT broker at {display} exited with code {code} on start-up: "
+                f"{self._last_log_line()}",
+                f"see {self.log_path}; is port {port} already in use?",
+            )
         self._url = f"mqtt://{quote(self.username, safe='')}:{quote(password, safe='')}@{self.host}:{port}"
         return self._url
 

@@ -3,7 +3,9 @@
 Public names: :data:`SIMULATORS` (the catalog: every botorch test function, ``colour_mixing``,
 ``reaction_yield``), :class:`SimulatorInfo`, :class:`SimModel` (what an instrument serves),
 :class:`SimulatorOptions` (behaviour options every simulator takes), :class:`SimInstrument`,
-:func:`run_standalone` (also ``python -m simulators.standalone``), :func:`plot_spectra`,
+:func:`serve` (the one way to start an instrument until a signal stops it: ``closedloop sim``,
+its emulator, ``python -m simulators.standalone``), :func:`parse_options` (``--option KEY=VALUE``),
+:func:`run_standalone`, :func:`plot_spectra`,
 :func:`read_executions`, :func:`read_completions`, :func:`executions_path`, and the benchmark
 functions :func:`branin`, :func:`hartmann6` and :func:`branin_currin`.
 """
@@ -23,7 +25,7 @@ from .instrument import SimInstrument, simulator_info
 from .model import ParameterError, SimModel
 from .reaction import ReactionYieldModel, ReactionYieldOptions
 from .record import executions_path, read_completions, read_executions
-from .standalone import StopSignal, run_standalone
+from .standalone import StopSignal, parse_options, run_standalone, serve
 
 __all__ = [
     "FUNCTIONS",
@@ -55,7 +57,9 @@ __all__ = [
     "read_completions",
     "read_executions",
     "run_random",
+    "parse_options",
     "run_standalone",
+    "serve",
     "simulate",
     "simulator_info",
 ]

@@ -35,7 +35,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +44,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from campaigns.errors import StorageError
+from campaigns.waiting import wait_for
 from storage._errors import local_data_dir
 
 __all__ = ["EmbeddedMongo"]
@@ -204,14 +204,17 @@ class EmbeddedMongo:
         )
 
     def _wait_ready(self, child: subprocess.Popen[bytes], port: int) -> bool:
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
+        def answered() -> str | None:
             if child.poll() is not None:
-                return False
+                return "exited"
             with contextlib.suppress(OSError), socket.create_connection((_HOST, port), timeout=0.5):
                 if _ping(port, timeout_s=2.0):
-                    return True
-            time.sleep(0.05)
+                    return "ready"
+            return None
+
+        outcome = wait_for(answered, self.start_timeout_s, interval_s=0.05)
+        if outcome is not None:
+            return outcome == "ready"
         _stop_pid(child.pid, child)
         with self.log_file.open("ab") as log:
             log.write(f"\n(closedloop) no answer within {self.start_timeout_s:g} s; stopped it\n".encode())
@@ -365,10 +368,7 @@ def _stop_pid(pid: int, child: subprocess.Popen[bytes] | None, grace_s: float = 
             if child.returncode is not None:
                 return
         else:
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.02)
-            if not _alive(pid):
+            if wait_for(lambda: not _alive(pid), grace_s, interval_s=0.02):
                 return
     if child is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):

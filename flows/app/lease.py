@@ -1,8 +1,9 @@
 """Holding a campaign's lease for the life of a run: one writer per campaign.
 
 The CLI takes the lease before it starts anything for a run (simulators included), and the
-flow takes it if nobody in this process holds it yet (a flow run started some other way).
-Within one process the lease is re-entrant: the flow reuses the CLI's.
+flow takes it if nobody holds it yet through the same :class:`Leases` (a flow run started some
+other way). Through one ``Leases`` (the run's wiring holds one) the lease is re-entrant: the
+flow reuses the CLI's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from campaigns import CampaignLockedError, StorageUnavailableError
 from storage import MongoLease
 
-__all__ = ["HeldLease", "hold_lease", "owner_name"]
+__all__ = ["HeldLease", "Leases", "hold_lease", "owner_name"]
 
 log = logging.getLogger("closedloop.lease")
 
@@ -70,20 +71,38 @@ class HeldLease:
         return self.lost[0] if self.lost else None
 
 
-_HELD: dict[str, HeldLease] = {}
-_LOCK = threading.Lock()
+class Leases:
+    """The campaign leases held through this object, so that a nested hold re-uses the outer one."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, HeldLease] = {}
+        self._lock = threading.Lock()
+
+    def held(self, campaign_id: str) -> HeldLease | None:
+        """The lease held for a campaign, if any."""
+        with self._lock:
+            return self._held.get(campaign_id)
 
 
 @contextmanager
 def hold_lease(uri: str, database: str, campaign_id: str,
-               on_takeover: Callable[[str], None] | None = None) -> Iterator[HeldLease]:
-    """Acquire (or re-use, within this process) the campaign's lease, heartbeat it, release it.
+               on_takeover: Callable[[str], None] | None = None, *,
+               leases: Leases | None = None) -> Iterator[HeldLease]:
+    """Acquire (or re-use, when ``leases`` already holds it) the campaign's lease, heartbeat it, release it.
+
+    Args:
+        uri: The database.
+        database: Its name.
+        campaign_id: The campaign.
+        on_takeover: Told the previous owner when a stale lease was taken over.
+        leases: Where this hold is registered (None: a hold of its own, never shared).
 
     Raises:
         CampaignLockedError: another live process holds it (the message names the owner).
     """
-    with _LOCK:
-        held = _HELD.get(campaign_id)
+    leases = Leases() if leases is None else leases
+    with leases._lock:
+        held = leases._held.get(campaign_id)
         if held is None:
             lease = MongoLease(uri, campaign_id, owner=owner_name(), database=database)
             try:
@@ -95,15 +114,15 @@ def hold_lease(uri: str, database: str, campaign_id: str,
                 on_takeover(previous)
             held = HeldLease(lease)
             lease.start_heartbeat(on_lost=held.lost.append)
-            _HELD[campaign_id] = held
+            leases._held[campaign_id] = held
         held.users += 1
     try:
         yield held
     finally:
-        with _LOCK:
+        with leases._lock:
             held.users -= 1
             if held.users == 0:
-                del _HELD[campaign_id]
+                del leases._held[campaign_id]
                 held.lease.stop_heartbeat()
                 try:
                     held.lease.release()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from campaigns import CampaignSpec, ClosedLoopError, SpecError
+from campaigns import CampaignSpec, ConfigurationError, UsageError
 from devices import EmbeddedBroker, MqttSettings, parse_broker_url
 from flows.app.settings import Settings
 from simulators import SimInstrument
@@ -68,7 +68,7 @@ def running_broker_url(settings: Settings, given: str | None = None) -> str:
     """
     if given:
         if parse_broker_url(given).password is not None:
-            raise SpecError(
+            raise UsageError(
                 "--broker: a password on the command line is visible to every user of this machine (ps)",
                 "pass --broker mqtt[s]://[USER@]HOST[:PORT] and the password in CLOSEDLOOP_MQTT_PASSWORD "
                 "or a file named by CLOSEDLOOP_MQTT_PASSWORD_FILE",
@@ -81,7 +81,7 @@ def running_broker_url(settings: Settings, given: str | None = None) -> str:
     except (OSError, ValueError, AttributeError):
         url = None
     if not isinstance(url, str):
-        raise ClosedLoopError(
+        raise ConfigurationError(
             "no MQTT broker to join: CLOSEDLOOP_MQTT_URL is not set and no `closedloop run` is running here",
             "pass --broker mqtt://HOST:PORT or set CLOSEDLOOP_MQTT_URL",
         )
@@ -100,7 +100,7 @@ def mqtt_settings(settings: Settings, url: str) -> MqttSettings:
         try:
             password = SecretStr(settings.mqtt_password_file.read_text(encoding="utf-8").rstrip("\r\n"))
         except (OSError, UnicodeDecodeError) as exc:
-            raise ClosedLoopError(f"cannot read the MQTT password file {settings.mqtt_password_file}: "
+            raise ConfigurationError(f"cannot read the MQTT password file {settings.mqtt_password_file}: "
                                   f"{getattr(exc, 'strerror', None) or exc}",
                                   "check CLOSEDLOOP_MQTT_PASSWORD_FILE and the file's permissions") from None
     return MqttSettings(url=url, prefix=settings.mqtt_prefix, username=settings.mqtt_username, password=password,

@@ -14,8 +14,9 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from campaigns import CampaignState, ClosedLoopError
+from campaigns import CampaignNotFoundError, CampaignState, UsageError
 from flows.cli.report import engine_counts, engines_text
+from flows.cli.tables import table
 
 __all__ = ["Curve", "best_so_far", "compare_table", "write_compare"]
 
@@ -57,7 +58,7 @@ def best_so_far(state: CampaignState) -> Curve:
         ClosedLoopError: the campaign has no spec.
     """
     if state.spec is None or state.campaign_id is None:
-        raise ClosedLoopError("no such campaign", "see `closedloop list`")
+        raise CampaignNotFoundError("no such campaign", "see `closedloop list`")
     objective = state.spec.objectives[0]
     done = [t for t in state.trials.values()
             if t.status == "completed" and objective.name in t.measurements and state.feasible(t)]
@@ -78,9 +79,11 @@ def best_so_far(state: CampaignState) -> Curve:
                  engines=engine_counts(state), best_engine=best_engine)
 
 
+_HEADERS = ("campaign", "metric", "trials", "best", "best at trial", "best after s", "total s", "best by", "engines")
+
+
 def _rows(curves: list[Curve]) -> list[tuple[str, ...]]:
-    rows = [("campaign", "metric", "trials", "best", "best at trial", "best after s", "total s", "best by",
-             "engines")]
+    rows: list[tuple[str, ...]] = []
     for c in curves:
         engines = engines_text(c.engines)
         if not c.best:
@@ -95,9 +98,7 @@ def _rows(curves: list[Curve]) -> list[tuple[str, ...]]:
 
 def compare_table(curves: list[Curve]) -> str:
     """A plain-text table: campaign, completed trials, best value, trials and time to reach it."""
-    rows = _rows(curves)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return table(_HEADERS, _rows(curves))
 
 
 def _figure(curves: list[Curve]) -> bytes:
@@ -127,12 +128,12 @@ def _figure(curves: list[Curve]) -> bytes:
 def write_compare(curves: list[Curve], out: Path) -> tuple[Path, Path]:
     """Write ``out.png`` and ``out.html`` (the plot inline, and the table); returns both paths."""
     if not curves:
-        raise ClosedLoopError("nothing to compare", "name one campaign or more")
+        raise UsageError("nothing to compare", "name one campaign or more")
     png = _figure(curves)
     out.parent.mkdir(parents=True, exist_ok=True)
     png_path, html_path = out.with_suffix(".png"), out.with_suffix(".html")
     png_path.write_bytes(png)
-    head, *body = _rows(curves)
+    head, body = _HEADERS, _rows(curves)
     cells = lambda row, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
     rows = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body)
     page = (

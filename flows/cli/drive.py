@@ -9,10 +9,11 @@ import os
 import sys
 from contextlib import nullcontext
 
-from campaigns import CampaignNotFoundError, CampaignResumed, ClosedLoopError, fold
+from campaigns import CampaignNotFoundError, CampaignResumed, CampaignStateError, fold
 from flows.app.lease import hold_lease
 from flows.app.runtime import broker_url, mqtt_settings, simulated_lab
 from flows.app.settings import Settings
+from flows.app.wiring import Wiring, wired
 from flows.cli.people import current_user
 from flows.cli.report import status_text
 from storage import MongoEventStore
@@ -34,22 +35,24 @@ def quiet_prefect_defaults() -> None:
 
 def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: argparse.Namespace, *, resume: bool) -> int:
     """Run a campaign that exists, under its lease, until it finishes or pauses."""
+    wiring = Wiring(settings)
     with hold_lease(store.uri, settings.mongodb_database, campaign_id,
-                    lambda prev: print(f"campaign {campaign_id}: took over the stale lease of {prev}")):
+                    lambda prev: print(f"campaign {campaign_id}: took over the stale lease of {prev}"),
+                    leases=wiring.leases):
         state = fold(store.read(campaign_id))  # re-read: we are the only writer from here on
         spec = state.spec
         if spec is None:
             raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
         if state.status == "finished":
             print(status_text(state))
-            raise ClosedLoopError(
+            raise CampaignStateError(
                 f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
                 "pass --campaign-id NEW_ID to run the spec again as a new campaign",
                 campaign_id=campaign_id,
             )
         if state.status == "paused":
             if not resume:
-                raise ClosedLoopError(
+                raise CampaignStateError(
                     f"campaign {campaign_id!r} is paused: {state.paused_detail or state.paused_reason}",
                     f"fix the cause, then `closedloop resume {campaign_id} --reason ...`",
                     campaign_id=campaign_id,
@@ -60,11 +63,9 @@ def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: ar
             print(f"campaign {campaign_id}: continuing from event {state.last_seq} "
                   f"({state.count('completed')} completed, {len(state.in_flight)} in flight)")
         with broker_url(settings) as url:
-            # The flow reads its settings from the environment (composition root; no
-            # credentials in Prefect's flow-run parameters).
-            os.environ["CLOSEDLOOP_MQTT_URL"] = url
-            os.environ["CLOSEDLOOP_MONGODB_URI"] = store.uri
-            os.environ["CLOSEDLOOP_MONGODB_DATABASE"] = settings.mongodb_database
+            # The flow gets this run's broker, database and lease handed over in-process (no
+            # credentials in Prefect's flow-run parameters, nothing set into the environment).
+            wiring = wiring.connected_to(mqtt_url=url, mongodb_uri=store.uri)
             lab = nullcontext() if args.no_simulators else simulated_lab(spec, mqtt_settings(settings, url), settings.home / "devices")
             with lab:
                 from flows.cli.progress import ProgressReporter
@@ -75,7 +76,8 @@ def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: ar
                 with local_prefect_api():
                     from flows.prefect.flow import campaign
 
-                    with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet):
+                    with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet), \
+                            wired(wiring):
                         campaign(campaign_id, max_runtime_s=args.max_runtime)
     final = fold(store.read(campaign_id))
     print(status_text(final))

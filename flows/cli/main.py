@@ -1,7 +1,8 @@
 """The `closedloop` command line.
 
-Exit codes: 0 success; 1 a runtime error (database or broker unreachable, ...); 2 a usage or
-campaign-file error; 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM, e.g. a service
+Exit codes: 0 success; 1 a runtime error (database or broker unreachable, a refused command,
+...); 2 a usage or campaign-file error (`UsageError`, `SpecError`; the classes are mapped to
+codes in one place, `EXIT_CODES`); 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM, e.g. a service
 manager's stop), which stops exactly as Ctrl-C does. Every error of the user's is one line, never
 a traceback.
 """
@@ -26,8 +27,10 @@ from campaigns import (
     CampaignCreated,
     CampaignNotFoundError,
     ClosedLoopError,
+    OutputError,
     SpecError,
     event_to_doc,
+    UsageError,
     fold,
     load_spec,
 )
@@ -39,14 +42,35 @@ from flows.app.runtime import (
     running_broker_url,
 )
 from flows.app.settings import Settings, settings_problem
-from flows.cli.drive import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, drive
+from flows.cli.drive import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    drive,
+)
 from flows.cli.people import add_commands, current_user
 from flows.cli.replay import add_replay_commands, parse_options
 from flows.cli.report import engine_line, log_line, status_dict, status_text
+from flows.cli.tables import table
 from flows.engine.catalog import check_spec_devices
 
-__all__ = ["main"]
+__all__ = ["EXIT_CODES", "exit_code", "main"]
 
+
+
+#: The exit code of each kind of error, the most specific class first; the rest of the tree exits 1.
+EXIT_CODES: tuple[tuple[type[ClosedLoopError], int], ...] = (
+    (UsageError, EXIT_USAGE),
+    (SpecError, EXIT_USAGE),
+    (ClosedLoopError, EXIT_ERROR),
+)
+
+
+def exit_code(error: ClosedLoopError) -> int:
+    """The CLI's exit code for an error: 2 for a usage or campaign-file error, 1 for the rest."""
+    return next(code for kind, code in EXIT_CODES if isinstance(error, kind))
 
 
 class _Terminated(KeyboardInterrupt):
@@ -98,7 +122,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 print(f"campaign {campaign_id}: created from {args.spec}")
             state = fold(store.read(campaign_id))
         if state.spec != spec:
-            raise SpecError(
+            raise UsageError(
                 f"campaign {campaign_id!r} exists with a different spec than {args.spec}",
                 "pass --campaign-id NEW_ID for a new campaign, or `closedloop resume` it",
                 campaign_id=campaign_id,
@@ -140,7 +164,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         try:
             writer(state, Path(args.output))
         except OSError as exc:
-            raise ClosedLoopError(f"cannot write {args.output!r}: {exc.strerror or exc}",
+            raise OutputError(f"cannot write {args.output!r}: {exc.strerror or exc}",
                                   "give a file path you can write, or - for standard output") from None
         print(f"wrote {len(state.trials)} trial(s) to {args.output}", file=sys.stderr)
     return EXIT_OK
@@ -154,30 +178,29 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not rows:
         print("no campaigns yet: start one with `closedloop run SPEC.yaml`")
-    for r in rows:
-        print(f"{r.campaign_id}\t{'finished' if r.finished else 'open'}\t{r.last_seq} events\tcreated {r.created_at}")
+        return EXIT_OK
+    print(table(["campaign", "state", "events", "created"],
+                [(r.campaign_id, "finished" if r.finished else "open", r.last_seq, r.created_at) for r in rows]))
     return EXIT_OK
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from simulators import SIMULATORS, run_standalone
+    from simulators import SIMULATORS, serve
 
     if args.from_campaign is not None:
         from flows.cli.replay import serve_emulator
 
         return serve_emulator(args)
     if args.list:
-        width = max(len(n) for n in SIMULATORS)
-        for name, info in SIMULATORS.items():
-            print(f"{name:<{width}}  {info.description}")
+        print(table(["simulator", "what it simulates"], [(n, i.description) for n, i in SIMULATORS.items()]))
         return EXIT_OK
     if args.simulator is None:
-        raise SpecError("sim: which simulator?", "name one, e.g. `closedloop sim branin --device-id d1`; "
+        raise UsageError("sim: which simulator?", "name one, e.g. `closedloop sim branin --device-id d1`; "
                         "`closedloop sim --list` lists them")
     if args.simulator not in SIMULATORS:
-        raise SpecError(f"unknown simulator {args.simulator!r}", f"choose one of: {', '.join(sorted(SIMULATORS))}")
+        raise UsageError(f"unknown simulator {args.simulator!r}", f"choose one of: {', '.join(sorted(SIMULATORS))}")
     options = parse_options(args.option)
     info = SIMULATORS[args.simulator]
     try:
@@ -185,7 +208,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "options"
-        raise SpecError(f"--option {where}: {first['msg']}", f"see `closedloop sim {args.simulator} --describe`") from None
+        raise UsageError(f"--option {where}: {first['msg']}", f"see `closedloop sim {args.simulator} --describe`") from None
     if args.describe:
         print(info.describe(validated))
         return EXIT_OK
@@ -193,26 +216,21 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         from simulators import ColourMixingOptions, plot_spectra
 
         if not isinstance(validated, ColourMixingOptions):
-            raise SpecError(f"--plot: {args.simulator} has no spectra to plot", "use it with colour_mixing")
+            raise UsageError(f"--plot: {args.simulator} has no spectra to plot", "use it with colour_mixing")
         print(f"wrote {plot_spectra(Path(args.plot), validated)}")
         return EXIT_OK
     if args.device_id is None:
-        raise SpecError("sim: --device-id is required to serve as an instrument", "e.g. --device-id bench-1")
+        raise UsageError("sim: --device-id is required to serve as an instrument", "e.g. --device-id bench-1")
     settings = Settings()
     if args.broker is not None:
         try:
             parse_broker_url(args.broker)
         except ClosedLoopError as exc:
-            raise SpecError(f"--broker: {exc.message}", exc.hint) from None
+            raise UsageError(f"--broker: {exc.message}", exc.hint) from None
     url = running_broker_url(settings, args.broker)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"simulator {args.simulator} serving as device {args.device_id}; Ctrl-C to stop", file=sys.stderr)
-    try:
-        run_standalone(args.simulator, args.device_id, mqtt_settings(settings, url), options, stop,
-                       record_path=None if args.record is None else Path(args.record))
-    except KeyboardInterrupt:
-        stop.set()
+    serve(args.simulator, args.device_id, mqtt_settings(settings, url), options,
+          record_path=None if args.record is None else Path(args.record),
+          announce=f"simulator {args.simulator} serving as device {args.device_id}; Ctrl-C to stop")
     return EXIT_OK
 
 
@@ -312,12 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args))
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except ClosedLoopError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return exit_code(exc)
     except KeyboardInterrupt as exc:
         how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
         print(f"{how}: the campaign's log is intact; `closedloop run` the same spec to continue", file=sys.stderr)

@@ -12,7 +12,6 @@ import argparse
 import getpass
 import math
 import sys
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -30,16 +29,21 @@ from campaigns import (
     CampaignNotFoundError,
     CampaignPaused,
     CampaignResumed,
-    ClosedLoopError,
+    CampaignState,
+    CommandRefusedError,
     EventBase,
+    IntParameter,
     RunStarted,
-    SpecError,
     TrialRetried,
+    UsageError,
     fold,
 )
+from campaigns.assignments import parameter_value, parameter_values, split_assignments
+from campaigns.waiting import wait_for
 from flows.app.lease import hold_lease
 from flows.app.runtime import event_store
 from flows.app.settings import Settings
+from flows.cli.tables import table
 from flows.engine.commands import (
     bind_approval,
     change_problem,
@@ -64,7 +68,7 @@ def _by(args: argparse.Namespace) -> str:
 
 def _deliver(campaign_id: str, kind: str, payload: dict[str, Any], args: argparse.Namespace) -> int:
     if not isinstance(args.reason, str) or not args.reason.strip():  # argparse turns `--reason=--` into []
-        raise SpecError("--reason: say why (it is recorded in the log with your name)", 'e.g. --reason "reactor limit"')
+        raise UsageError("--reason: say why (it is recorded in the log with your name)", 'e.g. --reason "reactor limit"')
     settings = Settings()
     now = datetime.now(UTC)
     command = Command(command_id=uuid.uuid4().hex, campaign_id=campaign_id, kind=kind,  # type: ignore[arg-type]
@@ -86,6 +90,8 @@ def _send(store: MongoEventStore, settings: Settings, command: Command) -> int:
         # Bound to what its author sees now: the orchestrator applies it to this approval, with
         # these trials, or refuses it.
         command = command.model_copy(update={"payload": bind_approval(state, command.payload)})
+    if command.kind in ("approve", "change"):
+        command = _typed(state, command)
 
     def fields(actor: str, offset: int) -> dict[str, Any]:
         return {"campaign_id": campaign_id, "seq": state.last_seq + 1 + offset, "actor": actor}
@@ -109,19 +115,20 @@ def _hand_over(store: MongoEventStore, settings: Settings, command: Command, loc
     with MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
         inbox.submit(command.campaign_id, command.kind, command.payload, by=command.by,
                      reason=command.reason, command_id=command.command_id)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def decided() -> Command | None:
             current = inbox.get(command.command_id)
-            if current is not None and current.state == "applied":
-                events = store.read(command.campaign_id, after_seq=max(0, (current.seq or 1) - 1))
-                print(f"{command.campaign_id}: {_describe(events[0]) if events else 'applied'} "
-                      f"(applied by the running orchestrator, event {current.seq})")
-                _timeout_note(command)
-                return 0
-            if current is not None and current.state == "refused":
-                raise ClosedLoopError(f"refused: {current.error}", "fix the command and send it again",
-                                      campaign_id=command.campaign_id)
-            time.sleep(0.3)
+            return current if current is not None and current.state in ("applied", "refused") else None
+
+        current = wait_for(decided, 30, interval_s=0.3)
+        if current is not None and current.state == "applied":
+            events = store.read(command.campaign_id, after_seq=max(0, (current.seq or 1) - 1))
+            print(f"{command.campaign_id}: {_describe(events[0]) if events else 'applied'} "
+                  f"(applied by the running orchestrator, event {current.seq})")
+            _timeout_note(command)
+            return 0
+        if current is not None:
+            raise CommandRefusedError(f"refused: {current.error}", "fix the command and send it again",
+                                  campaign_id=command.campaign_id)
     print(f"{command.campaign_id}: sent to the orchestrator that runs it ({locked.owner}); "
           "it applies it when it next checks (see `closedloop history`)")
     return 0
@@ -146,10 +153,14 @@ def _interrupted(store: MongoEventStore, settings: Settings, command: Command) -
             withdrawn = inbox.withdraw(command.command_id)  # only while pending: then nothing applies it
             current = None if withdrawn else inbox.get(command.command_id)
             seq = None if withdrawn else logged_at()
-            deadline = time.monotonic() + 10
-            while seq is None and current is not None and current.state == "claimed" and time.monotonic() < deadline:
-                time.sleep(0.2)  # the orchestrator is applying it: wait for its verdict
-                current, seq = inbox.get(command.command_id), logged_at()
+
+            def verdict() -> bool:  # the orchestrator is applying it: wait for its verdict
+                nonlocal current, seq
+                if seq is None and current is not None and current.state == "claimed":
+                    current, seq = inbox.get(command.command_id), logged_at()
+                return not (seq is None and current is not None and current.state == "claimed")
+
+            wait_for(verdict, 10, interval_s=0.2)
     except KeyboardInterrupt:
         print(f"interrupted again: whether {what} was applied is in `closedloop history {cid}`", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -207,12 +218,14 @@ def _cmd_history(args: argparse.Namespace) -> int:
         events = store.read(args.campaign)
     if not events:
         raise CampaignNotFoundError(f"no campaign {args.campaign!r}", "see `closedloop list`", campaign_id=args.campaign)
+    rows = []
     for e in events:
         if isinstance(e, _HISTORY):
             why = getattr(e, "reason", "") if not isinstance(e, CampaignPaused | CampaignFinished) else (
                 getattr(e, "detail", "") or e.reason)
-            why_text = f"  — {why}" if why and not isinstance(e, RunStarted | TrialRetried) else ""
-            print(f"{e.time:%Y-%m-%d %H:%M:%S}  #{e.seq:<5} {e.actor:<18} {_describe(e)}{why_text}")
+            rows.append((f"{e.time:%Y-%m-%d %H:%M:%S}", e.seq, e.actor, _describe(e),
+                         why if why and not isinstance(e, RunStarted | TrialRetried) else ""))
+    print(table(["time (UTC)", "event", "by", "what", "why"], rows))
     return 0
 
 
@@ -227,10 +240,10 @@ def _cmd_pending(args: argparse.Namespace) -> int:
                 since = f"{request.requested_at:%Y-%m-%d %H:%M} UTC"
                 until = "" if request.deadline is None else f", on {request.deadline:%Y-%m-%d %H:%M} UTC: {request.on_timeout}"
                 print(f"{cid}  approval {request.approval_id}  since {since}{until}  ({request.why})")
-                for tid in request.trial_ids:
-                    params = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in state.trials[tid].parameters.items())
-                    print(f"    trial {tid}: {params}")
+                names = list(dict.fromkeys(k for tid in request.trial_ids for k in state.trials[tid].parameters))
+                print(table(["trial", *names], [
+                    (tid, *(_cell(state.trials[tid].parameters.get(n)) for n in names)) for tid in request.trial_ids
+                ], indent="    "))
                 print(f"    answer: closedloop approve {cid} --approval {request.approval_id} --reason \"...\" "
                       "[--trial ID ...] [--edit ID name=value ...] [--reject ID ...]")
     if not shown:
@@ -238,35 +251,63 @@ def _cmd_pending(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cell(value: object) -> object:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"{flag} {item!r}: expected NAME=VALUE", f"e.g. {flag} x1=2.5")
-        out[key] = value
-    return out
+    try:
+        return split_assignments(items)
+    except ValueError as exc:
+        raise UsageError(f"{flag} {exc}", f"e.g. {flag} x1=2.5") from None
 
 
 def _number(text: str, flag: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise SpecError(f"{flag}: {text!r} is not a number", f"e.g. {flag} x1=2.5") from None
+        raise UsageError(f"{flag} {text!r}: not a number", f"e.g. {flag} x1=2.5") from None
     if not math.isfinite(value):
-        raise SpecError(f"{flag}: {text!r} is not a finite number", f"e.g. {flag} x1=2.5")
+        raise UsageError(f"{flag} {text!r}: not a finite number", f"e.g. {flag} x1=2.5")
     return value
+
+
+def _typed(state: CampaignState, command: Command) -> Command:
+    """``--edit`` and ``--fix`` values and ``--set-bounds`` typed by their parameters, as the loop reads them."""
+    assert state.spec is not None
+    payload = dict(command.payload)
+    params = state.spec.parameters
+    try:
+        if payload.get("edit"):
+            payload["edit"] = {tid: parameter_values(params, values) for tid, values in payload["edit"].items()}
+    except ValueError as exc:
+        raise UsageError(f"--edit {exc}", "e.g. --edit 3 x1=2.5") from None
+    try:
+        if payload.get("fix"):
+            payload["fix"] = parameter_values(params, payload["fix"])
+    except ValueError as exc:
+        raise UsageError(f"--fix {exc}", "e.g. --fix x2=3.0") from None
+    bounds = {}
+    for name, pair in (payload.get("set_bounds") or {}).items():
+        p = next((q for q in params if q.name == name), None)
+        try:
+            bounds[name] = pair if not isinstance(p, IntParameter) else tuple(parameter_value(p, v) for v in pair)
+        except ValueError as exc:
+            raise UsageError(f"--set-bounds {exc}", "e.g. --set-bounds n=1:8") from None
+    if bounds:
+        payload["set_bounds"] = bounds
+    return command.model_copy(update={"payload": payload})
 
 
 def _cmd_approve(args: argparse.Namespace) -> int:
     edits: dict[str, dict[str, str]] = {}
     for group in args.edit or []:
         if len(group) < 2:
-            raise SpecError(f"--edit {' '.join(group)}: expected a trial id then NAME=VALUE", "e.g. --edit 3 x1=2.5")
+            raise UsageError(f"--edit {' '.join(group)}: expected a trial id then NAME=VALUE", "e.g. --edit 3 x1=2.5")
         edits.setdefault(group[0], {}).update(_pairs(group[1:], "--edit"))
-    conflict = decision_conflict(args.trial, edits, args.reject or [])
+    conflict = decision_conflict(args.trial, edits, args.reject or [], words=("--trial", "--edit", "--reject"))
     if conflict is not None:
-        raise SpecError(conflict, "give each trial to one of --trial, --edit and --reject")
+        raise UsageError(conflict, "give each trial to one of --trial, --edit and --reject")
     payload = {"approval_id": args.approval, "approve": args.trial, "edit": edits,
                "reject": args.reject or [], "via": "cli"}
     return _deliver(args.campaign, "approve", payload, args)
@@ -278,16 +319,11 @@ def _cmd_change(args: argparse.Namespace) -> int:
     for name, text in _pairs(args.set_bounds or [], "--set-bounds").items():
         low, sep, high = text.partition(":")
         if not sep:
-            raise SpecError(f"--set-bounds {name}={text}: expected LOW:HIGH", "e.g. --set-bounds x1=0:5")
+            raise UsageError(f"--set-bounds {name}={text}: expected LOW:HIGH", "e.g. --set-bounds x1=0:5")
         bounds[name] = (_number(low, "--set-bounds"), _number(high, "--set-bounds"))
     if bounds:
         change["set_bounds"] = bounds
-    fixed: dict[str, Any] = {}
-    for name, text in _pairs(args.fix or [], "--fix").items():
-        try:
-            fixed[name] = float(text)
-        except ValueError:
-            fixed[name] = text  # a choice parameter's value
+    fixed = _pairs(args.fix or [], "--fix")  # typed by the campaign's parameters in _send
     if fixed:
         change["fix"] = fixed
     if args.free:
@@ -300,10 +336,10 @@ def _cmd_change(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             change[name] = getattr(args, name)
     if not change:
-        raise SpecError("nothing to change", "give at least one of --set-bounds, --fix, --free, --batch-size, ...")
+        raise UsageError("nothing to change", "give at least one of --set-bounds, --fix, --free, --batch-size, ...")
     problem = change_problem(change)
     if problem is not None:
-        raise SpecError(problem, "see `closedloop change --help`")
+        raise UsageError(problem, "see `closedloop change --help`")
     return _deliver(args.campaign, "change", change, args)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +13,7 @@ from campaigns import (
     CampaignCreated,
     CampaignNotFoundError,
     CampaignState,
-    SpecError,
+    UsageError,
     fold,
 )
 from campaigns.identity import new_instance
@@ -23,6 +22,7 @@ from flows.app.settings import Settings
 from flows.cli.compare import best_so_far, compare_table, write_compare
 from flows.cli.drive import drive
 from flows.cli.people import current_user
+from flows.cli.tables import table
 from flows.engine.catalog import check_spec_devices
 from flows.engine.replay import faithful_points, plan_replay
 
@@ -30,21 +30,18 @@ __all__ = ["add_replay_commands", "faithful_report", "identical_trials", "parse_
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``--option KEY=VALUE`` items as a mapping; a value is read as JSON when it parses.
+    """``--option KEY=VALUE`` items as a mapping; a value is read as JSON when it parses
+    (the simulator's options model types it).
 
     Raises:
-        SpecError: an item without ``=``.
+        UsageError: an item that is not KEY=VALUE, or a value that is no finite number.
     """
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"--option {item!r}: expected KEY=VALUE", "e.g. --option noise_sd=0.1")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
+    from simulators import parse_options as parse_simulator_options
+
+    try:
+        return parse_simulator_options(items)
+    except ValueError as exc:
+        raise UsageError(f"--option {exc}", "e.g. --option noise_sd=0.1") from None
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float | None:
@@ -116,13 +113,12 @@ def _print_faithful(source: CampaignState, replay: CampaignState, report: Path |
     assert source.spec is not None
     metric = source.spec.objectives[0].name
     print(f"\nfaithful replay: {len(rows)} recorded trial(s) re-run; {metric}, recorded vs simulated:")
-    print(f"  {'source':>7} {'replay':>7} {'recorded':>12} {'simulated':>12} {'error':>12}")
     shown = rows if len(rows) <= 40 else rows[:30] + rows[-5:]
-    for i, r in enumerate(shown):
-        if len(rows) > 40 and i == 30:
-            print(f"  ... {len(rows) - 35} more (all of them with --report FILE.csv)")
-        print(f"  {r['source_trial']:>7} {r['replay_trial']:>7} {_fmt(r[f'{metric}.recorded']):>12} "
-              f"{_fmt(r[f'{metric}.simulated']):>12} {_fmt(r[f'{metric}.error']):>12}")
+    cells = [(r["source_trial"], r["replay_trial"], _fmt(r[f"{metric}.recorded"]), _fmt(r[f"{metric}.simulated"]),
+              _fmt(r[f"{metric}.error"])) for r in shown]
+    if len(rows) > 40:
+        cells.insert(30, ("...", f"{len(rows) - 35} more", "(all of them", "with --report", "FILE.csv)"))
+    print(table(["source", "replay", "recorded", "simulated", "error"], cells, indent="  "))
     for m, s in summary.items():
         print(f"  {m}: {s['n']} pair(s), mean |error| {_fmt(s['mae'])}, max |error| {_fmt(s['max_abs_error'])}, "
               f"correlation {_fmt(s['correlation'])}")
@@ -138,7 +134,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     for flag, value in (("--batch-size", args.batch_size), ("--seed", args.seed)):
         if value is not None and abs(value) >= 2**63:  # the log stores 8-byte integers
-            raise SpecError(f"{flag} {value:.3g}: too large a whole number", f"give {flag} below {2**63:.3g}")
+            raise UsageError(f"{flag} {value:.3g}: too large a whole number", f"give {flag} below {2**63:.3g}")
     settings = Settings()
     with event_store(settings) as store:
         source = fold(store.read(args.source))
@@ -149,7 +145,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         check_spec_devices(spec)
         campaign_id = args.campaign_id or f"{args.source}-{args.mode}-{datetime.now():%Y%m%d-%H%M%S}"
         if fold(store.read(campaign_id)).spec is not None:
-            raise SpecError(f"campaign {campaign_id!r} exists already", "pass another --campaign-id")
+            raise UsageError(f"campaign {campaign_id!r} exists already", "pass another --campaign-id")
         store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{current_user()}", spec=spec,
                                       source=link, instance=new_instance())])
         print(f"campaign {campaign_id}: {args.mode} replay of {args.source} "
@@ -218,18 +214,16 @@ def serve_emulator(args: argparse.Namespace) -> int:
     simulated instrument; ``--option`` takes the behaviour options (``noise_sd``, ``duration_s``,
     ``failures``, ``seed``, ...). Its own predictive noise is added to each measurement.
     """
-    import signal
     import sys
-    import threading
 
     from pydantic import ValidationError
 
     from flows.app.runtime import mqtt_settings, running_broker_url
-    from simulators import SimInstrument, SimulatorOptions
+    from simulators import SimulatorOptions, serve
     from simulators.emulator import Emulator
 
     if args.simulator is not None:
-        raise SpecError(f"sim: --from-campaign serves an emulator, not {args.simulator!r}", "drop the simulator name")
+        raise UsageError(f"sim: --from-campaign serves an emulator, not {args.simulator!r}", "drop the simulator name")
     settings = Settings()
     with event_store(settings) as store:
         state = fold(store.read(args.from_campaign))
@@ -251,19 +245,13 @@ def serve_emulator(args: argparse.Namespace) -> int:
         options = SimulatorOptions.model_validate(parse_options(args.option))
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        raise SpecError(f"--option {'.'.join(str(p) for p in first['loc']) or 'options'}: {first['msg']}",
+        raise UsageError(f"--option {'.'.join(str(p) for p in first['loc']) or 'options'}: {first['msg']}",
                         "see docs/simulators.md for the behaviour options") from None
     if args.device_id is None:
-        raise SpecError("sim: --device-id is required to serve as an instrument", "e.g. --device-id emu-1")
+        raise UsageError("sim: --device-id is required to serve as an instrument", "e.g. --device-id emu-1")
     url = running_broker_url(settings, args.broker)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"emulator serving as device {args.device_id} (measures {', '.join(emulator.metrics)}); Ctrl-C to stop",
-          file=sys.stderr)
-    record = None if args.record is None else Path(args.record)
-    try:
-        with SimInstrument(args.device_id, emulator, options, mqtt_settings(settings, url), record_path=record):
-            stop.wait()
-    except KeyboardInterrupt:
-        stop.set()
+    serve(emulator, args.device_id, mqtt_settings(settings, url), options,
+          record_path=None if args.record is None else Path(args.record),
+          announce=f"emulator serving as device {args.device_id} (measures {', '.join(emulator.metrics)}); "
+                   "Ctrl-C to stop")
     return 0

@@ -22,45 +22,42 @@ from campaigns import (
     CampaignPaused,
     CampaignState,
     ChoiceParameter,
-    ClosedLoopError,
+    CommandRefusedError,
     EventBase,
-    IntParameter,
     apply_change,
 )
 from campaigns.command import Command
 from campaigns.events import AnswerVia
+from campaigns.assignments import parameter_value
 from campaigns.state import OpenApproval
 from flows.engine.catalog import check_spec_devices
 
-__all__ = ["bind_approval", "change_problem", "decision_conflict", "events_for"]
+__all__ = ["DECISIONS", "bind_approval", "change_problem", "decision_conflict", "events_for"]
 
 Fields = Callable[[str, int], dict[str, Any]]
 
 
-def _refuse(state: CampaignState, message: str, hint: str) -> ClosedLoopError:
-    return ClosedLoopError(message, hint, campaign_id=state.campaign_id)
+def _refuse(state: CampaignState, message: str, hint: str) -> CommandRefusedError:
+    return CommandRefusedError(message, hint, campaign_id=state.campaign_id)
 
 
 def _coerce(state: CampaignState, trial_id: str, name: str, value: Any) -> Any:
     assert state.spec is not None
     p = next((q for q in state.spec.parameters if q.name == name), None)
     if p is None:
-        raise _refuse(state, f"--edit {trial_id} {name}=...: no such parameter",
+        raise _refuse(state, f"edit of trial {trial_id}: {name!r} is not a parameter of this campaign",
                       f"parameters: {', '.join(q.name for q in state.spec.parameters)}")
-    if isinstance(p, ChoiceParameter):
-        for v in p.values:
-            if str(v) == str(value):
-                return v
-        raise _refuse(state, f"--edit {trial_id} {name}={value}: not one of {p.values}", "pick one of the values")
     try:
-        number = int(value) if isinstance(p, IntParameter) else float(value)
-    except (TypeError, ValueError):
-        raise _refuse(state, f"--edit {trial_id} {name}={value}: not a number", "e.g. --edit 3 x1=2.5") from None
+        typed = parameter_value(p, value)
+    except ValueError as exc:
+        raise _refuse(state, f"edit of trial {trial_id}: {exc}", "give a value the parameter takes") from None
+    if isinstance(p, ChoiceParameter):
+        return typed
     low, high = p.bounds
-    if not low <= number <= high:
-        raise _refuse(state, f"--edit {trial_id} {name}={value}: outside the bounds [{low:g}, {high:g}]",
-                      "choose a value inside, or widen the bounds with `closedloop change --set-bounds`")
-    return number
+    if not low <= typed <= high:
+        raise _refuse(state, f"edit of trial {trial_id}: {name}={value} is outside the bounds [{low:g}, {high:g}]",
+                      "choose a value inside, or widen the bounds with a change of the campaign's bounds")
+    return typed
 
 
 #: The largest numbers `change` takes: beyond them a value is a typo, and some could not even
@@ -96,15 +93,24 @@ def change_problem(payload: Mapping[str, Any], state: CampaignState | None = Non
     return None
 
 
-def decision_conflict(approve: list[str] | None, edit: Mapping[str, Any], reject: list[str]) -> str | None:
-    """A trial named in two of --trial, --edit and --reject, in one line (None: no conflict)."""
-    flags = {"--trial": set(approve or []), "--edit": set(edit), "--reject": set(reject)}
-    names = list(flags)
+#: How a decision names its three parts; the CLI passes its flags instead.
+DECISIONS = ("approved", "edited", "rejected")
+
+
+def decision_conflict(approve: list[str] | None, edit: Mapping[str, Any], reject: list[str],
+                      words: tuple[str, str, str] = DECISIONS) -> str | None:
+    """A trial both approved and rejected (or edited), in one line (None: no conflict).
+
+    ``words`` names the three parts of a decision in the message (the CLI: its flags).
+    """
+    parts = dict(zip(words, (set(approve or []), set(edit), set(reject)), strict=True))
+    names = list(parts)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            both = sorted(flags[a] & flags[b])
+            both = sorted(parts[a] & parts[b])
             if both:
-                return f"trial {both[0]} is given to both {a} and {b}: decide each trial once"
+                joined = f"given to both {a} and {b}" if words != DECISIONS else f"both {a} and {b}"
+                return f"trial {both[0]} is {joined}: decide each trial once"
     return None
 
 
@@ -114,7 +120,8 @@ def _open_request(state: CampaignState, approval_id: str | None) -> OpenApproval
         raise _refuse(state, f"campaign {state.campaign_id!r} has no approval waiting", "see `closedloop pending`")
     if approval_id is None:
         if len(opened) > 1:
-            raise _refuse(state, f"{len(opened)} approvals are waiting: {', '.join(opened)}", "pass --approval ID")
+            raise _refuse(state, f"{len(opened)} approvals are waiting: {', '.join(opened)}",
+                          "name the approval the decision is for")
         approval_id = next(iter(opened))
     request = opened.get(approval_id)
     if request is None:
@@ -130,7 +137,7 @@ def bind_approval(state: CampaignState, payload: Mapping[str, Any]) -> dict[str,
     so an answer never lands on an approval its author did not see.
 
     Raises:
-        ClosedLoopError: no approval waits, several wait and none is named, or the named one is not open.
+        CommandRefusedError: no approval waits, several wait and none is named, or the named one is not open.
     """
     request = _open_request(state, payload.get("approval_id"))
     return {**payload, "approval_id": request.approval_id, "trial_ids": list(request.trial_ids)}
@@ -164,14 +171,14 @@ def _approval(state: CampaignState, command: Command, fields: Fields) -> EventBa
         undecided = [t for t in request.trial_ids if t not in approved and t not in edit and t not in reject]
         if undecided:
             raise _refuse(state, f"trial {undecided[0]} is not decided",
-                          f"add --trial {undecided[0]} to approve it or --reject {undecided[0]}")
+                          f"approve, edit or reject trial {undecided[0]} too")
     edited = {tid: {k: _coerce(state, tid, k, v) for k, v in changes.items()} for tid, changes in edit.items()}
     assert state.spec is not None
     for tid, changes in edited.items():
         point = {**state.trials[tid].parameters, **changes}
         for c in state.spec.parsed_parameter_constraints:
             if not c.holds(point):
-                raise _refuse(state, f"--edit {tid}: the edited trial breaks the parameter constraint {c.text!r}",
+                raise _refuse(state, f"edit of trial {tid}: the edited trial breaks the parameter constraint {c.text!r}",
                               "choose values that satisfy it")
     via = p.get("via", "cli")
     if via not in get_args(AnswerVia):  # ApprovalGiven.via is a closed vocabulary
@@ -191,7 +198,7 @@ def events_for(state: CampaignState, command: Command, fields: Fields) -> list[E
         fields: ``(actor, offset) -> {campaign_id, seq, actor}`` for the next events.
 
     Raises:
-        ClosedLoopError: the command does not fit (the one-line reason is shown to its author).
+        CommandRefusedError: the command does not fit (the one-line reason is shown to its author).
     """
     if state.spec is None:
         raise _refuse(state, f"no campaign {command.campaign_id!r}", "see `closedloop list`")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from campaigns import CampaignState, EventBase, StorageUnavailableError, apply
+from campaigns.waiting import backoff
 from flows.engine.ports import EventLog
 
 __all__ = ["EventWriter"]
@@ -90,7 +91,7 @@ class EventWriter:
 
     def _write(self, events: list[EventBase]) -> None:
         started: float | None = None
-        delay = 0.25
+        delays = backoff(0.25, self.max_backoff_s)
         if not events:
             return
         # Our own last append is the predecessor: the store need not check for a gap.
@@ -107,8 +108,7 @@ class EventWriter:
                     log.warning("database unreachable; retrying (nothing is dispatched meanwhile): %s", exc)
                 if self.give_up_after_s is not None and now - started > self.give_up_after_s:
                     raise
-                self._sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+                self._sleep(next(delays))
         if started is not None:
             log.warning("database is back after %.1f s", self._clock() - started)
         self._written_to = events[-1].seq

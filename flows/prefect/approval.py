@@ -39,6 +39,9 @@ from prefect.input import RunInput
 from prefect.states import Cancelled, Completed
 from pydantic import ConfigDict, Field
 
+from campaigns.assignments import split_assignment
+from campaigns.waiting import wait_for
+
 __all__ = ["ApprovalForm", "PrefectApprovals", "parse_edits", "prefect_server_configured"]
 
 log = logging.getLogger(__name__)
@@ -85,35 +88,28 @@ class ApprovalForm(RunInput):
     by: str = Field("", description="Your name (recorded in the campaign log)")
 
 
-_EDIT_ITEM = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*=\s*(.*?)\s*$")
+def parse_edits(text: str) -> dict[str, dict[str, str]]:
+    """``"3: x1=2.5, x2=1; 4: x1=0"`` -> ``{"3": {"x1": "2.5", "x2": "1"}, "4": {"x1": "0"}}``.
 
-
-def _value(text: str) -> int | float | str:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_edits(text: str) -> dict[str, dict[str, int | float | str]]:
-    """``"3: x1=2.5, x2=1; 4: x1=0"`` -> ``{"3": {"x1": 2.5, "x2": 1}, "4": {"x1": 0}}``.
+    The values stay as typed: the loop types them by their parameters, as it does the CLI's.
 
     Raises:
         ValueError: the text does not have that shape (the message says where).
     """
-    edits: dict[str, dict[str, int | float | str]] = {}
+    edits: dict[str, dict[str, str]] = {}
     for part in filter(None, (p.strip() for p in re.split(r"[;\n]", text))):
         trial, sep, rest = part.partition(":")
         if not sep or not trial.strip():
             raise ValueError(f"{part!r}: expected 'ID: name=value, ...'")
-        changes: dict[str, int | float | str] = {}
+        changes: dict[str, str] = {}
         for item in filter(None, (i.strip() for i in rest.split(","))):
-            m = _EDIT_ITEM.match(item)
-            if m is None or not m.group(2):
+            try:
+                name, value = split_assignment(item)
+            except ValueError as exc:
+                raise ValueError(f"trial {trial.strip()}: {exc}") from None
+            if not value:
                 raise ValueError(f"{item!r} (trial {trial.strip()}): expected name=value")
-            changes[m.group(1)] = _value(m.group(2))
+            changes[name] = value
         if not changes:
             raise ValueError(f"{part!r}: no name=value given")
         edits.setdefault(trial.strip(), {}).update(changes)
@@ -265,32 +261,31 @@ class PrefectApprovals:
     def _run(self, a: _Approval) -> None:
         try:
             run = approval_flow.with_options(flow_run_name=f"approval/{self.campaign_id}/{a.approval_id}")
-            key = f"{id(self)}/{a.approval_id}/{id(a)}"
-            _LIVE[key] = (self, a)
-            try:
-                asyncio.run(run(self.campaign_id, a.approval_id, a.trials, a.why, a.answer_with, key))
-            finally:
-                _LIVE.pop(key, None)
+            # This thread runs in a context of its own (see `open`): the flow run inside finds
+            # its approval there, handed over explicitly, not through shared module state.
+            _THIS_APPROVAL.set((self, a))
+            asyncio.run(run(self.campaign_id, a.approval_id, a.trials, a.why, a.answer_with))
         except Exception:  # noqa: BLE001
             log.exception("approval %s: its Prefect flow run failed (the CLI still answers it)", a.approval_id)
 
     def _resume_closed(self, a: _Approval) -> None:
         """Resume the paused run with the "decided elsewhere" marker, once it is paused."""
-        deadline = time.monotonic() + 60.0
-        while time.monotonic() < deadline:
+        def resumed() -> bool:
             if a.thread is None or not a.thread.is_alive():
-                return
+                return True
             if a.flow_run_id is not None:
                 try:
                     resume_flow_run(UUID(a.flow_run_id), run_input={CLOSED_KEY: a.close_reason})
-                    return
+                    return True
                 except NotPausedError:
                     pass  # not paused yet (or already answered): look again
                 except Exception as e:  # noqa: BLE001
                     if "schema not found" not in str(e):  # Prefect pauses, then saves the form
                         log.exception("approval %s: resuming its Prefect flow run failed", a.approval_id)
-            time.sleep(0.25)
-        log.warning("approval %s: its Prefect flow run could not be closed", a.approval_id)
+            return False
+
+        if not wait_for(resumed, 60.0, interval_s=0.25):
+            log.warning("approval %s: its Prefect flow run could not be closed", a.approval_id)
 
     async def _cancel_stale(self, a: _Approval, name: str, logger: Any) -> None:
         """Cancel paused runs of this approval left by an earlier campaign run (a crashed process)."""
@@ -399,16 +394,16 @@ class PrefectApprovals:
 
 _ENDED = "ended without an answer"
 
-#: The approvals whose flow runs are running in this process, by the key passed to the flow.
-_LIVE: dict[str, tuple[PrefectApprovals, _Approval]] = {}
+#: The approval an approval flow run serves, set in the thread that runs it (one per approval).
+_THIS_APPROVAL: contextvars.ContextVar[tuple[PrefectApprovals, _Approval]] = contextvars.ContextVar("approval")
 
 
 @flow(name="approval", persist_result=False, validate_parameters=False)
-async def approval_flow(campaign_id: str, approval_id: str, trials: list[dict[str, Any]], why: str, answer_with: str,
-                  key: str) -> Any:
+async def approval_flow(campaign_id: str, approval_id: str, trials: list[dict[str, Any]], why: str,
+                        answer_with: str) -> Any:
     """One approval request of a campaign, waiting for a person in the Prefect UI."""
     logger = get_run_logger()
-    approvals, a = _LIVE[key]
+    approvals, a = _THIS_APPROVAL.get()
     a.flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
     await approvals._cancel_stale(a, f"approval/{campaign_id}/{approval_id}", logger)
     command = await approvals._wait(a, logger)

@@ -1,7 +1,9 @@
 """The Prefect flow ``campaign``: one flow run per campaign run (or resume), the loop inside it.
 
-Connection settings come from the environment (``CLOSEDLOOP_*``), not from flow parameters,
-so that no credential is ever stored with the flow run in Prefect's database.
+Connection settings are handed over in-process by the CLI that starts the flow
+(:mod:`flows.app.wiring`), or, for a flow run started elsewhere (a Prefect worker), read from
+the environment (``CLOSEDLOOP_*``); never from flow parameters, so that no credential is ever
+stored with the flow run in Prefect's database.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from campaigns.identity import client_id
 from devices import MqttDeviceHub
 from flows.app.lease import hold_lease
 from flows.app.runtime import broker_url, event_store, mqtt_settings
-from flows.app.settings import Settings
+from flows.app.wiring import current_wiring
 from flows.engine.loop import CampaignLoop, LoopOptions
 from flows.engine.replay import replay_wiring
 from optimizer import AxOptimizer
@@ -100,14 +102,16 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, 
         A summary: status, trials completed/failed, best trial.
     """
     logger = get_run_logger()
-    settings = Settings()
+    wiring = current_wiring()
+    settings = wiring.settings
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
 
     def took_over(previous: str) -> None:
         logger.warning("campaign %s: took over the stale lease of %s", campaign_id, previous)
 
     # The lease first (one writer per campaign), then the run's resources under it.
-    with event_store(settings) as store, hold_lease(store.uri, settings.mongodb_database, campaign_id, took_over) as held:
+    with event_store(settings) as store, hold_lease(store.uri, settings.mongodb_database, campaign_id, took_over,
+                                                                  leases=wiring.leases) as held:
         created = fold(store.read(campaign_id, limit=1))
         with broker_url(settings) as url:
             # A client id per campaign instance, the same at every restart: the broker keeps the

@@ -17,13 +17,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from campaigns import ClosedLoopError
+from campaigns import ClosedLoopError, ServiceStartError
+from campaigns.waiting import wait_for
 
 __all__ = ["local_api_url", "local_prefect_api"]
 
@@ -86,7 +86,7 @@ def local_prefect_api() -> Iterator[str | None]:
         environment or the Prefect profile) already names a server.
 
     Raises:
-        ClosedLoopError: The local server did not answer in time.
+        ServiceStartError: The local server did not answer in time.
     """
     from prefect.settings import get_current_settings
 
@@ -140,10 +140,8 @@ def _local_server(settings: Any) -> Iterator[str]:
              "--factory", "prefect.server.api.server:create_app", "--host", _HOST, "--port", str(port),
              "--log-level", "error", "--lifespan", "on"],
             env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
         try:
-            while server.poll() is None and time.monotonic() < deadline and not _healthy(url):
-                time.sleep(0.1)
+            wait_for(lambda s=server, u=url: s.poll() is not None or _healthy(u), timeout_s, interval_s=0.1)
         except BaseException:  # Ctrl-C or SIGTERM while it starts: stop it, then go on stopping
             _stop(server)
             output.close()
@@ -154,7 +152,7 @@ def _local_server(settings: Any) -> Iterator[str]:
         server = None
     if server is None:
         output.close()
-        raise ClosedLoopError(f"Prefect's local API server did not start within {timeout_s:g} s (see {log_path})",
+        raise ServiceStartError(f"Prefect's local API server did not start within {timeout_s:g} s (see {log_path})",
                               "retry, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, "
                               "or set PREFECT_API_URL to a running Prefect server")
     global _local_url

@@ -275,3 +275,21 @@ def test_whole_numbers_the_log_cannot_hold_are_one_line(lab: dict[str, Any], tmp
     out = run(["replay", "c", "--mode", "counterfactual", "--seed", "99999999999999999999999"], lab["env"])
     assert "--seed" in one_error_line(out, 2)
     assert len(lab["store"].list_campaigns()) == 1  # no replay campaign was created
+
+
+@pytest.mark.parametrize("args", [
+    ["approve", "c", "--edit", "0", "x1=1e400"],
+    ["approve", "c", "--edit", "0", "x1=nan"],
+    ["approve", "c", "--edit", "0", "x1"],
+    ["approve", "c", "--edit", "0", "=2"],
+    ["approve", "c", "--edit", "0", "a=b=c"],
+    ["approve", "c", "--edit", "0", "x1=b=c"],
+    ["change", "c", "--fix", "x2=warm"],
+    ["change", "c", "--fix", "x9=1"],
+    ["change", "c", "--set-bounds", "x1=0:1e400"],
+])
+def test_name_value_mistakes_are_one_line(args: list[str], lab: dict[str, Any]) -> None:
+    """Issue 15: one `NAME=VALUE` reader, typed by the parameter, for every flag that takes one."""
+    out = run([*args, "--reason", "r"], lab["env"])
+    assert one_error_line(out, 2).startswith(f"error: {args[2]} ")
+    assert len(lab["store"].read("c")) == 3  # nothing logged

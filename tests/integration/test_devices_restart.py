@@ -123,7 +123,7 @@ def standalone(settings: MqttSettings, device_id: str, record: Path,
     """``python -m simulators.standalone`` in a child process, killed on exit."""
     with subprocess.Popen(
         [sys.executable, "-m", "simulators.standalone", "branin", device_id,
-         "--record", str(record), "--options", json.dumps(options)],
+         "--record", str(record), *(f"--option={k}={json.dumps(v)}" for k, v in options.items())],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     ) as child:
         try:

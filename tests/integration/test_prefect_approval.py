@@ -120,7 +120,8 @@ def test_answer_in_prefect_becomes_the_cli_command() -> None:
         return str(parent)
 
     _campaign_like_flow(body)()
-    assert got == [{"approval_id": "a3", "approve": ["3"], "edit": {"4": {"x1": 2.5, "x2": 1}}, "reject": ["5"],
+    # Values as typed: the loop types them by their parameters, as it does a CLI answer's (campaigns.assignments).
+    assert got == [{"approval_id": "a3", "approve": ["3"], "edit": {"4": {"x1": "2.5", "x2": "1"}}, "reject": ["5"],
                     "reason": "x1 too high on 5", "by": "alice", "via": "prefect"}]
     print(f"paused with form after {timings['paused']:.2f} s; answer reached on_answer after {timings['answer']:.2f} s")
 

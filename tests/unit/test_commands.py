@@ -66,9 +66,9 @@ def test_rejecting_everything_is_an_approval_rejected() -> None:
 
 @pytest.mark.parametrize(("payload", "message"), [
     ({"reject": ["9"]}, "trial 9 is not in approval a0"),
-    ({"approve": ["0"]}, "trial 1 is not decided — add --trial 1 to approve it or --reject 1"),
+    ({"approve": ["0"]}, "trial 1 is not decided — approve, edit or reject trial 1 too"),
     ({"edit": {"0": {"x1": "99"}}}, "outside the bounds [-5, 10]"),
-    ({"edit": {"0": {"x9": "1"}}}, "no such parameter"),
+    ({"edit": {"0": {"x9": "1"}}}, "'x9' is not a parameter of this campaign"),
     ({"edit": {"0": {"x1": "warm"}}}, "not a number"),
     ({"approval_id": "a7"}, "approval 'a7' is not waiting"),
     ({"via": "carrier pigeon"}, "an answer via 'carrier pigeon'"),  # via is a closed vocabulary

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from campaigns import ClosedLoopError, parse_spec
+from campaigns import ClosedLoopError, CommandRefusedError, parse_spec
 from flows.engine.commands import events_for
 from storage import Command
 from tests.unit.test_commands import fields_of, waiting_state
@@ -25,8 +25,8 @@ def command(kind: str, payload: dict[str, Any]) -> Command:
 
 
 @pytest.mark.parametrize(("payload", "message"), [
-    ({"approve": ["0", "1", "2"], "reject": ["0"]}, "trial 0 is given to both --trial and --reject"),
-    ({"edit": {"1": {"x1": "2"}}, "reject": ["1", "0", "2"]}, "trial 1 is given to both --edit and --reject"),
+    ({"approve": ["0", "1", "2"], "reject": ["0"]}, "trial 0 is both approved and rejected"),
+    ({"edit": {"1": {"x1": "2"}}, "reject": ["1", "0", "2"]}, "trial 1 is both edited and rejected"),
     ({"approval_id": "a0", "trial_ids": ["0", "1"]}, "approval a0 holds trials 0, 1, 2, not the 0, 1"),
 ])
 def test_the_orchestrator_refuses_decisions_that_do_not_match(payload: dict[str, Any], message: str) -> None:
@@ -67,3 +67,34 @@ def test_a_logged_condition_that_cannot_be_evaluated_asks_a_person(condition: st
     with caplog.at_level(logging.WARNING, logger="closedloop.approval"):
         needs = spec.approval.needs_approval({"x1": 1.0, "x2": 2.0}, 0)
     assert needs is True and "cannot be evaluated" in caplog.text
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ({"approve": ["0", "1", "2"], "reject": ["0"]}, "trial 0 is both approved and rejected"),
+    ({"edit": {"0": {"x1": "99"}}}, "edit of trial 0: x1=99 is outside the bounds"),
+    ({"edit": {"0": {"x1": "warm"}}}, "edit of trial 0: x1='warm': not a number"),
+    ({"edit": {"0": {"x9": "1"}}}, "edit of trial 0: 'x9' is not a parameter of this campaign"),
+    ({"approve": ["0"]}, "trial 1 is not decided"),
+    ({"approval_id": "a0", "trial_ids": ["0", "1"]}, "not the 0, 1 the decision was made on"),
+])
+def test_a_refused_answer_from_the_prefect_form_or_a_replay_speaks_no_cli_flags(payload: dict[str, Any],
+                                                                                 message: str) -> None:
+    """Issue 15: an answer given in the Prefect UI (or replayed) was refused in the CLI's words
+    (`--edit 0 x1=...`); the refusal is a CommandRefusedError in the campaign's words."""
+    state = waiting_state()
+    with pytest.raises(CommandRefusedError) as exc:
+        events_for(state, command("approve", {**payload, "via": "prefect"}), fields_of(state))
+    assert message in str(exc.value) and "--" not in str(exc.value), str(exc.value)
+
+
+def test_the_cli_maps_each_error_class_to_its_exit_code_in_one_place() -> None:
+    from campaigns import (
+        CampaignStateError,
+        SpecError,
+        StorageUnavailableError,
+        UsageError,
+    )
+    from flows.cli.main import exit_code
+
+    assert [exit_code(e("m")) for e in (UsageError, SpecError, CommandRefusedError, CampaignStateError,
+                                        StorageUnavailableError, ClosedLoopError)] == [2, 2, 1, 1, 1, 1]
