@@ -72,7 +72,7 @@ def test_each_trial_s_engine_is_logged_and_shown_and_the_log_prints_raw(tmp_path
     # compare: which engine found the best trial
     cmp = run(["compare", "eng", "-o", str(tmp_path / "cmp")], env, timeout=120)
     assert cmp.returncode == 0, cmp.stderr
-    head, row = cmp.stdout.splitlines()[:2]
+    head, _rule, row = cmp.stdout.splitlines()[:3]
     assert "best by" in head and "engines" in head and row.rstrip().endswith(f"sobol {counts['sobol']}, fast {counts['fast']}")
     # RunStarted has the versions that decided what the run did
     [started] = [e for e in events if e.kind == "RunStarted"]
