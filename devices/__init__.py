@@ -14,18 +14,24 @@ The only package that imports paho. Public names:
   :class:`ResultReceived`, :class:`StatusChanged`, :class:`MessageRejected`,
   :class:`ConnectionLost`, :class:`ConnectionRestored`
 - embedded default broker: :class:`EmbeddedBroker`
+
+The names that need paho or amqtt (the connection, the hub, the embedded broker) are imported
+on first use, so the messages, topics and events serve code that never talks MQTT (the
+engine's in-memory hub) without loading an MQTT client.
 """
 
-from .broker import EmbeddedBroker
+import importlib
+from typing import Any
+
 from .events import (
     ConnectionLost,
     ConnectionRestored,
+    Delivery,
     HubEvent,
     MessageRejected,
     ResultReceived,
     StatusChanged,
 )
-from .hub import MqttDeviceHub
 from .messages import (
     MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
@@ -38,7 +44,6 @@ from .messages import (
     parse_result,
     parse_status,
 )
-from .mqtt import Delivery, MessageHandler, MqttConnection, connect
 from .settings import BrokerAddress, MqttSettings, parse_broker_url, redact_url
 from .topics import Channel, Topics, validate_device_id
 
@@ -73,3 +78,15 @@ __all__ = [
     "redact_url",
     "validate_device_id",
 ]
+
+_NEEDS_A_CLIENT = {"EmbeddedBroker": ".broker", "MqttDeviceHub": ".hub", "MessageHandler": ".mqtt",
+                   "MqttConnection": ".mqtt", "connect": ".mqtt"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _NEEDS_A_CLIENT.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

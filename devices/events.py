@@ -14,7 +14,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from .messages import DeviceStatus, TrialResult
-from .mqtt import Delivery
 
 __all__ = [
     "ConnectionLost",
@@ -26,6 +25,25 @@ __all__ = [
 ]
 
 _EVENT = ConfigDict(extra="forbid", frozen=True)
+
+
+
+class Delivery(BaseModel):
+    """What acknowledges one received QoS 1 message: its packet id on one connection.
+
+    Attributes:
+        message_id: The MQTT packet id the broker gave the message.
+        qos: The QoS it was delivered at (1).
+        connection: Which network connection received it (a number unique in the process,
+            new at every connect and disconnect); an ack for an older connection is dropped,
+            since the broker delivers the message again on the new one.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: int
+    qos: int
+    connection: int
 
 
 class ResultReceived(BaseModel):

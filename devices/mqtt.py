@@ -23,10 +23,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict
 
 from campaigns.errors import BrokerError
 
+from .events import Delivery
 from .settings import BrokerAddress, MqttSettings
 from .settings import apply_tls
 
@@ -36,24 +36,6 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
-
-
-class Delivery(BaseModel):
-    """What acknowledges one received QoS 1 message: its packet id on one connection.
-
-    Attributes:
-        message_id: The MQTT packet id the broker gave the message.
-        qos: The QoS it was delivered at (1).
-        connection: Which network connection received it (a number unique in the process,
-            new at every connect and disconnect); an ack for an older connection is dropped,
-            since the broker delivers the message again on the new one.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    message_id: int
-    qos: int
-    connection: int
 
 
 MessageHandler = Callable[[str, bytes, Delivery | None], bool]

@@ -8,7 +8,13 @@ its emulator, ``python -m simulators.standalone``), :func:`parse_options` (``--o
 :func:`run_standalone`, :func:`plot_spectra`,
 :func:`read_executions`, :func:`read_completions`, :func:`executions_path`, and the benchmark
 functions :func:`branin`, :func:`hartmann6` and :func:`branin_currin`.
+
+What talks MQTT (the instrument, ``serve``, the records keyed by request) is imported on first
+use: the models and the catalog serve the engine's in-memory hub without an MQTT client.
 """
+
+import importlib
+from typing import Any
 
 from .behaviour import Drift, Failures, Outcome, SimulatorOptions, run_random, simulate
 from .catalog import (
@@ -21,11 +27,8 @@ from .catalog import (
 )
 from .colour import ColourMixingModel, ColourMixingOptions, plot_spectra
 from .functions import FUNCTIONS, BotorchModel, TestFunction, branin, branin_currin, hartmann6
-from .instrument import SimInstrument, simulator_info
 from .model import ParameterError, SimModel
 from .reaction import ReactionYieldModel, ReactionYieldOptions
-from .record import executions_path, read_completions, read_executions
-from .standalone import StopSignal, parse_options, run_standalone, serve
 
 __all__ = [
     "FUNCTIONS",
@@ -63,3 +66,17 @@ __all__ = [
     "simulate",
     "simulator_info",
 ]
+
+_NEEDS_A_CLIENT = {"SimInstrument": ".instrument", "simulator_info": ".instrument",
+                   "executions_path": ".record", "read_completions": ".record", "read_executions": ".record",
+                   "StopSignal": ".standalone", "parse_options": ".standalone", "run_standalone": ".standalone",
+                   "serve": ".standalone"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _NEEDS_A_CLIENT.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
