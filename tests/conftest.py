@@ -12,7 +12,16 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+# One BLAS/OpenMP thread per process, set before torch or numpy is first imported (the test
+# modules import them after this file). Test workers, servers and CLI subprocesses share two
+# cores: a second OpenMP thread spin-waits for a core someone else holds, and an Ax fit took
+# 200 s instead of 1 s on a loaded machine. `torch.set_num_threads(1)` later is not enough:
+# the pool already exists by then.
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_variable] = "1"
+assert "torch" not in sys.modules, "tests/conftest.py must run before torch is imported"
+
+import pytest  # noqa: E402
 
 pytest_plugins = ["tests.conftest_brokers", "tests.conftest_mongo"]
 
