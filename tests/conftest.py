@@ -27,7 +27,7 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_variable] = "1"
 assert "torch" not in sys.modules, "tests/conftest.py must run before torch is imported"
 
-import pytest  # noqa: E402
+import pytest
 
 pytest_plugins = ["tests.conftest_brokers", "tests.conftest_mongo"]
 
