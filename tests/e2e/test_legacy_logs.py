@@ -128,18 +128,18 @@ def test_a_legacy_campaign_waiting_for_approval_resumes_and_finishes(
 
 @pytest.mark.timeout(420)
 def test_legacy_people_and_their_replay_fold_report_and_replay_again(
-        tmp_path: Path, mosquitto_url: str, prefect_server: dict[str, str]) -> None:
+        tmp_path: Path, mosquitto_url: str, mongo_uri: str, prefect_server: dict[str, str]) -> None:
     """Written by cb33d45: an approval answered with an edit and a reject, a bounds change mid-run,
     and a counterfactual replay of it that links its source and replayed the people."""
     home = tmp_path / "home"
-    people = load_legacy(home, "people")
-    replayed = load_legacy(home, "people_replay")
-    env = env_for(tmp_path, mosquitto_url, prefect_server)
-    src = fold(read_log(home, "legacy-people"))
+    env = shared_env(home, prefect_server, mongo_uri, mosquitto_url)
+    people = load_legacy(env, "people")
+    replayed = load_legacy(env, "people_replay")
+    src = fold(read_events(env, "legacy-people"))
     assert src.status == "finished" and src.count("completed") == 8 and src.count("rejected") == 1
     assert src.trials["0"].parameters == {"x1": 1.0, "x2": 2.5}  # the person's edit
     assert src.spec is not None and src.spec.parameters[0].bounds == (-2.0, 8.0)  # the change
-    rep = fold(read_log(home, "legacy-people-replay"))
+    rep = fold(read_events(env, "legacy-people-replay"))
     assert rep.status == "finished" and rep.source is not None and rep.source.campaign_id == "legacy-people"
     assert rep.trials["0"].parameters == {"x1": 1.0, "x2": 2.5} and rep.count("rejected") == 1
     history = run(["history", "legacy-people-replay"], env, timeout=60)
@@ -147,38 +147,38 @@ def test_legacy_people_and_their_replay_fold_report_and_replay_again(
     for cid, docs in (("legacy-people", people), ("legacy-people-replay", replayed)):
         out = run(["resume", cid], env, timeout=120)
         assert out.returncode == 1 and "already finished" in out.stderr
-        assert len(read_log(home, cid)) == len(docs)  # nothing appended
+        assert len(read_events(env, cid)) == len(docs)  # nothing appended
     # The old log is a source for this version's replay: the recorded trials run again, once each.
     out = run(["replay", "legacy-people", "--mode", "faithful", "--campaign-id", "again", "--quiet"], env, timeout=360)
     assert out.returncode == 0, out.stderr
-    again = read_log(home, "again")
+    again = read_events(env, "again")
     state = fold(again)
     assert state.status == "finished" and state.source is not None and state.source.campaign_id == "legacy-people"
     completed_once(again, state.count("completed"))
     assert [state.trials[str(i)].parameters for i in range(3)] == [
         src.trials[t].parameters for t in ("0", "2", "3")]  # the dispatched ones, in order
-    assert raw_log(home, "legacy-people") == people  # the source is only read
+    assert raw_log(env, "legacy-people") == people  # the source is only read
 
 
 @pytest.mark.timeout(420)
 def test_a_legacy_campaign_killed_after_approvals_and_a_change_resumes_and_finishes(
-        tmp_path: Path, mosquitto_url: str, prefect_server: dict[str, str]) -> None:
+        tmp_path: Path, mosquitto_url: str, mongo_uri: str, prefect_server: dict[str, str]) -> None:
     """Written by cb33d45: an approval with an edit, `change --method sobol` mid-run, then kill -9
     with trial 7 suggested and dispatched and trial 6 running; crashed_devices/ holds the
     instruments' records at that moment (both trials started, neither finished)."""
     home = tmp_path / "home"
-    docs = load_legacy(home, "crashed")
+    env = shared_env(home, prefect_server, mongo_uri, mosquitto_url)
+    docs = load_legacy(env, "crashed")
     shutil.copytree(LEGACY / "crashed_devices", home / "devices")
-    env = env_for(tmp_path, mosquitto_url, prefect_server)
-    before = fold(read_log(home, "legacy-crashed"))
+    before = fold(read_events(env, "legacy-crashed"))
     assert sorted(t.trial_id for t in before.in_flight) == ["6", "7"]
     assert before.trials["1"].parameters == {"x1": 3.0, "x2": 2.0}  # the person's edit
     assert before.spec is not None and before.spec.optimizer.method == "sobol"  # the change
     sent = {t: before.trials[t].request_id for t in ("6", "7")}
     out = run(["resume", "legacy-crashed", "--quiet"], env, timeout=360)
     assert out.returncode == 0, out.stderr
-    events = read_log(home, "legacy-crashed")
-    assert raw_log(home, "legacy-crashed")[: len(docs)] == docs
+    events = read_events(env, "legacy-crashed")
+    assert raw_log(env, "legacy-crashed")[: len(docs)] == docs
     state = fold(events)
     assert state.status == "finished" and state.count("completed") == 8
     completed_once(events, 8)
