@@ -1,16 +1,31 @@
 """Shared fixtures: real brokers (tests/conftest_brokers.py), a MongoDB-wire server
-(tests/conftest_mongo.py) and one Prefect API server for the whole session."""
+(tests/conftest_mongo.py) and one Prefect API server for the whole run (all xdist workers)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+# One BLAS/OpenMP thread per process, set before torch or numpy is first imported (the test
+# modules import them after this file). Test workers, servers and CLI subprocesses share two
+# cores: a second OpenMP thread spin-waits for a core someone else holds, and an Ax fit took
+# 200 s instead of 1 s on a loaded machine. `torch.set_num_threads(1)` later is not enough:
+# the pool already exists by then.
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_variable] = "1"
+assert "torch" not in sys.modules, "tests/conftest.py must run before torch is imported"
 
 import pytest
 
@@ -33,20 +48,49 @@ PREFECT_QUIET = {
 }
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real `prefect server start` for the session (starting one per test costs ~10 s each).
+#: A directory the controller makes and every xdist worker inherits (through the environment):
+#: the one Prefect server of the whole run is described there.
+SHARED_ENV = "CLOSEDLOOP_TEST_SHARED_DIR"
 
-    Yields the environment variables that point a process (or this one) at it.
-    """
-    home = tmp_path_factory.mktemp("prefect-home")
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or the only process, without xdist)
+        os.environ[SHARED_ENV] = tempfile.mkdtemp(prefix="closedloop-tests-")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        return
+    shared = Path(os.environ.pop(SHARED_ENV, "") or "/nonexistent")
+    info = shared / "prefect.json"
+    if info.exists():
+        _stop(int(json.loads(info.read_text())["pid"]))
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def _stop(pid: int) -> None:
+    """SIGTERM the server's process group (it was started in a session of its own), then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)  # raises ProcessLookupError once it is gone
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                    return
+            time.sleep(0.1)
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _start_prefect(home: Path) -> dict[str, object]:
+    """Start `prefect server start` in a session of its own; wait until it answers."""
     port = free_port()
     env = {**os.environ, **PREFECT_QUIET, "PREFECT_HOME": str(home)}
-    log = (home / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    with (home / "server.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 180
     while True:
@@ -57,18 +101,30 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+            _stop(proc.pid)
             raise RuntimeError(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
-    try:
-        yield {**PREFECT_QUIET, "PREFECT_HOME": str(home), "PREFECT_API_URL": url}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    return {"pid": proc.pid, "env": {**PREFECT_QUIET, "PREFECT_HOME": str(home), "PREFECT_API_URL": url}}
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> dict[str, str]:
+    """One real `prefect server start` for the whole run, shared by the xdist workers (each
+    start costs ~12 s of CPU; one per worker was three). The first worker to need it starts
+    it, under a file lock; the controller stops it at the end of the session.
+
+    Returns the environment variables that point a process (or this one) at it. Tests tell
+    their runs apart by campaign name, as they did on a server per worker.
+    """
+    shared = Path(os.environ[SHARED_ENV])
+    with (shared / "prefect.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        info = shared / "prefect.json"
+        if not info.exists():
+            home = shared / "prefect-home"
+            home.mkdir()
+            info.write_text(json.dumps(_start_prefect(home)))
+        return dict(json.loads(info.read_text())["env"])
 
 
 @pytest.fixture

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     mqtt_key_file: Path | None = Field(default=None, description="the client certificate's private key (PEM).")
     optimizer_threads: int | None = Field(default=1, ge=1, le=1024,
                                           description="torch threads for the optimizer (None = torch default).")
+    handover_wait_s: float = Field(default=30.0, ge=0, le=86400,
+                                   description="how long approve/change/stop wait for a running orchestrator to "
+                                               "apply the command before leaving it in its inbox.")
 
     # Checked here, when the settings are read, so that a malformed value is one line at the
     # start of any command rather than a traceback from deep inside the one that uses it.

@@ -119,7 +119,7 @@ def _hand_over(store: MongoEventStore, settings: Settings, command: Command, loc
             current = inbox.get(command.command_id)
             return current if current is not None and current.state in ("applied", "refused") else None
 
-        current = wait_for(decided, 30, interval_s=0.3)
+        current = wait_for(decided, settings.handover_wait_s, interval_s=0.3)
         if current is not None and current.state == "applied":
             events = store.read(command.campaign_id, after_seq=max(0, (current.seq or 1) - 1))
             print(f"{command.campaign_id}: {_describe(events[0]) if events else 'applied'} "

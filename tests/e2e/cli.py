@@ -23,6 +23,25 @@ def cli_env(home: Path, prefect: dict[str, str], **extra: str) -> dict[str, str]
     return env
 
 
+def shared_env(home: Path, prefect: dict[str, str], mongo_uri: str, broker: str) -> dict[str, str]:
+    """`cli_env` on the session's database server and broker, under a database and topic prefix
+    of this test's own: no command starts an embedded server (each `status` did), which the
+    tests of the embedded defaults (test_cli_run, test_stops, test_crash_resume) still cover."""
+    import uuid
+
+    return cli_env(home, prefect, CLOSEDLOOP_MONGODB_URI=mongo_uri, CLOSEDLOOP_MQTT_URL=broker,
+                   CLOSEDLOOP_MONGODB_DATABASE=f"cl_e2e_{uuid.uuid4().hex[:8]}",
+                   CLOSEDLOOP_MQTT_PREFIX=f"e2e-{uuid.uuid4().hex[:8]}")
+
+
+def read_events(env: dict[str, str], campaign: str) -> list[Any]:
+    """The campaign's log on the database of a `shared_env`."""
+    from storage import MongoEventStore
+
+    with MongoEventStore(env["CLOSEDLOOP_MONGODB_URI"], database=env["CLOSEDLOOP_MONGODB_DATABASE"]) as store:
+        return store.read(campaign)
+
+
 def run(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLOSEDLOOP, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 

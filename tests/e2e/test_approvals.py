@@ -19,8 +19,8 @@ from campaigns import (
     TrialsSuggested,
     fold,
 )
-from tests.e2e.cli import CLOSEDLOOP, cli_env, run, status, write_spec
-from tests.e2e.test_crash_resume import log_events, status_or_none, wait_for
+from tests.e2e.cli import CLOSEDLOOP, read_events, run, shared_env, status, write_spec
+from tests.e2e.test_crash_resume import status_or_none, wait_for
 
 SPEC: dict[str, Any] = {
     "name": "approvals",
@@ -45,9 +45,9 @@ def waiting(campaign: str, env: dict[str, str], trials: list[str]) -> bool:
 
 @pytest.mark.timeout(600)
 def test_approval_waits_through_kills_and_is_answered_from_another_process(
-        tmp_path: Path, prefect_server: dict[str, str]) -> None:
+        tmp_path: Path, prefect_server: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
     home = tmp_path / "home"
-    env = cli_env(home, prefect_server)
+    env = shared_env(home, prefect_server, mongo_uri, mosquitto_url)
     spec = write_spec(tmp_path / "spec.yaml", SPEC)
     first = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -62,7 +62,7 @@ def test_approval_waits_through_kills_and_is_answered_from_another_process(
     pending = run(["pending"], env)
     trials = [line.split()[0] for line in pending.stdout.splitlines()[3:]]  # heading, table header, rule
     assert "approval a0" in pending.stdout and trials[:2] == ["0", "1"], pending.stdout
-    assert not [e for e in log_events(home, "approvals") if isinstance(e, TrialDispatched)]
+    assert not [e for e in read_events(env, "approvals") if isinstance(e, TrialDispatched)]
 
     # Answered from another process while the resumed orchestrator runs: one edit, one rejection.
     out = run(["approve", "approvals", "--edit", "0", "x1=1.5", "--reject", "1",
@@ -82,7 +82,7 @@ def test_approval_waits_through_kills_and_is_answered_from_another_process(
     out = run(["resume", "approvals", "--quiet"], env)
     assert out.returncode == 0, out.stderr
 
-    events = log_events(home, "approvals")
+    events = read_events(env, "approvals")
     state = fold(events)
     assert state.status == "finished"
     assert {t: s.status for t, s in state.trials.items()} == {"0": "completed", "1": "rejected", "2": "completed"}
@@ -102,13 +102,13 @@ def test_approval_waits_through_kills_and_is_answered_from_another_process(
 
 @pytest.mark.timeout(600)
 def test_changed_bounds_hold_for_every_later_suggestion_also_after_resume(
-        tmp_path: Path, prefect_server: dict[str, str]) -> None:
+        tmp_path: Path, prefect_server: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
     home = tmp_path / "home"
-    env = cli_env(home, prefect_server)
-    data = {**SPEC, "name": "narrowed", "approval": "never", "budget": {"max_trials": 30}, "optimizer": {},
-            # Trials long enough that the run is still going when the test kills it (with a
-            # fast optimizer, 30 trials of 0.4-0.8 s can finish before `status` sees 9).
-            "devices": [{"id": f"sim-{i}", "simulator": "branin", "options": {"duration_s": [1.5, 2.5], "seed": i}}
+    env = shared_env(home, prefect_server, mongo_uri, mosquitto_url)
+    # A budget the first run cannot reach before the test kills it, however fast the trials or
+    # slow the status polls (30 trials once finished first); the resume gets two more trials.
+    data = {**SPEC, "name": "narrowed", "approval": "never", "budget": {"max_trials": 1000}, "optimizer": {},
+            "devices": [{"id": f"sim-{i}", "simulator": "branin", "options": {"duration_s": [0.2, 0.4], "seed": i}}
                         for i in (1, 2)]}
     spec = write_spec(tmp_path / "spec.yaml", data)
     first = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
@@ -116,13 +116,18 @@ def test_changed_bounds_hold_for_every_later_suggestion_also_after_resume(
     wait_for(lambda: (s := status_or_none("narrowed", env)) and s["trials"]["completed"] >= 3, 240, "3 trials")
     out = run(["change", "narrowed", "--set-bounds", "x1=0:2", "--reason", "the reactor limits x1", "--by", "cy"], env)
     assert out.returncode == 0, out.stderr
-    wait_for(lambda: (s := status_or_none("narrowed", env)) and s["trials"]["total"] >= 9, 300, "suggestions after the change")
+    changed_at = status("narrowed", env)["trials"]["total"]  # every trial from here on was suggested after it
+    wait_for(lambda: (s := status_or_none("narrowed", env)) and s["trials"]["total"] >= changed_at + 4, 300,
+             "suggestions after the change")
     first.send_signal(signal.SIGKILL)
     first.wait(30)
+    budget = fold(read_events(env, "narrowed")).budget_used + 2
+    out = run(["change", "narrowed", "--max-trials", str(budget), "--reason", "test"], env)
+    assert out.returncode == 0, out.stderr
     out = run(["resume", "narrowed", "--quiet"], env)
     assert out.returncode == 0, out.stderr
 
-    events = log_events(home, "narrowed")
+    events = read_events(env, "narrowed")
     change = next(e for e in events if isinstance(e, CampaignChanged))
     later = [t for e in events if isinstance(e, TrialsSuggested) and e.seq > change.seq for t in e.trials]
     assert len(later) >= 6 and any(t.generator == "botorch" for t in later)
@@ -153,11 +158,12 @@ def paused_approval_run(name: str) -> Any:
 
 
 @pytest.mark.timeout(600)
-def test_answering_in_prefect_has_the_same_effect_as_the_cli(tmp_path: Path, prefect_env: dict[str, str]) -> None:
+def test_answering_in_prefect_has_the_same_effect_as_the_cli(tmp_path: Path, prefect_env: dict[str, str],
+                                                             mongo_uri: str, mosquitto_url: str) -> None:
     from prefect.flow_runs import resume_flow_run
 
     home = tmp_path / "home"
-    env = cli_env(home, prefect_env)
+    env = shared_env(home, prefect_env, mongo_uri, mosquitto_url)
     spec = write_spec(tmp_path / "spec.yaml", {**SPEC, "name": "via-prefect"})
     orch = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -175,7 +181,7 @@ def test_answering_in_prefect_has_the_same_effect_as_the_cli(tmp_path: Path, pre
     finally:
         if orch.poll() is None:
             orch.kill()
-    events = log_events(home, "via-prefect")
+    events = read_events(env, "via-prefect")
     state = fold(events)
     assert {t: s.status for t, s in state.trials.items()} == {"0": "completed", "1": "rejected", "2": "completed"}
     assert state.trials["0"].parameters["x1"] == 1.5 and state.trials["0"].generator == "human"
@@ -187,16 +193,29 @@ def test_answering_in_prefect_has_the_same_effect_as_the_cli(tmp_path: Path, pre
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("on_timeout", ["approve", "reject"])
 def test_an_unanswered_approval_follows_its_timeout_policy(
-        on_timeout: str, tmp_path: Path, prefect_server: dict[str, str]) -> None:
-    env = cli_env(tmp_path / "home", prefect_server)
+        on_timeout: str, tmp_path: Path, prefect_server: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
+    env = shared_env(tmp_path / "home", prefect_server, mongo_uri, mosquitto_url)
     name = f"timeout-{on_timeout}"
     spec = write_spec(tmp_path / "spec.yaml", {
         **SPEC, "name": name, "budget": {"max_trials": 2},
         "approval": {"every_batch": True, "timeout_s": 2, "on_timeout": on_timeout}})
-    # With "reject", rejected trials do not count against the budget: stop after a few rounds.
-    args = ["run", str(spec), "--quiet"] + (["--max-runtime", "12"] if on_timeout == "reject" else [])
-    out = run(args, env)
-    events = log_events(tmp_path / "home", name)
+    if on_timeout == "approve":
+        out = run(["run", str(spec), "--quiet"], env)
+    else:
+        # Rejected trials do not count against the budget, so the run would go on: it is stopped
+        # (SIGTERM, as a service manager stops it) once two requests have timed out, seen in its
+        # log (a --max-runtime of 12 s could end a slow run before the second timeout).
+        proc = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: len([e for e in read_events(env, name) if isinstance(e, ApprovalRejected)]) >= 2,
+                     240, "two timed-out approval requests")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    events = read_events(env, name)
     decisions = [e for e in events if isinstance(e, ApprovalGiven | ApprovalRejected)]
     assert decisions and all(d.via == "timeout" and d.actor == "orchestrator" for d in decisions)
     assert all("on_timeout is " + on_timeout in d.reason for d in decisions)

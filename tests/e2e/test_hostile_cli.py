@@ -58,8 +58,11 @@ def lab(mongo_uri: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         ])
         with MongoCommandInbox(mongo_uri, database=database) as inbox:
             yield {"store": store, "inbox": inbox, "uri": mongo_uri, "database": database,
+                   # A command handed over waits for the test's "orchestrator" longer than the
+                   # test may run: the test's SIGINT or verdict comes first, by construction (at
+                   # the default 30 s, a loaded machine let the CLI give up first: exit 0).
                    "env": cli_env(tmp_path / "home", {}, CLOSEDLOOP_MONGODB_URI=mongo_uri,
-                                  CLOSEDLOOP_MONGODB_DATABASE=database)}
+                                  CLOSEDLOOP_MONGODB_DATABASE=database, CLOSEDLOOP_HANDOVER_WAIT_S="3600")}
 
 
 def one_error_line(out: subprocess.CompletedProcess[str], code: int) -> str:

@@ -49,7 +49,7 @@ def _assert_true_values(rows: list[dict[str, Any]], n: int) -> None:
 
 
 @pytest.mark.timeout(400)
-def test_same_name_in_two_homes_records_its_own_values(tmp_path: Path, mosquitto_url: str,
+def test_same_name_in_two_homes_records_its_own_values(tmp_path: Path, mosquitto_url: str, mongo_uri: str,
                                                        prefect_server: dict[str, str]) -> None:
     """Issue 14 item 1: two campaigns named alike in two homes (two databases) share one
     instrument; request ids were ``name:trial:attempt``, so the instrument answered the second
@@ -58,7 +58,9 @@ def test_same_name_in_two_homes_records_its_own_values(tmp_path: Path, mosquitto
     prefix, device = unique("ident"), unique("shared")
     settings = MqttSettings(url=mosquitto_url, prefix=prefix)
     homes = [tmp_path / "lab-a", tmp_path / "lab-b"]
-    envs = [cli_env(home, prefect_server, CLOSEDLOOP_MQTT_URL=mosquitto_url, CLOSEDLOOP_MQTT_PREFIX=prefix)
+    # Two labs: two databases (on the session's server), one broker and topic prefix.
+    envs = [cli_env(home, prefect_server, CLOSEDLOOP_MQTT_URL=mosquitto_url, CLOSEDLOOP_MQTT_PREFIX=prefix,
+                    CLOSEDLOOP_MONGODB_URI=mongo_uri, CLOSEDLOOP_MONGODB_DATABASE=unique("lab").replace("-", "_"))
             for home in homes]
     with SimInstrument(device, "branin", {}, settings, record_path=tmp_path / "instrument.jsonl"):
         for seed, home, env in zip((1, 2), homes, envs, strict=True):

@@ -17,41 +17,29 @@ from pymongo import MongoClient
 
 from campaigns import TrialCompleted, fold
 from simulators import read_completions
-from storage import EmbeddedMongo, MongoEventStore
-from tests.e2e.cli import CLOSEDLOOP, cli_env, run, status
+from tests.e2e.cli import CLOSEDLOOP, read_events, run, shared_env, status
 
 LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"
 
 
-def load_legacy(home: Path, name: str) -> list[dict[str, Any]]:
-    """Put an old log, documents exactly as stored then, into the embedded database under home."""
+def load_legacy(env: dict[str, str], name: str) -> list[dict[str, Any]]:
+    """Put an old log, documents exactly as stored then, into the database of ``env``."""
     docs = [json.loads(line) for line in (LEGACY / f"{name}.jsonl").read_text().splitlines()]
-    home.mkdir(parents=True, exist_ok=True)
-    with EmbeddedMongo(home) as mongo:
-        client: MongoClient[dict[str, Any]] = MongoClient(mongo.uri)
-        client["closedloop"]["events"].insert_many([dict(d) for d in docs])
+    client: MongoClient[dict[str, Any]] = MongoClient(env["CLOSEDLOOP_MONGODB_URI"])
+    try:
+        client[env["CLOSEDLOOP_MONGODB_DATABASE"]]["events"].insert_many([dict(d) for d in docs])
+    finally:
         client.close()
     return docs
 
 
-def read_log(home: Path, campaign: str) -> list[Any]:
-    with EmbeddedMongo(home) as mongo, MongoEventStore(mongo.uri) as store:
-        return store.read(campaign)
-
-
-def raw_log(home: Path, campaign: str) -> list[dict[str, Any]]:
-    with EmbeddedMongo(home) as mongo:
-        client: MongoClient[dict[str, Any]] = MongoClient(mongo.uri)
-        docs = list(client["closedloop"]["events"].find({"campaign_id": campaign}, {"_id": 0}).sort("seq", 1))
+def raw_log(env: dict[str, str], campaign: str) -> list[dict[str, Any]]:
+    client: MongoClient[dict[str, Any]] = MongoClient(env["CLOSEDLOOP_MONGODB_URI"])
+    try:
+        events = client[env["CLOSEDLOOP_MONGODB_DATABASE"]]["events"]
+        return list(events.find({"campaign_id": campaign}, {"_id": 0}).sort("seq", 1))
+    finally:
         client.close()
-    return docs
-
-
-def env_for(tmp_path: Path, broker: str, prefect: dict[str, str]) -> dict[str, str]:
-    import uuid
-
-    return cli_env(tmp_path / "home", prefect, CLOSEDLOOP_MQTT_URL=broker,
-                   CLOSEDLOOP_MQTT_PREFIX=f"legacy-{uuid.uuid4().hex[:8]}")
 
 
 def completed_once(events: list[Any], trials: int) -> None:
@@ -61,11 +49,11 @@ def completed_once(events: list[Any], trials: int) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_a_finished_legacy_campaign_folds_and_reports(tmp_path: Path, mosquitto_url: str,
+def test_a_finished_legacy_campaign_folds_and_reports(tmp_path: Path, mosquitto_url: str, mongo_uri: str,
                                                        prefect_server: dict[str, str]) -> None:
-    docs = load_legacy(tmp_path / "home", "finished")
-    env = env_for(tmp_path, mosquitto_url, prefect_server)
-    state = fold(read_log(tmp_path / "home", "legacy-finished"))
+    env = shared_env(tmp_path / "home", prefect_server, mongo_uri, mosquitto_url)
+    docs = load_legacy(env, "finished")
+    state = fold(read_events(env, "legacy-finished"))
     assert state.last_seq == len(docs) and state.status == "finished" and state.count("completed") == 8
     s = status("legacy-finished", env)
     assert s["trials"]["completed"] == 8 and s["status"] == "finished"
@@ -73,23 +61,23 @@ def test_a_finished_legacy_campaign_folds_and_reports(tmp_path: Path, mosquitto_
         min(m["branin"]["mean"] for d in docs if d["kind"] == "TrialCompleted" for m in [d["measurements"]]))
     out = run(["resume", "legacy-finished"], env, timeout=120)
     assert out.returncode == 1 and "already finished" in out.stderr
-    assert len(read_log(tmp_path / "home", "legacy-finished")) == len(docs)  # nothing appended
+    assert len(read_events(env, "legacy-finished")) == len(docs)  # nothing appended
 
 
 @pytest.mark.timeout(420)
 def test_a_legacy_campaign_stopped_with_trials_in_flight_resumes_and_finishes(
-        tmp_path: Path, mosquitto_url: str, prefect_server: dict[str, str]) -> None:
+        tmp_path: Path, mosquitto_url: str, mongo_uri: str, prefect_server: dict[str, str]) -> None:
     home = tmp_path / "home"
-    docs = load_legacy(home, "in_flight")
+    env = shared_env(home, prefect_server, mongo_uri, mosquitto_url)
+    docs = load_legacy(env, "in_flight")
     shutil.copytree(LEGACY / "in_flight_devices", home / "devices")
-    env = env_for(tmp_path, mosquitto_url, prefect_server)
-    before = fold(read_log(home, "legacy-in-flight"))
+    before = fold(read_events(env, "legacy-in-flight"))
     assert [t.trial_id for t in before.in_flight] == ["6", "7"]
     assert before.spec is not None and before.spec.batch_size == 1  # the change the old version logged
     out = run(["resume", "legacy-in-flight", "--quiet"], env, timeout=360)
     assert out.returncode == 0, out.stderr
-    events = read_log(home, "legacy-in-flight")
-    assert raw_log(home, "legacy-in-flight")[: len(docs)] == docs  # the old events are kept as they were
+    events = read_events(env, "legacy-in-flight")
+    assert raw_log(env, "legacy-in-flight")[: len(docs)] == docs  # the old events are kept as they were
     state = fold(events)
     assert state.status == "finished" and state.count("completed") == 8
     completed_once(events, 8)
@@ -103,11 +91,11 @@ def test_a_legacy_campaign_stopped_with_trials_in_flight_resumes_and_finishes(
 
 @pytest.mark.timeout(420)
 def test_a_legacy_campaign_waiting_for_approval_resumes_and_finishes(
-        tmp_path: Path, mosquitto_url: str, prefect_server: dict[str, str]) -> None:
+        tmp_path: Path, mosquitto_url: str, mongo_uri: str, prefect_server: dict[str, str]) -> None:
     home = tmp_path / "home"
-    load_legacy(home, "awaiting_approval")
-    env = env_for(tmp_path, mosquitto_url, prefect_server)
-    state = fold(read_log(home, "legacy-approval"))
+    env = shared_env(home, prefect_server, mongo_uri, mosquitto_url)
+    load_legacy(env, "awaiting_approval")
+    state = fold(read_events(env, "legacy-approval"))
     assert list(state.open_approvals) == ["a2"]
     pending = run(["pending"], env, timeout=60)
     assert pending.returncode == 0 and "a2" in pending.stdout
@@ -132,7 +120,7 @@ def test_a_legacy_campaign_waiting_for_approval_resumes_and_finishes(
     finally:
         if orch.poll() is None:
             orch.kill()
-    events = read_log(home, "legacy-approval")
+    events = read_events(env, "legacy-approval")
     state = fold(events)
     assert state.status == "finished" and state.count("completed") == 8 and not state.open_approvals
     completed_once(events, 8)
@@ -140,18 +128,18 @@ def test_a_legacy_campaign_waiting_for_approval_resumes_and_finishes(
 
 @pytest.mark.timeout(420)
 def test_legacy_people_and_their_replay_fold_report_and_replay_again(
-        tmp_path: Path, mosquitto_url: str, prefect_server: dict[str, str]) -> None:
+        tmp_path: Path, mosquitto_url: str, mongo_uri: str, prefect_server: dict[str, str]) -> None:
     """Written by cb33d45: an approval answered with an edit and a reject, a bounds change mid-run,
     and a counterfactual replay of it that links its source and replayed the people."""
     home = tmp_path / "home"
-    people = load_legacy(home, "people")
-    replayed = load_legacy(home, "people_replay")
-    env = env_for(tmp_path, mosquitto_url, prefect_server)
-    src = fold(read_log(home, "legacy-people"))
+    env = shared_env(home, prefect_server, mongo_uri, mosquitto_url)
+    people = load_legacy(env, "people")
+    replayed = load_legacy(env, "people_replay")
+    src = fold(read_events(env, "legacy-people"))
     assert src.status == "finished" and src.count("completed") == 8 and src.count("rejected") == 1
     assert src.trials["0"].parameters == {"x1": 1.0, "x2": 2.5}  # the person's edit
     assert src.spec is not None and src.spec.parameters[0].bounds == (-2.0, 8.0)  # the change
-    rep = fold(read_log(home, "legacy-people-replay"))
+    rep = fold(read_events(env, "legacy-people-replay"))
     assert rep.status == "finished" and rep.source is not None and rep.source.campaign_id == "legacy-people"
     assert rep.trials["0"].parameters == {"x1": 1.0, "x2": 2.5} and rep.count("rejected") == 1
     history = run(["history", "legacy-people-replay"], env, timeout=60)
@@ -159,38 +147,38 @@ def test_legacy_people_and_their_replay_fold_report_and_replay_again(
     for cid, docs in (("legacy-people", people), ("legacy-people-replay", replayed)):
         out = run(["resume", cid], env, timeout=120)
         assert out.returncode == 1 and "already finished" in out.stderr
-        assert len(read_log(home, cid)) == len(docs)  # nothing appended
+        assert len(read_events(env, cid)) == len(docs)  # nothing appended
     # The old log is a source for this version's replay: the recorded trials run again, once each.
     out = run(["replay", "legacy-people", "--mode", "faithful", "--campaign-id", "again", "--quiet"], env, timeout=360)
     assert out.returncode == 0, out.stderr
-    again = read_log(home, "again")
+    again = read_events(env, "again")
     state = fold(again)
     assert state.status == "finished" and state.source is not None and state.source.campaign_id == "legacy-people"
     completed_once(again, state.count("completed"))
     assert [state.trials[str(i)].parameters for i in range(3)] == [
         src.trials[t].parameters for t in ("0", "2", "3")]  # the dispatched ones, in order
-    assert raw_log(home, "legacy-people") == people  # the source is only read
+    assert raw_log(env, "legacy-people") == people  # the source is only read
 
 
 @pytest.mark.timeout(420)
 def test_a_legacy_campaign_killed_after_approvals_and_a_change_resumes_and_finishes(
-        tmp_path: Path, mosquitto_url: str, prefect_server: dict[str, str]) -> None:
+        tmp_path: Path, mosquitto_url: str, mongo_uri: str, prefect_server: dict[str, str]) -> None:
     """Written by cb33d45: an approval with an edit, `change --method sobol` mid-run, then kill -9
     with trial 7 suggested and dispatched and trial 6 running; crashed_devices/ holds the
     instruments' records at that moment (both trials started, neither finished)."""
     home = tmp_path / "home"
-    docs = load_legacy(home, "crashed")
+    env = shared_env(home, prefect_server, mongo_uri, mosquitto_url)
+    docs = load_legacy(env, "crashed")
     shutil.copytree(LEGACY / "crashed_devices", home / "devices")
-    env = env_for(tmp_path, mosquitto_url, prefect_server)
-    before = fold(read_log(home, "legacy-crashed"))
+    before = fold(read_events(env, "legacy-crashed"))
     assert sorted(t.trial_id for t in before.in_flight) == ["6", "7"]
     assert before.trials["1"].parameters == {"x1": 3.0, "x2": 2.0}  # the person's edit
     assert before.spec is not None and before.spec.optimizer.method == "sobol"  # the change
     sent = {t: before.trials[t].request_id for t in ("6", "7")}
     out = run(["resume", "legacy-crashed", "--quiet"], env, timeout=360)
     assert out.returncode == 0, out.stderr
-    events = read_log(home, "legacy-crashed")
-    assert raw_log(home, "legacy-crashed")[: len(docs)] == docs
+    events = read_events(env, "legacy-crashed")
+    assert raw_log(env, "legacy-crashed")[: len(docs)] == docs
     state = fold(events)
     assert state.status == "finished" and state.count("completed") == 8
     completed_once(events, 8)

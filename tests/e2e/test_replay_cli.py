@@ -1,5 +1,5 @@
 """`closedloop replay`, `closedloop compare` and `closedloop sim --from-campaign` as a user runs them,
-on the embedded defaults."""
+on the session's database server and Mosquitto."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cli import cli_env, run, status, write_spec
+from tests.e2e.cli import run, shared_env, status, write_spec
 
 SPEC = {
     "name": "recorded",
@@ -31,8 +31,9 @@ SPEC = {
 
 
 @pytest.mark.timeout(900)
-def test_faithful_and_counterfactual_replays_and_compare(tmp_path: Path, prefect_server: dict[str, str]) -> None:
-    env = cli_env(tmp_path / "home", prefect_server)
+def test_faithful_and_counterfactual_replays_and_compare(tmp_path: Path, prefect_server: dict[str, str],
+                                                         mongo_uri: str, mosquitto_url: str) -> None:
+    env = shared_env(tmp_path / "home", prefect_server, mongo_uri, mosquitto_url)
     spec = write_spec(tmp_path / "recorded.yaml", SPEC)
     out = run(["run", str(spec), "--quiet"], env, timeout=600)
     assert out.returncode == 0, out.stderr
@@ -99,7 +100,8 @@ def test_faithful_and_counterfactual_replays_and_compare(tmp_path: Path, prefect
     out = run(["validate", str(served)], env, timeout=120)
     assert out.returncode != 0 and out.stderr.count("\n") == 1 and "emulator file" in out.stderr
     for serve in (["sim", "branin", "--device-id", "d1"], ["sim", "--from-campaign", "recorded", "--device-id", "d1"]):
-        out = run(serve, env, timeout=120)  # no `closedloop run` here, no broker configured
+        no_broker = {k: v for k, v in env.items() if k != "CLOSEDLOOP_MQTT_URL"}
+        out = run(serve, no_broker, timeout=120)  # no `closedloop run` here, no broker configured
         assert out.returncode == 1 and "no MQTT broker to join" in out.stderr.splitlines()[-1], out.stderr
     out = run(["list"], env, timeout=120)
     header, rule, *rows = out.stdout.splitlines()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from campaigns import TrialCompleted
+from campaigns import TrialCompleted, fold
 from tests.conftest import PREFECT_QUIET
 from tests.e2e.cli import CLOSEDLOOP, cli_env, run, write_spec
 from tests.e2e.test_crash_resume import log_events, status_or_none, wait_for
@@ -27,10 +27,13 @@ SLOW_SPEC: dict[str, Any] = {
     "parameters": [{"name": "x1", "type": "float", "bounds": [-5.0, 10.0]},
                    {"name": "x2", "type": "float", "bounds": [0.0, 15.0]}],
     "objectives": [{"name": "branin", "minimize": True}],
-    "budget": {"max_trials": 16},
+    # A budget no run reaches before the test stops it, however slow the machine (16 trials of
+    # 2-3 s could finish before a slow `status` saw one running); the resume's budget is set
+    # below by `change --max-trials`.
+    "budget": {"max_trials": 1000},
     "batch_size": 2,
     "trial_timeout_s": 120,
-    "devices": [{"id": d, "simulator": "branin", "options": {"duration_s": [2.0, 3.0], "seed": i}}
+    "devices": [{"id": d, "simulator": "branin", "options": {"duration_s": [0.3, 0.6], "seed": i}}
                 for i, d in enumerate(("dev-a", "dev-b"))],
     "optimizer": {"method": "sobol"},
 }
@@ -99,12 +102,15 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_process(tmp_path: Path) -> None
     assert len(lines) == 1 and lines[0].startswith("terminated (SIGTERM): the campaign's log is intact"), err
     assert not alive(kids), [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in alive(kids)]
 
+    budget = fold(log_events(tmp_path / "home", "termed")).budget_used + 2
+    out = run(["change", "termed", "--max-trials", str(budget), "--reason", "test"], env)
+    assert out.returncode == 0, out.stderr
     resumed = run(["resume", "termed", "--quiet"], env, timeout=400)
     assert resumed.returncode == 0, resumed.stderr
     events = log_events(tmp_path / "home", "termed")
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     completed = Counter(e.trial_id for e in events if isinstance(e, TrialCompleted))
-    assert len(completed) == 16 and set(completed.values()) == {1}
+    assert len(completed) == budget and set(completed.values()) == {1}
 
 
 @pytest.mark.timeout(600)

@@ -46,7 +46,7 @@ def result(request_id: str) -> bytes:
                               status="completed", measurements={"y": 1.0}))
 
 
-def results_of(hub: MqttDeviceHub, count: int, timeout_s: float = 10) -> list[ResultReceived]:
+def results_of(hub: MqttDeviceHub, count: int, timeout_s: float = 60) -> list[ResultReceived]:
     """Take the next ``count`` results from the hub, acknowledging each one."""
     got: list[ResultReceived] = []
     for _ in range(count):

@@ -47,8 +47,8 @@ def test_a_device_of_mosquitto_clients_answers_a_request(
             assert hub.devices()[device_id].measures == ["y"]
             hub.dispatch(device_id, RunTrial(request_id="req-1", campaign_id="c", trial_id="t-7",
                                              parameters={"x1": 0.25}))
-            event = wait_for(hub, lambda e: isinstance(e, ResultReceived), timeout_s=20)
-            _, stderr = device.communicate(timeout=10)
+            event = wait_for(hub, lambda e: isinstance(e, ResultReceived), timeout_s=60)
+            _, stderr = device.communicate(timeout=60)
             assert device.returncode == 0, stderr.decode(errors="replace")
         finally:
             device.kill()  # no-op once it has exited

@@ -41,7 +41,7 @@ def _paused_with_form(approvals: Any, approval_id: str, pause_key: str | None = 
     just after, and a resume in between is refused ("Run input schema not found")."""
     from prefect.client.orchestration import get_client
 
-    run_id = _wait_for(lambda: approvals.flow_run_id(approval_id), 30, "the approval flow run")
+    run_id = _wait_for(lambda: approvals.flow_run_id(approval_id), 120, "the approval flow run")
     run = _wait_for(lambda: (r := _read(run_id)).state.is_paused()
                     and (pause_key is None or r.state.state_details.pause_key == pause_key) and r,
                     60, f"the Paused state {pause_key or ''}")
@@ -56,7 +56,7 @@ def _paused_with_form(approvals: Any, approval_id: str, pause_key: str | None = 
             except Exception:  # noqa: BLE001 - saved just after the state changes
                 return None
 
-    schema_json, description = _wait_for(form, 10, "the form's schema")
+    schema_json, description = _wait_for(form, 120, "the form's schema")
     import json
 
     return run_id, json.loads(schema_json), json.loads(description)
@@ -112,10 +112,10 @@ def test_answer_in_prefect_becomes_the_cli_command() -> None:
         t1 = time.monotonic()
         resume_flow_run(UUID(run_id), run_input={"decision": "approve", "reject": ["5"], "edits": "4: x1=2.5, x2=1",
                                                   "reason": "x1 too high on 5", "by": "alice"})
-        assert answered.wait(15), "the answer never reached on_answer"
+        assert answered.wait(120), "the answer never reached on_answer"
         timings["answer"] = time.monotonic() - t1
         approvals.close("a3")  # what the loop does once it wrote ApprovalGiven
-        _wait_for(lambda: _read(run_id).state.is_completed(), 20, "the approval run to complete")
+        _wait_for(lambda: _read(run_id).state.is_completed(), 120, "the approval run to complete")
         approvals.shutdown()
         return str(parent)
 
@@ -158,7 +158,7 @@ def test_closed_elsewhere_completes_without_an_answer() -> None:
         run_id, _, _ = _paused_with_form(approvals, "a7")
         t0 = time.monotonic()
         approvals.close("a7")  # decided through the CLI (or the timeout policy)
-        run = _wait_for(lambda: (r := _read(run_id)).state.is_final() and r, 20, "the approval run to finish")
+        run = _wait_for(lambda: (r := _read(run_id)).state.is_final() and r, 120, "the approval run to finish")
         print(f"closed run finished {time.monotonic() - t0:.2f} s after close()")
         assert run.state.is_completed() and run.state.name == "Decided elsewhere"
         approvals.shutdown()
@@ -178,9 +178,11 @@ def test_close_right_after_open_and_shutdown_never_hang() -> None:
     approvals.close("a1")
     approvals.open("a2", TRIALS[1:], "why", ANSWER_WITH)
     _paused_with_form(approvals, "a2")
-    t0 = time.monotonic()
-    approvals.shutdown()
-    assert time.monotonic() - t0 < 15
+    # It returns (a hang is what the timeout guards against; no claim about speed).
+    stopper = threading.Thread(target=approvals.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(timeout=240)
+    assert not stopper.is_alive(), "shutdown() hung"
     for aid in ("a1", "a2"):
         run_id = approvals.flow_run_id(aid)
         if run_id is not None:

@@ -1,7 +1,6 @@
 """The lease contract: one writer per campaign, on nx-27017 and (when configured) a real MongoDB.
 
-Time is injected (``Clock``) wherever a test needs a lease to go stale; the heartbeat tests use
-the real clock with a short ``ttl_s``. Racing acquirers are real threads and real processes.
+Time is injected (``Clock``) wherever a test needs a lease to go stale or be renewed. Racing acquirers are real threads and real processes.
 """
 
 from __future__ import annotations
@@ -236,18 +235,27 @@ def test_two_processes_racing_to_acquire_exactly_one_wins(lease: Leases, mongo_u
 
 
 def test_the_heartbeat_keeps_a_lease_alive_past_its_ttl(lease: Leases) -> None:
-    ttl = 1.0  # renewed every ttl / 3; a loaded CI machine still renews well within it
-    a = lease("a:1", ttl_s=ttl)
+    """On an injected clock: the heartbeat's renewal (waited for, not slept for) carries the
+    lease past the ttl it was acquired with; once it stops, the lease expires and is taken over.
+    (It used a 1 s ttl on the real clock, which a heartbeat thread starved on a loaded machine
+    could miss.)"""
+    clock, ttl = Clock(), 30.0
+    a = lease("a:1", ttl_s=ttl, clock=clock)
     lost: list[BaseException] = []
-    a.acquire()
-    a.start_heartbeat(on_lost=lost.append)
-    time.sleep(2.5 * ttl)
-    with pytest.raises(CampaignLockedError, match="being run by a:1"):
-        lease("b:2", ttl_s=ttl).acquire()
+    assert a.acquire().expires_at == T0 + ttl
+    clock.now = T0 + 27
+    a.start_heartbeat(interval_s=0.05, on_lost=lost.append)
+    deadline = time.monotonic() + 60
+    while a.held_until != T0 + 57:  # the next beat renews it from the clock's now
+        assert time.monotonic() < deadline, "the heartbeat never renewed the lease"
+        time.sleep(0.02)
     a.stop_heartbeat()
+    clock.now = T0 + 45  # past the ttl it was acquired with
+    with pytest.raises(CampaignLockedError, match="being run by a:1"):
+        lease("b:2", ttl_s=ttl, clock=clock).acquire()
     assert lost == []
-    time.sleep(ttl + 0.3)
-    info = lease("b:2", ttl_s=ttl).acquire()  # nobody renews it any more
+    clock.now = T0 + 58  # nobody renews it any more
+    info = lease("b:2", ttl_s=ttl, clock=clock).acquire()
     assert info.taken_over_from == "a:1"
 
 

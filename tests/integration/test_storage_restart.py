@@ -99,22 +99,26 @@ def test_the_store_survives_a_restart_of_its_server(server: Server) -> None:
 def test_a_heartbeat_rides_out_a_short_outage_and_keeps_the_lease(server: Server) -> None:
     uri = server.start()
     lost: list[BaseException] = []
-    with MongoLease(uri, "c-1", owner="a:1", ttl_s=6.0, timeout_s=TIMEOUT_S) as lease:
+    # The lease's clock moves only when the test says: a slow restart of the server cannot let
+    # the lease expire by itself (with a 6 s ttl on the real clock, a loaded machine could).
+    now = [1_700_000_000.0]
+    with MongoLease(uri, "c-1", owner="a:1", ttl_s=6.0, timeout_s=TIMEOUT_S, clock=lambda: now[0]) as lease:
         lease.start_heartbeat(interval_s=0.2, on_lost=lost.append)
         server.kill()
         with pytest.raises(StorageUnavailableError):
             lease.renew()
         time.sleep(1.0)  # the heartbeat fails through this
         server.start()
-        renewed = threading.Event()
-        deadline = time.monotonic() + 10
         before = lease.held_until
+        now[0] += 1.0  # a renewal from here on is seen as a later expiry
+        renewed = threading.Event()
+        deadline = time.monotonic() + 120  # a guard against a hang, not an order
         while time.monotonic() < deadline and not renewed.is_set():
             if lease.held_until is not None and before is not None and lease.held_until > before:
                 renewed.set()
             time.sleep(0.05)
         assert renewed.is_set(), "the heartbeat did not renew after the server came back"
-        other = MongoLease(uri, "c-1", owner="b:2", timeout_s=TIMEOUT_S)
+        other = MongoLease(uri, "c-1", owner="b:2", timeout_s=TIMEOUT_S, clock=lambda: now[0])
         try:
             with pytest.raises(CampaignLockedError, match="being run by a:1"):
                 other.acquire()
