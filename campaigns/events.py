@@ -511,3 +511,22 @@ def event_from_doc(doc: dict[str, Any]) -> Event:
     data = {k: v for k, v in doc.items() if k != "_id"}
     # from_log: what an older version accepted and logged is read as it was (campaigns.spec).
     return _ADAPTER.validate_python(data, context={"from_log": True})
+
+
+def read_stored_event(campaign_id: str, doc: dict[str, Any]) -> Event:
+    """``event_from_doc`` for an event log: a document that no longer parses is a
+    ``StorageError`` naming the campaign, the seq and the field (every backend says the same)."""
+    from pydantic import ValidationError
+
+    from campaigns.errors import StorageError
+
+    try:
+        return event_from_doc(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise StorageError(
+            f"campaign {campaign_id!r}: the event at seq {doc.get('seq')} cannot be read: {where}: {err['msg']}",
+            "the document was edited by hand or written by a newer closedloop; restore it or upgrade",
+            campaign_id=campaign_id,
+        ) from None

@@ -30,7 +30,7 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, ConfigurationError, DuplicateKeyError
 
 from campaigns.errors import AppendConflictError, StorageError
-from campaigns.events import Event, EventBase, event_from_doc, event_to_doc
+from campaigns.events import Event, EventBase, event_to_doc, read_stored_event
 from campaigns.summary import CampaignSummary
 from storage._errors import driver_errors, short
 from storage._query import _eq
@@ -230,16 +230,7 @@ class MongoEventStore:
         return [self._parse(campaign_id, doc) for doc in docs]
 
     def _parse(self, campaign_id: str, doc: dict[str, Any]) -> Event:
-        try:
-            return event_from_doc(doc)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise StorageError(
-                f"campaign {campaign_id!r}: the event at seq {doc.get('seq')} cannot be read: {where}: {err['msg']}",
-                "the document was edited by hand or written by a newer closedloop; restore it or upgrade",
-                campaign_id=campaign_id,
-            ) from None
+        return read_stored_event(campaign_id, doc)
 
     def last_seq(self, campaign_id: str) -> int:
         """The seq of the campaign's last event; 0 if it has none.

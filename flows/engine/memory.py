@@ -24,7 +24,7 @@ from campaigns import (
     utcnow,
 )
 from campaigns.command import Command, CommandKind
-from campaigns.events import Event, event_from_doc, event_to_doc
+from campaigns.events import Event, event_to_doc, read_stored_event
 from campaigns.summary import CampaignSummary
 
 __all__ = ["ManualClock", "MemoryCommandInbox", "MemoryEventLog"]
@@ -183,16 +183,7 @@ def _doc(entry: _Entry) -> dict[str, Any]:
 def _parse(campaign_id: str, entry: _Entry) -> Event:
     if not isinstance(entry, dict):
         return entry  # type: ignore[return-value]  # frozen: shared safely
-    try:
-        return event_from_doc(entry)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise StorageError(
-            f"campaign {campaign_id!r}: the event at seq {entry.get('seq')} cannot be read: {where}: {err['msg']}",
-            "the document was edited by hand or written by a newer closedloop; restore it or upgrade",
-            campaign_id=campaign_id,
-        ) from None
+    return read_stored_event(campaign_id, entry)
 
 
 class MemoryCommandInbox:
