@@ -69,29 +69,29 @@ def apply_change(spec: CampaignSpec, change: CampaignChange) -> CampaignSpec:
     for name, (low, high) in change.set_bounds.items():
         p = params.get(name)
         if p is None:
-            raise SpecError(f"--set-bounds {name}: no such parameter", f"parameters: {', '.join(params)}")
+            raise SpecError(f"bounds of {name}: no such parameter", f"parameters: {', '.join(params)}")
         if p["type"] == "choice":
-            raise SpecError(f"--set-bounds {name}: a choice parameter has no bounds", "fix it to a value with --fix")
+            raise SpecError(f"bounds of {name}: a choice parameter has no bounds", "fix it to one of its values instead")
         if not (math.isfinite(low) and math.isfinite(high)):
-            raise SpecError(f"--set-bounds {name}={low:g}:{high:g}: bounds must be finite numbers",
-                            "e.g. --set-bounds x1=0:5")
+            raise SpecError(f"bounds of {name}: {low:g} to {high:g}: bounds must be finite numbers",
+                            "give a finite low and high, e.g. 0 and 5")
         p["bounds"] = [int(low), int(high)] if p["type"] == "int" else [low, high]
     fixed = dict(data.get("fixed_parameters", {}))
     for name in change.free:
         if name not in fixed:
-            raise SpecError(f"--free {name}: the parameter is not fixed", f"fixed now: {', '.join(fixed) or 'none'}")
+            raise SpecError(f"freeing {name}: the parameter is not fixed", f"fixed now: {', '.join(fixed) or 'none'}")
         fixed.pop(name)
     for name, value in change.fix.items():
         p = next((q for q in spec.parameters if q.name == name), None)
         if p is not None and not isinstance(p, ChoiceParameter) and isinstance(value, str):
-            raise SpecError(f"--fix {name}={value}: the parameter takes a number", "e.g. --fix x2=3.0")
+            raise SpecError(f"fixing {name} at {value}: the parameter takes a number", "give a number, e.g. 3.0")
         fixed[name] = value
     data["fixed_parameters"] = fixed
     data["outcome_constraints"] = [*data["outcome_constraints"], *change.add_outcome_constraints]
     objectives = {o["name"]: o for o in data["objectives"]}
     for name, value in change.objective_thresholds.items():
         if name not in objectives:
-            raise SpecError(f"--threshold {name}: not an objective", f"objectives: {', '.join(objectives)}")
+            raise SpecError(f"threshold of {name}: not an objective", f"objectives: {', '.join(objectives)}")
         objectives[name]["threshold"] = value
     for name in ("batch_size", "trial_timeout_s"):
         if getattr(change, name) is not None:

@@ -60,13 +60,14 @@ def _coerce(state: CampaignState, trial_id: str, name: str, value: Any) -> Any:
     return typed
 
 
-#: The largest numbers `change` takes: beyond them a value is a typo, and some could not even
-#: be stored (MongoDB holds 8-byte integers).
+#: The largest numbers a change takes: beyond them a value is a typo, and some could not even
+#: be stored (MongoDB holds 8-byte integers). Worded in the campaign's terms: the same check
+#: answers the CLI, the inbox and a replay.
 _CHANGE_LIMITS: dict[str, tuple[str, float]] = {
-    "batch_size": ("--batch-size", 10_000),
-    "max_trials": ("--max-trials", 1_000_000_000),
-    "trial_timeout_s": ("--trial-timeout", 365 * 24 * 3600.0),
-    "max_hours": ("--max-hours", 100 * 365 * 24.0),
+    "batch_size": ("batch size", 10_000),
+    "max_trials": ("max trials", 1_000_000_000),
+    "trial_timeout_s": ("trial timeout", 365 * 24 * 3600.0),
+    "max_hours": ("max hours", 100 * 365 * 24.0),
 }
 
 
@@ -77,18 +78,18 @@ def change_problem(payload: Mapping[str, Any], state: CampaignState | None = Non
     numbers above 0, each below a generous limit; with ``state``, max trials is not below the
     trials that already count against the budget (`closedloop stop` ends a campaign now).
     """
-    for name, (flag, limit) in _CHANGE_LIMITS.items():
+    for name, (what, limit) in _CHANGE_LIMITS.items():
         value = payload.get(name)
         if value is None:
             continue
         whole = name in ("batch_size", "max_trials")
         if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
-            return f"{flag} {value!r}: not {'a whole number' if whole else 'a number'}"
+            return f"{what} {value!r}: not {'a whole number' if whole else 'a number'}"
         if not math.isfinite(value) or value <= 0 or value > limit:
-            return f"{flag} {value}: must be {'at least 1' if whole else 'above 0'} and at most {limit:.0f}"
+            return f"{what} {value}: must be {'at least 1' if whole else 'above 0'} and at most {limit:.0f}"
     used = None if state is None else state.budget_used
     if used is not None and payload.get("max_trials") is not None and payload["max_trials"] < used:
-        return (f"--max-trials {payload['max_trials']}: {used} trials already count against the budget; "
+        return (f"max trials {payload['max_trials']}: {used} trials already count against the budget; "
                 f"give at least {used}, or `closedloop stop` the campaign")
     return None
 
@@ -211,15 +212,15 @@ def events_for(state: CampaignState, command: Command, fields: Fields) -> list[E
     if command.kind == "change":
         problem = change_problem(command.payload, state)  # again here: changes also come from the inbox
         if problem is not None:
-            raise _refuse(state, problem, "see `closedloop change --help`")
+            raise _refuse(state, problem, "see what a change may hold: `closedloop change --help`")
         try:
             change = CampaignChange.model_validate(command.payload)
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
             where = ".".join(str(x) for x in err["loc"]) or "change"
-            raise _refuse(state, f"{where}: {err['msg']}", "see `closedloop change --help`") from None
+            raise _refuse(state, f"{where}: {err['msg']}", "see what a change may hold: `closedloop change --help`") from None
         if change.is_empty():
-            raise _refuse(state, "the change changes nothing", "see `closedloop change --help`")
+            raise _refuse(state, "the change changes nothing", "see what a change may hold: `closedloop change --help`")
         changed = apply_change(state.spec, change)  # refuses what does not fit, before anything is logged
         if change.add_outcome_constraints:
             check_spec_devices(changed)  # every device must measure a newly constrained metric

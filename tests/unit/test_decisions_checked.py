@@ -39,12 +39,12 @@ def test_the_orchestrator_refuses_decisions_that_do_not_match(payload: dict[str,
 
 
 @pytest.mark.parametrize(("payload", "message"), [
-    ({"batch_size": 0}, "--batch-size 0: must be at least 1"),
-    ({"max_trials": 0}, "--max-trials 0: must be at least 1"),
-    ({"trial_timeout_s": -1.0}, "--trial-timeout -1.0: must be above 0"),
-    ({"trial_timeout_s": float("inf")}, "--trial-timeout inf: must be above 0"),
-    ({"max_hours": 0}, "--max-hours 0: must be above 0"),
-    ({"batch_size": "4"}, "--batch-size '4': not a whole number"),
+    ({"batch_size": 0}, "batch size 0: must be at least 1"),
+    ({"max_trials": 0}, "max trials 0: must be at least 1"),
+    ({"trial_timeout_s": -1.0}, "trial timeout -1.0: must be above 0"),
+    ({"trial_timeout_s": float("inf")}, "trial timeout inf: must be above 0"),
+    ({"max_hours": 0}, "max hours 0: must be above 0"),
+    ({"batch_size": "4"}, "batch size '4': not a whole number"),
     ({"max_trials": 2}, "3 trials already count against the budget"),
     ({"set_bounds": {"x1": "low"}}, "set_bounds.x1"),
 ])
