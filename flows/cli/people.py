@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import math
+import signal
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,14 +116,17 @@ def _send(store: MongoEventStore, settings: Settings, command: Command) -> int:
 
 
 def _hand_over(store: MongoEventStore, settings: Settings, command: Command, locked: CampaignLockedError) -> int:
-    with MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
+    with _ctrl_c_between_calls() as interrupted, MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
         inbox.submit(command.campaign_id, command.kind, command.payload, by=command.by,
                      reason=command.reason, command_id=command.command_id)
+
         def decided() -> Command | None:
+            if interrupted.is_set():
+                raise KeyboardInterrupt  # between two database calls, never inside one
             current = inbox.get(command.command_id)
             return current if current is not None and current.state in ("applied", "refused") else None
 
-        current = wait_for(decided, settings.handover_wait_s, interval_s=0.3)
+        current = wait_for(decided, settings.handover_wait_s, interval_s=0.3, sleep=interrupted.wait)
         if current is not None and current.state == "applied":
             events = store.read(command.campaign_id, after_seq=max(0, (current.seq or 1) - 1))
             print(f"{command.campaign_id}: {_describe(events[0]) if events else 'applied'} "
@@ -132,6 +139,25 @@ def _hand_over(store: MongoEventStore, settings: Settings, command: Command, loc
     print(f"{command.campaign_id}: sent to the orchestrator that runs it ({locked.owner}); "
           "it applies it when it next checks (see `closedloop history`)")
     return 0
+
+
+@contextmanager
+def _ctrl_c_between_calls() -> Iterator[threading.Event]:
+    """While a command waits for the orchestrator, Ctrl-C sets an event instead of raising
+    wherever the main thread is: a KeyboardInterrupt inside a pymongo call can leave its
+    connection pool locked, and the withdrawal after it then hangs (seen on a loaded machine).
+    The wait raises it itself, between two calls."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+    try:
+        yield interrupted
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _timeout_note(command: Command) -> None:
