@@ -8,6 +8,7 @@ Every event carries ``campaign_id``, a contiguous ``seq`` (1, 2, 3, ... per camp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Annotated, Any, Literal
@@ -511,6 +512,18 @@ def event_from_doc(doc: dict[str, Any]) -> Event:
     data = {k: v for k, v in doc.items() if k != "_id"}
     # from_log: what an older version accepted and logged is read as it was (campaigns.spec).
     return _ADAPTER.validate_python(data, context={"from_log": True})
+
+
+def one_append(events: Sequence[EventBase]) -> tuple[str, int]:
+    """The campaign and first seq of events written in one append, checked as every event log
+    checks them: one campaign, contiguous seqs. Raises ValueError otherwise."""
+    campaign_id, first = events[0].campaign_id, events[0].seq
+    for i, event in enumerate(events):
+        if event.campaign_id != campaign_id:
+            raise ValueError(f"one append holds events of {campaign_id!r} and {event.campaign_id!r}")
+        if event.seq != first + i:
+            raise ValueError(f"seqs of one append must be contiguous: expected {first + i}, got {event.seq}")
+    return campaign_id, first
 
 
 def read_stored_event(campaign_id: str, doc: dict[str, Any]) -> Event:

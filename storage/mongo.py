@@ -30,7 +30,7 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, ConfigurationError, DuplicateKeyError
 
 from campaigns.errors import AppendConflictError, StorageError
-from campaigns.events import Event, EventBase, event_to_doc, read_stored_event
+from campaigns.events import Event, EventBase, event_to_doc, one_append, read_stored_event
 from campaigns.summary import CampaignSummary
 from storage._errors import driver_errors, short
 from storage._query import _eq
@@ -122,12 +122,7 @@ class MongoEventStore:
         """
         if not events:
             return
-        campaign_id, first = events[0].campaign_id, events[0].seq
-        for i, event in enumerate(events):
-            if event.campaign_id != campaign_id:
-                raise ValueError(f"one append holds events of {campaign_id!r} and {event.campaign_id!r}")
-            if event.seq != first + i:
-                raise ValueError(f"seqs of one append must be contiguous: expected {first + i}, got {event.seq}")
+        campaign_id, first = one_append(events)
         docs = [event_to_doc(e) for e in events]
         with self._errors("append to", campaign_id):
             events_coll = self._collection()

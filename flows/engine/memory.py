@@ -24,7 +24,7 @@ from campaigns import (
     utcnow,
 )
 from campaigns.command import Command, CommandKind
-from campaigns.events import Event, event_to_doc, read_stored_event
+from campaigns.events import Event, event_to_doc, one_append, read_stored_event
 from campaigns.summary import CampaignSummary
 
 __all__ = ["ManualClock", "MemoryCommandInbox", "MemoryEventLog"]
@@ -66,12 +66,7 @@ class MemoryEventLog:
         """
         if not events:
             return
-        campaign_id, first = events[0].campaign_id, events[0].seq
-        for i, event in enumerate(events):
-            if event.campaign_id != campaign_id:
-                raise ValueError(f"one append holds events of {campaign_id!r} and {event.campaign_id!r}")
-            if event.seq != first + i:
-                raise ValueError(f"seqs of one append must be contiguous: expected {first + i}, got {event.seq}")
+        campaign_id, first = one_append(events)
         with self._lock:
             down = self._outage.pop(0) if self._outage else None
             if down is False:
