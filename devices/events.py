@@ -140,3 +140,15 @@ class ConnectionRestored(BaseModel):
 
 HubEvent = ResultReceived | StatusChanged | MessageRejected | ConnectionLost | ConnectionRestored
 """Everything :meth:`~devices.hub.MqttDeviceHub.next_events` returns."""
+
+
+_EXCERPT_CHARS = 200
+
+
+def rejection(device_id: str | None, topic: str, payload: bytes, reason: str, received_at: datetime,
+              delivery: Delivery | None = None) -> MessageRejected:
+    """The ``MessageRejected`` every hub reports for a message that broke the protocol, with a
+    bounded, printable excerpt of its payload."""
+    excerpt = payload[: _EXCERPT_CHARS * 4].decode("utf-8", errors="replace")[:_EXCERPT_CHARS]
+    return MessageRejected(device_id=device_id, topic=topic, reason=reason, excerpt=excerpt,
+                           received_at=received_at, delivery=delivery)

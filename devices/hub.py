@@ -26,11 +26,11 @@ from .events import (
     ConnectionLost,
     ConnectionRestored,
     HubEvent,
-    MessageRejected,
     ResultReceived,
     StatusChanged,
+    rejection,
 )
-from .messages import DeviceStatus, RunTrial, encode, parse_result, parse_status
+from .messages import DeviceStatus, RunTrial, encode, parse_result, parse_status_of
 from .mqtt import Delivery, MqttConnection, MqttSettings, connect
 from .mqtt import end_session as mqtt_end_session
 from .topics import Topics
@@ -39,7 +39,6 @@ __all__ = ["MqttDeviceHub"]
 
 log = logging.getLogger(__name__)
 
-_EXCERPT_CHARS = 200
 _END_SESSION_TIMEOUT_S = 5.0
 
 
@@ -258,19 +257,9 @@ class MqttDeviceHub:
             elif channel == "status":
                 self._on_status(device_id, payload, now)
         except DeviceMessageError as exc:
-            excerpt = payload[: _EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
             # Debug only: the orchestrator logs rejections, bounded (a publisher may send millions).
             log.debug("rejected message on %s: %s", topic[:200], exc.message[:300])
-            self._events.put(
-                MessageRejected(
-                    device_id=device_id,
-                    topic=topic,
-                    reason=exc.message,
-                    excerpt=excerpt[:_EXCERPT_CHARS],
-                    received_at=now,
-                    delivery=held,
-                )
-            )
+            self._events.put(rejection(device_id, topic, payload, exc.message, now, held))
         return held is not None
 
     def _on_status(self, device_id: str, payload: bytes, now: datetime) -> None:
@@ -280,13 +269,7 @@ class MqttDeviceHub:
                 self._devices.pop(device_id, None)
             log.info("device %s removed (empty retained status)", device_id)
             return
-        status = parse_status(payload)
-        if status.device_id != device_id:
-            raise DeviceMessageError(
-                f"invalid status: device_id {status.device_id[:60]!r} does not match the topic",
-                "publish a device's status on its own topic",
-                device_id=device_id,
-            )
+        status = parse_status_of(device_id, payload)
         with self._lock:
             changed = self._devices.get(device_id) != status
             self._devices[device_id] = status

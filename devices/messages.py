@@ -303,3 +303,19 @@ def encode(model: BaseModel) -> bytes:
         The payload bytes.
     """
     return model.model_dump_json(exclude_none=True).encode("utf-8")
+
+
+def parse_status_of(device_id: str, payload: bytes) -> DeviceStatus:
+    """A status read from ``device_id``'s status topic: parsed, and naming that device.
+
+    Raises:
+        DeviceMessageError: Not a valid status, or it names another device than its topic.
+    """
+    status = parse_status(payload)
+    if status.device_id != device_id:
+        raise DeviceMessageError(
+            f"invalid status: device_id {status.device_id[:60]!r} does not match the topic",
+            "publish a device's status on its own topic",
+            device_id=device_id,
+        )
+    return status

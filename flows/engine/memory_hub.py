@@ -35,9 +35,9 @@ from devices.events import (
     ConnectionLost,
     ConnectionRestored,
     HubEvent,
-    MessageRejected,
     ResultReceived,
     StatusChanged,
+    rejection,
 )
 from devices.messages import (
     DeviceStatus,
@@ -46,7 +46,7 @@ from devices.messages import (
     TrialResult,
     encode,
     parse_result,
-    parse_status,
+    parse_status_of,
 )
 from devices.topics import Topics, validate_device_id
 from flows.engine.memory import ManualClock
@@ -57,7 +57,6 @@ from simulators.model import SimModel
 
 __all__ = ["HandDevice", "MemoryDeviceHub", "MemoryInstrument"]
 
-_EXCERPT_CHARS = 200
 
 
 @dataclass(order=True)
@@ -322,16 +321,9 @@ class MemoryDeviceHub:
                     with self._cond:
                         self._statuses.pop(device_id, None)
                     return
-                status = parse_status(payload)
-                if status.device_id != device_id:
-                    raise DeviceMessageError(
-                        f"invalid status: device_id {status.device_id[:60]!r} does not match the topic",
-                        "publish a device's status on its own topic", device_id=device_id)
-                self._status(device_id, status)
+                self._status(device_id, parse_status_of(device_id, payload))
         except DeviceMessageError as exc:
-            excerpt = payload[: _EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
-            self._put(MessageRejected(device_id=device_id, topic=topic, reason=exc.message,
-                                      excerpt=excerpt[:_EXCERPT_CHARS], received_at=now, delivery=delivery))
+            self._put(rejection(device_id, topic, payload, exc.message, now, delivery))
 
 
 class HandDevice:
