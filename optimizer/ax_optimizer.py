@@ -19,31 +19,31 @@ import logging
 import math
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
 import torch
-from ax import Client
-from ax.core.metric import Metric
-from botorch.exceptions.warnings import BadInitialCandidatesWarning
 
 from campaigns.errors import OptimizerError
 from campaigns.events import Measurement, ParameterValue, SuggestedTrial, TrialEngine
 from campaigns.spec import CampaignSpec
 from campaigns.state import TrialRecord
-from optimizer.ax_setup import AX_ERRORS, build_client, optimizer_error, quiet_ax
 from optimizer.engines import EngineChoice, default_initialization_trials, model_engine, sobol_phase
-from optimizer.fastbo import FAST_ERRORS, fast_generate
-from optimizer.generation import generate, training_rows, training_trials
-from optimizer.replay import TrialEntry, attach_in_bulk, attach_one, attach_per_trial, ordered_trials
+from optimizer.records import TrialEntry, ordered_trials, training_rows
 from optimizer.robust import ModelFailure, numerical_failure
 from optimizer.sobol import SobolSampler, fixed_parameter_values
+
+if TYPE_CHECKING:
+    from ax import Client
 
 __all__ = ["AxOptimizer", "default_initialization_trials"]
 
 _Key = tuple[tuple[str, ParameterValue], ...]
 
 log = logging.getLogger("closedloop.optimizer")
+
+#: The engines that generate through Ax. Ax (seconds to import) is loaded only for them, or when
+#: a caller asks for Ax's view of the trials (``_client``).
+_AX_ENGINES = frozenset({"ax", "ax_default"})
 
 
 class AxOptimizer:
@@ -60,7 +60,8 @@ class AxOptimizer:
         verbose: Let Ax log at INFO; by default its loggers are set to WARNING (process-wide).
 
     Raises:
-        OptimizerError: Ax rejects the campaign's search space or objectives.
+        OptimizerError: Ax rejects the campaign's search space or objectives (an engine that
+            generates through Ax; the others load Ax only if asked for its view, ``_client``).
     """
 
     def __init__(self, spec: CampaignSpec, *, threads: int | None = None, verbose: bool = False) -> None:
@@ -71,12 +72,15 @@ class AxOptimizer:
         self._spec = spec
         self._engine = model_engine(spec)
         self._verbose = verbose
-        quiet_ax(verbose)
-        # Ax's view of the trials: ``_stale`` once the records changed since it was built,
-        # ``_used`` once a BoTorch call ran on it (each call gets an experiment fresh from the
-        # records, as a rebuilt optimizer's first call does).
-        self._ax = build_client(spec)
+        # Ax's view of the trials, built when first needed: ``_stale`` once the records changed
+        # since it was built, ``_used`` once a BoTorch call ran on it (each call gets an
+        # experiment fresh from the records, as a rebuilt optimizer's first call does).
+        self._ax: Client | None = None
         self._stale = self._used = False
+        if self._engine.engine in _AX_ENGINES:
+            self._ax = self._new_client()  # Ax refuses a space or an objective up front
+        else:
+            _check_objectives(spec)  # what Ax would refuse of the objectives, for every engine
         self._sampler = SobolSampler(spec)
         self._fixed = fixed_parameter_values(spec)
         self._trials: list[TrialEntry] = []
@@ -125,9 +129,15 @@ class AxOptimizer:
             raise OptimizerError(f"rebuild(replay={replay!r}): unknown replay", "pass 'bulk' or 'per_trial'")
         opt = cls(spec, threads=threads, verbose=verbose)
         entries = ordered_trials(spec, trials)
-        (attach_per_trial if replay == "per_trial" else attach_in_bulk)(opt._ax, spec, entries)
+        in_ax = opt._ax is not None or replay == "per_trial"
+        if in_ax:
+            from optimizer.replay import attach_in_bulk, attach_per_trial
+
+            client = opt._ax if opt._ax is not None else opt._new_client()
+            (attach_per_trial if replay == "per_trial" else attach_in_bulk)(client, spec, entries)
+            opt._ax = client
         for entry in entries:
-            opt._add(entry, in_ax=True)
+            opt._add(entry, in_ax=in_ax)
             opt._metric_names.update(entry.measurements)
         return opt
 
@@ -180,6 +190,9 @@ class AxOptimizer:
     def last_fit_trials(self) -> list[str]:
         """The ids of the trials the last BoTorch suggestion's model was fitted on."""
         if self._last_fit is None:
+            from optimizer.generation import training_trials
+
+            assert self._ax is not None  # _last_fit is None only after an Ax call
             data = self._ax._experiment.lookup_data()
             bounded = self._engine.engine != "ax_default"  # Ax's default fits on every trial
             subset = training_trials(self._spec, data, self._spec.optimizer.max_training_points) if bounded else None
@@ -189,8 +202,7 @@ class AxOptimizer:
     @property
     def _client(self) -> Client:
         """The Ax client, its experiment brought up to date with the records first (read only)."""
-        self._sync()
-        return self._ax
+        return self._sync()
 
     # ------------------------------------------------------------------ suggest
     def suggest(self, n: int) -> list[SuggestedTrial]:
@@ -264,14 +276,18 @@ class AxOptimizer:
         seed = (self._spec.seed * 1_000_003 + len(self._trials)) % 2**32
         if self._engine.engine == "fast":
             return self._suggest_fast(n, seed)
+        from optimizer.ax_setup import quiet_ax
+        from optimizer.generation import generate
+        from optimizer.replay import attach_one
+
         self._stale |= self._used
-        self._sync()
+        client = self._sync()
         self._used = True
         quiet_ax(self._verbose)
         self._last_fit = None
         out: list[SuggestedTrial] = []
         batch: set[_Key] = set()
-        for parameters in generate(self._ax, self._spec, n, seed, self._fixed):
+        for parameters in generate(client, self._spec, n, seed, self._fixed):
             # Ax deduplicates against the experiment's trials only, and a batch's candidates
             # are not trials yet (with a parameter fixed or the bounds narrowed, the model can
             # propose the same corner twice): a repeat is dropped, and suggest() asks again
@@ -282,12 +298,17 @@ class AxOptimizer:
             entry = TrialEntry(str(len(self._trials)), parameters, "botorch", None)
             # Attached as a rebuild attaches it (for a look at Ax's experiment after the call;
             # the next call builds its own).
-            attach_one(self._ax, self._spec, entry)
+            attach_one(client, self._spec, entry)
             out.append(self._add(entry, in_ax=True, engine=self._engine.engine))
         return out
 
     def _suggest_fast(self, n: int, seed: int) -> list[SuggestedTrial]:
         """The fast method on a continuous space (``optimizer.fastbo``), from the records alone."""
+        import pandas as pd
+        from botorch.exceptions.warnings import BadInitialCandidatesWarning
+
+        from optimizer.fastbo import FAST_ERRORS, fast_generate
+
         trained = [t for t in self._trials if t.status == "completed" and t.measurements]
         means = pd.DataFrame([{m: v.mean for m, v in t.measurements.items()} for t in trained],
                              index=[int(t.trial_id) for t in trained])
@@ -332,12 +353,12 @@ class AxOptimizer:
         """
         trial = self._pending(trial_id)
         for name in measurements.keys() - self._metric_names:
-            try:
-                Metric(name=name)  # Ax's own check of a new metric's name
-            except AX_ERRORS as exc:
-                raise optimizer_error(
-                    self._spec, f"completing trial {trial_id}", exc, "check the measurements", trial_id
-                ) from exc
+            if not isinstance(name, str) or not name:  # Ax's check of a metric's name (``Metric``)
+                raise OptimizerError(
+                    f"campaign {self._spec.name!r}: completing trial {trial_id}: "
+                    f"metric name {name!r}: a metric name must be a non-empty string",
+                    "check the measurements", trial_id=trial_id,
+                )
             self._metric_names.add(name)
         trial.status, trial.measurements = "completed", dict(measurements)
         self._stale = True
@@ -387,13 +408,21 @@ class AxOptimizer:
             )
         return trial
 
-    def _sync(self) -> None:
-        """Build Ax's experiment afresh from the records if they changed since it was built."""
-        if self._stale:
-            quiet_ax(self._verbose)
-            client = build_client(self._spec)
+    def _new_client(self) -> Client:
+        from optimizer.ax_setup import build_client, quiet_ax
+
+        quiet_ax(self._verbose)
+        return build_client(self._spec)
+
+    def _sync(self) -> Client:
+        """Ax's experiment, built afresh from the records if they changed since it was built."""
+        if self._ax is None or self._stale:
+            from optimizer.replay import attach_in_bulk
+
+            client = self._new_client()
             attach_in_bulk(client, self._spec, self._trials)
             self._ax, self._stale, self._used = client, False, False
+        return self._ax
 
     def _add(self, entry: TrialEntry, *, in_ax: bool = False, engine: TrialEngine = "unknown") -> SuggestedTrial:
         """Record a trial; unless ``in_ax``, Ax's experiment is out of date until the next sync."""
@@ -407,6 +436,21 @@ class AxOptimizer:
         return SuggestedTrial(
             trial_id=entry.trial_id, parameters=dict(entry.parameters), generator=entry.generator,
             sobol_position=entry.sobol_position, engine=engine,
+        )
+
+
+def _check_objectives(spec: CampaignSpec) -> None:
+    """Refuse, as Ax does, an outcome constraint on a single objective's own metric (with two
+    objectives or more it is that objective's threshold)."""
+    if len(spec.objectives) != 1:
+        return
+    name = spec.objectives[0].name
+    if any(c.metric == name for c in spec.parsed_outcome_constraints):
+        raise OptimizerError(
+            f"campaign {spec.name!r}: setting up the objectives: {name!r} is the objective and an "
+            "outcome constraint",
+            "check objectives and outcome_constraints (a single objective's own metric "
+            "cannot also be an outcome constraint)",
         )
 
 

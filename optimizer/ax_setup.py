@@ -7,8 +7,6 @@ Everything here speaks Ax 1.x's public ``Client`` API (``ax.api.client``), excep
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -19,8 +17,8 @@ from ax.utils.common.logger import set_ax_logger_levels
 from botorch.exceptions.errors import BotorchError, ModelFittingError
 
 from campaigns.errors import OptimizerError
-from campaigns.events import ParameterValue
 from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntParameter, LinearConstraint
+from optimizer.records import coerce_parameters  # noqa: F401  (re-exported)
 
 __all__ = [
     "AX_ERRORS",
@@ -172,37 +170,3 @@ def build_client(spec: CampaignSpec) -> Client:
             "cannot also be an outcome constraint)",
         ) from exc
     return client
-
-
-def coerce_parameters(spec: CampaignSpec, parameters: Mapping[str, ParameterValue]) -> dict[str, ParameterValue]:
-    """Parameters with each value in its parameter's Python type (a JSON round trip turns 3 into 3.0).
-
-    Raises:
-        OptimizerError: a parameter is missing, unknown, or has a value of the wrong kind.
-    """
-    hint = "the log and the spec disagree; check the campaign's spec"
-    unknown = sorted(set(parameters) - {p.name for p in spec.parameters})
-    if unknown:
-        raise OptimizerError(f"campaign {spec.name!r}: a trial has unknown parameter {unknown[0]!r}", hint)
-    out: dict[str, ParameterValue] = {}
-    for p in spec.parameters:
-        if p.name not in parameters:
-            raise OptimizerError(f"campaign {spec.name!r}: a trial lacks parameter {p.name!r}", hint)
-        value = _coerce(p, parameters[p.name])
-        if value is None:
-            raise OptimizerError(
-                f"campaign {spec.name!r}: parameter {p.name!r} has value {parameters[p.name]!r}, not a {p.type}", hint
-            )
-        out[p.name] = value
-    return out
-
-
-def _coerce(p: FloatParameter | IntParameter | ChoiceParameter, v: ParameterValue) -> ParameterValue | None:
-    number = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    if isinstance(p, FloatParameter):
-        return float(v) if number else None
-    if isinstance(p, IntParameter):
-        return int(v) if number and float(v).is_integer() else None
-    exact = [c for c in p.values if c == v and type(c) is type(v)]
-    loose = [c for c in p.values if c == v]
-    return exact[0] if exact else (loose[0] if loose else None)

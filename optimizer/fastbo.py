@@ -23,7 +23,7 @@ from campaigns.events import ParameterValue
 from campaigns.spec import CampaignSpec, FloatParameter, not_continuous
 from optimizer.acquisition import Acquisition, LogEHVI, LogNEI, baseline, hypercells, maximize
 from optimizer.fastgp import FastGP
-from optimizer.replay import TrialEntry
+from optimizer.records import TrialEntry
 from optimizer.robust import metric_bounds, safety_cutoffs
 
 __all__ = ["FAST_ERRORS", "FAST_SETTINGS", "fast_generate", "supports_fast"]

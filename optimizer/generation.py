@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from ax import Client
 from ax.adapter.registry import Generators
@@ -40,6 +38,7 @@ from campaigns.events import ParameterValue
 from campaigns.spec import CampaignSpec, FloatParameter
 from optimizer.ax_setup import AX_ERRORS, SUGGEST_HINT, optimizer_error
 from optimizer.engines import model_engine
+from optimizer.records import training_rows
 from optimizer.robust import NUMERICAL_ERRORS, ModelFailure, numerical_failure
 
 __all__ = [
@@ -197,69 +196,3 @@ def training_trials(spec: CampaignSpec, data: Data, max_points: int) -> Data | N
     means = df.pivot_table(index="trial_index", columns="metric_name", values="mean", aggfunc="mean")
     chosen = training_rows(spec, means, max_points)
     return None if chosen is None else data.filter(trial_indices=chosen)
-
-
-def training_rows(spec: CampaignSpec, means: pd.DataFrame, max_points: int) -> list[int] | None:
-    """The trial indices to fit on, from a table of means (index: trial index; a column per
-    metric); ``None`` when every trial fits. The choice ``training_trials`` describes."""
-    if len(means) <= max_points:
-        return None
-    trials = means.index.to_numpy(dtype=int)
-    n_best, n_recent = max_points // 2, max_points // 4
-    best = trials[_best_first(spec, means, n_best)[:n_best]].tolist()
-    chosen = set(best)
-    rest = [t for t in sorted(trials.tolist(), reverse=True) if t not in chosen]
-    chosen.update(rest[:n_recent])
-    rest = sorted(rest[n_recent:])
-    spread = max_points - len(chosen)
-    if spread > 0 and rest:
-        step = len(rest) / spread
-        chosen.update(rest[min(len(rest) - 1, int(k * step))] for k in range(spread))
-    return sorted(chosen)
-
-
-def _column(means: pd.DataFrame, name: str) -> np.ndarray:
-    return means[name].to_numpy(dtype=float) if name in means else np.full(len(means), np.nan)
-
-
-def _best_first(spec: CampaignSpec, means: pd.DataFrame, wanted: int) -> np.ndarray:
-    """Row positions of ``means`` from best to worst: feasible, Pareto layer, objective, index."""
-    # Every objective as a loss to minimize; a missing value is the worst.
-    losses = np.column_stack([_column(means, o.name) * (1.0 if o.minimize else -1.0) for o in spec.objectives])
-    losses = np.where(np.isnan(losses), np.inf, losses)
-    infeasible = np.zeros(len(means), dtype=bool)
-    for c in spec.parsed_outcome_constraints:
-        v = _column(means, c.metric)
-        with np.errstate(invalid="ignore"):
-            infeasible |= np.isnan(v) | (v < c.bound if c.op == ">=" else v > c.bound)
-    layers = _pareto_layers(losses, wanted) if losses.shape[1] > 1 else np.zeros(len(means), dtype=int)
-    # np.lexsort sorts by the last key first.
-    return np.lexsort((means.index.to_numpy(dtype=int), losses[:, 0], layers, infeasible))
-
-
-def _pareto_layers(losses: np.ndarray, wanted: int) -> np.ndarray:
-    """Non-dominated sorting: layer 0 is the Pareto front, 1 the front of the rest, ...
-
-    Stops once ``wanted`` rows have a layer; the others get the next layer number. Works in
-    chunks of rows, so memory stays small for long campaigns.
-    """
-    n = len(losses)
-    layers = np.full(n, -1)
-    layer = 0
-    while (layers >= 0).sum() < min(wanted, n):
-        left = np.flatnonzero(layers < 0)
-        others = losses[left]
-        dominated = np.zeros(len(left), dtype=bool)
-        for start in range(0, len(left), _CHUNK):
-            rows = others[start : start + _CHUNK]
-            # worse[i, j]: row j of the chunk is dominated by row i of the rest.
-            no_better = (others[:, None, :] <= rows[None, :, :]).all(-1)
-            better = (others[:, None, :] < rows[None, :, :]).any(-1)
-            dominated[start : start + _CHUNK] = (no_better & better).any(0)
-        layers[left[~dominated]] = layer
-        layer += 1
-    layers[layers < 0] = layer
-    return layers
-
-
-_CHUNK = 256

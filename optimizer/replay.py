@@ -38,18 +38,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Sequence
 
 from ax import Client
 from ax.core.data import Data, DataRow
 
 from campaigns.errors import OptimizerError
-from campaigns.events import Measurement, ParameterValue
 from campaigns.spec import CampaignSpec
-from campaigns.state import TrialRecord
-from optimizer.ax_setup import AX_ERRORS, coerce_parameters, optimizer_error
+from optimizer.ax_setup import AX_ERRORS, optimizer_error
+from optimizer.records import (  # noqa: F401  (re-exported)
+    RawData,
+    TrialEntry,
+    ordered_trials,
+    raw_data,
+    trial_run_metadata,
+)
 from optimizer.robust import metric_bounds, safety_cutoffs
 
 __all__ = [
@@ -64,93 +67,10 @@ __all__ = [
     "trial_run_metadata",
 ]
 
-#: Ax's raw outcome of one trial: metric name → mean, or (mean, sem).
-RawData = dict[str, float | tuple[float, float]]
-
-#: What a trial is to the optimizer: suggested or running trials are pending a result.
-EntryStatus = Literal["pending", "completed", "failed", "rejected"]
-
 #: The warning Ax gives for a trial attached outside the search space; such trials are expected.
 OUT_OF_DESIGN = r"Parameterization .* is in out-of-design"
 _ATTACH_HINT = "the trial does not fit the campaign's search space; check the spec and the log"
 _BUG = "this is a bug in closedloop; please report it"
-
-
-@dataclass
-class TrialEntry:
-    """One trial as the optimizer records it (and Ax is told it).
-
-    Attributes:
-        trial_id: The Ax trial index as text.
-        parameters: The parameters run (a person's edit, if any), in the spec's types.
-        generator: ``"sobol"``, ``"botorch"`` or ``"human"``.
-        sobol_position: The trial's position in the Sobol sequence, if a Sobol point.
-        status: ``"pending"`` until completed, failed or rejected.
-        measurements: The measurements, once completed (may be empty: completed without data).
-        reason: Why it failed or was rejected.
-        run_metadata: Ax run metadata (``trial_run_metadata``), for a trial a person chose.
-    """
-
-    trial_id: str
-    parameters: dict[str, ParameterValue]
-    generator: str
-    sobol_position: int | None
-    status: EntryStatus = "pending"
-    measurements: dict[str, Measurement] = field(default_factory=dict)
-    reason: str | None = None
-    run_metadata: dict[str, object] | None = None
-
-
-def raw_data(measurements: Mapping[str, Measurement]) -> RawData:
-    """Measurements as Ax raw data: ``(mean, sem)``, or the mean alone when ``sem`` is None."""
-    return {name: (m.mean, m.sem) if m.sem is not None else m.mean for name, m in measurements.items()}
-
-
-def trial_run_metadata(record: TrialRecord) -> dict[str, object] | None:
-    """What Ax's trial run metadata notes about a trial a person chose, else None.
-
-    ``{"chosen_by": "human", "decided_by": "user:ana", "suggested_parameters": {...}}``: the
-    parameters were edited by a person at approval; ``suggested_parameters`` are the ones the
-    optimizer had proposed.
-    """
-    if record.generator != "human":
-        return None
-    return {
-        "chosen_by": "human",
-        "decided_by": record.decided_by,
-        "suggested_parameters": dict(record.suggested_parameters or {}),
-    }
-
-
-def ordered_trials(spec: CampaignSpec, trials: Iterable[TrialRecord]) -> list[TrialEntry]:
-    """The log's trials in index order as entries, parameters coerced to the spec's types.
-
-    Completed trials carry their measurements, failed and rejected ones their reason; the
-    others (suggested, running) are pending.
-
-    Raises:
-        OptimizerError: the trial ids are not ``"0", "1", ...`` in index order, or a trial's
-            parameters do not fit the spec.
-    """
-    out: list[TrialEntry] = []
-    for expected, record in enumerate(sorted(trials, key=lambda r: r.index)):
-        if record.trial_id != str(expected):
-            raise OptimizerError(
-                f"campaign {spec.name!r}: trial {record.trial_id!r} is number {expected} in the log; "
-                f"expected trial id {str(expected)!r}",
-                "trial ids are Ax trial indices in suggestion order; the log is damaged or hand-edited",
-                trial_id=record.trial_id,
-            )
-        entry = TrialEntry(
-            record.trial_id, coerce_parameters(spec, record.parameters), record.generator,
-            record.sobol_position, run_metadata=trial_run_metadata(record),
-        )
-        if record.status == "completed":
-            entry.status, entry.measurements = "completed", dict(record.measurements)
-        elif record.status in ("failed", "rejected"):
-            entry.status, entry.reason = record.status, record.failure_reason or record.status
-        out.append(entry)
-    return out
 
 
 def attach_one(client: Client, spec: CampaignSpec, trial: TrialEntry) -> str:

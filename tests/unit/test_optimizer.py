@@ -168,7 +168,7 @@ def test_failed_and_pending_trials() -> None:
     with pytest.raises(OptimizerError, match="n must be at least 1"):
         opt.suggest(0)
     c = opt.suggest(1)[0]
-    with pytest.raises(OptimizerError, match="Metric name must be a non-empty string") as info:
+    with pytest.raises(OptimizerError, match="a metric name must be a non-empty string") as info:
         opt.complete(c.trial_id, {"": Measurement(mean=1.0)})  # refused as Ax refuses it
     assert info.value.trial_id == c.trial_id and "\n" not in str(info.value)
     opt.complete(c.trial_id, {"branin": Measurement(mean=3.0)})  # still pending: a good result is taken
