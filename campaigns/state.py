@@ -161,14 +161,16 @@ class CampaignState:
         """Trials that count against ``max_trials``: every suggested trial but rejected ones."""
         return len(self.trials) - self._rejected
 
-    def failure_rate_exceeded(self) -> str | None:
-        """Why the failure policy says pause (failures since the last resume), or None."""
+    def failure_rate_exceeded(self, extra_failures: int = 0) -> str | None:
+        """Why the failure policy says pause (failures since the last resume, and
+        ``extra_failures`` about to be logged), or None."""
         if self.spec is None:
             return None
         policy = self.spec.failure_policy
-        done = self.window_completed + self.window_failed
-        if self.window_failed >= policy.min_failures and self.window_failed > policy.max_failure_rate * done:
-            return (f"{self.window_failed} of {done} trials failed, more than the tolerated "
+        failed = self.window_failed + extra_failures
+        done = self.window_completed + failed
+        if failed >= policy.min_failures and failed > policy.max_failure_rate * done:
+            return (f"{failed} of {done} trials failed, more than the tolerated "
                     f"{policy.max_failure_rate:.0%} (failure_policy.max_failure_rate)")
         return None
 

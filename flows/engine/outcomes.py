@@ -5,9 +5,9 @@ marks the pass *urgent*: the loop flushes it to the log in the same pass (before
 acknowledges the messages that caused it), so an outcome is in the log as soon as it is
 decided. The optimizer hears of outcomes through the loop's optimizer thread, in order.
 
-Whose value is it: a result counts only from the device its request went to (on time or
-late), and only for metrics that device announces in its retained status; a metric sent as
-``null`` was not measured and has no value. Rejected messages are bounded
+What a result means and what a failed attempt leads to are decided by the pure functions of
+``flows.engine.verdicts`` (whose value is it); this mixin stages their events, tells the
+optimizer, and keeps the run's bookkeeping. Rejected messages are bounded
 (``flows.engine.rejections``), and a run in which no device answered anything pauses with the likely
 causes instead of finishing as if all were well.
 """
@@ -30,13 +30,9 @@ from campaigns import (
     DeviceOnline,
     DeviceSkipped,
     EventBase,
-    LateResultRecorded,
-    Measurement,
     MessagesRejected,
-    TrialCompleted,
     TrialFailed,
     TrialRecord,
-    TrialRetried,
     utcnow,
 )
 from campaigns import MessageRejected as MessageRejectedEvent
@@ -47,8 +43,8 @@ from devices.events import (
     ResultReceived,
     StatusChanged,
 )
-from devices.messages import TrialResult
 from flows.engine.rejections import RejectionBudget, kind_of
+from flows.engine.verdicts import failure_events, judge_result
 from flows.engine.writer import EventWriter
 
 if TYPE_CHECKING:
@@ -153,20 +149,12 @@ class Outcomes:
         return True
 
     def _fail(self, t: TrialRecord, reason: str, detail: str) -> None:
-        spec = self.state.spec
-        assert spec is not None
         self._deadlines.pop(t.trial_id, None)
-        common = {"trial_id": t.trial_id, "reason": reason, "detail": detail,
-                  "device_id": t.device_id, "request_id": t.request_id}
-        if t.attempts <= spec.failure_policy.retries:
-            self._stage(TrialRetried(**self.writer.fields("orchestrator"), attempt=t.attempts, **common))  # type: ignore[arg-type]
-            return
-        self._stage(TrialFailed(**self.writer.fields("orchestrator"), **common))  # type: ignore[arg-type]
-        trial_id = t.trial_id
-        self._worker.tell(lambda optimizer: optimizer.fail(trial_id, reason))
-        why = self.state.failure_rate_exceeded()
-        if why is not None and self.state.paused_reason is None:  # one pause, not one per later failure
-            self._stage(CampaignPaused(**self.writer.fields("orchestrator"), reason="failure_rate", detail=why))  # type: ignore[arg-type]
+        events = failure_events(self.state, t, reason, detail)
+        self._stage(*events)
+        if isinstance(events[0], TrialFailed):
+            trial_id = t.trial_id
+            self._worker.tell(lambda optimizer: optimizer.fail(trial_id, reason))
 
     # -- rejections -----------------------------------------------------------------------
 
@@ -260,78 +248,27 @@ class Outcomes:
         return False
 
     def _result(self, event: ResultReceived, spec: CampaignSpec) -> None:
-        device_id, result = event.device_id, event.result
-        topic = self.hub.topics.results(device_id)
-        # Any attempt's request id: a result for an earlier attempt of a retried trial measures
-        # the same parameters, and the first valid result wins.
-        t = self.state.trial_by_request(result.request_id)
-        if t is None or t.trial_id != result.trial_id:
-            self._reject(device_id, topic, f"result for unknown request {result.request_id[:100]!r} / "
-                                           f"trial {result.trial_id[:100]!r}", kind="unknown_request", at=event.received_at)
+        device_id = event.device_id
+        status = self.hub.devices().get(device_id)
+        v = judge_result(self.state, self._needed(spec), device_id, event.result,
+                         None if status is None else status.measures)
+        self._watch.heard |= v.heard
+        if v.refused is not None:
+            reason, kind = v.refused
+            self._reject(device_id, self.hub.topics.results(device_id), reason, kind=kind, at=event.received_at)
             return
-        sent_to = t.requests.get(result.request_id)
-        if sent_to != device_id:
-            # On time or late: only the device the request went to answers for it.
-            self._reject(device_id, topic, f"result for request {result.request_id!r} came from {device_id[:100]!r}; "
-                                           f"the request went to {sent_to!r}", kind="wrong_device", at=event.received_at)
-            return
-        self._watch.heard = True
-        measurements, ignored = self._announced(device_id, result.measured)
-        if t.status == "failed" and result.status == "completed" and not t.late_measurements and measurements:
-            self._note_ignored(device_id, ignored)
-            self._stage(LateResultRecorded(**self.writer.fields(f"device:{device_id}"),  # type: ignore[arg-type]
-                                           trial_id=t.trial_id, device_id=device_id,
-                                           request_id=result.request_id, measurements=measurements))
-            return
-        if t.terminal:
-            self._reject(device_id, topic, f"duplicate result for trial {t.trial_id} (already {t.status}) "
-                                           f"for request {result.request_id!r}", kind="duplicate", at=event.received_at)
-            return
-        current = t.status == "running" and t.request_id == result.request_id
-        failure = self._failure(result, measurements, ignored, spec)
-        if failure is not None and not current:
-            # An earlier attempt's failure says nothing of the attempt now under way.
-            self._reject(device_id, topic, f"{failure[0]} for an earlier attempt of trial {t.trial_id} "
-                                           f"(request {result.request_id!r})", kind="duplicate", at=event.received_at)
-            return
-        if current:
+        if v.frees_device:
             self._answered.add(device_id)  # done with our trial: ready for the next (see CampaignLoop)
-        if failure is not None:
-            self._fail(t, *failure)
-            return
-        self._note_ignored(device_id, ignored)
-        status = self.hub.devices().get(device_id)
-        not_measured = [m for m in result.not_measured if status is None or m in status.measures]
-        self._stage(TrialCompleted(**self.writer.fields(f"device:{device_id}"), trial_id=t.trial_id,  # type: ignore[arg-type]
-                                   device_id=device_id, request_id=result.request_id, measurements=measurements,
-                                   not_measured=not_measured))
-        self._deadlines.pop(t.trial_id, None)
-        trial_id = t.trial_id
-        self._worker.tell(lambda optimizer: optimizer.complete(trial_id, measurements))
-
-    def _failure(self, result: TrialResult, measurements: dict[str, Measurement], ignored: list[str],
-                 spec: CampaignSpec) -> tuple[str, str] | None:
-        """``(reason, detail)`` when a result does not complete its trial: the device failed,
-        or a metric the campaign needs is null (not measured), missing or not announced."""
-        if result.status == "failed":
-            return "device_error", result.error or "device reported failure"
-        unmeasured = [m for m in self._needed(spec) if m in result.not_measured]
-        if unmeasured:
-            return "not_measured", f"the device reported {unmeasured[0]!r} as null (not measured); the campaign needs it"
-        missing = [m for m in self._needed(spec) if m not in measurements]
-        if missing:
-            why = " (not among the metrics its status announces)" if missing[0] in ignored else ""
-            return "invalid_result", f"result lacks metric {missing[0]!r}{why}"
-        return None
-
-    def _announced(self, device_id: str, measured: dict[str, Any]) -> tuple[dict[str, Measurement], list[str]]:
-        """The measurements of metrics the device's status announces (all of them while its
-        status is unknown, e.g. a result that overtook the retained status after a restart),
-        and the names of those left out."""
-        status = self.hub.devices().get(device_id)
-        kept = {k: Measurement(mean=m.mean, sem=m.sem) for k, m in measured.items()
-                if status is None or k in status.measures}
-        return kept, sorted(set(measured) - set(kept))
+        self._note_ignored(device_id, v.ignored)
+        self._stage(*v.events)
+        trial_id = v.trial_id
+        self._deadlines.pop(trial_id, None)  # type: ignore[arg-type]
+        if v.completed is not None:
+            measurements = v.completed
+            self._worker.tell(lambda optimizer: optimizer.complete(trial_id, measurements))
+        elif v.failed:
+            reason = v.events[0].reason  # type: ignore[attr-defined]
+            self._worker.tell(lambda optimizer: optimizer.fail(trial_id, reason))
 
     @staticmethod
     def _note_ignored(device_id: str, ignored: list[str]) -> None:
