@@ -42,6 +42,34 @@ def read_events(env: dict[str, str], campaign: str) -> list[Any]:
         return store.read(campaign)
 
 
+def log_of(env: dict[str, str], campaign: str) -> list[Any]:
+    """The campaign's log as the CLI with ``env`` reads it: the configured database, or the
+    embedded server of its home while one runs (none running: no log yet, and none is started)."""
+    from storage import EmbeddedMongo, MongoEventStore
+
+    if "CLOSEDLOOP_MONGODB_URI" in env:
+        with MongoEventStore(env["CLOSEDLOOP_MONGODB_URI"],
+                             database=env.get("CLOSEDLOOP_MONGODB_DATABASE", "closedloop")) as store:
+            return store.read(campaign)
+    home = Path(env["CLOSEDLOOP_HOME"])
+    if not (home / "mongo.json").exists():
+        return []
+    with EmbeddedMongo(home) as mongo, MongoEventStore(mongo.uri) as store:
+        return store.read(campaign)
+
+
+def status_now(campaign: str, env: dict[str, str]) -> dict[str, Any] | None:
+    """What `closedloop status CAMPAIGN --json` prints, computed in this process from the log
+    (the same ``status_dict``): the condition a test's wait polls, without a CLI process per poll
+    (~0.7 s of CPU each). None while the campaign has no log yet. The `status` command itself
+    is tested where its output is the point (test_cli_run)."""
+    from campaigns import fold
+    from flows.cli.report import status_dict
+
+    events = log_of(env, campaign)
+    return status_dict(fold(events)) if events else None
+
+
 def run(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLOSEDLOOP, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 

@@ -3,7 +3,6 @@ instruments' own records; two concurrent runs; a result published while nobody l
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -19,7 +18,7 @@ import pytest
 from campaigns import LateResultRecorded, MessageRejected, RunStarted, TrialCompleted, TrialDispatched, fold
 from simulators import read_completions, read_executions
 from storage import EmbeddedMongo, MongoEventStore
-from tests.e2e.cli import CLOSEDLOOP, cli_env, run, status, write_spec
+from tests.e2e.cli import CLOSEDLOOP, cli_env, run, status, status_now, write_spec
 
 SPEC: dict[str, Any] = {
     "name": "crashy",
@@ -59,8 +58,7 @@ def log_events(home: Path, campaign: str) -> list[Any]:
 
 
 def status_or_none(campaign: str, env: dict[str, str]) -> dict[str, Any] | None:
-    out = run(["status", campaign, "--json"], env, timeout=60)
-    return json.loads(out.stdout) if out.returncode == 0 else None
+    return status_now(campaign, env)
 
 
 @pytest.mark.timeout(600)
