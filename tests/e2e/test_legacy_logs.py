@@ -107,12 +107,13 @@ def test_a_legacy_campaign_waiting_for_approval_resumes_and_finishes(
     try:
         # first_n: 4 — trial 3 asks for approval too, in this run.
         deadline = time.monotonic() + 240
-        while not (m := re.search(r"^legacy-approval  approval (\S+)  since", run(["pending"], env, timeout=60).stdout,
-                                  re.MULTILINE)):
+        while not (opened := [a for a in fold(read_events(env, "legacy-approval")).open_approvals if a != "a2"]):
             assert orch.poll() is None, orch.communicate()
             assert time.monotonic() < deadline, "trial 3's approval request never came"
             time.sleep(0.3)
-        approval = m.group(1)
+        approval = opened[0]
+        listed = run(["pending"], env, timeout=60).stdout  # as a person sees it
+        assert re.search(rf"^legacy-approval  approval {approval}  since", listed, re.MULTILINE), listed
         out = run(["approve", "legacy-approval", "--approval", approval, "--reason", "fine", "--by", "tester"], env)
         assert out.returncode == 0, out.stderr
         _, err = orch.communicate(timeout=300)
