@@ -56,6 +56,6 @@ print(json.dumps(sorted({{n.split('.')[0] for n in sys.modules}} & {{"ax", "boto
 
 
 def test_a_campaign_on_the_fast_engine_never_loads_ax() -> None:
-    # Ax takes seconds to import: every `closedloop run` of a continuous campaign saved them.
+    # Ax takes seconds to import: every `closedloop run` of a continuous campaign saves them.
+    # BoTorch is seen (the fast engine uses its optimizers): the check sees what a run loads.
     assert _runs_loading("fast") == ["botorch"]
-    assert _runs_loading("ax") == ["ax", "botorch"]
