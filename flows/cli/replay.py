@@ -23,7 +23,6 @@ from flows.cli.compare import best_so_far, compare_table, write_compare
 from flows.cli.drive import drive
 from flows.cli.people import current_user
 from flows.cli.tables import table
-from flows.engine.catalog import check_spec_devices
 from flows.engine.replay import faithful_points, plan_replay
 
 __all__ = ["add_replay_commands", "faithful_report", "identical_trials", "parse_options", "serve_emulator"]
@@ -131,6 +130,7 @@ def _print_faithful(source: CampaignState, replay: CampaignState, report: Path |
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from flows.engine.catalog import check_spec_devices  # the simulator catalog: only where a spec is accepted
 
     for flag, value in (("--batch-size", args.batch_size), ("--seed", args.seed)):
         if value is not None and abs(value) >= 2**63:  # the log stores 8-byte integers
