@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from campaigns import CampaignSpec, ConfigurationError, UsageError
-from devices import MqttSettings, parse_broker_url
 from flows.app.settings import Settings
 
 if TYPE_CHECKING:
+    from devices import MqttSettings
     from storage import MongoEventStore
 
 __all__ = ["broker_url", "event_store", "simulated_lab", "mqtt_settings"]
@@ -78,6 +78,8 @@ def running_broker_url(settings: Settings, given: str | None = None) -> str:
         ClosedLoopError: none of them.
     """
     if given:
+        from devices import parse_broker_url
+
         if parse_broker_url(given).password is not None:
             raise UsageError(
                 "--broker: a password on the command line is visible to every user of this machine (ps)",
@@ -106,6 +108,8 @@ def mqtt_settings(settings: Settings, url: str) -> MqttSettings:
     Raises:
         ClosedLoopError: ``CLOSEDLOOP_MQTT_PASSWORD_FILE`` cannot be read.
     """
+    from devices import MqttSettings
+
     password = settings.mqtt_password
     if settings.mqtt_password_file is not None:
         try:

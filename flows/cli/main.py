@@ -35,7 +35,6 @@ from campaigns import (
     load_spec,
 )
 from campaigns.identity import new_instance
-from devices import parse_broker_url
 from flows.app.runtime import (
     event_store,
     mqtt_settings,
@@ -226,6 +225,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         raise UsageError("sim: --device-id is required to serve as an instrument", "e.g. --device-id bench-1")
     settings = Settings()
     if args.broker is not None:
+        from devices import parse_broker_url
+
         try:
             parse_broker_url(args.broker)
         except ClosedLoopError as exc:
