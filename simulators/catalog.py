@@ -5,8 +5,8 @@ every simulator include the behaviour options (:class:`SimulatorOptions`: noise,
 failures, drift, seed).
 
 The catalog makes an entry on first use: a test function's options are a pydantic model of
-their own, and making the 50-odd of them took 80 ms of every process that imports the catalog
-(``closedloop validate``, ``approve``, ``change``), which uses one or two.
+their own, and every process that imports the catalog (``closedloop validate``, ``approve``,
+``change``) uses one or two of the 50-odd (figures: benchmarks/README.md, issue 15).
 """
 
 from __future__ import annotations
