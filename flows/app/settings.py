@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     @classmethod
     def _mqtt_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            from devices import parse_broker_url  # the devices layer, only for a value to check
+            # the devices layer's own check, loaded only when there is a value to check
+            from devices import parse_broker_url
 
             _one_line(parse_broker_url, value.get_secret_value())  # its message shows the URL redacted
         return value

@@ -29,8 +29,8 @@ from campaigns import (
     ClosedLoopError,
     OutputError,
     SpecError,
-    event_to_doc,
     UsageError,
+    event_to_doc,
     fold,
     load_spec,
 )
@@ -81,7 +81,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from flows.engine.catalog import check_spec_devices  # the simulator catalog: only where a spec is accepted
+    # the simulator catalog, loaded only where a spec is accepted
+    from flows.engine.catalog import check_spec_devices
 
     spec = load_spec(args.spec)
     check_spec_devices(spec)

@@ -82,8 +82,10 @@ def _deliver(campaign_id: str, kind: str, payload: dict[str, Any], args: argpars
 
 
 def _send(store: MongoEventStore, settings: Settings, command: Command) -> int:
+    # the lease and the engine's command rules (which load the simulator catalog: a change is
+    # checked against it) only for a command that goes to the log
     from flows.app.lease import hold_lease
-    from flows.engine.commands import bind_approval, events_for  # with the simulator catalog: a change is checked against it
+    from flows.engine.commands import bind_approval, events_for
 
     campaign_id = command.campaign_id
     state = fold(store.read(campaign_id))

@@ -131,7 +131,7 @@ def _print_faithful(source: CampaignState, replay: CampaignState, report: Path |
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from flows.cli.compare import best_so_far, compare_table, write_compare
-    from flows.engine.catalog import check_spec_devices  # the simulator catalog, where a spec is accepted
+    from flows.engine.catalog import check_spec_devices
     from flows.engine.replay import plan_replay
 
     for flag, value in (("--batch-size", args.batch_size), ("--seed", args.seed)):

@@ -20,7 +20,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, indent: s
         rows: The cells; ``None`` shows as ``-``.
         indent: Put before every line (a table under a heading).
     """
-    from tabulate import tabulate  # on first use: `status` and most commands print no table
+    # imported on first use: `status` and most commands print no table
+    from tabulate import tabulate
 
     text = tabulate([["-" if c is None else c for c in row] for row in rows], headers=list(headers),
                     tablefmt="simple", disable_numparse=True)

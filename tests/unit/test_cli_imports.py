@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 #: What importing the CLI must not load: the MQTT client and broker, the database driver,
-#: the simulators, Prefect, the optimizer's numerical stack, the table formatter.
+#: the simulators, Prefect, the optimizer's numerical stack, the table formatter, the YAML reader.
 RUN_ONLY = ["paho", "amqtt", "pymongo", "bson", "storage", "simulators", "prefect", "torch", "botorch", "ax",
-            "numpy", "tabulate", "flows.prefect", "flows.app.lease", "flows.app.wiring", "flows.engine.commands"]
+            "numpy", "tabulate", "yaml", "flows.prefect", "flows.app.lease", "flows.app.wiring", "flows.engine.commands"]
 
 _SNAPSHOTS = f"""
 import json, sys
