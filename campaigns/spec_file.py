@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from campaigns.approval import ApprovalPolicy, check_condition
@@ -126,6 +125,8 @@ def load_spec(path: str | Path) -> CampaignSpec:
         raise SpecError(f"{p}: no such file", "check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{p}: cannot read: {_first_line(exc)}", "check the file") from None
+    import yaml  # here, not at the top: every command imports the domain, few read a spec file
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -15,37 +15,42 @@ The only package that imports paho. Public names:
   :class:`ConnectionLost`, :class:`ConnectionRestored`
 - embedded default broker: :class:`EmbeddedBroker`
 
-The names that need paho or amqtt (the connection, the hub, the embedded broker) are imported
-on first use, so the messages, topics and events serve code that never talks MQTT (the
-engine's in-memory hub) without loading an MQTT client.
+Every name is imported on first use, from the module that holds it: the names that need paho
+or amqtt (the connection, the hub, the embedded broker) load no MQTT client for code that never
+talks MQTT (the engine's in-memory hub), and the settings check of every CLI command
+(``parse_broker_url``, ``Topics``) loads neither the messages nor the events.
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .events import (
-    ConnectionLost,
-    ConnectionRestored,
-    Delivery,
-    HubEvent,
-    MessageRejected,
-    ResultReceived,
-    StatusChanged,
-)
-from .messages import (
-    MAX_PAYLOAD_BYTES,
-    PROTOCOL_VERSION,
-    DeviceStatus,
-    Measurement,
-    RunTrial,
-    TrialResult,
-    encode,
-    parse_request,
-    parse_result,
-    parse_status,
-)
-from .settings import BrokerAddress, MqttSettings, parse_broker_url, redact_url
-from .topics import Channel, Topics, validate_device_id
+if TYPE_CHECKING:  # what type checkers and readers see; at run time, __getattr__ below
+    from .broker import EmbeddedBroker
+    from .events import (
+        ConnectionLost,
+        ConnectionRestored,
+        Delivery,
+        HubEvent,
+        MessageRejected,
+        ResultReceived,
+        StatusChanged,
+    )
+    from .hub import MqttDeviceHub
+    from .messages import (
+        MAX_PAYLOAD_BYTES,
+        PROTOCOL_VERSION,
+        DeviceStatus,
+        Measurement,
+        RunTrial,
+        TrialResult,
+        encode,
+        parse_request,
+        parse_result,
+        parse_status,
+    )
+    from .mqtt import MessageHandler, MqttConnection, connect
+    from .settings import BrokerAddress, MqttSettings, parse_broker_url, redact_url
+    from .topics import Channel, Topics, validate_device_id
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -79,12 +84,21 @@ __all__ = [
     "validate_device_id",
 ]
 
-_NEEDS_A_CLIENT = {"EmbeddedBroker": ".broker", "MqttDeviceHub": ".hub", "MessageHandler": ".mqtt",
-                   "MqttConnection": ".mqtt", "connect": ".mqtt"}
+_MODULES = {
+    **dict.fromkeys(["ConnectionLost", "ConnectionRestored", "Delivery", "HubEvent", "MessageRejected",
+                     "ResultReceived", "StatusChanged"], ".events"),
+    **dict.fromkeys(["MAX_PAYLOAD_BYTES", "PROTOCOL_VERSION", "DeviceStatus", "Measurement", "RunTrial",
+                     "TrialResult", "encode", "parse_request", "parse_result", "parse_status"], ".messages"),
+    **dict.fromkeys(["BrokerAddress", "MqttSettings", "parse_broker_url", "redact_url"], ".settings"),
+    **dict.fromkeys(["Channel", "Topics", "validate_device_id"], ".topics"),
+    # these need paho or amqtt
+    "EmbeddedBroker": ".broker", "MqttDeviceHub": ".hub", "MessageHandler": ".mqtt", "MqttConnection": ".mqtt",
+    "connect": ".mqtt",
+}
 
 
 def __getattr__(name: str) -> Any:
-    module = _NEEDS_A_CLIENT.get(name)
+    module = _MODULES.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)

@@ -9,26 +9,32 @@ its emulator, ``python -m simulators.standalone``), :func:`parse_options` (``--o
 :func:`read_executions`, :func:`read_completions`, :func:`executions_path`, and the benchmark
 functions :func:`branin`, :func:`hartmann6` and :func:`branin_currin`.
 
-What talks MQTT (the instrument, ``serve``, the records keyed by request) is imported on first
-use: the models and the catalog serve the engine's in-memory hub without an MQTT client.
+Every name is imported on first use, from the module that holds it: what talks MQTT (the
+instrument, ``serve``, the records keyed by request) stays unloaded where the models and the
+catalog serve the engine's in-memory hub, and the catalog (``closedloop validate``) loads no
+simulator's model that the spec does not name.
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .behaviour import Drift, Failures, Outcome, SimulatorOptions, run_random, simulate
-from .catalog import (
-    SIMULATORS,
-    BraninCurrinOptions,
-    BraninOptions,
-    FunctionOptions,
-    Hartmann6Options,
-    SimulatorInfo,
-)
-from .colour import ColourMixingModel, ColourMixingOptions, plot_spectra
-from .functions import FUNCTIONS, BotorchModel, TestFunction, branin, branin_currin, hartmann6
-from .model import ParameterError, SimModel
-from .reaction import ReactionYieldModel, ReactionYieldOptions
+if TYPE_CHECKING:  # what type checkers and readers see; at run time, __getattr__ below
+    from .behaviour import Drift, Failures, Outcome, SimulatorOptions, run_random, simulate
+    from .catalog import (
+        SIMULATORS,
+        BraninCurrinOptions,
+        BraninOptions,
+        FunctionOptions,
+        Hartmann6Options,
+        SimulatorInfo,
+    )
+    from .colour import ColourMixingModel, ColourMixingOptions, plot_spectra
+    from .functions import FUNCTIONS, BotorchModel, TestFunction, branin, branin_currin, hartmann6
+    from .instrument import SimInstrument, simulator_info
+    from .model import ParameterError, SimModel
+    from .reaction import ReactionYieldModel, ReactionYieldOptions
+    from .record import executions_path, read_completions, read_executions
+    from .standalone import StopSignal, parse_options, run_standalone, serve
 
 __all__ = [
     "FUNCTIONS",
@@ -67,14 +73,23 @@ __all__ = [
     "simulator_info",
 ]
 
-_NEEDS_A_CLIENT = {"SimInstrument": ".instrument", "simulator_info": ".instrument",
-                   "executions_path": ".record", "read_completions": ".record", "read_executions": ".record",
-                   "StopSignal": ".standalone", "parse_options": ".standalone", "run_standalone": ".standalone",
-                   "serve": ".standalone"}
+_MODULES = {
+    **dict.fromkeys(["Drift", "Failures", "Outcome", "SimulatorOptions", "run_random", "simulate"], ".behaviour"),
+    **dict.fromkeys(["SIMULATORS", "BraninCurrinOptions", "BraninOptions", "FunctionOptions", "Hartmann6Options",
+                     "SimulatorInfo"], ".catalog"),
+    **dict.fromkeys(["ColourMixingModel", "ColourMixingOptions", "plot_spectra"], ".colour"),
+    **dict.fromkeys(["FUNCTIONS", "BotorchModel", "TestFunction", "branin", "branin_currin", "hartmann6"], ".functions"),
+    **dict.fromkeys(["ParameterError", "SimModel"], ".model"),
+    **dict.fromkeys(["ReactionYieldModel", "ReactionYieldOptions"], ".reaction"),
+    # these talk MQTT
+    **dict.fromkeys(["SimInstrument", "simulator_info"], ".instrument"),
+    **dict.fromkeys(["executions_path", "read_completions", "read_executions"], ".record"),
+    **dict.fromkeys(["StopSignal", "parse_options", "run_standalone", "serve"], ".standalone"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    module = _NEEDS_A_CLIENT.get(name)
+    module = _MODULES.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)

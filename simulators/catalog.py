@@ -3,23 +3,26 @@
 Every entry builds a :class:`~simulators.SimModel` from validated options; the options of
 every simulator include the behaviour options (:class:`SimulatorOptions`: noise, durations,
 failures, drift, seed).
+
+The catalog makes an entry on first use: a test function's options are a pydantic model of
+their own, and every process that imports the catalog (``closedloop validate``, ``approve``,
+``change``) uses one or two of the 50-odd (figures: benchmarks/README.md, issue 15).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 
 from .behaviour import Outcome, SimulatorOptions
-from .colour import ColourMixingModel, ColourMixingOptions
 from .functions import FUNCTIONS, BotorchModel, TestFunction
 from .model import SimModel
-from .reaction import ReactionYieldModel, ReactionYieldOptions
 
 __all__ = [
     "SIMULATORS",
@@ -200,29 +203,86 @@ def _emulator(options: EmulatorOptions) -> SimModel:
     return _load_emulator(str(path), mtime)
 
 
-SIMULATORS: Mapping[str, SimulatorInfo] = {
-    **{name: _function_info(f, _DESCRIPTIONS.get(name)) for name, f in sorted(FUNCTIONS.items())},
-    "colour_mixing": SimulatorInfo(
+def _colour_mixing() -> SimulatorInfo:
+    from .colour import ColourMixingModel, ColourMixingOptions
+
+    return SimulatorInfo(
         "colour_mixing",
         "CLSLab:Light: R, G, B duty cycles in [0, 1] -> 8 spectral channels ch415..ch680 and colour_distance",
         ColourMixingOptions,
         ColourMixingModel,
-    ),
-    "reaction_yield": SimulatorInfo(
+    )
+
+
+def _reaction_yield() -> SimulatorInfo:
+    from .reaction import ReactionYieldModel, ReactionYieldOptions
+
+    return SimulatorInfo(
         "reaction_yield",
         "temperature, time, concentration, solvent, catalyst -> yield_pct and impurity_pct",
         ReactionYieldOptions,
         ReactionYieldModel,
-    ),
-    "emulator": SimulatorInfo(
+    )
+
+
+class _Catalog(Mapping[str, SimulatorInfo]):
+    """A read-only mapping of name to :class:`SimulatorInfo` whose entries are made on first
+    access, once (under a lock: an entry's options model is one class for every thread)."""
+
+    def __init__(self, makers: Mapping[str, Callable[[], SimulatorInfo]]) -> None:
+        self._makers = dict(makers)
+        self._made: dict[str, SimulatorInfo] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> SimulatorInfo:
+        info = self._made.get(name)
+        if info is None:
+            make = self._makers[name]  # KeyError for a name the catalog lacks, as a dict
+            with self._lock:
+                info = self._made.get(name)
+                if info is None:
+                    info = self._made[name] = make()
+        return info
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._makers
+
+    def __repr__(self) -> str:
+        return f"<simulator catalog: {', '.join(self._makers)}>"
+
+
+SIMULATORS: Mapping[str, SimulatorInfo] = _Catalog({
+    **{name: functools.partial(_function_info, f, _DESCRIPTIONS.get(name)) for name, f in sorted(FUNCTIONS.items())},
+    "colour_mixing": _colour_mixing,
+    "reaction_yield": _reaction_yield,
+    "emulator": lambda: SimulatorInfo(
         "emulator",
         "a GP per metric fitted to a recorded campaign (option file: from `closedloop sim --from-campaign C --save F`)",
         EmulatorOptions,
         _emulator,
     ),
-}
+})
 """Every simulator, by name."""
 
-BraninOptions = SIMULATORS["branin"].options_model
-Hartmann6Options = SIMULATORS["hartmann6"].options_model
-BraninCurrinOptions = SIMULATORS["branin_currin"].options_model
+_OPTIONS_OF = {"BraninOptions": "branin", "Hartmann6Options": "hartmann6", "BraninCurrinOptions": "branin_currin"}
+
+if TYPE_CHECKING:
+    BraninOptions: type[FunctionOptions]
+    Hartmann6Options: type[FunctionOptions]
+    BraninCurrinOptions: type[FunctionOptions]
+
+
+def __getattr__(name: str) -> Any:
+    """The options models of the catalog's best-known functions, made with their entries."""
+    simulator = _OPTIONS_OF.get(name)
+    if simulator is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = SIMULATORS[simulator].options_model
+    globals()[name] = value
+    return value

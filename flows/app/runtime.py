@@ -1,4 +1,9 @@
-"""Wiring: the event store, the broker and the simulated lab, embedded when nothing is configured."""
+"""Wiring: the event store, the broker and the simulated lab, embedded when nothing is configured.
+
+The database driver, the MQTT client, the embedded broker and the simulators are imported
+by the function that uses them: every light command (`status`, `validate`, ...) imports this
+module, and most of them never talk MQTT.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,16 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
 from campaigns import CampaignSpec, ConfigurationError, UsageError
-from devices import EmbeddedBroker, MqttSettings, parse_broker_url
 from flows.app.settings import Settings
-from simulators import SimInstrument
-from storage import EmbeddedMongo, MongoEventStore
+
+if TYPE_CHECKING:
+    from devices import MqttSettings
+    from storage import MongoEventStore
 
 __all__ = ["broker_url", "event_store", "simulated_lab", "mqtt_settings"]
 
@@ -22,6 +29,8 @@ __all__ = ["broker_url", "event_store", "simulated_lab", "mqtt_settings"]
 @contextmanager
 def event_store(settings: Settings) -> Iterator[MongoEventStore]:
     """The campaign log: ``CLOSEDLOOP_MONGODB_URI``, or an embedded nx-27017 under ``home``."""
+    from storage import EmbeddedMongo, MongoEventStore
+
     with ExitStack() as stack:
         if settings.mongodb_uri is not None:
             uri = settings.mongodb_uri.get_secret_value()
@@ -46,6 +55,8 @@ def broker_url(settings: Settings) -> Iterator[str]:
     if settings.mqtt_url is not None:
         yield settings.mqtt_url.get_secret_value()
         return
+    from devices import EmbeddedBroker
+
     settings.home.mkdir(parents=True, exist_ok=True)
     path = _broker_file(settings.home)
     with EmbeddedBroker(settings.home / "broker") as broker:
@@ -67,6 +78,8 @@ def running_broker_url(settings: Settings, given: str | None = None) -> str:
         ClosedLoopError: none of them.
     """
     if given:
+        from devices import parse_broker_url
+
         if parse_broker_url(given).password is not None:
             raise UsageError(
                 "--broker: a password on the command line is visible to every user of this machine (ps)",
@@ -95,6 +108,8 @@ def mqtt_settings(settings: Settings, url: str) -> MqttSettings:
     Raises:
         ClosedLoopError: ``CLOSEDLOOP_MQTT_PASSWORD_FILE`` cannot be read.
     """
+    from devices import MqttSettings
+
     password = settings.mqtt_password
     if settings.mqtt_password_file is not None:
         try:
@@ -111,6 +126,8 @@ def mqtt_settings(settings: Settings, url: str) -> MqttSettings:
 @contextmanager
 def simulated_lab(spec: CampaignSpec, mqtt: MqttSettings, record_dir: Path | None = None) -> Iterator[list[str]]:
     """Start a simulated instrument for every ``simulator:`` device of the spec; yields their ids."""
+    from simulators import SimInstrument
+
     with ExitStack() as stack:
         ids = []
         for d in spec.devices:

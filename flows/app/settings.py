@@ -9,7 +9,6 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from campaigns import ClosedLoopError
-from devices import Topics, parse_broker_url
 
 __all__ = ["Settings", "settings_problem"]
 
@@ -65,12 +64,17 @@ class Settings(BaseSettings):
     @classmethod
     def _mqtt_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
+            # the devices layer's own check, loaded only when there is a value to check
+            from devices import parse_broker_url
+
             _one_line(parse_broker_url, value.get_secret_value())  # its message shows the URL redacted
         return value
 
     @field_validator("mqtt_prefix")
     @classmethod
     def _mqtt_prefix(cls, value: str) -> str:
+        from devices import Topics
+
         _one_line(Topics, value)
         return value
 

@@ -1,6 +1,9 @@
 """The run path shared by `closedloop run`, `resume` and `replay`: under the campaign's lease,
 with its broker, simulated instruments and Prefect API, the campaign flow until it finishes or
-pauses."""
+pauses.
+
+Every CLI command imports this module (for its exit codes); what only a run needs (the lease,
+the wiring, the broker, the simulators, Prefect) is imported by ``drive`` itself."""
 
 from __future__ import annotations
 
@@ -8,15 +11,15 @@ import argparse
 import os
 import sys
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 from campaigns import CampaignNotFoundError, CampaignResumed, CampaignStateError, fold
-from flows.app.lease import hold_lease
-from flows.app.runtime import broker_url, mqtt_settings, simulated_lab
 from flows.app.settings import Settings
-from flows.app.wiring import Wiring, wired
 from flows.cli.people import current_user
 from flows.cli.report import status_text
-from storage import MongoEventStore
+
+if TYPE_CHECKING:
+    from storage import MongoEventStore
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "drive",
            "quiet_prefect_defaults"]
@@ -35,6 +38,10 @@ def quiet_prefect_defaults() -> None:
 
 def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: argparse.Namespace, *, resume: bool) -> int:
     """Run a campaign that exists, under its lease, until it finishes or pauses."""
+    from flows.app.lease import hold_lease
+    from flows.app.runtime import broker_url, mqtt_settings, simulated_lab
+    from flows.app.wiring import Wiring, wired
+
     wiring = Wiring(settings)
     with hold_lease(store.uri, settings.mongodb_database, campaign_id,
                     lambda prev: print(f"campaign {campaign_id}: took over the stale lease of {prev}"),

@@ -29,13 +29,12 @@ from campaigns import (
     ClosedLoopError,
     OutputError,
     SpecError,
-    event_to_doc,
     UsageError,
+    event_to_doc,
     fold,
     load_spec,
 )
 from campaigns.identity import new_instance
-from devices import parse_broker_url
 from flows.app.runtime import (
     event_store,
     mqtt_settings,
@@ -54,7 +53,6 @@ from flows.cli.people import add_commands, current_user
 from flows.cli.replay import add_replay_commands, parse_options
 from flows.cli.report import engine_line, log_line, status_dict, status_text
 from flows.cli.tables import table
-from flows.engine.catalog import check_spec_devices
 
 __all__ = ["EXIT_CODES", "exit_code", "main"]
 
@@ -83,6 +81,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    # the simulator catalog, loaded only where a spec is accepted
+    from flows.engine.catalog import check_spec_devices
+
     spec = load_spec(args.spec)
     check_spec_devices(spec)
     print(f"{args.spec}: campaign {spec.name!r} is valid ({len(spec.parameters)} parameters, "
@@ -106,6 +107,8 @@ def _cmd_log(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.engine.catalog import check_spec_devices
+
     spec = load_spec(args.spec)
     check_spec_devices(spec)
     settings = Settings()
@@ -223,6 +226,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         raise UsageError("sim: --device-id is required to serve as an instrument", "e.g. --device-id bench-1")
     settings = Settings()
     if args.broker is not None:
+        from devices import parse_broker_url
+
         try:
             parse_broker_url(args.broker)
         except ClosedLoopError as exc:

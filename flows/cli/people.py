@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from campaigns import (
     ApprovalGiven,
@@ -43,18 +43,14 @@ from campaigns import (
     fold,
 )
 from campaigns.assignments import parameter_value, parameter_values, split_assignments
+from campaigns.command import Command
 from campaigns.waiting import wait_for
-from flows.app.lease import hold_lease
 from flows.app.runtime import event_store
 from flows.app.settings import Settings
 from flows.cli.tables import table
-from flows.engine.commands import (
-    bind_approval,
-    change_problem,
-    decision_conflict,
-    events_for,
-)
-from storage import Command, MongoCommandInbox, MongoEventStore
+
+if TYPE_CHECKING:
+    from storage import MongoEventStore
 
 __all__ = ["add_commands", "current_user"]
 
@@ -86,6 +82,11 @@ def _deliver(campaign_id: str, kind: str, payload: dict[str, Any], args: argpars
 
 
 def _send(store: MongoEventStore, settings: Settings, command: Command) -> int:
+    # the lease and the engine's command rules (which load the simulator catalog: a change is
+    # checked against it) only for a command that goes to the log
+    from flows.app.lease import hold_lease
+    from flows.engine.commands import bind_approval, events_for
+
     campaign_id = command.campaign_id
     state = fold(store.read(campaign_id))
     if state.spec is None:
@@ -116,6 +117,8 @@ def _send(store: MongoEventStore, settings: Settings, command: Command) -> int:
 
 
 def _hand_over(store: MongoEventStore, settings: Settings, command: Command, locked: CampaignLockedError) -> int:
+    from storage import MongoCommandInbox
+
     with _ctrl_c_between_calls() as interrupted, MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
         inbox.submit(command.campaign_id, command.kind, command.payload, by=command.by,
                      reason=command.reason, command_id=command.command_id)
@@ -169,6 +172,8 @@ def _timeout_note(command: Command) -> None:
 def _interrupted(store: MongoEventStore, settings: Settings, command: Command) -> int:
     """Ctrl-C while a command was on its way: withdraw it if nothing took it yet, and say
     truthfully whether it was applied."""
+    from storage import MongoCommandInbox
+
     cid, what = command.campaign_id, f"`{command.kind}`"
 
     def logged_at() -> int | None:
@@ -326,6 +331,8 @@ def _typed(state: CampaignState, command: Command) -> Command:
 
 
 def _cmd_approve(args: argparse.Namespace) -> int:
+    from flows.engine.commands import decision_conflict
+
     edits: dict[str, dict[str, str]] = {}
     for group in args.edit or []:
         if len(group) < 2:
@@ -340,6 +347,8 @@ def _cmd_approve(args: argparse.Namespace) -> int:
 
 
 def _cmd_change(args: argparse.Namespace) -> int:
+    from flows.engine.commands import change_problem
+
     change: dict[str, Any] = {}
     bounds = {}
     for name, text in _pairs(args.set_bounds or [], "--set-bounds").items():

@@ -19,12 +19,9 @@ from campaigns import (
 from campaigns.identity import new_instance
 from flows.app.runtime import event_store
 from flows.app.settings import Settings
-from flows.cli.compare import best_so_far, compare_table, write_compare
 from flows.cli.drive import drive
 from flows.cli.people import current_user
 from flows.cli.tables import table
-from flows.engine.catalog import check_spec_devices
-from flows.engine.replay import faithful_points, plan_replay
 
 __all__ = ["add_replay_commands", "faithful_report", "identical_trials", "parse_options", "serve_emulator"]
 
@@ -61,6 +58,8 @@ def faithful_report(source: CampaignState, replay: CampaignState) -> tuple[list[
 
     The replay's trial ``i`` re-ran the source's ``i``-th dispatched trial.
     """
+    from flows.engine.replay import faithful_points
+
     assert source.spec is not None
     metrics = list(source.spec.metrics)
     rows: list[dict[str, Any]] = []
@@ -131,6 +130,9 @@ def _print_faithful(source: CampaignState, replay: CampaignState, report: Path |
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from flows.cli.compare import best_so_far, compare_table, write_compare
+    from flows.engine.catalog import check_spec_devices
+    from flows.engine.replay import plan_replay
 
     for flag, value in (("--batch-size", args.batch_size), ("--seed", args.seed)):
         if value is not None and abs(value) >= 2**63:  # the log stores 8-byte integers
@@ -167,6 +169,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from flows.cli.compare import best_so_far, compare_table, write_compare
+
     with event_store(Settings()) as store:
         states = [fold(store.read(c)) for c in args.campaigns]
     for c, s in zip(args.campaigns, states, strict=True):

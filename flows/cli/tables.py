@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from tabulate import tabulate
-
 __all__ = ["table"]
 
 
@@ -22,6 +20,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, indent: s
         rows: The cells; ``None`` shows as ``-``.
         indent: Put before every line (a table under a heading).
     """
+    # imported on first use: `status` and most commands print no table
+    from tabulate import tabulate
+
     text = tabulate([["-" if c is None else c for c in row] for row in rows], headers=list(headers),
                     tablefmt="simple", disable_numparse=True)
     return "\n".join(indent + line.rstrip() for line in text.splitlines())
