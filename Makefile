@@ -17,8 +17,11 @@ demo: $(STAMP)
 	$(BIN)/closedloop run campaigns/examples/branin.yaml --campaign-id branin-demo-$$(date +%Y%m%d-%H%M%S)
 
 # Layer contracts, then the whole test suite (needs Mosquitto: `apt-get install mosquitto mosquitto-clients`).
+# Our modules are byte-compiled first: the suite starts some 300 `closedloop` processes, and
+# with PYTHONDONTWRITEBYTECODE set each would compile them from source.
 test: $(STAMP)
 	$(BIN)/lint-imports
+	$(BIN)/python -m compileall -q campaigns devices flows optimizer simulators storage
 	$(BIN)/python -m pytest
 
 # The layer contracts, and the generated documents (docs/asyncapi.yaml, docs/events.schema.json)
