@@ -7,9 +7,9 @@ Run by path (stdlib only, no package import)::
 Every process using the embedded server holds a shared ``flock`` on ``HOME/mongo.users``, and
 the kernel drops it when that process dies, even by SIGKILL. The keeper waits for the lock
 exclusively: it gets it only once the last user is gone, then removes ``mongo.json`` and
-stops the server. The server itself gets a parent-death signal (Linux), so it never outlives
-its keeper either. Files the server creates are the owner's only (umask 077): the data
-directory 0700, the SQLite files 0600.
+stops the server (killing it if it has not stopped ``GRACE_S`` after SIGTERM). The server itself
+gets a parent-death SIGKILL (Linux), so it never outlives its keeper either. Files the server
+creates are the owner's only (umask 077): the data directory 0700, the SQLite files 0600.
 """
 
 from __future__ import annotations
@@ -24,12 +24,29 @@ import threading
 from pathlib import Path
 
 
+#: How long the server may take to stop after SIGTERM before it is killed. nx-27017 0.8.1 can
+#: hang for good in its shutdown (asyncio cancelling its tasks); committed data is in SQLite's
+#: WAL either way. Below ``EmbeddedMongo``'s 5 s grace for the keeper itself.
+GRACE_S = 3.0
+
+
 def _arm_parent_death() -> None:
-    """In the child, before exec: SIGTERM it when the keeper dies (Linux)."""
+    """In the child, before exec: SIGKILL it when the keeper dies (Linux); a SIGTERM could leave
+    a server hung in its shutdown with no keeper."""
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after ``GRACE_S``."""
+    server.terminate()
+    try:
+        server.wait(timeout=GRACE_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def _stop_when_unused(home: Path, server: subprocess.Popen[bytes]) -> None:
@@ -44,8 +61,7 @@ def _stop_when_unused(home: Path, server: subprocess.Popen[bytes]) -> None:
             state = None
         if isinstance(state, dict) and state.get("pid") == os.getpid():
             state_file.unlink(missing_ok=True)
-        server.terminate()
-        server.wait()
+        _stop(server)
 
 
 def main(argv: list[str]) -> int:
@@ -53,8 +69,11 @@ def main(argv: list[str]) -> int:
     home, command = Path(argv[0]), argv[argv.index("--") + 1:]
     os.umask(0o077)
     server = subprocess.Popen(command, preexec_fn=_arm_parent_death, stdin=subprocess.DEVNULL, cwd=home)  # noqa: PLW1509 - no threads yet
-    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
-    signal.signal(signal.SIGINT, lambda *_: server.terminate())
+    def stop_on_signal(*_: object) -> None:
+        threading.Thread(target=_stop, args=(server,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)
     threading.Thread(target=_stop_when_unused, args=(home, server), daemon=True).start()
     try:
         return server.wait()

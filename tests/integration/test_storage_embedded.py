@@ -194,3 +194,43 @@ def test_a_server_that_cannot_start_gives_storage_error_with_its_output(home: Pa
         EmbeddedMongo(home).start()
     assert "mongo.log" in info.value.hint
     assert not (home / "mongo.json").exists()
+
+
+_HANGS_ON_SIGTERM = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(3600)
+"""
+
+
+def test_a_server_hung_in_its_shutdown_is_killed_and_the_next_user_is_not_blocked(home: Path) -> None:
+    """nx-27017 0.8.1 can hang for good in its shutdown after SIGTERM (asyncio cancelling its
+    tasks). Its keeper waited for it while holding the users lock exclusively, so every later
+    command on that home blocked (a `resume` after a SIGKILL hung in a full run, 2 of ~30
+    tries alone). The keeper now kills a server still running GRACE_S after SIGTERM."""
+    import fcntl
+
+    home.mkdir(parents=True, exist_ok=True)
+    users = (home / "mongo.users").open("ab")
+    fcntl.flock(users.fileno(), fcntl.LOCK_SH)  # a user, there before the keeper
+    pid_file = home / "server.pid"
+    guard = Path(__file__).parents[2] / "storage" / "_guard.py"
+    keeper = subprocess.Popen([sys.executable, str(guard), str(home), "--", sys.executable, "-c", _HANGS_ON_SIGTERM,
+                               str(pid_file)])
+    try:
+        deadline = time.monotonic() + 120  # a hang guard: the server writes its pid as it starts
+        while not pid_file.exists():
+            assert keeper.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        server = int(pid_file.read_text())
+        users.close()  # the last user goes: the keeper stops the server, which ignores SIGTERM
+        keeper.wait(timeout=120)  # a hang guard: the keeper kills it GRACE_S after SIGTERM
+    finally:
+        if keeper.poll() is None:
+            keeper.kill()
+    assert _gone(server)
+    with (home / "mongo.users").open("ab") as again:
+        fcntl.flock(again.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # the next user is not blocked
