@@ -33,6 +33,7 @@ from campaigns import (
     MessagesRejected,
     TrialFailed,
     TrialRecord,
+    TrialRetried,
     utcnow,
 )
 from campaigns import MessageRejected as MessageRejectedEvent
@@ -149,11 +150,16 @@ class Outcomes:
         return True
 
     def _fail(self, t: TrialRecord, reason: str, detail: str) -> None:
-        self._deadlines.pop(t.trial_id, None)
-        events = failure_events(self.state, t, reason, detail)
+        self._stage_failure(t.trial_id, failure_events(self.state, t, reason, detail))
+
+    def _stage_failure(self, trial_id: str, events: list[EventBase]) -> None:
+        """Stage a failed attempt's events (``failure_events``); the optimizer hears of a trial
+        that failed for good, not of one retried."""
+        self._deadlines.pop(trial_id, None)
         self._stage(*events)
-        if isinstance(events[0], TrialFailed):
-            trial_id = t.trial_id
+        failed = events[0]
+        if isinstance(failed, TrialFailed):
+            reason = failed.reason
             self._worker.tell(lambda optimizer: optimizer.fail(trial_id, reason))
 
     # -- rejections -----------------------------------------------------------------------
@@ -259,16 +265,17 @@ class Outcomes:
             return
         if v.frees_device:
             self._answered.add(device_id)  # done with our trial: ready for the next (see CampaignLoop)
+        trial_id = v.trial_id
+        assert trial_id is not None  # a verdict that is not a refusal names its trial
+        if isinstance(v.events[0], (TrialFailed, TrialRetried)):
+            self._stage_failure(trial_id, v.events)
+            return
         self._note_ignored(device_id, v.ignored)
         self._stage(*v.events)
-        trial_id = v.trial_id
-        self._deadlines.pop(trial_id, None)  # type: ignore[arg-type]
+        self._deadlines.pop(trial_id, None)
         if v.completed is not None:
             measurements = v.completed
             self._worker.tell(lambda optimizer: optimizer.complete(trial_id, measurements))
-        elif v.failed:
-            reason = v.events[0].reason  # type: ignore[attr-defined]
-            self._worker.tell(lambda optimizer: optimizer.fail(trial_id, reason))
 
     @staticmethod
     def _note_ignored(device_id: str, ignored: list[str]) -> None:

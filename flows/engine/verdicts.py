@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from campaigns import (
     CampaignPaused,
@@ -26,6 +26,7 @@ from campaigns import (
     TrialRetried,
 )
 from devices.messages import TrialResult
+from flows.engine.writer import next_fields
 
 __all__ = ["ResultVerdict", "failure_events", "judge_result"]
 
@@ -57,10 +58,6 @@ class ResultVerdict:
     ignored: list[str] = field(default_factory=list)
 
 
-def _fields(state: CampaignState, actor: str, offset: int = 0) -> dict[str, Any]:
-    return {"campaign_id": state.campaign_id, "seq": state.last_seq + 1 + offset, "actor": actor}
-
-
 def judge_result(state: CampaignState, needed: Sequence[str], device_id: str, result: TrialResult,
                  announced: Sequence[str] | None) -> ResultVerdict:
     """What ``result``, received from ``device_id``, means for the campaign.
@@ -89,7 +86,7 @@ def judge_result(state: CampaignState, needed: Sequence[str], device_id: str, re
     ignored = sorted(set(result.measured) - set(kept))
     actor = f"device:{device_id}"
     if t.status == "failed" and result.status == "completed" and not t.late_measurements and kept:
-        late = LateResultRecorded(**_fields(state, actor), trial_id=t.trial_id, device_id=device_id,
+        late = LateResultRecorded(**next_fields(state, actor), trial_id=t.trial_id, device_id=device_id,
                                   request_id=result.request_id, measurements=kept)
         return ResultVerdict(events=[late], heard=True, trial_id=t.trial_id, ignored=ignored)
     if t.terminal:
@@ -106,7 +103,7 @@ def judge_result(state: CampaignState, needed: Sequence[str], device_id: str, re
         return ResultVerdict(events=events, heard=True, frees_device=True, trial_id=t.trial_id,
                              failed=isinstance(events[0], TrialFailed))
     not_measured = [m for m in result.not_measured if announced is None or m in announced]
-    done = TrialCompleted(**_fields(state, actor), trial_id=t.trial_id, device_id=device_id,
+    done = TrialCompleted(**next_fields(state, actor), trial_id=t.trial_id, device_id=device_id,
                           request_id=result.request_id, measurements=kept, not_measured=not_measured)
     return ResultVerdict(events=[done], heard=True, frees_device=current, trial_id=t.trial_id, completed=kept,
                          ignored=ignored)
@@ -118,13 +115,13 @@ def failure_events(state: CampaignState, t: TrialRecord, reason: str, detail: st
     assert state.spec is not None
     common = {"trial_id": t.trial_id, "reason": reason, "detail": detail,
               "device_id": t.device_id, "request_id": t.request_id}
-    fields = _fields(state, "orchestrator")
+    fields = next_fields(state, "orchestrator")
     if t.attempts <= state.spec.failure_policy.retries:
         return [TrialRetried(**fields, attempt=t.attempts, **common)]
     out: list[EventBase] = [TrialFailed(**fields, **common)]
     why = state.failure_rate_exceeded(extra_failures=1)
     if why is not None and state.paused_reason is None:  # one pause, not one per later failure
-        out.append(CampaignPaused(**_fields(state, "orchestrator", 1), reason="failure_rate", detail=why))
+        out.append(CampaignPaused(**next_fields(state, "orchestrator", 1), reason="failure_rate", detail=why))
     return out
 
 

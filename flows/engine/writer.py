@@ -27,6 +27,11 @@ __all__ = ["EventWriter"]
 log = logging.getLogger("closedloop.writer")
 
 
+def next_fields(state: CampaignState, actor: str, offset: int = 0) -> dict[str, Any]:
+    """The common fields of the next event of ``state``'s log (``offset`` for the n-th of several)."""
+    return {"campaign_id": state.campaign_id, "seq": state.last_seq + 1 + offset, "actor": actor}
+
+
 class EventWriter:
     """Appends events for one campaign and keeps ``state`` equal to ``fold(log)``.
 
@@ -58,7 +63,7 @@ class EventWriter:
 
     def fields(self, actor: str, offset: int = 0) -> dict[str, Any]:
         """The common fields of the next event (``offset`` for the n-th of several)."""
-        return {"campaign_id": self.state.campaign_id, "seq": self.state.last_seq + 1 + offset, "actor": actor}
+        return next_fields(self.state, actor, offset)
 
     @property
     def staged(self) -> int:
