@@ -56,6 +56,19 @@ SHARED_ENV = "CLOSEDLOOP_TEST_SHARED_DIR"
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller (or the only process, without xdist)
         os.environ[SHARED_ENV] = tempfile.mkdtemp(prefix="closedloop-tests-")
+        whole_suite = all(Path(a).resolve() == REPO / "tests" for a in config.args)
+        if whole_suite and config.getoption("numprocesses", None) and not config.getoption("collectonly"):
+            _launch_prefect(Path(os.environ[SHARED_ENV]))  # the e2e tests, handed out first, need it
+
+
+#: The order tests are handed to the xdist workers: the long end-to-end scenarios first, the
+#: many short unit tests last, so that they fill the workers' gaps at the end instead of one
+#: worker running a 45 s scenario alone while the others are done (that tail was ~50 s).
+_LAYER_ORDER = {"e2e": 0, "integration": 1, "unit": 2}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: _LAYER_ORDER.get(Path(item.path).parent.name, 1))  # stable: files keep their order
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -82,8 +95,11 @@ def _stop(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _start_prefect(home: Path) -> dict[str, object]:
-    """Start `prefect server start` in a session of its own; wait until it answers."""
+def _launch_prefect(shared: Path) -> None:
+    """Start `prefect server start` in a session of its own and describe it in the shared
+    directory (``prefect.json``); it answers some 15 s later (`_wait_for_prefect`)."""
+    home = shared / "prefect-home"
+    home.mkdir()
     port = free_port()
     env = {**os.environ, **PREFECT_QUIET, "PREFECT_HOME": str(home)}
     with (home / "server.log").open("wb") as log:
@@ -92,26 +108,40 @@ def _start_prefect(home: Path) -> dict[str, object]:
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}/api"
+    (shared / "prefect.json").write_text(json.dumps(
+        {"pid": proc.pid, "env": {**PREFECT_QUIET, "PREFECT_HOME": str(home), "PREFECT_API_URL": url}}))
+
+
+def _running(pid: int) -> bool:
+    try:  # a zombie (dead, not yet reaped by the controller) is not running
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for_prefect(shared: Path) -> dict[str, str]:
+    """The server's environment once it answers (a hang guard of 180 s, not a speed claim)."""
+    info = json.loads((shared / "prefect.json").read_text())
     deadline = time.monotonic() + 180
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{info['env']['PREFECT_API_URL']}/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return dict(info["env"])
         except OSError:
             pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc.pid)
-            raise RuntimeError(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+        if not _running(info["pid"]) or time.monotonic() > deadline:
+            log = (shared / "prefect-home" / "server.log").read_text()[-2000:]
+            raise RuntimeError(f"prefect server did not start: {log}")
         time.sleep(0.5)
-    return {"pid": proc.pid, "env": {**PREFECT_QUIET, "PREFECT_HOME": str(home), "PREFECT_API_URL": url}}
 
 
 @pytest.fixture(scope="session")
 def prefect_server() -> dict[str, str]:
     """One real `prefect server start` for the whole run, shared by the xdist workers (each
-    start costs ~12 s of CPU; one per worker was three). The first worker to need it starts
-    it, under a file lock; the controller stops it at the end of the session.
+    start costs ~12 s of CPU; one per worker was three). A whole-suite run starts it at once
+    (`pytest_configure`), while the workers collect; otherwise the first worker to need it
+    starts it, under a file lock. The controller stops it at the end of the session.
 
     Returns the environment variables that point a process (or this one) at it. Tests tell
     their runs apart by campaign name, as they did on a server per worker.
@@ -119,12 +149,9 @@ def prefect_server() -> dict[str, str]:
     shared = Path(os.environ[SHARED_ENV])
     with (shared / "prefect.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        info = shared / "prefect.json"
-        if not info.exists():
-            home = shared / "prefect-home"
-            home.mkdir()
-            info.write_text(json.dumps(_start_prefect(home)))
-        return dict(json.loads(info.read_text())["env"])
+        if not (shared / "prefect.json").exists():
+            _launch_prefect(shared)
+    return _wait_for_prefect(shared)
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from campaigns import fold
-from tests.e2e.cli import cli_env, run, status, write_spec
+from tests.e2e.cli import cli_env, read_events, run, shared_env, status, write_spec
 from tests.e2e.test_cli_run import SPEC
-from tests.e2e.test_crash_resume import log_events
 
 SOLVENT = {"name": "solvent", "type": "choice", "values": ["water", "ethanol"]}
 
@@ -46,14 +45,14 @@ def test_validate_refuses_the_fast_engine_with_a_choice_parameter_in_one_line(tm
 
 
 @pytest.mark.timeout(600)
-def test_each_trial_s_engine_is_logged_and_shown_and_the_log_prints_raw(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    env = cli_env(home, {})
+def test_each_trial_s_engine_is_logged_and_shown_and_the_log_prints_raw(tmp_path: Path, prefect_server: dict[str, str],
+                                                                         mongo_uri: str, mosquitto_url: str) -> None:
+    env = shared_env(tmp_path / "home", prefect_server, mongo_uri, mosquitto_url)
     spec = write_spec(tmp_path / "s.yaml", {**SPEC, "name": "eng", "budget": {"max_trials": 6},
                                            "optimizer": {"initialization_trials": 2}})
     out = run(["run", str(spec), "--quiet"], env, timeout=480)
     assert out.returncode == 0, out.stderr
-    events = log_events(home, "eng")
+    events = read_events(env, "eng")
     state = fold(events)
     engines = [t.engine for t in sorted(state.trials.values(), key=lambda t: t.index)]
     # The opening is Sobol; the model takes over once a result is in (when: the devices' pace).

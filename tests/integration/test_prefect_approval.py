@@ -3,6 +3,7 @@ Prefect's API (what the UI's "Resume" form does), against a real `prefect server
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from typing import Any
@@ -179,7 +180,9 @@ def test_close_right_after_open_and_shutdown_never_hang() -> None:
     approvals.open("a2", TRIALS[1:], "why", ANSWER_WITH)
     _paused_with_form(approvals, "a2")
     # It returns (a hang is what the timeout guards against; no claim about speed).
-    stopper = threading.Thread(target=approvals.shutdown, daemon=True)
+    # Run in this test's context (its Prefect settings point at the session server): a bare
+    # thread would read the settings Prefect made at import, and start a local server.
+    stopper = threading.Thread(target=contextvars.copy_context().run, args=(approvals.shutdown,), daemon=True)
     stopper.start()
     stopper.join(timeout=240)
     assert not stopper.is_alive(), "shutdown() hung"
