@@ -16,9 +16,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ax.core.base_trial import TrialStatus
-from ax.core.types import ComparisonOp
-from ax.core.utils import extract_pending_observations
 
 from campaigns import (
     ApprovalGiven,
@@ -139,6 +136,7 @@ def x(trials: list[SuggestedTrial], name: str) -> list[float]:
 
 # --------------------------------------------------------------------------------- bounds
 def test_narrowed_bounds_hold_in_the_sobol_and_bo_phases_and_old_trials_keep_their_data() -> None:
+    from ax.core.base_trial import TrialStatus
     loop = Loop(BRANIN)
     before = loop.round(2)  # the centre, Sobol position 0
     outside = [t.trial_id for t in before if not 0 <= float(t.parameters["x1"]) <= 2]
@@ -218,6 +216,8 @@ def test_fixing_and_freeing_keeps_the_sobol_positions() -> None:
 
 # ------------------------------------------------------------------------ approvals
 def test_a_rejected_trial_is_abandoned_never_pending_and_never_suggested_again() -> None:
+    from ax.core.base_trial import TrialStatus
+    from ax.core.utils import extract_pending_observations
     loop = Loop(BRANIN)
     first = loop.suggest(2, approval="a1")
     loop.add(ApprovalGiven, actor="user:ana", approval_id="a1", approved=["0"], rejected=["1"], reason="too hot")
@@ -270,6 +270,7 @@ def test_a_rejected_bo_trial_is_not_suggested_again() -> None:
 
 
 def test_an_edited_trial_runs_with_the_edited_parameters_as_a_human_choice() -> None:
+    from ax.core.base_trial import TrialStatus
     loop = Loop(BRANIN)
     batch = loop.suggest(2, approval="a1")
     loop.add(ApprovalGiven, actor="user:ana", approval_id="a1", approved=["1"],
@@ -299,6 +300,7 @@ def test_an_edited_trial_runs_with_the_edited_parameters_as_a_human_choice() -> 
 
 
 def test_an_edited_trial_outside_narrowed_bounds_is_kept() -> None:
+    from ax.core.base_trial import TrialStatus
     loop = Loop(BRANIN)
     loop.suggest(2, approval="a1")
     loop.add(ApprovalGiven, actor="user:ana", approval_id="a1", approved=["1"], edited={"0": {"x1": 9.5}}, reason="r")
@@ -314,6 +316,7 @@ def test_an_edited_trial_outside_narrowed_bounds_is_kept() -> None:
 
 # ---------------------------------------------------------------- constraints, thresholds
 def test_an_added_outcome_constraint_is_in_axs_optimization_config_and_used() -> None:
+    from ax.core.types import ComparisonOp
     loop = Loop(BRANIN)
     loop.round(3)
     opt = loop.change(add_outcome_constraints=["cost <= 1.5"])
@@ -329,6 +332,7 @@ def test_an_added_outcome_constraint_is_in_axs_optimization_config_and_used() ->
 
 
 def test_a_changed_objective_threshold_is_in_axs_optimization_config() -> None:
+    from ax.core.types import ComparisonOp
     spec = load_spec(EXAMPLES / "two_objectives.yaml")
     changed = apply_change(spec, CampaignChange(objective_thresholds={"currin": 9.5}))
     config = AxOptimizer(changed)._client._experiment.optimization_config

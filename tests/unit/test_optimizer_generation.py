@@ -12,7 +12,6 @@ import pytest
 from campaigns import CampaignSpec, Measurement, TrialRecord, load_spec, utcnow
 from optimizer import AxOptimizer, SobolSampler
 from optimizer.fastbo import winsorization_cutoffs
-from optimizer.generation import training_trials
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::pandas.errors.Pandas4Warning")
 
@@ -52,6 +51,7 @@ def test_axs_defaults_are_kept_as_botorch_default() -> None:
 
 
 def test_a_long_campaign_is_fitted_on_a_bounded_deterministic_subset() -> None:
+    from optimizer.generation import training_trials
     spec = with_optimizer(BRANIN, max_training_points=20)
     records = completed(spec, 60)
     opt = AxOptimizer.rebuild(spec, records, threads=1)
@@ -74,6 +74,7 @@ def test_a_long_campaign_is_fitted_on_a_bounded_deterministic_subset() -> None:
 
 def test_two_objectives_keep_the_pareto_front_in_the_subset() -> None:
     # A front of 6 points (x, 6 - x) and 30 dominated ones.
+    from optimizer.generation import training_trials
     values = [{"branin": float(i), "currin": 6.0 - i} for i in range(6)]
     values += [{"branin": 10.0 + i, "currin": 10.0 + (i % 7)} for i in range(30)]
     spec = with_optimizer(TWO, max_training_points=20)
