@@ -238,13 +238,12 @@ def serve_emulator(args: argparse.Namespace) -> int:
     print(f"emulator of {args.from_campaign}: {emulator.describe()}", file=sys.stderr)
     if args.describe:
         print(f"inputs: {', '.join(emulator.inputs)}; metrics: {', '.join(emulator.metrics)}")
-        return 0
-    if args.save is not None:
+    if args.save is not None:  # with --describe too: one fit, both asked for
         emulator.save(args.save)
         print(f"wrote {args.save}: serve it from a campaign file as "
               f"`simulator: emulator` with `options: {{file: {args.save}}}`", file=sys.stderr)
-        if args.device_id is None:
-            return 0
+    if args.describe or (args.save is not None and args.device_id is None):
+        return 0
     try:
         options = SimulatorOptions.model_validate(parse_options(args.option))
     except ValidationError as exc:
