@@ -129,7 +129,7 @@ def load_spec(path: str | Path) -> CampaignSpec:
 
     try:
         # libyaml's parser when PyYAML has it (the same safe loading, ~10x faster), else PyYAML's own
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

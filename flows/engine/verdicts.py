@@ -44,7 +44,6 @@ class ResultVerdict:
         frees_device: It answered the attempt under way: the device is ready for the next trial.
         trial_id: The trial concerned, once the message is known to be for it.
         completed: The trial's measurements, when it completed (for the optimizer).
-        failed: The trial failed for good (the optimizer hears of it); not set for a retry.
         ignored: Metrics left out of what was logged: not announced in the device's status.
     """
 
@@ -54,8 +53,12 @@ class ResultVerdict:
     frees_device: bool = False
     trial_id: str | None = None
     completed: dict[str, Measurement] | None = None
-    failed: bool = False
     ignored: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """The trial failed for good (the optimizer hears of it); not for a retry."""
+        return bool(self.events) and isinstance(self.events[0], TrialFailed)
 
 
 def judge_result(state: CampaignState, needed: Sequence[str], device_id: str, result: TrialResult,
@@ -100,8 +103,7 @@ def judge_result(state: CampaignState, needed: Sequence[str], device_id: str, re
             return ResultVerdict(heard=True, refused=(f"{failure[0]} for an earlier attempt of trial {t.trial_id} "
                                                       f"(request {result.request_id!r})", "duplicate"))
         events = failure_events(state, t, *failure)
-        return ResultVerdict(events=events, heard=True, frees_device=True, trial_id=t.trial_id,
-                             failed=isinstance(events[0], TrialFailed))
+        return ResultVerdict(events=events, heard=True, frees_device=True, trial_id=t.trial_id)
     not_measured = [m for m in result.not_measured if announced is None or m in announced]
     done = TrialCompleted(**next_fields(state, actor), trial_id=t.trial_id, device_id=device_id,
                           request_id=result.request_id, measurements=kept, not_measured=not_measured)
