@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import os
 import shutil
@@ -26,6 +27,12 @@ from pathlib import Path
 for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_variable] = "1"
 assert "torch" not in sys.modules, "tests/conftest.py must run before torch is imported"
+
+# Collection imports torch, Prefect, BoTorch and hypothesis: about a million long-lived objects
+# that collections would only re-scan (~1.3 s of each worker's start). The collector is off
+# until the tests are collected, then those objects are frozen (the CLI does the same:
+# flows.cli.drive.startup_finished).
+gc.disable()
 
 import pytest
 
@@ -59,6 +66,13 @@ def pytest_configure(config: pytest.Config) -> None:
         whole_suite = all(Path(a).resolve() == REPO / "tests" for a in config.args)
         if whole_suite and config.getoption("numprocesses", None) and not config.getoption("collectonly"):
             _launch_prefect(Path(os.environ[SHARED_ENV]))  # the e2e tests, handed out first, need it
+        if config.getoption("numprocesses", None):
+            gc.enable()  # the xdist controller collects nothing
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    gc.freeze()
+    gc.enable()
 
 
 #: The order tests are handed to the xdist workers: the long end-to-end scenarios first, the

@@ -10,6 +10,7 @@ a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from flows.cli.drive import (
     EXIT_TERMINATED,
     EXIT_USAGE,
     drive,
+    startup_finished,
 )
 from flows.cli.people import add_commands, current_user
 from flows.cli.replay import add_replay_commands, parse_options
@@ -233,6 +235,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         except ClosedLoopError as exc:
             raise UsageError(f"--broker: {exc.message}", exc.hint) from None
     url = running_broker_url(settings, args.broker)
+    startup_finished()
     serve(args.simulator, args.device_id, mqtt_settings(settings, url), options,
           record_path=None if args.record is None else Path(args.record),
           announce=f"simulator {args.simulator} serving as device {args.device_id}; Ctrl-C to stop")
@@ -315,6 +318,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `closedloop` console script."""
+    collecting = gc.isenabled()
+    gc.disable()  # while the command imports what it needs: see `startup_finished`
+    try:
+        return _main(argv)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     # argparse reads `--flag=--` as an empty list, not a value: every command would then meet
     # a list where it expects text. Refused here, once, for every flag.

@@ -19,7 +19,7 @@ from campaigns import (
 from campaigns.identity import new_instance
 from flows.app.runtime import event_store
 from flows.app.settings import Settings
-from flows.cli.drive import drive
+from flows.cli.drive import drive, startup_finished
 from flows.cli.people import current_user
 from flows.cli.tables import table
 
@@ -234,6 +234,17 @@ def serve_emulator(args: argparse.Namespace) -> int:
     if state.spec is None:
         raise CampaignNotFoundError(f"no campaign {args.from_campaign!r}", "see `closedloop list`",
                                     campaign_id=args.from_campaign)
+    serving = not args.describe and not (args.save is not None and args.device_id is None)
+    if serving:  # what a fit cannot change is checked before it
+        try:
+            options = SimulatorOptions.model_validate(parse_options(args.option))
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            raise UsageError(f"--option {'.'.join(str(p) for p in first['loc']) or 'options'}: {first['msg']}",
+                            "see docs/simulators.md for the behaviour options") from None
+        if args.device_id is None:
+            raise UsageError("sim: --device-id is required to serve as an instrument", "e.g. --device-id emu-1")
+        url = running_broker_url(settings, args.broker)
     emulator = Emulator.fit(state.spec, state.trials.values())
     print(f"emulator of {args.from_campaign}: {emulator.describe()}", file=sys.stderr)
     if args.describe:
@@ -242,8 +253,14 @@ def serve_emulator(args: argparse.Namespace) -> int:
         emulator.save(args.save)
         print(f"wrote {args.save}: serve it from a campaign file as "
               f"`simulator: emulator` with `options: {{file: {args.save}}}`", file=sys.stderr)
-    if args.describe or (args.save is not None and args.device_id is None):
+    if not serving:
         return 0
+    startup_finished()
+    serve(emulator, args.device_id, mqtt_settings(settings, url), options,
+          record_path=None if args.record is None else Path(args.record),
+          announce=f"emulator serving as device {args.device_id} (measures {', '.join(emulator.metrics)}); "
+                   "Ctrl-C to stop")
+    return 0
     try:
         options = SimulatorOptions.model_validate(parse_options(args.option))
     except ValidationError as exc:
