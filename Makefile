@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	# BoTorch compiles its C++ kernel of qLogEHVI (multi-objective Ax campaigns) on first use,
+	# ~30 s of CPU (cached in ~/.cache/torch_extensions): once here, not mid-campaign or mid-suite.
+	$(BIN)/python -c "from botorch.acquisition.multi_objective.logei import _try_load_fused_kernel as build; build()"
 	touch $(STAMP)
 
 # A real Branin campaign on the embedded broker and database, two simulated instruments.
