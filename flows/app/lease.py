@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,15 +48,19 @@ def _dead_local_owner(owner: str | None) -> str | None:
     return None
 
 
-def _acquire(lease: MongoLease) -> str | None:
-    try:
-        return lease.acquire().taken_over_from
-    except CampaignLockedError as exc:
-        dead = _dead_local_owner(exc.owner)
-        if dead is None:
-            raise
-        log.warning("the lease's owner %s is not running any more: taking over", dead)
-        return lease.acquire(dead_owner=dead).taken_over_from or dead
+def _acquire(lease: MongoLease, wait_s: float = 0.0) -> str | None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return lease.acquire().taken_over_from
+        except CampaignLockedError as exc:
+            dead = _dead_local_owner(exc.owner)
+            if dead is not None:
+                log.warning("the lease's owner %s is not running any more: taking over", dead)
+                return lease.acquire(dead_owner=dead).taken_over_from or dead
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1.0)  # a dead owner elsewhere: its lease expires within its ttl
 
 
 @dataclass
@@ -87,7 +92,7 @@ class Leases:
 @contextmanager
 def hold_lease(uri: str, database: str, campaign_id: str,
                on_takeover: Callable[[str], None] | None = None, *,
-               leases: Leases | None = None) -> Iterator[HeldLease]:
+               leases: Leases | None = None, wait_s: float = 0.0) -> Iterator[HeldLease]:
     """Acquire (or re-use, when ``leases`` already holds it) the campaign's lease, heartbeat it, release it.
 
     Args:
@@ -96,6 +101,8 @@ def hold_lease(uri: str, database: str, campaign_id: str,
         campaign_id: The campaign.
         on_takeover: Told the previous owner when a stale lease was taken over.
         leases: Where this hold is registered (None: a hold of its own, never shared).
+        wait_s: How long to wait for a lease another owner holds (a flow run that a worker
+            started after a crash elsewhere waits out the dead owner's ttl); 0: refuse at once.
 
     Raises:
         CampaignLockedError: another live process holds it (the message names the owner).
@@ -106,7 +113,7 @@ def hold_lease(uri: str, database: str, campaign_id: str,
         if held is None:
             lease = MongoLease(uri, campaign_id, owner=owner_name(), database=database)
             try:
-                previous = _acquire(lease)
+                previous = _acquire(lease, wait_s)
             except BaseException:
                 lease.close()
                 raise

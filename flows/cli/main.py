@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
 
@@ -27,6 +27,7 @@ from campaigns import (
     AppendConflictError,
     CampaignCreated,
     CampaignNotFoundError,
+    CampaignStateError,
     ClosedLoopError,
     OutputError,
     SpecError,
@@ -36,6 +37,10 @@ from campaigns import (
     load_spec,
 )
 from campaigns.identity import new_instance
+
+if TYPE_CHECKING:
+    from campaigns import CampaignSpec
+    from storage import MongoEventStore
 from flows.app.runtime import (
     event_store,
     mqtt_settings,
@@ -108,31 +113,65 @@ def _cmd_log(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _created(store: MongoEventStore, spec_path: str, campaign_id: str | None) -> tuple[str, CampaignSpec]:
+    """The campaign of a spec file in the log (created now if new), its id and spec."""
     from flows.engine.catalog import check_spec_devices
 
-    spec = load_spec(args.spec)
+    spec = load_spec(spec_path)
     check_spec_devices(spec)
-    settings = Settings()
-    campaign_id = args.campaign_id or spec.name
-    with event_store(settings) as store:
+    campaign_id = campaign_id or spec.name
+    state = fold(store.read(campaign_id))
+    if state.spec is None:
+        try:
+            store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{current_user()}", spec=spec,
+                                          instance=new_instance())])
+        except AppendConflictError:
+            pass  # created a moment ago by a concurrent `run`: the lease decides who runs it
+        else:
+            print(f"campaign {campaign_id}: created from {spec_path}")
         state = fold(store.read(campaign_id))
-        if state.spec is None:
-            try:
-                store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{current_user()}", spec=spec,
-                                              instance=new_instance())])
-            except AppendConflictError:
-                pass  # created a moment ago by a concurrent `run`: the lease below decides who runs it
-            else:
-                print(f"campaign {campaign_id}: created from {args.spec}")
-            state = fold(store.read(campaign_id))
-        if state.spec != spec:
-            raise UsageError(
-                f"campaign {campaign_id!r} exists with a different spec than {args.spec}",
-                "pass --campaign-id NEW_ID for a new campaign, or `closedloop resume` it",
-                campaign_id=campaign_id,
-            )
+    if state.spec != spec:
+        raise UsageError(
+            f"campaign {campaign_id!r} exists with a different spec than {spec_path}",
+            "pass --campaign-id NEW_ID for a new campaign, or `closedloop resume` it",
+            campaign_id=campaign_id,
+        )
+    return campaign_id, spec
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    with event_store(settings) as store:
+        campaign_id, _ = _created(store, args.spec, args.campaign_id)
         return drive(store, settings, campaign_id, args, resume=False)
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.cli.drive import quiet_prefect_defaults
+
+    quiet_prefect_defaults()
+    from flows.prefect.approval import prefect_server_configured
+    from flows.prefect.service import deploy_campaign, deployment_name
+
+    if args.campaign_id is not None:
+        deployment_name(args.campaign_id)  # refused before anything is written
+    if not prefect_server_configured():
+        raise UsageError("deploy needs a Prefect server: PREFECT_API_URL is not set",
+                         "start one (`prefect server start`) and export PREFECT_API_URL=http://HOST:4200/api")
+    settings = Settings()
+    with event_store(settings) as store:
+        campaign_id, _ = _created(store, args.spec, args.campaign_id)
+        deployment_name(campaign_id)
+        state = fold(store.read(campaign_id))
+    if state.status == "finished":
+        raise CampaignStateError(f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
+                                 "pass --campaign-id NEW_ID to run the spec again as a new campaign",
+                                 campaign_id=campaign_id)
+    deployed = deploy_campaign(campaign_id, args.pool, simulators=not args.no_simulators)
+    print(f"campaign {campaign_id}: deployed as campaign/{campaign_id} on work pool {args.pool}; "
+          f"flow run {deployed.flow_run_name} ({deployed.flow_run_id}) starts on its next free worker "
+          f"(`prefect worker start --pool {args.pool}`)")
+    return EXIT_OK
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -262,6 +301,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--max-runtime", type=float, default=None, metavar="S", help="stop this run after S seconds")
     r.add_argument("--quiet", action="store_true", help="no progress display")
     r.set_defaults(func=_cmd_run, reason=None)
+
+    dp = sub.add_parser("deploy", help="create (or continue) a campaign and hand it to a Prefect work pool's workers")
+    dp.add_argument("spec", help="campaign YAML file")
+    dp.add_argument("--campaign-id", help="campaign id (default: the spec's name)")
+    dp.add_argument("--pool", default="closedloop", help="the Prefect work pool whose workers run it (default: closedloop)")
+    dp.add_argument("--no-simulators", action="store_true",
+                    help="the spec's simulated devices run elsewhere (`closedloop sim`), not in the flow run")
+    dp.set_defaults(func=_cmd_deploy)
 
     rs = sub.add_parser("resume", help="continue a campaign from its log (after a crash, a stop, or a pause)")
     rs.add_argument("campaign")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -23,7 +24,7 @@ from campaigns.events import software_versions
 from campaigns.identity import client_id
 from devices import MqttDeviceHub
 from flows.app.lease import hold_lease
-from flows.app.runtime import broker_url, event_store, mqtt_settings
+from flows.app.runtime import broker_url, event_store, mqtt_settings, simulated_lab
 from flows.app.wiring import current_wiring
 from flows.engine.loop import CampaignLoop, LoopOptions
 from flows.engine.replay import replay_wiring
@@ -91,12 +92,15 @@ def _prefect_notifier(campaign_id: str, inbox: MongoCommandInbox) -> Any:
 
 
 @flow(name="campaign", persist_result=False, validate_parameters=True)
-def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, object]:
+def campaign(campaign_id: str, max_runtime_s: float | None = None,
+             simulated_instruments: bool = False) -> dict[str, object]:
     """Run a campaign from its log until its budget is spent.
 
     Args:
         campaign_id: The campaign, which must already exist in the event log.
         max_runtime_s: Stop this run (not the campaign) after so many seconds.
+        simulated_instruments: Start the spec's ``simulator:`` devices in this process (a
+            deployed campaign's; `closedloop run` starts them itself).
 
     Returns:
         A summary: status, trials completed/failed, best trial.
@@ -104,16 +108,21 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None) -> dict[str, 
     logger = get_run_logger()
     wiring = current_wiring()
     settings = wiring.settings
-    flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    flow_run = get_run_context().flow_run  # type: ignore[union-attr]
+    flow_run_id = str(flow_run.id)
+    # Started by a worker after a crash elsewhere: the dead run's lease expires within its ttl.
+    wait_s = 45.0 if flow_run.deployment_id is not None else 0.0
 
     def took_over(previous: str) -> None:
         logger.warning("campaign %s: took over the stale lease of %s", campaign_id, previous)
 
     # The lease first (one writer per campaign), then the run's resources under it.
     with event_store(settings) as store, hold_lease(store.uri, settings.mongodb_database, campaign_id, took_over,
-                                                                  leases=wiring.leases) as held:
+                                                                  leases=wiring.leases, wait_s=wait_s) as held:
         created = fold(store.read(campaign_id, limit=1))
-        with broker_url(settings) as url:
+        with broker_url(settings) as url, (
+                simulated_lab(created.spec, mqtt_settings(settings, url), settings.home / "devices" / campaign_id)
+                if simulated_instruments and created.spec is not None else nullcontext()):
             # A client id per campaign instance, the same at every restart: the broker keeps the
             # session (and queues the results devices publish) while no orchestrator is
             # connected, and no other campaign, whatever its name, shares it.

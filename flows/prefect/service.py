@@ -1,0 +1,129 @@
+"""Campaigns as a Prefect service: a deployment per campaign on a work pool, (re)started by Prefect.
+
+`closedloop deploy` gives a campaign its deployment, ``campaign/<campaign id>``: the ``campaign``
+flow by module path (any worker with closedloop installed runs it, wherever it is), the campaign
+id as its only parameter, and two automations that keep it going without a person:
+
+- a flow run of the deployment that crashed (its process killed: the worker reports it at once)
+  starts a new flow run of the same deployment;
+- a running flow run whose heartbeats stopped (its worker or its machine died, so nobody
+  reports the crash) is marked crashed, which then does the same.
+
+A new flow run resumes from the log, as `closedloop resume` does; the lease keeps one writer.
+Connection settings come from the worker's environment (or the work pool's job variables),
+never from the deployment: Prefect stores parameters in its database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from campaigns import UsageError
+
+__all__ = ["HEARTBEAT_S", "DeployedCampaign", "deploy_campaign", "deployment_name", "start_flow_run"]
+
+#: Seconds between a deployed flow run's heartbeats; one missing for three periods marks it crashed.
+HEARTBEAT_S = 30  # Prefect allows no less
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def deployment_name(campaign_id: str) -> str:
+    """The campaign's deployment name (the campaign id; Prefect allows a narrower alphabet)."""
+    if not _NAME.fullmatch(campaign_id):
+        raise UsageError(f"deploy: campaign id {campaign_id[:60]!r} cannot name a Prefect deployment",
+                         "use letters, digits, '.', '_' and '-' (at most 100), e.g. --campaign-id branin-2")
+    return campaign_id
+
+
+@dataclass(frozen=True)
+class DeployedCampaign:
+    """What `deploy` made: the deployment (``campaign/<id>``) and the flow run it started."""
+
+    deployment_id: UUID
+    flow_run_id: UUID
+    flow_run_name: str
+
+
+def deploy_campaign(campaign_id: str, pool: str, *, simulators: bool) -> DeployedCampaign:
+    """Create (or update) the campaign's deployment and automations on ``pool``, then start it.
+
+    Raises:
+        UsageError: ``pool`` does not exist, or the campaign id cannot name a deployment.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.prefect.flow import campaign
+
+    name = deployment_name(campaign_id)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            raise UsageError(f"no Prefect work pool {pool!r}",
+                             f"create it with `prefect work-pool create {pool} --type process`, "
+                             f"then start workers with `prefect worker start --pool {pool}`") from None
+    deployment = RunnerDeployment.from_flow(
+        campaign, name=name, parameters={"campaign_id": campaign_id, "simulated_instruments": simulators},
+        tags=["closedloop", f"campaign:{campaign_id}"],
+        job_variables={"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}},
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        description=f"closedloop campaign {campaign_id}: its flow runs resume it from the log",
+    )
+    deployment_id = deployment.apply(work_pool_name=pool)
+    _ensure_automations(campaign_id, deployment_id)
+    run = start_flow_run(campaign_id)
+    return DeployedCampaign(deployment_id, run.id, run.name)
+
+
+def start_flow_run(campaign_id: str) -> Any:
+    """A new flow run of the campaign's deployment (a worker of its pool picks it up)."""
+    from prefect.deployments import run_deployment
+
+    return run_deployment(f"campaign/{deployment_name(campaign_id)}", timeout=0,
+                          flow_run_name=campaign_id, tags=["closedloop", f"campaign:{campaign_id}"])
+
+
+def _ensure_automations(campaign_id: str, deployment_id: UUID) -> None:
+    """The campaign's two automations (restart a crashed run; a silent run is crashed), once each."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState, RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    of_deployment = {"prefect.resource.id": f"prefect.deployment.{deployment_id}"}
+    wanted = [
+        Automation(
+            name=f"closedloop {campaign_id}: restart a crashed run",
+            description="A crashed flow run of this campaign starts a new one, which resumes it from the log.",
+            trigger=EventTrigger(expect={"prefect.flow-run.Crashed"}, match_related=of_deployment,
+                                 posture=Posture.Reactive, threshold=1),
+            actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
+        ),
+        Automation(
+            name=f"closedloop {campaign_id}: a silent run has crashed",
+            description=f"No heartbeat for {3 * HEARTBEAT_S} s (its worker or machine died): the flow run crashed.",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                        "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed", "prefect.flow-run.Paused",
+                        "prefect.flow-run.Suspended"},
+                match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=of_deployment,
+                for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+                within=timedelta(seconds=3 * HEARTBEAT_S)),
+            actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                        message=f"no heartbeat for {3 * HEARTBEAT_S} s: its worker or machine died")],
+        ),
+    ]
+    for automation in wanted:  # a campaign deployed again may have a new deployment id: replaced
+        try:
+            Automation.read(name=automation.name).delete()
+        except ValueError:
+            pass
+        automation.create()
