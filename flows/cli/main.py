@@ -148,13 +148,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from flows.cli.drive import quiet_prefect_defaults
-
-    quiet_prefect_defaults()
-    from flows.prefect.approval import prefect_server_configured
     from flows.prefect.service import deploy_campaign, deployment_name
 
     if args.campaign_id is not None:
         deployment_name(args.campaign_id)  # refused before anything is written
+    quiet_prefect_defaults()
+    from flows.prefect.approval import prefect_server_configured
+
     if not prefect_server_configured():
         raise UsageError("deploy needs a Prefect server: PREFECT_API_URL is not set",
                          "start one (`prefect server start`) and export PREFECT_API_URL=http://HOST:4200/api")

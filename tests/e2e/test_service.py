@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 
 from campaigns import (
     CampaignResumed,
@@ -42,14 +44,13 @@ def _runs(env: dict[str, str], campaign: str) -> list[RunStarted]:
 
 @pytest.mark.timeout(600)
 def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
-        tmp_path: Path, prefect_server: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
-    env = shared_env(tmp_path / "home", prefect_server, mongo_uri, mosquitto_url)
+        tmp_path: Path, prefect_env: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
+    env = shared_env(tmp_path / "home", prefect_env, mongo_uri, mosquitto_url)
     pool = f"lab-{uuid.uuid4().hex[:8]}"
     budget = 14
     spec = write_spec(tmp_path / "spec.yaml", {**SPEC, "name": "served", "budget": {"max_trials": budget}})
-    out = subprocess.run([str(BIN_DIR / "prefect"), "work-pool", "create", pool, "--type", "process"], env=env,
-                         capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 0, out.stderr
+    with get_client(sync_client=True) as client:  # `prefect work-pool create POOL --type process`
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
     sims = {d: start_sim(d, env, tmp_path / f"{d}.jsonl") for d in ("dev-a", "dev-b")}
     worker = _worker(pool, env, tmp_path / "worker.log")
     try:
