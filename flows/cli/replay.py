@@ -261,17 +261,3 @@ def serve_emulator(args: argparse.Namespace) -> int:
           announce=f"emulator serving as device {args.device_id} (measures {', '.join(emulator.metrics)}); "
                    "Ctrl-C to stop")
     return 0
-    try:
-        options = SimulatorOptions.model_validate(parse_options(args.option))
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        raise UsageError(f"--option {'.'.join(str(p) for p in first['loc']) or 'options'}: {first['msg']}",
-                        "see docs/simulators.md for the behaviour options") from None
-    if args.device_id is None:
-        raise UsageError("sim: --device-id is required to serve as an instrument", "e.g. --device-id emu-1")
-    url = running_broker_url(settings, args.broker)
-    serve(emulator, args.device_id, mqtt_settings(settings, url), options,
-          record_path=None if args.record is None else Path(args.record),
-          announce=f"emulator serving as device {args.device_id} (measures {', '.join(emulator.metrics)}); "
-                   "Ctrl-C to stop")
-    return 0

@@ -15,7 +15,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from campaigns import LateResultRecorded, MessageRejected, RunStarted, TrialCompleted, TrialDispatched, fold
+from campaigns import (
+    LateResultRecorded,
+    MessageRejected,
+    RunStarted,
+    TrialCompleted,
+    TrialDispatched,
+    fold,
+)
 from simulators import read_completions, read_executions
 from storage import EmbeddedMongo, MongoEventStore
 from tests.e2e.cli import CLOSEDLOOP, cli_env, run, status, status_now, write_spec
@@ -49,6 +56,19 @@ def wait_for(pred, timeout: float, what: str) -> Any:  # type: ignore[no-untyped
             return value
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_each_request_ran_once(records: Path, devices: tuple[str, ...], events: list[Any]) -> None:
+    """The instruments' own records (``records/<device>.jsonl``): every request they started they
+    finished, exactly once, and every result they recorded is in the log (none lost)."""
+    dispatched = {e.request_id for e in events if isinstance(e, TrialDispatched)}
+    logged = {e.request_id for e in events if isinstance(e, TrialCompleted | LateResultRecorded)}
+    for device in devices:
+        started = read_executions(records / f"{device}.jsonl")
+        finished = read_completions(records / f"{device}.jsonl")
+        assert finished and set(started) == set(finished), device
+        assert set(started.values()) == {1} and set(finished.values()) == {1}  # nothing ran twice
+        assert set(finished) <= logged and set(finished) <= dispatched
 
 
 def log_events(home: Path, campaign: str) -> list[Any]:
@@ -104,16 +124,7 @@ def test_sigkill_mid_campaign_then_resume(tmp_path: Path, mosquitto_url: str, pr
     assert sum(isinstance(e, RunStarted) for e in events) == 2
     completed = Counter(e.trial_id for e in events if isinstance(e, TrialCompleted))
     assert set(completed.values()) == {1} and len(completed) == budget  # each trial's result once
-    # The instruments' own records: every request run to completion exactly once, every
-    # recorded result in the log (none lost).
-    dispatched = {e.request_id for e in events if isinstance(e, TrialDispatched)}
-    logged = {e.request_id for e in events if isinstance(e, TrialCompleted | LateResultRecorded)}
-    for device in ("dev-a", "dev-b"):
-        started = read_executions(tmp_path / f"{device}.jsonl")
-        finished = read_completions(tmp_path / f"{device}.jsonl")
-        assert finished and set(started) == set(finished), device
-        assert set(started.values()) == {1} and set(finished.values()) == {1}  # nothing ran twice
-        assert set(finished) <= logged and set(finished) <= dispatched
+    assert_each_request_ran_once(tmp_path, ("dev-a", "dev-b"), events)
 
 
 # A device that runs each request id once and ignores repeats (it keeps no results to answer

@@ -18,14 +18,16 @@ from prefect.client.schemas.actions import WorkPoolCreate
 
 from campaigns import (
     CampaignResumed,
-    LateResultRecorded,
     RunStarted,
     TrialCompleted,
-    TrialDispatched,
 )
-from simulators import read_completions, read_executions
 from tests.e2e.cli import read_events, run, shared_env, status_now, write_spec
-from tests.e2e.test_crash_resume import SPEC, start_sim, wait_for
+from tests.e2e.test_crash_resume import (
+    SPEC,
+    assert_each_request_ran_once,
+    start_sim,
+    wait_for,
+)
 
 BIN_DIR = Path(sys.executable).parent
 
@@ -86,16 +88,7 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
     assert not any(isinstance(e, CampaignResumed) for e in events)
     completed = Counter(e.trial_id for e in events if isinstance(e, TrialCompleted))
     assert len(completed) == budget and set(completed.values()) == {1}  # each trial's result once
-    # The instruments' own records: every request they started they finished, once, and it is
-    # in the log.
-    dispatched = {e.request_id for e in events if isinstance(e, TrialDispatched)}
-    logged = {e.request_id for e in events if isinstance(e, TrialCompleted | LateResultRecorded)}
-    for device in ("dev-a", "dev-b"):
-        started = read_executions(tmp_path / f"{device}.jsonl")
-        finished = read_completions(tmp_path / f"{device}.jsonl")
-        assert finished and set(started) == set(finished), device
-        assert set(started.values()) == {1} and set(finished.values()) == {1}  # nothing ran twice
-        assert set(finished) <= logged and set(finished) <= dispatched
+    assert_each_request_ran_once(tmp_path, ("dev-a", "dev-b"), events)
 
 
 def test_deploy_without_a_prefect_server_or_pool_is_one_line(tmp_path: Path, prefect_server: dict[str, str],
