@@ -48,8 +48,12 @@ def _dead_local_owner(owner: str | None) -> str | None:
     return None
 
 
-def _acquire(lease: MongoLease, wait_s: float = 0.0) -> str | None:
-    deadline = time.monotonic() + wait_s
+#: Beyond a lease's ttl, for its owner's last heartbeat and clocks that disagree a little.
+_WAIT_MARGIN_S = 15.0
+
+
+def _acquire(lease: MongoLease, wait: bool = False) -> str | None:
+    deadline = time.monotonic() + (lease.ttl_s + _WAIT_MARGIN_S if wait else 0.0)
     while True:
         try:
             return lease.acquire().taken_over_from
@@ -92,7 +96,7 @@ class Leases:
 @contextmanager
 def hold_lease(uri: str, database: str, campaign_id: str,
                on_takeover: Callable[[str], None] | None = None, *,
-               leases: Leases | None = None, wait_s: float = 0.0) -> Iterator[HeldLease]:
+               leases: Leases | None = None, wait: bool = False) -> Iterator[HeldLease]:
     """Acquire (or re-use, when ``leases`` already holds it) the campaign's lease, heartbeat it, release it.
 
     Args:
@@ -101,8 +105,9 @@ def hold_lease(uri: str, database: str, campaign_id: str,
         campaign_id: The campaign.
         on_takeover: Told the previous owner when a stale lease was taken over.
         leases: Where this hold is registered (None: a hold of its own, never shared).
-        wait_s: How long to wait for a lease another owner holds (a flow run that a worker
-            started after a crash elsewhere waits out the dead owner's ttl); 0: refuse at once.
+        wait: Wait out a lease another owner holds, for up to its ttl: a flow run that a worker
+            started after a crash elsewhere takes over once the dead owner's lease expires.
+            False: refuse at once.
 
     Raises:
         CampaignLockedError: another live process holds it (the message names the owner).
@@ -113,7 +118,7 @@ def hold_lease(uri: str, database: str, campaign_id: str,
         if held is None:
             lease = MongoLease(uri, campaign_id, owner=owner_name(), database=database)
             try:
-                previous = _acquire(lease, wait_s)
+                previous = _acquire(lease, wait)
             except BaseException:
                 lease.close()
                 raise

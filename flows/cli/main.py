@@ -37,10 +37,6 @@ from campaigns import (
     load_spec,
 )
 from campaigns.identity import new_instance
-
-if TYPE_CHECKING:
-    from campaigns import CampaignSpec
-    from storage import MongoEventStore
 from flows.app.runtime import (
     event_store,
     mqtt_settings,
@@ -54,6 +50,7 @@ from flows.cli.drive import (
     EXIT_TERMINATED,
     EXIT_USAGE,
     drive,
+    quiet_prefect_defaults,
     startup_finished,
 )
 from flows.cli.people import add_commands, current_user
@@ -61,8 +58,11 @@ from flows.cli.replay import add_replay_commands, parse_options
 from flows.cli.report import engine_line, log_line, status_dict, status_text
 from flows.cli.tables import table
 
-__all__ = ["EXIT_CODES", "exit_code", "main"]
+if TYPE_CHECKING:
+    from campaigns import CampaignSpec, CampaignState
+    from storage import MongoEventStore
 
+__all__ = ["EXIT_CODES", "exit_code", "main"]
 
 
 #: The exit code of each kind of error, the most specific class first; the rest of the tree exits 1.
@@ -113,13 +113,17 @@ def _cmd_log(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _created(store: MongoEventStore, spec_path: str, campaign_id: str | None) -> tuple[str, CampaignSpec]:
-    """The campaign of a spec file in the log (created now if new), its id and spec."""
+def _spec_of(path: str) -> CampaignSpec:
+    """The spec file's campaign, its devices checked against the simulators and drivers."""
     from flows.engine.catalog import check_spec_devices
 
-    spec = load_spec(spec_path)
+    spec = load_spec(path)
     check_spec_devices(spec)
-    campaign_id = campaign_id or spec.name
+    return spec
+
+
+def _created(store: MongoEventStore, spec: CampaignSpec, spec_path: str, campaign_id: str) -> CampaignState:
+    """The campaign of a spec file in the log (created now if new), folded."""
     state = fold(store.read(campaign_id))
     if state.spec is None:
         try:
@@ -136,33 +140,37 @@ def _created(store: MongoEventStore, spec_path: str, campaign_id: str | None) ->
             "pass --campaign-id NEW_ID for a new campaign, or `closedloop resume` it",
             campaign_id=campaign_id,
         )
-    return campaign_id, spec
+    return state
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    spec = _spec_of(args.spec)
+    campaign_id = args.campaign_id or spec.name
     settings = Settings()
     with event_store(settings) as store:
-        campaign_id, _ = _created(store, args.spec, args.campaign_id)
+        _created(store, spec, args.spec, campaign_id)
         return drive(store, settings, campaign_id, args, resume=False)
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    from flows.cli.drive import quiet_prefect_defaults
-    from flows.prefect.service import deploy_campaign, deployment_name
+    from flows.prefect.service import (
+        deploy_campaign,
+        deployment_name,
+        require_work_pool,
+    )
 
-    if args.campaign_id is not None:
-        deployment_name(args.campaign_id)  # refused before anything is written
+    spec = _spec_of(args.spec)
+    campaign_id = deployment_name(args.campaign_id or spec.name)
     quiet_prefect_defaults()
     from flows.prefect.approval import prefect_server_configured
 
     if not prefect_server_configured():
         raise UsageError("deploy needs a Prefect server: PREFECT_API_URL is not set",
                          "start one (`prefect server start`) and export PREFECT_API_URL=http://HOST:4200/api")
+    require_work_pool(args.pool)  # all refused before anything is written
     settings = Settings()
     with event_store(settings) as store:
-        campaign_id, _ = _created(store, args.spec, args.campaign_id)
-        deployment_name(campaign_id)
-        state = fold(store.read(campaign_id))
+        state = _created(store, spec, args.spec, campaign_id)
     if state.status == "finished":
         raise CampaignStateError(f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
                                  "pass --campaign-id NEW_ID to run the spec again as a new campaign",

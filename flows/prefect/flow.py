@@ -110,15 +110,15 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
     settings = wiring.settings
     flow_run = get_run_context().flow_run  # type: ignore[union-attr]
     flow_run_id = str(flow_run.id)
-    # Started by a worker after a crash elsewhere: the dead run's lease expires within its ttl.
-    wait_s = 45.0 if flow_run.deployment_id is not None else 0.0
+    # Started by a worker, maybe after a crash elsewhere: the dead run's lease expires within its ttl.
+    deployed = flow_run.deployment_id is not None
 
     def took_over(previous: str) -> None:
         logger.warning("campaign %s: took over the stale lease of %s", campaign_id, previous)
 
     # The lease first (one writer per campaign), then the run's resources under it.
     with event_store(settings) as store, hold_lease(store.uri, settings.mongodb_database, campaign_id, took_over,
-                                                                  leases=wiring.leases, wait_s=wait_s) as held:
+                                                                  leases=wiring.leases, wait=deployed) as held:
         created = fold(store.read(campaign_id, limit=1))
         with broker_url(settings) as url, (
                 simulated_lab(created.spec, mqtt_settings(settings, url), settings.home / "devices" / campaign_id)

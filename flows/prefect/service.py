@@ -24,7 +24,8 @@ from uuid import UUID
 
 from campaigns import UsageError
 
-__all__ = ["HEARTBEAT_S", "DeployedCampaign", "deploy_campaign", "deployment_name", "start_flow_run"]
+__all__ = ["HEARTBEAT_S", "DeployedCampaign", "deploy_campaign", "deployment_name", "require_work_pool",
+           "start_flow_run"]
 
 #: Seconds between a deployed flow run's heartbeats; one missing for three periods marks it crashed.
 HEARTBEAT_S = 30  # Prefect allows no less
@@ -48,20 +49,11 @@ class DeployedCampaign:
     flow_run_name: str
 
 
-def deploy_campaign(campaign_id: str, pool: str, *, simulators: bool) -> DeployedCampaign:
-    """Create (or update) the campaign's deployment and automations on ``pool``, then start it.
-
-    Raises:
-        UsageError: ``pool`` does not exist, or the campaign id cannot name a deployment.
-    """
+def require_work_pool(pool: str) -> None:
+    """Raise UsageError (saying how to create it) unless the Prefect server has work pool ``pool``."""
     from prefect.client.orchestration import get_client
-    from prefect.deployments.runner import RunnerDeployment
     from prefect.exceptions import ObjectNotFound
-    from prefect.types.entrypoint import EntrypointType
 
-    from flows.prefect.flow import campaign
-
-    name = deployment_name(campaign_id)
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)
@@ -69,6 +61,21 @@ def deploy_campaign(campaign_id: str, pool: str, *, simulators: bool) -> Deploye
             raise UsageError(f"no Prefect work pool {pool!r}",
                              f"create it with `prefect work-pool create {pool} --type process`, "
                              f"then start workers with `prefect worker start --pool {pool}`") from None
+
+
+def deploy_campaign(campaign_id: str, pool: str, *, simulators: bool) -> DeployedCampaign:
+    """Create (or update) the campaign's deployment and automations on ``pool`` (which exists:
+    `require_work_pool`), then start a flow run of it.
+
+    Raises:
+        UsageError: The campaign id cannot name a deployment.
+    """
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.prefect.flow import campaign
+
+    name = deployment_name(campaign_id)
     deployment = RunnerDeployment.from_flow(
         campaign, name=name, parameters={"campaign_id": campaign_id, "simulated_instruments": simulators},
         tags=["closedloop", f"campaign:{campaign_id}"],
