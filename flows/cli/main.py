@@ -154,11 +154,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from flows.prefect.service import (
+        check_pool_name,
         deploy_campaign,
         deployment_name,
         require_work_pool,
     )
 
+    check_pool_name(args.pool)
     spec = _spec_of(args.spec)
     campaign_id = deployment_name(args.campaign_id or spec.name)
     quiet_prefect_defaults()

@@ -24,12 +24,13 @@ from uuid import UUID
 
 from campaigns import UsageError
 
-__all__ = ["HEARTBEAT_S", "DeployedCampaign", "deploy_campaign", "deployment_name", "require_work_pool",
-           "start_flow_run"]
+__all__ = ["HEARTBEAT_S", "DeployedCampaign", "check_pool_name", "deploy_campaign", "deployment_name",
+           "require_work_pool", "start_flow_run"]
 
 #: Seconds between a deployed flow run's heartbeats; one missing for three periods marks it crashed.
 HEARTBEAT_S = 30  # Prefect allows no less
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_POOL = re.compile(r"[^\x00-\x1f\x7f/%]{1,100}")  # what a work pool's API path can hold
 
 
 def deployment_name(campaign_id: str) -> str:
@@ -49,11 +50,20 @@ class DeployedCampaign:
     flow_run_name: str
 
 
+def check_pool_name(pool: str) -> str:
+    """``pool`` if it can name a Prefect work pool, else UsageError (before anything is asked of Prefect)."""
+    if not _POOL.fullmatch(pool):
+        raise UsageError(f"--pool {pool[:60]!r} cannot name a Prefect work pool",
+                         "use 1 to 100 printable characters without '/' or '%', e.g. --pool closedloop")
+    return pool
+
+
 def require_work_pool(pool: str) -> None:
     """Raise UsageError (saying how to create it) unless the Prefect server has work pool ``pool``."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
+    check_pool_name(pool)
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)

@@ -100,6 +100,7 @@ def test_deploy_without_a_prefect_server_or_pool_is_one_line(tmp_path: Path, pre
         (no_server, [], "deploy needs a Prefect server"),
         (env, ["--pool", f"nope-{uuid.uuid4().hex[:6]}"], "no Prefect work pool 'nope-"),
         (env, ["--campaign-id", "a/b"], "cannot name a Prefect deployment"),
+        *((env, ["--pool", pool], "cannot name a Prefect work pool") for pool in ("", "a/b", "x\ny", "p" * 300)),
     ]
     for case_env, extra, expected in cases:
         out = run(["deploy", str(spec), *extra], case_env, timeout=120)
