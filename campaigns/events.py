@@ -195,6 +195,9 @@ class RunStarted(EventBase):
     pid: int
     flow_run_id: str | None = None
     versions: dict[str, str] = Field(default_factory=dict)
+    #: The Prefect deployment whose flow run this is (``campaign/<id>``: `closedloop deploy`);
+    #: None for a run started by `closedloop run`/`resume`. People's commands wake such a campaign.
+    deployment: str | None = None
 
 
 #: What chose a suggested trial (``optimizer.engines`` says which engine a spec uses, and why):

@@ -114,6 +114,9 @@ class CampaignState:
     trials: dict[str, TrialRecord] = field(default_factory=dict)
     finished_reason: str | None = None
     runs: int = 0
+    #: The last run's Prefect flow run, if a deployment started it (``RunStarted.deployment``):
+    #: people's commands wake that flow run when it is suspended.
+    deployed_flow_run: str | None = None
     rejected_messages: int = 0  # device messages rejected: logged one by one, or counted in summaries
     anomalies: int = 0
     paused_reason: str | None = None
@@ -237,6 +240,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
             state.anomalies += 1
     elif isinstance(event, RunStarted):
         state.runs += 1
+        state.deployed_flow_run = event.flow_run_id if event.deployment else None
     elif isinstance(event, TrialsSuggested):
         for s in event.trials:
             if s.trial_id in state.trials:

@@ -23,18 +23,9 @@ if TYPE_CHECKING:
     from storage import MongoEventStore
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "drive",
-           "quiet_prefect_defaults", "startup_finished"]
+           "startup_finished"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-
-
-def quiet_prefect_defaults() -> None:
-    # Before Prefect is imported: keep its console logs out of the progress display, don't try
-    # to reach the internet, and give the ephemeral API server time to start on a slow machine.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def startup_finished() -> None:
@@ -89,8 +80,9 @@ def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: ar
             with lab:
                 from flows.cli.progress import ProgressReporter
 
+                from flows.prefect.server import local_prefect_api, quiet_prefect_defaults
+
                 quiet_prefect_defaults()
-                from flows.prefect.server import local_prefect_api
 
                 with local_prefect_api():
                     from flows.prefect.flow import campaign

@@ -4,6 +4,8 @@ A decision goes to the log by one of two paths, with the same events either way:
 orchestrator runs the campaign, the command takes the campaign's lease and appends the events
 itself; when one runs (it holds the lease), the command goes to the inbox, the orchestrator
 applies it within a second, and the command waits to report whether it was applied or refused.
+A deployed campaign waiting for a person has no orchestrator running: its flow run is
+suspended, and the command wakes it (`wake_deployed`).
 """
 
 from __future__ import annotations
@@ -109,25 +111,76 @@ def _send(store: MongoEventStore, settings: Settings, command: Command) -> int:
             store.append(events)
             print(f"{campaign_id}: {_describe(events[-1])} (logged as event {events[-1].seq})")
             _timeout_note(command)
-            if command.kind != "stop" and state.status != "finished":
-                print(f"no orchestrator is running it: `closedloop resume {campaign_id}` to go on")
-            return 0
+        if state.deployed_flow_run is not None:
+            print(f"campaign {campaign_id} is deployed: {wake_deployed(fold(store.read(campaign_id)))}")
+        elif command.kind != "stop" and state.status != "finished":
+            print(f"no orchestrator is running it: `closedloop resume {campaign_id}` to go on")
+        return 0
     except CampaignLockedError as locked:
-        return _hand_over(store, settings, command, locked)
+        return _hand_over(store, settings, command, locked, state.deployed_flow_run)
 
 
-def _hand_over(store: MongoEventStore, settings: Settings, command: Command, locked: CampaignLockedError) -> int:
+def wake_deployed(state: CampaignState) -> str:
+    """Wake a deployed campaign's flow run (`flows.prefect.suspension.wake`) after a command of a
+    person is in the log or the inbox; what happened, in a few words."""
+    from flows.prefect.server import quiet_prefect_defaults
+
+    run = state.deployed_flow_run
+    quiet_prefect_defaults()
+    from flows.prefect.approval import prefect_server_configured
+
+    if run is None:
+        return "it has no flow run yet"
+    if not prefect_server_configured():
+        return (f"set PREFECT_API_URL to its Prefect server to wake its flow run {run} "
+                "(or resume that flow run in the Prefect UI)")
+    from flows.prefect.service import wake
+
+    try:
+        return wake(state.campaign_id, run, finished=state.status == "finished")
+    except Exception as exc:  # noqa: BLE001 - the command is logged; say why the run was not woken
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        return f"its flow run {run} could not be woken ({detail}): resume it in the Prefect UI"
+
+
+def _suspended(flow_run_id: str) -> bool:
+    from flows.prefect.approval import prefect_server_configured
+
+    if not prefect_server_configured():
+        return False
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+    except Exception:  # noqa: BLE001 - cannot tell: the command waits in the inbox as before
+        return False
+    return state is not None and state.is_paused()
+
+
+def _hand_over(store: MongoEventStore, settings: Settings, command: Command, locked: CampaignLockedError,
+               deployed_flow_run: str | None = None) -> int:
     from storage import MongoCommandInbox
 
     with _ctrl_c_between_calls() as interrupted, MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
         inbox.submit(command.campaign_id, command.kind, command.payload, by=command.by,
                      reason=command.reason, command_id=command.command_id)
+        woken: list[str] = []
 
         def decided() -> Command | None:
             if interrupted.is_set():
                 raise KeyboardInterrupt  # between two database calls, never inside one
             current = inbox.get(command.command_id)
-            return current if current is not None and current.state in ("applied", "refused") else None
+            if current is not None and current.state in ("applied", "refused"):
+                return current
+            if deployed_flow_run is not None and not woken and current is not None and current.state == "pending":
+                # A deployed run that decided to suspend just before this command came: wake it.
+                state = fold(store.read(command.campaign_id))
+                if state.deployed_flow_run == deployed_flow_run and _suspended(deployed_flow_run):
+                    woken.append(wake_deployed(state))
+            return None
 
         current = wait_for(decided, settings.handover_wait_s, interval_s=0.3, sleep=interrupted.wait)
         if current is not None and current.state == "applied":

@@ -54,7 +54,7 @@ from flows.engine.ports import Clock, CommandInbox, DeviceHub, EventLog, SystemC
 from flows.engine.writer import EventWriter
 from optimizer import AxOptimizer
 
-__all__ = ["CampaignLoop", "LoopOptions", "Optimizer"]
+__all__ = ["CampaignLoop", "LoopOptions", "Optimizer", "answer_with"]
 
 log = logging.getLogger("closedloop.loop")
 
@@ -88,6 +88,10 @@ class LoopOptions:
     # False: every optimizer call runs in the loop's own thread, in order (deterministic runs
     # on a manual clock; nothing is computed while the loop waits on devices).
     optimizer_in_thread: bool = True
+    # True: return, instead of idling, once only a person can move the campaign on (an open
+    # approval, nothing in flight or to send, nothing being computed): a deployed campaign's
+    # flow run then suspends and holds no process while it waits (flows.prefect.suspension).
+    leave_when_waiting: bool = False
 
 
 class ApprovalNotifier(Protocol):
@@ -95,6 +99,12 @@ class ApprovalNotifier(Protocol):
 
     def open(self, approval_id: str, trials: list[dict[str, object]], why: str, answer_with: str) -> None: ...
     def close(self, approval_id: str) -> None: ...
+
+
+def answer_with(campaign_id: str, approval_id: str) -> str:
+    """The CLI command that answers an approval request (shown wherever the request is)."""
+    return (f"closedloop approve {campaign_id} --approval {approval_id} "
+            f"[--trial ID ...] [--edit ID name=value ...] [--reject ID ...] --reason \"...\"")
 
 
 class CommandScript(Protocol):
@@ -238,6 +248,20 @@ class CampaignLoop(Outcomes):
             if self.options.max_runtime_s is not None and self.clock() - started > self.options.max_runtime_s:
                 self._end_run()
                 return self.state
+            if self.options.leave_when_waiting and not sent and self.waits_for_a_person():
+                self._next_command_poll = 0.0
+                self._commands()  # a last look: a command that came meanwhile is applied, not slept on
+                if self.waits_for_a_person():
+                    self._end_run()
+                    return self.state
+
+    def waits_for_a_person(self) -> bool:
+        """Only a person's answer moves this running campaign on: an approval is open, nothing is
+        in flight, to send or being computed, and no approval has a deadline the loop must keep."""
+        approvals = self.state.open_approvals.values()
+        return (self.state.status == "running" and bool(approvals) and not self.state.in_flight
+                and not self.state.undispatched and not self._worker.computing
+                and all(a.deadline is None or a.on_timeout == "keep_waiting" for a in approvals))
 
     def _writer_for(self, store: EventLog) -> EventWriter:
         # Back-off through a database outage waits on the loop's clock.
@@ -308,8 +332,7 @@ class CampaignLoop(Outcomes):
         self.notifier.open(approval_id, trials, request.why, self._answer_with(approval_id))
 
     def _answer_with(self, approval_id: str) -> str:
-        return (f"closedloop approve {self.campaign_id} --approval {approval_id} "
-                f"[--trial ID ...] [--edit ID name=value ...] [--reject ID ...] --reason \"...\"")
+        return answer_with(self.campaign_id, approval_id)
 
     def _ask(self, suggested: list[SuggestedTrial]) -> None:
         spec = self._spec()

@@ -28,6 +28,7 @@ from flows.app.runtime import broker_url, event_store, mqtt_settings, simulated_
 from flows.app.wiring import current_wiring
 from flows.engine.loop import CampaignLoop, LoopOptions
 from flows.engine.replay import replay_wiring
+from flows.prefect.suspension import apply_answer, command_id, last_answer, suspend
 from optimizer import AxOptimizer
 from storage import MongoCommandInbox
 
@@ -110,16 +111,28 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
     settings = wiring.settings
     flow_run = get_run_context().flow_run  # type: ignore[union-attr]
     flow_run_id = str(flow_run.id)
-    # Started by a worker, maybe after a crash elsewhere: the dead run's lease expires within its ttl.
+    # Started by a worker, maybe after a crash elsewhere: the dead run's lease expires within its
+    # ttl. Such a run suspends while only a person can move the campaign on, and may have been
+    # resumed from such a suspension with an answer (flows.prefect.suspension).
     deployed = flow_run.deployment_id is not None
+    answer = last_answer(flow_run.id) if deployed else None
 
     def took_over(previous: str) -> None:
         logger.warning("campaign %s: took over the stale lease of %s", campaign_id, previous)
 
     # The lease first (one writer per campaign), then the run's resources under it.
     with event_store(settings) as store, hold_lease(store.uri, settings.mongodb_database, campaign_id, took_over,
-                                                                  leases=wiring.leases, wait=deployed) as held:
+                                                                  leases=wiring.leases, wait=deployed) as held, \
+            MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
         created = fold(store.read(campaign_id, limit=1))
+        problem: str | None = None
+        if answer is not None:
+            def submit(kind: str, payload: dict[str, Any], by: str, reason: str, command_id: str) -> None:
+                if inbox.get(command_id) is None:
+                    inbox.submit(campaign_id, kind, payload, by=by, reason=reason, command_id=command_id)  # type: ignore[arg-type]
+
+            problem = apply_answer(answer, fold(store.read(campaign_id)), flow_run.id,
+                                   append=lambda e: store.append([e]), submit=submit, logger=logger)
         with broker_url(settings) as url, (
                 simulated_lab(created.spec, mqtt_settings(settings, url), settings.home / "devices" / campaign_id)
                 if simulated_instruments and created.spec is not None else nullcontext()):
@@ -129,19 +142,20 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
             hub = MqttDeviceHub(mqtt_settings(settings, url),
                                 client_id=client_id(campaign_id, created.instance or campaign_id))
             hub.start()
-            inbox = MongoCommandInbox(store.uri, database=settings.mongodb_database)
-            notifier = _prefect_notifier(campaign_id, inbox)
+            # A deployed run's suspended flow run is the approval's form itself.
+            notifier = None if deployed else _prefect_notifier(campaign_id, inbox)
             # A replay campaign (its CampaignCreated says so): a scripted optimizer (faithful) or
             # its source's people (counterfactual).
             scripted, script = replay_wiring(created, store.read)
-            finished = False
+            finished = waiting = False
             try:
                 loop = CampaignLoop(
                     campaign_id, store, hub,
                     make_optimizer=scripted or partial(_make_optimizer, settings.optimizer_threads),
-                    options=LoopOptions(max_runtime_s=max_runtime_s),
+                    options=LoopOptions(max_runtime_s=max_runtime_s, leave_when_waiting=deployed),
                     run_info={"host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run_id,
-                              "versions": software_versions()},
+                              "versions": software_versions(),
+                              "deployment": f"campaign/{campaign_id}" if deployed else None},
                     lease_lost=held.lost_error,
                     inbox=inbox,
                     notifier=notifier,
@@ -149,13 +163,21 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
                 )
                 state = loop.run()
                 finished = state.status == "finished"
+                waiting = deployed and (state.status == "paused" or loop.waits_for_a_person())
             finally:
                 if notifier is not None:
                     notifier.shutdown()
-                inbox.close()
                 # A finished campaign never comes back: its session would hold queued messages
                 # forever. A stopped or paused one keeps it, to get what arrives meanwhile.
                 hub.stop(end_session=finished)
+        if waiting:
+            refused = inbox.get(command_id(flow_run.id, answer)) if answer is not None else None
+            if refused is not None and refused.state == "refused":
+                problem = refused.error  # the loop refused it (e.g. an edit out of bounds)
+            logger.info("campaign %s waits for a person: its flow run suspends until answered", campaign_id)
+            # Still under the lease: a command sent meanwhile goes to the inbox, and its author
+            # wakes this run once it is suspended (flows.cli.people).
+            suspend(state, flow_run.id, problem)
     best = state.best()
     summary: dict[str, object] = {
         "campaign_id": campaign_id,

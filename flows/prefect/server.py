@@ -25,9 +25,18 @@ from typing import Any
 from campaigns import ClosedLoopError, ServiceStartError
 from campaigns.waiting import wait_for
 
-__all__ = ["local_api_url", "local_prefect_api"]
+__all__ = ["local_api_url", "local_prefect_api", "quiet_prefect_defaults"]
 
 log = logging.getLogger("closedloop.prefect")
+
+
+def quiet_prefect_defaults() -> None:
+    """Before Prefect is imported: keep its console logs out of the progress display, don't try
+    to reach the internet, and give the ephemeral API server time to start on a slow machine."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 _HOST = "127.0.0.1"
 _ATTEMPTS = 3

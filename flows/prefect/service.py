@@ -25,7 +25,7 @@ from uuid import UUID
 from campaigns import UsageError
 
 __all__ = ["HEARTBEAT_S", "DeployedCampaign", "check_pool_name", "deploy_campaign", "deployment_name",
-           "require_work_pool", "start_flow_run"]
+           "require_work_pool", "start_flow_run", "wake"]
 
 #: Seconds between a deployed flow run's heartbeats; one missing for three periods marks it crashed.
 HEARTBEAT_S = 30  # Prefect allows no less
@@ -144,3 +144,32 @@ def _ensure_automations(campaign_id: str, deployment_id: UUID) -> None:
         except ValueError:
             pass
         automation.create()
+
+
+def wake(campaign_id: str, flow_run_id: str, *, finished: bool) -> str:
+    """Make a deployed campaign act on a person's command; what happened, as a line for that person.
+
+    The command is in the log or the inbox already: a suspended flow run is resumed with the
+    "decided elsewhere" marker (never with a form's answer). A flow run that ended while the
+    campaign has not (paused under an earlier version) gets a successor; a running one applies
+    the command itself; a crashed one is restarted by the campaign's automation.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import NotPausedError
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.prefect.approval import CLOSED_KEY
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(flow_run_id))
+    state = run.state
+    if state is not None and state.is_paused():
+        try:
+            resume_flow_run(run.id, run_input={CLOSED_KEY: "answered from the CLI"})
+            return f"its flow run {run.name} was suspended: it resumes on a worker of pool {run.work_pool_name}"
+        except NotPausedError:
+            return f"its flow run {run.name} was resumed meanwhile"
+    if state is not None and state.type.value in ("COMPLETED", "CANCELLED", "FAILED") and not finished:
+        new = start_flow_run(campaign_id)
+        return f"its flow run had ended: flow run {new.name} ({new.id}) starts on a worker of pool {run.work_pool_name}"
+    return f"its flow run {run.name} is {state.name if state else 'unknown'}: it applies the command"

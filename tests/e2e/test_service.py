@@ -8,18 +8,25 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 
 from campaigns import (
+    ApprovalGiven,
+    CampaignPaused,
     CampaignResumed,
     RunStarted,
     TrialCompleted,
+    TrialDispatched,
+    fold,
 )
 from tests.e2e.cli import read_events, run, shared_env, status_now, write_spec
 from tests.e2e.test_crash_resume import (
@@ -30,6 +37,14 @@ from tests.e2e.test_crash_resume import (
 )
 
 BIN_DIR = Path(sys.executable).parent
+#: Two approvals (trials 0-1, then 2-3): every batch waits for a person; simulators in the flow run.
+APPROVAL_SPEC: dict[str, Any] = {
+    "name": "asks", "seed": 3, "parameters": SPEC["parameters"], "objectives": SPEC["objectives"],
+    "budget": {"max_trials": 3}, "batch_size": 2, "trial_timeout_s": 60, "approval": "every_batch",
+    "optimizer": {"method": "sobol"},
+    "devices": [{"id": f"sim-{i}", "simulator": "branin", "options": {"duration_s": [0.1, 0.3], "seed": i}}
+                for i in (1, 2)],
+}
 
 
 def _worker(pool: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -108,3 +123,124 @@ def test_deploy_without_a_prefect_server_or_pool_is_one_line(tmp_path: Path, pre
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     # Refused before anything was written: no campaign under either id.
     assert read_events(env, "undeployed") == [] and read_events(env, "a/b") == []
+
+
+def _flow_run(run_id: str) -> Any:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(run_id))
+
+
+def _keys(run_id: str) -> list[str]:
+    return sorted(_flow_run(run_id).empirical_policy.pause_keys or [])
+
+
+def _form_text(run_id: str, key: str) -> str:
+    """The text above a suspended flow run's form, as the UI shows it."""
+    from prefect.input.actions import read_flow_run_input
+
+    return str(read_flow_run_input(f"suspended-{key}-description", flow_run_id=UUID(run_id)))
+
+
+def _suspended_waiting(env: dict[str, str], campaign: str, *, trials: list[str] | None = None,
+                       paused: bool = False) -> Any:
+    """The campaign's last RunStarted once its flow run is suspended waiting for that approval
+    (or paused), else None."""
+    s = status_now(campaign, env)
+    if s is None or (paused and s["status"] != "paused") or (
+            trials is not None and not any(a["trial_ids"] == trials for a in s["approvals_waiting"])):
+        return None
+    runs = _runs(env, campaign)
+    if not runs or runs[-1].flow_run_id is None:
+        return None
+    state = _flow_run(runs[-1].flow_run_id).state
+    return runs[-1] if state is not None and state.name == "Suspended" else None
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie (dead, not yet reaped) does not run
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _holds_no_process(started: RunStarted, worker: subprocess.Popen[bytes]) -> None:
+    """Once suspended, the campaign's flow-run process exits and its worker runs no flow run
+    (no child process): waited for, as the process cleans up (its lease, broker session)."""
+    def children() -> list[str]:
+        return Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+
+    wait_for(lambda: not _alive(started.pid) and not children(), 60, "the suspended flow run's process to exit")
+    assert worker.poll() is None  # the worker itself still runs, with its slot free
+
+
+@pytest.mark.timeout(600)
+def test_a_deployed_campaign_waiting_for_a_person_holds_no_process_and_any_answer_resumes_it(
+        tmp_path: Path, prefect_env: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
+    from prefect.flow_runs import resume_flow_run
+
+    env = shared_env(tmp_path / "home", prefect_env, mongo_uri, mosquitto_url)
+    pool = f"lab-{uuid.uuid4().hex[:8]}"
+    spec = write_spec(tmp_path / "spec.yaml", {**APPROVAL_SPEC, "name": "asks"})
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    worker = _worker(pool, env, tmp_path / "worker.log")
+    try:
+        out = run(["deploy", str(spec), "--pool", pool], env, timeout=180)  # its simulators run in its flow run
+        assert out.returncode == 0, out.stderr
+
+        # The first approval: the flow run suspends itself, and nothing of the campaign runs.
+        first = wait_for(lambda: _suspended_waiting(env, "asks", trials=["0", "1"]), 300, "a suspended approval wait")
+        _holds_no_process(first, worker)
+        # A wrong answer in Prefect's form (x1 out of bounds): refused, nothing logged but the
+        # refusal; the run suspends again and its form says why.
+        resume_flow_run(UUID(first.flow_run_id), run_input={"decision": "approve", "edits": "0: x1=99",
+                                                            "reason": "typo", "by": "dee"})
+        wait_for(lambda: _suspended_waiting(env, "asks", trials=["0", "1"]) and _keys(first.flow_run_id) == [
+            "wait-1-approval-a0", "wait-2-approval-a0"], 300, "the approval asked again after a refused answer")
+        form = _form_text(first.flow_run_id, "wait-2-approval-a0")
+        assert "The previous answer was not accepted" in form and "x1" in form and "99" in form, form
+        assert not [e for e in read_events(env, "asks") if isinstance(e, ApprovalGiven)]
+        # Answered in Prefect, as the UI's form does: the flow run resumes on the worker.
+        resume_flow_run(UUID(first.flow_run_id), run_input={
+            "decision": "approve", "edits": "0: x1=1.5", "reject": ["1"], "reason": "x1 above 5 risks a runaway",
+            "by": "dee"})
+        answered = time.time()
+        second = wait_for(lambda: _suspended_waiting(env, "asks", trials=["2", "3"]), 300, "the second approval wait")
+        dispatched = next(e for e in read_events(env, "asks") if isinstance(e, TrialDispatched))
+        print(f"answer in Prefect -> trial {dispatched.trial_id} dispatched: {dispatched.time.timestamp() - answered:.1f} s")
+        _holds_no_process(second, worker)
+
+        # A pause while it waits: the CLI logs it and wakes the run, which suspends as paused.
+        out = run(["pause", "asks", "--reason", "lunch", "--by", "eve"], env)
+        assert out.returncode == 0 and "is deployed" in out.stdout and "resumes on a worker" in out.stdout, out
+        paused = wait_for(lambda: _suspended_waiting(env, "asks", paused=True), 300, "a suspended pause")
+        _holds_no_process(paused, worker)
+        out = run(["resume", "asks", "--reason", "back"], env)
+        assert out.returncode == 0 and "resumed (logged as event" in out.stdout, out
+        again = wait_for(lambda: (r := _suspended_waiting(env, "asks", trials=["2", "3"])) and r.pid != paused.pid
+                         and r, 300, "the approval wait again after the resume")
+        # The CLI answers the second approval: logged at once, and the run is woken.
+        out = run(["approve", "asks", "--reason", "looks safe", "--by", "dee"], env)
+        assert out.returncode == 0 and "resumes on a worker" in out.stdout, out
+        assert again.pid not in (first.pid, second.pid)
+        wait_for(lambda: (s := status_now("asks", env)) is not None and s["status"] == "finished", 300, "the end")
+        final_run = _flow_run(_runs(env, "asks")[-1].flow_run_id)
+        assert final_run.state is not None and final_run.state.is_completed()
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    events = read_events(env, "asks")
+    state = fold(events)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert {t: s.status for t, s in state.trials.items()} == {
+        "0": "completed", "1": "rejected", "2": "completed", "3": "completed"}
+    assert state.trials["0"].parameters["x1"] == 1.5
+    decisions = [(e.actor, e.via, e.reason) for e in events if isinstance(e, ApprovalGiven)]
+    assert decisions[:2] == [("user:dee", "prefect", "x1 above 5 risks a runaway"), ("user:dee", "cli", "looks safe")]
+    assert [(e.actor, e.detail) for e in events if isinstance(e, CampaignPaused)] == [("user:eve", "lunch")]
+    assert [e.reason for e in events if isinstance(e, CampaignResumed)] == ["back"]
+    # One flow run all along (suspended and resumed; never a second one), a process per stretch:
+    # the first, after the refused answer, after the Prefect answer, after the resume, after the
+    # CLI answer (woken by the pause, a run of a paused campaign suspends before any RunStarted).
+    runs = _runs(env, "asks")
+    assert len({r.flow_run_id for r in runs}) == 1 and len({r.pid for r in runs}) == len(runs) == 5

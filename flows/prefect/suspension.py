@@ -1,0 +1,173 @@
+"""A deployed campaign that waits for a person holds no process: its flow run is suspended.
+
+When a deployed campaign's loop returns because only a person can move it on (an open
+approval without a deadline, or a pause), its flow run suspends itself with a form
+(`suspend_flow_run`): the approval's form, or a resume form. Its process exits and its worker
+slot is free. An answer — the form in the Prefect UI, ``resume_flow_run`` with the form's input,
+or a `closedloop` command (`wake`) — reschedules the flow run on a worker; it starts from the
+top, reads the answer of its last suspension (`last_answer`) and goes on from the log.
+
+Suspensions are keyed ``wait-<n>-pause`` or ``wait-<n>-approval-<id>`` (n counts the flow run's
+suspensions): a flow run resumed reads the answer to the highest. An answer
+becomes a command whose id is the flow run's and the key's, so it is applied at most once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, NoReturn
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.flow_runs import suspend_flow_run
+from prefect.input import RunInput
+from pydantic import ConfigDict, Field
+
+from campaigns import CampaignResumed, CampaignState
+from flows.engine.loop import answer_with
+from flows.prefect.approval import CLOSED_KEY, ApprovalForm, command_from_form, describe
+
+__all__ = ["Answer", "ResumeForm", "apply_answer", "command_id", "last_answer", "suspend"]
+
+log = logging.getLogger(__name__)
+
+_KEY = re.compile(r"wait-(\d+)-(pause|approval-(?:x[0-9a-f]+|[a-z0-9]+))")  # Prefect: [a-z0-9-] only
+
+
+def _key(n: int, what: str) -> str:
+    """``wait-<n>-pause`` or ``wait-<n>-approval-<id>`` (an id outside [a-z0-9] hex-encoded: x...)."""
+    if what == "pause":
+        return f"wait-{n}-pause"
+    approval_id = what.partition(":")[2]
+    return f"wait-{n}-approval-" + (approval_id if re.fullmatch(r"[a-z0-9]+", approval_id) and not
+                                    approval_id.startswith("x") else "x" + approval_id.encode().hex())
+
+
+def _what(token: str) -> str:
+    if token == "pause":
+        return token
+    encoded = token.removeprefix("approval-")
+    return "approval:" + (bytes.fromhex(encoded[1:]).decode() if encoded.startswith("x") else encoded)
+
+
+class ResumeForm(RunInput):
+    """The form of a paused campaign's suspended flow run: resuming it resumes the campaign."""
+
+    model_config = ConfigDict(extra="allow")  # `wake` resumes with CLOSED_KEY: decided elsewhere
+
+    reason: str = Field("", description="Why the campaign goes on (recorded in the campaign log)")
+    by: str = Field("", description="Your name (recorded in the campaign log)")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the flow run was resumed with, for the wait ``what`` (``pause`` or ``approval:<id>``)."""
+
+    what: str
+    key: str
+    form: ApprovalForm | ResumeForm
+
+    @property
+    def decided_elsewhere(self) -> bool:
+        """A command already in the log (or the inbox) woke the run: nothing to apply here."""
+        return CLOSED_KEY in (self.form.model_extra or {})
+
+
+def _fired(flow_run_id: UUID) -> list[tuple[int, str]]:
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+    keys = run.empirical_policy.pause_keys or set()
+    return sorted((int(m[1]), _what(m[2])) for k in keys if (m := _KEY.fullmatch(k)))
+
+
+def last_answer(flow_run_id: UUID) -> Answer | None:
+    """The answer to this flow run's last suspension (None: it never suspended, or no input came)."""
+    fired = _fired(flow_run_id)
+    if not fired:
+        return None
+    n, what = fired[-1]
+    key = _key(n, what)
+    form = ResumeForm if what == "pause" else ApprovalForm
+    try:  # a suspension that already fired returns the input it was resumed with
+        value = suspend_flow_run(wait_for_input=form, key=key)
+    except Exception:  # resumed without input (e.g. `prefect flow-run resume`): no answer
+        log.warning("flow run %s was resumed without an answer to %s", flow_run_id, what, exc_info=True)
+        return None
+    return None if value is None else Answer(what, key, value)
+
+
+def command_id(flow_run_id: UUID, answer: Answer) -> str:
+    """The id of the command an answer becomes: the same however often the run starts."""
+    return f"{flow_run_id}:{answer.key}"
+
+
+def apply_answer(answer: Answer, state: CampaignState, flow_run_id: UUID, *, append: Any, submit: Any,
+                 logger: Any) -> str | None:
+    """Turn an answer given in Prefect into what the same answer from the CLI is; returns why it
+    was not accepted (shown above the form when the run suspends again), else None.
+
+    A resume form appends ``CampaignResumed`` (``append``: the caller holds the lease); an
+    approval form becomes an ``approve`` command (``submit(kind, payload, by, reason, command_id)``)
+    that the loop checks and applies, exactly as a CLI answer.
+    """
+    if answer.decided_elsewhere:
+        return None
+    form = answer.form
+    by, reason = form.by.strip(), form.reason.strip()
+    if answer.what == "pause":
+        if state.status != "paused":
+            logger.info("campaign %s is not paused any more: the resume form changes nothing", state.campaign_id)
+            return None
+        append(CampaignResumed(campaign_id=state.campaign_id, seq=state.last_seq + 1, actor=f"user:{by or 'prefect-ui'}",
+                               reason=reason or "resumed in the Prefect UI"))
+        return None
+    approval_id = answer.what.partition(":")[2]
+    request = state.open_approvals.get(approval_id)
+    if request is None:
+        logger.info("approval %s was decided meanwhile: the answer in Prefect is not applied", approval_id)
+        return None
+    try:
+        assert isinstance(form, ApprovalForm)
+        payload = command_from_form(form, approval_id, _trials(state, request.trial_ids))
+    except ValueError as exc:
+        logger.error("approval %s: answer not accepted: %s", approval_id, exc)
+        return str(exc)
+    payload.pop("by", None)
+    payload.pop("reason", None)
+    submit("approve", payload, by or "prefect-ui", reason or "answered in the Prefect UI",
+           command_id(flow_run_id, answer))
+    return None
+
+
+def _trials(state: CampaignState, trial_ids: list[str]) -> list[dict[str, Any]]:
+    return [{"trial_id": t, "parameters": dict(state.trials[t].parameters) if t in state.trials else {}}
+            for t in trial_ids]
+
+
+def suspend(state: CampaignState, flow_run_id: UUID, problem: str | None = None) -> NoReturn:
+    """Suspend this flow run until a person answers (raises Prefect's ``Pause``; the process exits).
+
+    Args:
+        state: The campaign, paused or waiting for an approval.
+        flow_run_id: This flow run.
+        problem: Why the previous answer was not accepted, shown above the form.
+    """
+    fired = _fired(flow_run_id)
+    n = (fired[-1][0] if fired else 0) + 1
+    if state.status == "paused":
+        what = "pause"
+        text = (f"### Campaign `{state.campaign_id}` is paused\n\n{state.paused_detail or state.paused_reason}\n\n"
+                "Resume to let it go on (the reason and your name are recorded in the campaign log), or from a "
+                f"shell:\n\n```\nclosedloop resume {state.campaign_id} --reason ...\n```")
+        form: Any = ResumeForm.with_initial_data(description=text, reason="", by="")
+    else:
+        request = min(state.open_approvals.values(), key=lambda r: r.requested_at)
+        what = f"approval:{request.approval_id}"
+        form = ApprovalForm.with_initial_data(
+            description=describe(state.campaign_id, request.approval_id, _trials(state, request.trial_ids),
+                                 request.why, answer_with(state.campaign_id, request.approval_id), problem),
+            decision="approve", reject=[], edits="", reason="", by="")
+    suspend_flow_run(wait_for_input=form, key=_key(n, what))
+    raise AssertionError("suspend_flow_run returned in the flow run it suspended")  # pragma: no cover
