@@ -148,7 +148,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     campaign_id = args.campaign_id or spec.name
     settings = Settings()
     with event_store(settings) as store:
-        _created(store, spec, args.spec, campaign_id)
+        state = _created(store, spec, args.spec, campaign_id)
+        if state.deployed_flow_run is not None:
+            raise CampaignStateError(f"campaign {campaign_id!r} is deployed: the workers of its Prefect pool run it",
+                                     f"`closedloop status {campaign_id}` shows it; `closedloop resume {campaign_id}` "
+                                     "wakes it if it waits", campaign_id=campaign_id)
         return drive(store, settings, campaign_id, args, resume=False)
 
 
@@ -179,7 +183,12 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         raise CampaignStateError(f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
                                  "pass --campaign-id NEW_ID to run the spec again as a new campaign",
                                  campaign_id=campaign_id)
-    deployed = deploy_campaign(campaign_id, args.pool, simulators=not args.no_simulators)
+    deployed = deploy_campaign(campaign_id, args.pool, simulators=not args.no_simulators,
+                               current_flow_run=state.deployed_flow_run)
+    if not deployed.started:
+        print(f"campaign {campaign_id}: deployment campaign/{campaign_id} updated on work pool {args.pool}; "
+              f"its flow run {deployed.flow_run_name} ({deployed.flow_run_id}) has not ended: no second one started")
+        return EXIT_OK
     print(f"campaign {campaign_id}: deployed as campaign/{campaign_id} on work pool {args.pool}; "
           f"flow run {deployed.flow_run_name} ({deployed.flow_run_id}) starts on its next free worker "
           f"(`prefect worker start --pool {args.pool}`)")

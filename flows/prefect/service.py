@@ -48,6 +48,7 @@ class DeployedCampaign:
     deployment_id: UUID
     flow_run_id: UUID
     flow_run_name: str
+    started: bool = True  # False: the campaign's flow run was alive (or suspended): kept, no second one
 
 
 def check_pool_name(pool: str) -> str:
@@ -73,9 +74,11 @@ def require_work_pool(pool: str) -> None:
                              f"then start workers with `prefect worker start --pool {pool}`") from None
 
 
-def deploy_campaign(campaign_id: str, pool: str, *, simulators: bool) -> DeployedCampaign:
+def deploy_campaign(campaign_id: str, pool: str, *, simulators: bool, current_flow_run: str | None = None
+                    ) -> DeployedCampaign:
     """Create (or update) the campaign's deployment and automations on ``pool`` (which exists:
-    `require_work_pool`), then start a flow run of it.
+    `require_work_pool`), then start a flow run of it, unless ``current_flow_run`` (the campaign's
+    last deployed flow run) has not ended: one flow run per campaign.
 
     Raises:
         UsageError: The campaign id cannot name a deployment.
@@ -95,6 +98,13 @@ def deploy_campaign(campaign_id: str, pool: str, *, simulators: bool) -> Deploye
     )
     deployment_id = deployment.apply(work_pool_name=pool)
     _ensure_automations(campaign_id, deployment_id)
+    if current_flow_run is not None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(UUID(current_flow_run))
+        if current.state is not None and not current.state.is_final():
+            return DeployedCampaign(deployment_id, current.id, current.name, started=False)
     run = start_flow_run(campaign_id)
     return DeployedCampaign(deployment_id, run.id, run.name)
 

@@ -191,6 +191,11 @@ def test_a_deployed_campaign_waiting_for_a_person_holds_no_process_and_any_answe
         # The first approval: the flow run suspends itself, and nothing of the campaign runs.
         first = wait_for(lambda: _suspended_waiting(env, "asks", trials=["0", "1"]), 300, "a suspended approval wait")
         _holds_no_process(first, worker)
+        # Nobody runs it beside its deployment, nor deploys a second flow run of it.
+        out = run(["run", str(spec)], env)
+        assert out.returncode == 1 and "is deployed" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out
+        out = run(["deploy", str(spec), "--pool", pool], env, timeout=180)
+        assert out.returncode == 0 and "no second one started" in out.stdout, out
         # A wrong answer in Prefect's form (x1 out of bounds): refused, nothing logged but the
         # refusal; the run suspends again and its form says why.
         resume_flow_run(UUID(first.flow_run_id), run_input={"decision": "approve", "edits": "0: x1=99",
