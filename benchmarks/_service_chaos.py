@@ -462,6 +462,10 @@ def check(chaos: ServiceChaos, loop_problems: list[str]) -> tuple[dict[str, Any]
         name = deployments.get(r.get("deployment_id"), "?")
         states[name][(r.get("state") or {}).get("name", "?")] += 1
         created[name].append(datetime.fromisoformat(r["created"]))
+    # A flow run that failed: a second run for one crash, which waited out the lease and gave up.
+    failed_runs = sorted((deployments.get(r.get("deployment_id"), "?"), r["created"][11:19],
+                          ((r.get("state") or {}).get("message") or "")[:110])
+                         for r in prefect_runs if (r.get("state") or {}).get("type") == "FAILED")
     # Each crash should start one flow run (besides the deploy's): more means an automation fired twice.
     extra_runs = {cid: len(created[cid]) - 1 - states[cid]["Crashed"] for cid in per}
     locked = (chaos.prefect.home / "server.log").read_text(errors="replace").count("database is locked")
@@ -510,6 +514,7 @@ def check(chaos: ServiceChaos, loop_problems: list[str]) -> tuple[dict[str, Any]
         "detect": _median_max(detect), "samples": (len(latencies["flow run"]), len(latencies["worker"])),
         "flow_runs": len(prefect_runs), "states": {k: dict(v) for k, v in states.items()},
         "extra_runs": sum(extra_runs.values()), "locked": locked, "rejected": total("rejected"),
+        "failed_runs": failed_runs,
     }
     campaign_rows = [[cid, f["finished"], f"{f['completed']}+{f['failed']}/{f['budget']}", f["runs"],
                       ", ".join(f"{n} {s}" for s, n in sorted(states.get(cid, {}).items())),
@@ -549,6 +554,8 @@ def report(f: dict[str, Any], problems: list[str], campaign_rows: list[list[Any]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
+    for cid, created, message in f["failed_runs"]:
+        print(f"  failed flow run of {cid} (created {created} UTC): {message}")
     for p in problems:
         print(f"  INVARIANT BROKEN: {p}")
     print(f"kills: {f['kills']} ({f['flow_run_kills']} flow runs, {f['worker_kills']} workers), broker restarts: "

@@ -41,12 +41,18 @@ measurement that is not what the instrument the request went to recorded for tha
 either campaign's log) must be 0, and no orchestrator run may write more rejection events
 than ``flows.engine.rejections`` bounds a run to, however many lies come.
 
+With ``--service`` (``benchmarks/_service_chaos.py``, issue 16): four campaigns deployed on two
+Prefect process workers instead, with nobody typing anything after ``closedloop deploy``; the
+kills are of flow runs and of whole workers, and each campaign gets the checks above.
+
 The last line printed is the figures; the exit code is 0 iff every invariant holds.
 
 Usage::
 
     .venv/bin/python benchmarks/chaos.py [--kills 20] [--trials N] [--seed 1] [--botorch]
         [--retries 0] [--hostile] [--keep]
+    .venv/bin/python benchmarks/chaos.py --service [--kills 20] [--campaigns 4] [--workers 2]
+        [--worker-kills N] [--trials N] [--seed 1] [--keep]
 """
 
 from __future__ import annotations
