@@ -41,12 +41,18 @@ measurement that is not what the instrument the request went to recorded for tha
 either campaign's log) must be 0, and no orchestrator run may write more rejection events
 than ``flows.engine.rejections`` bounds a run to, however many lies come.
 
+With ``--service`` (``benchmarks/_service_chaos.py``, issue 16): four campaigns deployed on two
+Prefect process workers instead, with nobody typing anything after ``closedloop deploy``; the
+kills are of flow runs and of whole workers, and each campaign gets the checks above.
+
 The last line printed is the figures; the exit code is 0 iff every invariant holds.
 
 Usage::
 
     .venv/bin/python benchmarks/chaos.py [--kills 20] [--trials N] [--seed 1] [--botorch]
         [--retries 0] [--hostile] [--keep]
+    .venv/bin/python benchmarks/chaos.py --service [--kills 20] [--campaigns 4] [--workers 2]
+        [--worker-kills N] [--trials N] [--seed 1] [--keep]
 """
 
 from __future__ import annotations
@@ -235,7 +241,7 @@ class Prefect:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        stop_group(self.proc, signal.SIGTERM)
+        stop_group(self.proc, signal.SIGINT, timeout_s=30)  # it ignores SIGTERM (Prefect 3.8.8)
 
 
 class Device:
@@ -254,6 +260,20 @@ class Device:
 
     def kill(self) -> None:
         stop_group(self.proc, signal.SIGKILL)
+
+
+def spec_dict(args: argparse.Namespace, name: str, seed: int, devices: tuple[str, ...]) -> dict[str, Any]:
+    """The chaos campaign's spec: Branin, batch 3, the budget and policies of the options."""
+    return {
+        "name": name, "seed": seed,
+        "parameters": [{"name": "x1", "type": "float", "bounds": [-5.0, 10.0]},
+                       {"name": "x2", "type": "float", "bounds": [0.0, 15.0]}],
+        "objectives": [{"name": "branin", "minimize": True}],
+        "budget": {"max_trials": args.trials}, "batch_size": 3, "trial_timeout_s": args.trial_timeout,
+        "devices": [{"id": d, "measures": ["branin"]} for d in devices],
+        "optimizer": {"method": "botorch" if args.botorch else "sobol"},
+        "failure_policy": {"retries": args.retries},
+    }
 
 
 # -- the chaos loop ----------------------------------------------------------------------------
@@ -291,17 +311,7 @@ class Chaos:
             self.db.uri, serverSelectionTimeoutMS=1000, connectTimeoutMS=1000, socketTimeoutMS=5000)
 
     def spec_dict(self, seed: int) -> dict[str, Any]:
-        args = self.args
-        return {
-            "name": CAMPAIGN, "seed": seed,
-            "parameters": [{"name": "x1", "type": "float", "bounds": [-5.0, 10.0]},
-                           {"name": "x2", "type": "float", "bounds": [0.0, 15.0]}],
-            "objectives": [{"name": "branin", "minimize": True}],
-            "budget": {"max_trials": args.trials}, "batch_size": 3, "trial_timeout_s": args.trial_timeout,
-            "devices": [{"id": d, "measures": ["branin"]} for d in DEVICES],
-            "optimizer": {"method": "botorch" if args.botorch else "sobol"},
-            "failure_policy": {"retries": args.retries},
-        }
+        return spec_dict(self.args, CAMPAIGN, seed, DEVICES)
 
     # ---- the parts' lifecycle
 
@@ -489,8 +499,53 @@ def check(chaos: Chaos, final_rc: int) -> tuple[dict[str, Any], list[str]]:
     args, tally = chaos.args, chaos.tally
     with MongoEventStore(chaos.db.uri, database=DATABASE) as store:
         events = store.read(CAMPAIGN)
-    raw = Counter(d["seq"] for d in chaos._client[DATABASE]["events"].find(
-        {"campaign_id": {"$eq": CAMPAIGN}}, {"_id": 0, "seq": 1}))
+    raw = raw_seqs(chaos._client, DATABASE, CAMPAIGN)
+    records = {d.id: d.record for d in chaos.devices}
+    figures, problems = check_campaign(events, raw, records, args.trials)
+    runs_started = [e.seq for e in events if isinstance(e, RunStarted)]
+    survived = sum(1 for seq in tally.kills if any(s > seq for s in runs_started)) if figures["finished_ok"] else 0
+
+    hostile: dict[str, Any] = {}
+    wrong = list(figures["wrong_list"])
+    if chaos.twin is not None and chaos.rogue is not None:
+        with MongoEventStore(chaos.db.uri, database="twin") as store:
+            twin_events = store.read(CAMPAIGN)
+        twin_wrong = [f"twin {r}" for r in wrong_values(twin_events, records)]
+        wrong += twin_wrong
+        if twin_wrong:
+            problems.insert(0, f"wrong values recorded: {twin_wrong[:10]}")
+        hostile = {"rogue_sent": dict(chaos.rogue.sent), "twin_completed": fold(twin_events).count("completed"),
+                   "rejection_events": rejection_events(events), "twin_rejection_events": rejection_events(twin_events),
+                   "per_run": max(rejections_per_run(events) + rejections_per_run(twin_events)),
+                   "twin_events": len(twin_events)}
+    if hostile and hostile["per_run"] > REJECTION_EVENTS_PER_RUN:
+        problems.append(f"{hostile['per_run']} rejection events in one run exceed {REJECTION_EVENTS_PER_RUN}")
+    if final_rc != 0:
+        problems.append(f"the final resume exited with {final_rc}")
+    if len(tally.kills) < args.kills or survived < len(tally.kills):
+        problems.append(f"{survived} of {args.kills} kills survived")
+    figures.update({
+        "kills": len(tally.kills), "survived": survived, "startup_kills": tally.startup_kills,
+        "broker": tally.broker, "database": tally.database, "device": tally.device, "during": dict(tally.during),
+        "own_exits": len(tally.own_exits), "wrong": len(wrong), **hostile,
+    })
+    return figures, problems
+
+
+def raw_seqs(client: pymongo.MongoClient[dict[str, Any]], database: str, campaign: str) -> Counter[int]:
+    """How many stored documents hold each seq of the campaign (the raw collection: a fork shows as 2)."""
+    return Counter(d["seq"] for d in client[database]["events"].find(
+        {"campaign_id": {"$eq": campaign}}, {"_id": 0, "seq": 1}))
+
+
+def check_campaign(events: list[Any], raw: Counter[int], records: dict[str, Path],
+                   budget: int) -> tuple[dict[str, Any], list[str]]:
+    """The invariants of one campaign's log against its instruments' records (``records``: device
+    id → record file): forks, results lost, executed twice, wrong values, finished with its budget.
+
+    Returns the figures and the broken invariants (empty: all hold); ``figures["finished_ok"]``
+    says whether it finished with ``budget_exhausted``, ``figures["wrong_list"]`` names the wrong values.
+    """
     state = fold(events)
     seqs = [e.seq for e in events]
     forks = sum(n - 1 for n in raw.values() if n > 1) + (seqs != list(range(1, len(seqs) + 1)))
@@ -507,10 +562,10 @@ def check(chaos: Chaos, final_rc: int) -> tuple[dict[str, Any], list[str]]:
     recorded: dict[str, dict[str, Any]] = {}  # request id → the device's completed result
     completions: Counter[str] = Counter()
     executions: Counter[str] = Counter()
-    for d in chaos.devices:
-        completions.update(read_completions(d.record))
-        executions.update(read_executions(d.record))
-        for line in d.record.read_bytes().splitlines() if d.record.exists() else []:
+    for record in records.values():
+        completions.update(read_completions(record))
+        executions.update(read_executions(record))
+        for line in record.read_bytes().splitlines() if record.exists() else []:
             try:
                 r = json.loads(line)
             except ValueError:
@@ -540,38 +595,20 @@ def check(chaos: Chaos, final_rc: int) -> tuple[dict[str, Any], list[str]]:
             else:
                 reruns.append(trial)
     killed_runs = sum(max(0, n - completions.get(rid, 0)) for rid, n in executions.items())
-    budget = args.trials
     done, failed = state.count("completed"), state.count("failed")
     runs_started = [e.seq for e in events if isinstance(e, RunStarted)]
-    survived = sum(1 for seq in tally.kills if any(s > seq for s in runs_started)) if state.status == "finished" else 0
-
-    hostile: dict[str, Any] = {}
-    records = {d.id: d.record for d in chaos.devices}
     wrong = wrong_values(events, records)
-    if chaos.twin is not None and chaos.rogue is not None:
-        with MongoEventStore(chaos.db.uri, database="twin") as store:
-            twin_events = store.read(CAMPAIGN)
-        wrong += [f"twin {r}" for r in wrong_values(twin_events, records)]
-        hostile = {"rogue_sent": dict(chaos.rogue.sent), "twin_completed": fold(twin_events).count("completed"),
-                   "rejection_events": rejection_events(events), "twin_rejection_events": rejection_events(twin_events),
-                   "per_run": max(rejections_per_run(events) + rejections_per_run(twin_events)),
-                   "twin_events": len(twin_events)}
+    finished_ok = state.status == "finished" and state.finished_reason == "budget_exhausted"
 
     problems = []
     if wrong:
         problems.append(f"wrong values recorded: {wrong[:10]}")
-    if hostile and hostile["per_run"] > REJECTION_EVENTS_PER_RUN:
-        problems.append(f"{hostile['per_run']} rejection events in one run exceed {REJECTION_EVENTS_PER_RUN}")
-    if final_rc != 0:
-        problems.append(f"the final resume exited with {final_rc}")
-    if state.status != "finished" or state.finished_reason != "budget_exhausted":
+    if not finished_ok:
         problems.append(f"campaign status {state.status} ({state.finished_reason}), not finished/budget_exhausted")
     if done + failed != budget:
         problems.append(f"completed {done} + failed {failed} != budget {budget}")
     if any(n > 1 for n in completed_events.values()):
         problems.append("a trial has two TrialCompleted events")
-    if len(tally.kills) < args.kills or survived < len(tally.kills):
-        problems.append(f"{survived} of {args.kills} kills survived")
     if mismatched:
         problems.append(f"logged measurements differ from the instruments' for {mismatched[:5]}")
     if not set(logged) <= set(dispatched):
@@ -582,16 +619,14 @@ def check(chaos: Chaos, final_rc: int) -> tuple[dict[str, Any], list[str]]:
     if forks:
         problems.append(f"forks: seqs {len(seqs)} events, duplicates {[s for s, n in raw.items() if n > 1][:10]}")
     figures = {
-        "kills": len(tally.kills), "survived": survived, "startup_kills": tally.startup_kills,
-        "broker": tally.broker, "database": tally.database, "device": tally.device, "during": dict(tally.during),
         "events": len(events), "runs": len(runs_started), "completed": done, "failed": failed, "budget": budget,
         "recorded": len(recorded), "logged": len(logged), "late": sum(isinstance(e, LateResultRecorded) for e in logged.values()),
         "lost": len(lost), "discarded": len(discarded), "mismatched": len(mismatched),
         "twice": len(twice_request) + len(twice_trial), "reruns": len(reruns), "killed_runs": killed_runs,
         "resent": sum(e.kind == "RequestResent" for e in events), "rejected": state.rejected_messages,
         "anomalies": state.anomalies, "broker_outages": state.broker_outages, "forks": forks,
-        "own_exits": len(tally.own_exits), "finished": f"{state.status}/{state.finished_reason}",
-        "wrong": len(wrong), **hostile,
+        "finished": f"{state.status}/{state.finished_reason}", "finished_ok": finished_ok,
+        "wrong": len(wrong), "wrong_list": wrong,
     }
     return figures, problems
 
@@ -668,16 +703,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--kills", type=int, default=20, help="orchestrator SIGKILLs (default 20)")
     parser.add_argument("--trials", type=int, default=None,
-                        help="the campaign's budget (default: 12 per kill + 30, so the kills come before its end)")
+                        help="the campaign's budget (default: 12 per kill + 30, so the kills come before its end; "
+                             "with --service, each campaign's: 15 per kill + 60)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the chaos plan and the campaign (default 1)")
     parser.add_argument("--botorch", action="store_true", help="the real optimizer instead of Sobol")
     parser.add_argument("--retries", type=int, default=0, help="failure_policy.retries (default 0)")
     parser.add_argument("--trial-timeout", type=float, default=20.0, help="trial_timeout_s (default 20)")
-    parser.add_argument("--final-timeout", type=float, default=900.0, help="limit of the last resume (s)")
+    parser.add_argument("--final-timeout", type=float, default=900.0,
+                        help="limit of the last resume (with --service: of the wait for every campaign to finish) (s)")
     parser.add_argument("--hostile", action="store_true",
                         help="also a same-named twin campaign in another home, and a rogue publisher")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    service = parser.add_argument_group("--service: deployed campaigns on Prefect workers (_service_chaos.py)")
+    service.add_argument("--service", action="store_true",
+                         help="campaigns deployed on a work pool; kills of flow runs and of whole workers")
+    service.add_argument("--campaigns", type=int, default=4, help="campaigns deployed at once (default 4)")
+    service.add_argument("--workers", type=int, default=2, help="process workers (default 2)")
+    service.add_argument("--worker-kills", type=int, default=None,
+                         help="how many of the kills are of a whole worker (default a quarter, at least 1)")
+    service.add_argument("--kill-wait", type=float, default=400.0,
+                         help="longest wait for something to kill before a kill (s, default 400)")
     args = parser.parse_args(argv)
+    if args.service:
+        if args.hostile:
+            parser.error("--hostile is not part of --service")
+        if args.campaigns < 1 or args.workers < 1 or args.kills < 1:
+            parser.error("--campaigns, --workers and --kills must be at least 1")
+        from _service_chaos import main as service_main
+
+        return service_main(args)
     if args.trials is None:
         args.trials = 12 * args.kills + 30
     root = Path(tempfile.mkdtemp(prefix="closedloop-chaos-"))
