@@ -4,6 +4,7 @@ typing anything."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -55,6 +56,22 @@ def _worker(pool: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes
                                 start_new_session=True)
 
 
+def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the worker and every process under it: its flow runs run in sessions of their own
+    (Prefect's process worker), so killing its process group would leave them running."""
+    def descendants(pid: int) -> list[int]:
+        try:
+            kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir() for k in (t / "children").read_text().split()]
+        except OSError:
+            return []
+        return [d for k in kids for d in (k, *descendants(k))]
+
+    for pid in [worker.pid, *descendants(worker.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    worker.wait(timeout=30)
+
+
 def _runs(env: dict[str, str], campaign: str) -> list[RunStarted]:
     return [e for e in read_events(env, campaign) if isinstance(e, RunStarted)]
 
@@ -87,8 +104,7 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
         final = wait_for(lambda: (s := status_now("served", env)) is not None and s["status"] == "finished" and s, 400,
                          "the campaign to finish on its own")
     finally:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=30)
+        _stop_worker(worker)
         for p in sims.values():
             os.killpg(p.pid, signal.SIGTERM)
             p.wait(timeout=30)
@@ -232,8 +248,7 @@ def test_a_deployed_campaign_waiting_for_a_person_holds_no_process_and_any_answe
         final_run = _flow_run(_runs(env, "asks")[-1].flow_run_id)
         assert final_run.state is not None and final_run.state.is_completed()
     finally:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=30)
+        _stop_worker(worker)
     events = read_events(env, "asks")
     state = fold(events)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
