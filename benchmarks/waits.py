@@ -34,11 +34,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._service_chaos import _descendants, _proc_table  # noqa: E402
-from benchmarks._stack import Stack  # noqa: E402
-from benchmarks.startup import _prefect_server  # noqa: E402
-from campaigns import RunStarted, TrialDispatched, fold  # noqa: E402
-from storage import MongoEventStore  # noqa: E402
+from benchmarks._service_chaos import _descendants, _proc_table
+from benchmarks._stack import Stack
+from benchmarks.startup import _prefect_server
+from campaigns import RunStarted, TrialDispatched, fold
+from storage import MongoEventStore
 
 BIN = Path(sys.executable).parent
 
