@@ -27,7 +27,7 @@ each of Python, the CLI, torch, BoTorch, Ax, Prefect and a run's flow costs in R
 Usage::
 
     python benchmarks/memory.py [--counts 1,4,8] [--ways run,deploy] [--states running,waiting]
-        [--samples 3] [--repeat 3] [--no-imports] [--keep]
+        [--samples 3] [--repeat 3] [--method fast] [--no-imports] [--no-campaigns] [--keep]
 """
 
 from __future__ import annotations
@@ -70,8 +70,10 @@ IMPORTS = {
     "import torch": "import torch",
     "import botorch": "import botorch",
     "import ax": "import ax",
-    "import prefect": "import prefect",
+    "import prefect (lazy: its top level only)": "import prefect",
+    "from prefect import flow, task": "from prefect import flow, task",
     "import flows.prefect.flow (what a run imports)": "import flows.prefect.flow",
+    "... and the fast engine (optimizer.fastbo)": "import flows.prefect.flow, optimizer.fastbo",
 }
 WATCHED = ("torch", "botorch", "ax", "prefect", "pandas")
 
@@ -189,8 +191,8 @@ def median(samples: list[Memory]) -> Memory:
 # -- the campaigns ----------------------------------------------------------------------------------
 
 
-def spec(name: str, device: str, *, waiting: bool) -> dict[str, Any]:
-    """A Branin campaign on one standalone instrument; the fast engine after 2 opening trials."""
+def spec(name: str, device: str, *, waiting: bool, method: str) -> dict[str, Any]:
+    """A Branin campaign on one standalone instrument; the model (``method``) after 2 opening trials."""
     return {
         "name": name, "seed": 1,
         "parameters": [{"name": "x1", "type": "float", "bounds": [-5.0, 10.0]},
@@ -198,18 +200,18 @@ def spec(name: str, device: str, *, waiting: bool) -> dict[str, Any]:
         "objectives": [{"name": "branin", "minimize": True}],
         "budget": {"max_trials": 1000}, "batch_size": 1, "trial_timeout_s": 60,
         "devices": [{"id": device, "measures": ["branin"]}],
-        "optimizer": {"method": "fast", "initialization_trials": 2},
+        "optimizer": {"method": method, "initialization_trials": 2},
         **({"approval": "every_batch"} if waiting else {}),
     }
 
 
 def model_trials(state: CampaignState) -> int:
-    return sum(t.engine == "fast" for t in state.trials.values())
+    return sum(t.engine not in ("sobol", "unknown") for t in state.trials.values())
 
 
 def waiting_on_model(state: CampaignState) -> bool:
     """An unanswered approval of trials the model proposed."""
-    return any(state.trials[t].engine == "fast" for a in state.open_approvals.values() for t in a.trial_ids
+    return any(state.trials[t].engine not in ("sobol", "unknown") for a in state.open_approvals.values() for t in a.trial_ids
                if t in state.trials)
 
 
@@ -279,7 +281,8 @@ class Bench:
         tag = f"{way}-{state}-n{n}-{uuid.uuid4().hex[:4]}"
         campaigns = [Campaign(f"{tag}-{j}") for j in range(n)]
         for j, c in enumerate(campaigns):
-            (self.root / f"{c.id}.yaml").write_text(yaml.safe_dump(spec(c.id, f"dev-{j}", waiting=state == "waiting")))
+            (self.root / f"{c.id}.yaml").write_text(yaml.safe_dump(spec(c.id, f"dev-{j}", waiting=state == "waiting",
+                                                                   method=self.args.method)))
         worker, pool = None, f"pool-{tag}"
         started = time.monotonic()
         try:
@@ -429,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="fresh interpreters per import case (default 3)")
     parser.add_argument("--no-imports", action="store_true", help="skip the import table")
     parser.add_argument("--no-campaigns", action="store_true", help="the import table only")
+    parser.add_argument("--method", default="fast", choices=["fast", "ax", "ax_default"],
+                        help="the campaigns' model (default fast, which a 2-D Branin gets with method auto)")
     parser.add_argument("--timeout", type=float, default=240.0, help="limit for a cell to reach its state (s)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
