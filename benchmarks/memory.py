@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -44,6 +45,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,7 @@ IMPORTS = {
     "import torch": "import torch",
     "import botorch": "import botorch",
     "import ax": "import ax",
+    "import pandas": "import pandas",
     "import prefect (lazy: its top level only)": "import prefect",
     "from prefect import flow, task": "from prefect import flow, task",
     "import flows.prefect.flow (what a run imports)": "import flows.prefect.flow",
@@ -240,10 +243,10 @@ class Cell:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, root: Path) -> None:
+    def __init__(self, args: argparse.Namespace, root: Path, server: tuple[subprocess.Popen[bytes], str]) -> None:
         self.args, self.root = args, root
+        self.server, url = server
         self.stack = Stack().start()
-        self.server, url = _prefect_server(root / "prefect")
         os.environ.update({"PREFECT_API_URL": url, "PREFECT_HOME": str(root / "prefect"), **PREFECT_QUIET})
         say(f"mosquitto, nx-27017 and a prefect server ({url}) up in {root}")
         self.database = f"mem_{uuid.uuid4().hex[:8]}"
@@ -271,11 +274,7 @@ class Bench:
         for p in self.sims:
             stop_group(p, signal.SIGTERM)
         self.store.close()
-        os.killpg(self.server.pid, signal.SIGINT)  # Prefect 3.8's server stops on SIGINT
-        try:
-            self.server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            stop_group(self.server)
+        stop_server(self.server)
         self.stack.stop()
 
     # ---- one cell
@@ -383,6 +382,15 @@ class Bench:
                     stop_group(p)
 
 
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a `prefect server start` (Prefect 3.8's server stops on SIGINT)."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
+
+
 def stop_group(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGKILL) -> None:
     """Signal the process group of a child started with ``start_new_session``, reap it."""
     if proc is None or proc.poll() is not None:
@@ -411,9 +419,10 @@ def report(imports: list[tuple[str, Memory, list[str]]], cells: list[Cell], sims
         rows = [(name, m, ", ".join(loaded) or "-") for name, m, loaded in imports]
         rows += [(f"a running campaign (closedloop run, {c.n} at once, past its first fits)", c.per_campaign,
                   "(all of its processes)") for c in cells if (c.way, c.state) == ("run", "running")][:1]
-        print(tabulate([(name, mb(m.rss), f"+{mb(m.rss - bare.rss)}", mb(m.uss), loaded) for name, m, loaded in rows],
-                       headers=["fresh interpreter", "RSS MB", "vs bare", "USS MB", "loads"],
-                       colalign=("left", "right", "right", "right", "left")))
+        # RSS only: a fresh interpreter's USS depends on which other processes map torch's libraries.
+        print(tabulate([(name, mb(m.rss), f"+{mb(m.rss - bare.rss)}", loaded) for name, m, loaded in rows],
+                       headers=["fresh interpreter", "RSS MB", "vs bare", "loads"],
+                       colalign=("left", "right", "right", "left")))
         print()
     if sims:
         print(f"standalone instruments (closedloop sim, apart): {len(sims)} processes, RSS {mb(median(sims).rss)} MB "
@@ -450,12 +459,19 @@ def main(argv: list[str] | None = None) -> int:
     if not set(ways) <= {"run", "deploy"} or not set(states) <= {"running", "waiting"} or min(counts) < 1:
         parser.error("--ways: run,deploy; --states: running,waiting; --counts: positive numbers")
 
-    imports = [] if args.no_imports else imports_table(args.repeat)
     cells: list[Cell] = []
     sims: list[Memory] = []
-    if not args.no_campaigns:
-        root = Path(tempfile.mkdtemp(prefix="closedloop-memory-"))
-        bench = Bench(args, root)
+    root = Path(tempfile.mkdtemp(prefix="closedloop-memory-"))
+    with ThreadPoolExecutor(1) as pool:  # the Prefect server starts (~20 s of CPU) while the imports are measured
+        starting = None if args.no_campaigns else pool.submit(_prefect_server, root / "prefect")
+        try:
+            imports = [] if args.no_imports else imports_table(args.repeat)
+            bench = None if starting is None else Bench(args, root, starting.result())
+        except BaseException:
+            if starting is not None and starting.exception() is None:
+                stop_server(starting.result()[0])
+            raise
+    if bench is not None:
         try:
             for way in ways:
                 for n in counts:
@@ -464,12 +480,10 @@ def main(argv: list[str] | None = None) -> int:
             sims = [memory_of(p.pid) for p in bench.sims if alive(p.pid)]
         finally:
             bench.stop()
-            if args.keep:
-                say(f"kept {root}")
-            else:
-                import shutil
-
-                shutil.rmtree(root, ignore_errors=True)
+    if args.keep:
+        say(f"kept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
     say(f"done in {time.monotonic() - T0:.0f} s; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     report(imports, cells, sims)
     return 0
