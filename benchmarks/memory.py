@@ -453,11 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=240.0, help="limit for a cell to reach its state (s)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
-    counts = [int(c) for c in args.counts.split(",")]
+    counts = [int(c) for c in args.counts.split(",") if c.strip().isdigit()]
     ways = args.ways.split(",")
     states = args.states.split(",")
-    if not set(ways) <= {"run", "deploy"} or not set(states) <= {"running", "waiting"} or min(counts) < 1:
-        parser.error("--ways: run,deploy; --states: running,waiting; --counts: positive numbers")
+    if (not set(ways) <= {"run", "deploy"} or not set(states) <= {"running", "waiting"} or not counts
+            or len(counts) != len(args.counts.split(",")) or min(counts) < 1 or args.samples < 1 or args.repeat < 1):
+        parser.error("--ways: run,deploy; --states: running,waiting; --counts: positive numbers, e.g. 1,4; "
+                     "--samples, --repeat: 1 or more")
 
     cells: list[Cell] = []
     sims: list[Memory] = []
