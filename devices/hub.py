@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -33,7 +33,7 @@ from .events import (
 from .messages import DeviceStatus, RunTrial, encode, parse_result, parse_status_of
 from .mqtt import Delivery, MqttConnection, MqttSettings, connect
 from .mqtt import end_session as mqtt_end_session
-from .topics import Topics
+from .topics import Channel, Topics
 
 __all__ = ["MqttDeviceHub"]
 
@@ -47,7 +47,7 @@ def _utcnow() -> datetime:
 
 
 class MqttDeviceHub:
-    """Talks to every device under one prefix through one MQTT connection.
+    """Talks to the devices under one prefix through one MQTT connection.
 
     Args:
         settings: Broker URL, protocol, session and topic prefix.
@@ -89,21 +89,31 @@ class MqttDeviceHub:
         """Whether the hub holds a connection to the broker right now."""
         return self._connection is not None and self._connection.is_connected()
 
-    def start(self, timeout_s: float = 10) -> None:
-        """Connect and subscribe to every device's status and results.
+    def start(self, devices: Sequence[str] | None = None, *, timeout_s: float = 10) -> None:
+        """Connect and subscribe to the status and results of the given devices (of all: ``None``).
+
+        A campaign names its own devices: then the broker neither forwards nor, while the hub
+        is away, queues in its session what other campaigns' devices on the same prefix send.
+        A session resumed from a hub that subscribed to every device (``None``, or an earlier
+        version) drops those wildcard filters at every (re)connect.
+
+        Args:
+            devices: Device ids (the campaign spec's); ``None`` for every device of the prefix.
+            timeout_s: Deadline for the connection.
 
         Raises:
             BrokerError: The broker cannot be reached within ``timeout_s``.
+            DeviceMessageError: A device id cannot be one topic level (holds ``/``, ``+``, ``#``).
         """
         if self._connection is not None:
             return
+        channels: tuple[Channel, Channel] = ("status", "results")
+        wildcards = [self._topics.all_devices(channel) for channel in channels]
         self._connection = connect(
             self._settings,
             client_id=self._client_id,
-            subscriptions=[
-                self._topics.all_devices("status"),
-                self._topics.all_devices("results"),
-            ],
+            subscriptions=[f for channel in channels for f in self._topics.of_devices(channel, devices)],
+            unsubscriptions=[] if devices is None else wildcards,
             on_message=self._on_message,
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,

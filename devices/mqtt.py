@@ -230,6 +230,7 @@ def connect(
     client_id: str,
     will: tuple[str, bytes] | None = None,
     subscriptions: Sequence[str] = (),
+    unsubscriptions: Sequence[str] = (),
     on_message: MessageHandler | None = None,
     on_connect: Callable[[MqttConnection], None] | None = None,
     on_disconnect: Callable[[MqttConnection, str], None] | None = None,
@@ -244,6 +245,9 @@ def connect(
         will: ``(topic, payload)`` the broker publishes, retained at QoS 1, if the
             connection dies without a clean disconnect.
         subscriptions: Topic filters to subscribe at QoS 1 on every (re)connect.
+        unsubscriptions: Topic filters to drop from a resumed session on every (re)connect,
+            before subscribing: filters an earlier subscriber under the same client id may
+            have left in the broker's session. Dropping one that is not there is harmless.
         on_message: Handler of incoming messages (see :data:`MessageHandler`); an
             exception it raises is logged (and the message acknowledged), never allowed to
             stop the network thread.
@@ -289,6 +293,9 @@ def connect(
     # connect() returns once the broker has a new session's subscriptions (SUBACK): a message
     # published to them a moment later must not be missed.
     first_subscriptions: set[int] = set()
+    # Message ids of those UNSUBSCRIBEs: their UNSUBACKs are no barrier anyone waits for (kept
+    # out of the barrier's set, where a reused message id would release a later barrier early).
+    cleanups: set[int] = set()
 
     def handle_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -298,6 +305,13 @@ def connect(
                 first.set()
             return
         connection._connected(bool(flags.session_present))
+        cleanups.clear()  # an UNSUBACK lost with the previous connection never comes
+        if unsubscriptions and flags.session_present:
+            # Before the SUBSCRIBE, so a broker that forwards a message once per matching filter
+            # never sees the old filter and a new one side by side. A new session has neither.
+            rc, mid = c.unsubscribe(list(unsubscriptions))
+            if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                cleanups.add(mid)
         for topic in subscriptions:
             rc, mid = c.subscribe(topic, qos=1)
             # Only a new session lacks the subscriptions until SUBACK; a present one has them
@@ -330,6 +344,9 @@ def connect(
             connection.ack(delivery)
 
     def handle_unsubscribe(c: mqtt.Client, u: Any, mid: int, codes: Any, props: Any) -> None:
+        if mid in cleanups:
+            cleanups.discard(mid)
+            return
         connection._unsubscribed(mid)
 
     def handle_subscribe(c: mqtt.Client, u: Any, mid: int, codes: Any, props: Any) -> None:

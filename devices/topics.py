@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, cast, get_args
 
 from campaigns.errors import DeviceMessageError
@@ -73,6 +74,18 @@ class Topics:
     def all_devices(self, channel: Channel) -> str:
         """Return the subscription filter for one channel of every device."""
         return f"{self.prefix}/devices/+/{channel}"
+
+    def of_devices(self, channel: Channel, device_ids: Sequence[str] | None) -> list[str]:
+        """Return the subscription filters for one channel of some devices, or of all (``None``).
+
+        Each id is validated as a topic level, so no id can widen a filter into a wildcard.
+
+        Raises:
+            DeviceMessageError: An id is empty or holds ``/``, ``+``, ``#`` or NUL.
+        """
+        if device_ids is None:
+            return [self.all_devices(channel)]
+        return [self.topic(device_id, channel) for device_id in dict.fromkeys(device_ids)]
 
     def parse(self, topic: str) -> tuple[str, Channel]:
         """Split a topic of this prefix into its device id and channel.

@@ -177,7 +177,9 @@ def asyncapi() -> dict[str, Any]:
         "sessions (a fixed client id, clean session off; under MQTT 5 a Session Expiry Interval too) and "
         "de-duplicate by `request_id`.",
         f"The orchestrator (x-closedloop-orchestrator) speaks MQTT 3.1.1 with a keep-alive of {_KEEPALIVE_S} s. "
-        "It subscribes at QoS 1 to `{prefix}/devices/+/status` and `{prefix}/devices/+/results` and publishes "
+        "It subscribes at QoS 1 to `{prefix}/devices/{device_id}/status` and "
+        "`{prefix}/devices/{device_id}/results` of its campaign's devices only (no wildcard: other "
+        "campaigns' devices on the prefix never reach it) and publishes "
         "to `{prefix}/devices/{device_id}/requests`. Its client id is `closedloop-<the campaign id's first 40 "
         "characters, any but A-Z a-z 0-9 _ . - as _>-<16 hex digits>`, at most "
         f"{len(largest)} characters, stable across the restarts of one campaign. Before every clean "

@@ -141,7 +141,8 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
             # connected, and no other campaign, whatever its name, shares it.
             hub = MqttDeviceHub(mqtt_settings(settings, url),
                                 client_id=client_id(campaign_id, created.instance or campaign_id))
-            hub.start()
+            # Its own devices only: the broker forwards and queues nothing of other campaigns'.
+            hub.start(None if created.spec is None else [d.id for d in created.spec.devices])
             # A deployed run's suspended flow run is the approval's form itself.
             notifier = None if deployed else _prefect_notifier(campaign_id, inbox)
             # A replay campaign (its CampaignCreated says so): a scripted optimizer (faithful) or

@@ -5,6 +5,8 @@ MQTT clients, and the engine's ``MemoryDeviceHub`` with hand-driven devices: sta
 reaching its device with its request id, the result coming back with it, acknowledgement, an
 unacknowledged result delivered again after the hub restarts, garbage rejected with a reason, and
 a result on another device's topic reported as that device's (the loop decides it is not theirs).
+The hubs serve two devices, as a campaign's hub serves its spec's (a device outside the list:
+test_hub_topics.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from flows.engine.ports import DeviceHub
 from tests.conftest_brokers import unique, wait_for
 
 Hub = MqttDeviceHub | MemoryDeviceHub
+DEVICES = ["d1", "d2"]  # the campaign's devices: an MQTT hub subscribes to theirs only, as a campaign's does
 
 
 @dataclass
@@ -84,7 +87,7 @@ class Side:
         assert self.settings is not None
         self.hub.stop()
         self.hub = MqttDeviceHub(self.settings, client_id=self.client_id)
-        self.hub.start()
+        self.hub.start(DEVICES)
         return self.hub
 
 
@@ -103,7 +106,7 @@ def durable_side(request: pytest.FixtureRequest) -> Iterator[Side]:
 def _side(request: pytest.FixtureRequest) -> Iterator[Side]:
     if request.param == "memory":
         hub = MemoryDeviceHub(ManualClock(), prefix=unique("test"))
-        for device_id in ("d1", "d2"):
+        for device_id in DEVICES:
             hub.device(device_id)
         yield Side(hub, "memory")
         return
@@ -111,7 +114,7 @@ def _side(request: pytest.FixtureRequest) -> Iterator[Side]:
     settings = MqttSettings(url=url, prefix=unique("test"), connect_timeout_s=5)
     client_id = unique("hub")
     mqtt_hub = MqttDeviceHub(settings, client_id=client_id)
-    mqtt_hub.start()
+    mqtt_hub.start(DEVICES)
     s = Side(mqtt_hub, request.param, settings, client_id)
     topics = mqtt_hub.topics
 
