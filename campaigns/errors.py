@@ -16,6 +16,7 @@ The CLI prints ``str(error)`` on one line and never a traceback for these.
      ├── ConfigurationError         a setting or a file it names is missing or unreadable
      ├── OutputError                a file the user asked for cannot be written
      ├── ServiceStartError          a service closedloop starts itself (Prefect's local server) did not start
+     ├── PrefectServerError         the Prefect server a campaign is deployed on cannot be reached or refused
      ├── StorageError               the event store cannot be reached or refused a write
      │    ├── StorageUnavailableError  the server cannot be reached now: retry later
      │    └── AppendConflictError   another writer appended the same seq: history would fork
@@ -38,6 +39,7 @@ __all__ = [
     "DeviceMessageError",
     "OptimizerError",
     "OutputError",
+    "PrefectServerError",
     "ServiceStartError",
     "SpecError",
     "StorageError",
@@ -111,6 +113,11 @@ class OutputError(ClosedLoopError):
 
 class ServiceStartError(ClosedLoopError):
     """A service closedloop starts itself (Prefect's local API server) did not start."""
+
+
+class PrefectServerError(ClosedLoopError):
+    """The Prefect server (``PREFECT_API_URL``) cannot be reached, or refused a request (e.g. 503
+    when overloaded) while deploying or waking a campaign."""
 
 
 class CampaignNotFoundError(ClosedLoopError):

@@ -158,6 +158,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from flows.prefect.service import (
+        asking_prefect,
         check_pool_name,
         deploy_campaign,
         deployment_name,
@@ -183,8 +184,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         raise CampaignStateError(f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
                                  "pass --campaign-id NEW_ID to run the spec again as a new campaign",
                                  campaign_id=campaign_id)
-    deployed = deploy_campaign(campaign_id, args.pool, simulators=not args.no_simulators,
-                               current_flow_run=state.deployed_flow_run)
+    with asking_prefect("deploy"):
+        deployed = deploy_campaign(campaign_id, args.pool, simulators=not args.no_simulators,
+                                   current_flow_run=state.deployed_flow_run)
     if not deployed.started:
         print(f"campaign {campaign_id}: deployment campaign/{campaign_id} updated on work pool {args.pool}; "
               f"its flow run {deployed.flow_run_name} ({deployed.flow_run_id}) has not ended: no second one started")

@@ -17,15 +17,17 @@ never from the deployment: Prefect stores parameters in its database.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from campaigns import UsageError
+from campaigns import ClosedLoopError, PrefectServerError, UsageError
 
 __all__ = ["HEARTBEAT_S", "DeployedCampaign", "check_pool_name", "deploy_campaign", "deployment_name",
-           "require_work_pool", "start_flow_run", "wake"]
+           "asking_prefect", "require_work_pool", "start_flow_run", "wake"]
 
 #: Seconds between a deployed flow run's heartbeats; one missing for three periods marks it crashed.
 HEARTBEAT_S = 30  # Prefect allows no less
@@ -59,13 +61,30 @@ def check_pool_name(pool: str) -> str:
     return pool
 
 
+@contextmanager
+def asking_prefect(what: str) -> Iterator[None]:
+    """Prefect's client errors (no server at ``PREFECT_API_URL``, an overloaded one answering 503,
+    a refused request) as one line: PrefectServerError."""
+    try:
+        yield
+    except ClosedLoopError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - httpx, Prefect's HTTP and apply errors: all one answer
+        from prefect.settings import get_current_settings
+
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise PrefectServerError(f"{what}: the Prefect server at {get_current_settings().api.url} failed: {detail}",
+                                 "check that it runs (`prefect server start`), then run the command again "
+                                 "(a deploy again updates what it made)") from None
+
+
 def require_work_pool(pool: str) -> None:
     """Raise UsageError (saying how to create it) unless the Prefect server has work pool ``pool``."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     check_pool_name(pool)
-    with get_client(sync_client=True) as client:
+    with asking_prefect("deploy"), get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)
         except ObjectNotFound:

@@ -29,6 +29,7 @@ from campaigns import (
     TrialDispatched,
     fold,
 )
+from tests.conftest import free_port
 from tests.e2e.cli import read_events, run, shared_env, status_now, write_spec
 from tests.e2e.test_crash_resume import (
     SPEC,
@@ -137,6 +138,11 @@ def test_deploy_without_a_prefect_server_or_pool_is_one_line(tmp_path: Path, pre
         out = run(["deploy", str(spec), *extra], case_env, timeout=120)
         assert out.returncode == 2 and expected in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    # A Prefect server that does not answer (here: nothing listens) is one line too, exit 1.
+    dead = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"}
+    out = run(["deploy", str(spec)], dead, timeout=120)
+    assert out.returncode == 1 and "the Prefect server at" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     # Refused before anything was written: no campaign under either id.
     assert read_events(env, "undeployed") == [] and read_events(env, "a/b") == []
 
