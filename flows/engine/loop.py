@@ -90,7 +90,8 @@ class LoopOptions:
     optimizer_in_thread: bool = True
     # True: return, instead of idling, once only a person can move the campaign on (an open
     # approval, nothing in flight or to send, nothing being computed): a deployed campaign's
-    # flow run then suspends and holds no process while it waits (flows.prefect.suspension).
+    # flow run then suspends and holds no process while it waits (flows.prefect.suspension),
+    # and the suspension carries the approval's deadline.
     leave_when_waiting: bool = False
 
 
@@ -256,12 +257,10 @@ class CampaignLoop(Outcomes):
                     return self.state
 
     def waits_for_a_person(self) -> bool:
-        """Only a person's answer moves this running campaign on: an approval is open, nothing is
-        in flight, to send or being computed, and no approval has a deadline the loop must keep."""
-        approvals = self.state.open_approvals.values()
-        return (self.state.status == "running" and bool(approvals) and not self.state.in_flight
-                and not self.state.undispatched and not self._worker.computing
-                and all(a.deadline is None or a.on_timeout == "keep_waiting" for a in approvals))
+        """Only a person's answer (or an approval's deadline) moves this running campaign on: an
+        approval is open, and nothing is in flight, to send or being computed."""
+        return (self.state.status == "running" and bool(self.state.open_approvals) and not self.state.in_flight
+                and not self.state.undispatched and not self._worker.computing)
 
     def _writer_for(self, store: EventLog) -> EventWriter:
         # Back-off through a database outage waits on the loop's clock.

@@ -2,12 +2,14 @@
 
 `closedloop deploy` gives a campaign its deployment, ``campaign/<campaign id>``: the ``campaign``
 flow by module path (any worker with closedloop installed runs it, wherever it is), the campaign
-id as its only parameter, and two automations that keep it going without a person:
+id as its only parameter, and automations that keep it going without a person:
 
 - a flow run of the deployment that crashed (its process killed: the worker reports it at once)
   starts a new flow run of the same deployment;
 - a running flow run whose heartbeats stopped (its worker or its machine died, so nobody
-  reports the crash) is marked crashed, which then does the same.
+  reports the crash) is marked crashed, which then does the same;
+- a flow run suspended on an approval whose deadline passed (Prefect fails it) starts a new
+  flow run, which applies the approval's ``on_timeout``.
 
 A new flow run resumes from the log, as `closedloop resume` does; the lease keeps one writer.
 Connection settings come from the worker's environment (or the work pool's job variables),
@@ -26,11 +28,23 @@ from uuid import UUID
 
 from campaigns import ClosedLoopError, PrefectServerError, UsageError
 
-__all__ = ["HEARTBEAT_S", "DeployedCampaign", "check_pool_name", "deploy_campaign", "deployment_name",
-           "asking_prefect", "require_work_pool", "start_flow_run", "wake"]
+__all__ = [
+    "HEARTBEAT_S",
+    "DeployedCampaign",
+    "asking_prefect",
+    "check_pool_name",
+    "deploy_campaign",
+    "deployment_name",
+    "require_work_pool",
+    "start_flow_run",
+    "wake",
+]
 
 #: Seconds between a deployed flow run's heartbeats; one missing for three periods marks it crashed.
 HEARTBEAT_S = 30  # Prefect allows no less
+#: The messages of Prefect 3.8's Failed state for a pause or suspension whose timeout passed
+#: (its pause-expiration service, or a resume that came too late).
+PAUSE_EXPIRED = [f"The flow was {name} and never resumed." for name in ("paused", "suspended", "scheduled", "running")]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _POOL = re.compile(r"[^\x00-\x1f\x7f/%]{1,100}")  # what a work pool's API path can hold
 
@@ -137,7 +151,8 @@ def start_flow_run(campaign_id: str) -> Any:
 
 
 def _ensure_automations(campaign_id: str, deployment_id: UUID) -> None:
-    """The campaign's two automations (restart a crashed run; a silent run is crashed), once each."""
+    """The campaign's automations (restart a crashed run; a silent run is crashed; a suspension past
+    its approval's deadline restarts), once each."""
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState, RunDeployment
@@ -167,6 +182,15 @@ def _ensure_automations(campaign_id: str, deployment_id: UUID) -> None:
                                         message=f"no heartbeat for {3 * HEARTBEAT_S} s: its worker or machine died")],
         ),
     ]
+    wanted.append(Automation(
+        name=f"closedloop {campaign_id}: an approval's deadline passed",
+        description="A flow run suspended on an approval with a deadline fails when it passes (Prefect's "
+                    "pause expiration): a new flow run applies the approval's on_timeout.",
+        trigger=EventTrigger(expect={"prefect.flow-run.Failed"},
+                             match={"prefect.resource.id": "prefect.flow-run.*", "prefect.state-message": PAUSE_EXPIRED},
+                             match_related=of_deployment, posture=Posture.Reactive, threshold=1),
+        actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
+    ))
     for automation in wanted:  # a campaign deployed again may have a new deployment id: replaced
         try:
             Automation.read(name=automation.name).delete()

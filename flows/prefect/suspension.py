@@ -1,11 +1,14 @@
 """A deployed campaign that waits for a person holds no process: its flow run is suspended.
 
 When a deployed campaign's loop returns because only a person can move it on (an open
-approval without a deadline, or a pause), its flow run suspends itself with a form
+approval, or a pause), its flow run suspends itself with a form
 (`suspend_flow_run`): the approval's form, or a resume form. Its process exits and its worker
 slot is free. An answer — the form in the Prefect UI, ``resume_flow_run`` with the form's input,
 or a `closedloop` command (`wake`) — reschedules the flow run on a worker; it starts from the
-top, reads the answer of its last suspension (`last_answer`) and goes on from the log.
+top, reads the answer of its last suspension (`last_answer`) and goes on from the log. An
+approval with a deadline suspends until then: Prefect fails the run when it passes, and the
+campaign's automation starts a new one, which applies the approval's ``on_timeout``
+(`flows.prefect.service`).
 
 Suspensions are keyed ``wait-<n>-pause`` or ``wait-<n>-approval-<id>`` (n counts the flow run's
 suspensions): a flow run resumed reads the answer to the highest. An answer
@@ -15,8 +18,10 @@ becomes a command whose id is the flow run's and the key's, so it is applied at 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 from uuid import UUID
 
@@ -156,6 +161,7 @@ def suspend(state: CampaignState, flow_run_id: UUID, problem: str | None = None)
     """
     fired = _fired(flow_run_id)
     n = (fired[-1][0] if fired else 0) + 1
+    timeout: int | None = None
     if state.status == "paused":
         what = "pause"
         text = (f"### Campaign `{state.campaign_id}` is paused\n\n{state.paused_detail or state.paused_reason}\n\n"
@@ -165,9 +171,13 @@ def suspend(state: CampaignState, flow_run_id: UUID, problem: str | None = None)
     else:
         request = min(state.open_approvals.values(), key=lambda r: r.requested_at)
         what = f"approval:{request.approval_id}"
+        deadlines = [a.deadline for a in state.open_approvals.values()
+                     if a.deadline is not None and a.on_timeout != "keep_waiting"]
+        if deadlines:  # Prefect fails the suspended run then; a new run applies on_timeout
+            timeout = max(1, math.ceil((min(deadlines) - datetime.now(UTC)).total_seconds()))
         form = ApprovalForm.with_initial_data(
             description=describe(state.campaign_id, request.approval_id, _trials(state, request.trial_ids),
                                  request.why, answer_with(state.campaign_id, request.approval_id), problem),
             decision="approve", reject=[], edits="", reason="", by="")
-    suspend_flow_run(wait_for_input=form, key=_key(n, what))
+    suspend_flow_run(wait_for_input=form, key=_key(n, what), timeout=timeout)
     raise AssertionError("suspend_flow_run returned in the flow run it suspended")  # pragma: no cover

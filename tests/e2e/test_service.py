@@ -270,3 +270,33 @@ def test_a_deployed_campaign_waiting_for_a_person_holds_no_process_and_any_answe
     # CLI answer (woken by the pause, a run of a paused campaign suspends before any RunStarted).
     runs = _runs(env, "asks")
     assert len({r.flow_run_id for r in runs}) == 1 and len({r.pid for r in runs}) == len(runs) == 5
+
+
+@pytest.mark.timeout(600)
+def test_a_suspended_approval_past_its_deadline_follows_its_timeout_policy(
+        tmp_path: Path, prefect_env: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
+    env = shared_env(tmp_path / "home", prefect_env, mongo_uri, mosquitto_url)
+    pool = f"lab-{uuid.uuid4().hex[:8]}"
+    # 20 s: the run suspends within a second of asking; the deadline then passes while no process runs.
+    spec = write_spec(tmp_path / "spec.yaml", {**APPROVAL_SPEC, "name": "deadline", "budget": {"max_trials": 2},
+                                               "approval": {"every_batch": True, "timeout_s": 20, "on_timeout": "approve"}})
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    worker = _worker(pool, env, tmp_path / "worker.log")
+    try:
+        out = run(["deploy", str(spec), "--pool", pool], env, timeout=180)
+        assert out.returncode == 0, out.stderr
+        first = wait_for(lambda: _suspended_waiting(env, "deadline", trials=["0", "1"]), 300, "a suspended approval")
+        _holds_no_process(first, worker)
+        wait_for(lambda: (s := status_now("deadline", env)) is not None and s["status"] == "finished", 300,
+                 "the deadline to pass and the campaign to finish, nothing typed")
+    finally:
+        _stop_worker(worker)
+    events = read_events(env, "deadline")
+    assert [(e.actor, e.via) for e in events if isinstance(e, ApprovalGiven)] == [("orchestrator", "timeout")]
+    assert fold(events).count("completed") == 2
+    # Prefect failed the suspended run at the deadline; the automation started the one that finished.
+    runs = _runs(env, "deadline")
+    assert len(runs) == 2 and runs[0].flow_run_id != runs[1].flow_run_id
+    expired = _flow_run(first.flow_run_id).state
+    assert expired is not None and expired.is_failed() and "never resumed" in (expired.message or "")
