@@ -369,6 +369,13 @@ class Bench:
                                                              "--reason", "memory benchmark: the opening"],
                                                             f"{c.id}-approve.log"))
                 if all(c.state is not None and done(c.state) for c in campaigns):
+                    if way == "deploy" and state == "waiting":
+                        # A deployed campaign suspends its flow run on the approval: its process
+                        # exits within seconds. Measured once they are gone (or after 60 s, with
+                        # whatever still runs).
+                        settle = time.monotonic() + 60
+                        while time.monotonic() < settle and any(alive(self.run_pid(c)) for c in campaigns):
+                            time.sleep(0.5)
                     return time.monotonic()
                 if time.monotonic() > deadline:
                     late = [c.id for c in campaigns if c.state is None or not done(c.state)]
