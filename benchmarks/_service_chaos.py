@@ -53,7 +53,7 @@ from typing import Any
 import chaos as base
 import pymongo
 import yaml
-from chaos import BIN, CLOSEDLOOP, Broker, Database, Device, Prefect, say, stop_group
+from chaos import BIN, CLOSEDLOOP, Device, say, stop_group
 from tabulate import tabulate
 
 from campaigns import CampaignResumed, RunStarted, TrialDispatched
@@ -182,12 +182,7 @@ class ServiceChaos:
     def __init__(self, args: argparse.Namespace, root: Path) -> None:
         self.args, self.root = args, root
         self.rng = random.Random(args.seed)
-        self.broker, self.db, self.prefect = Broker(root / "mosquitto"), Database(root / "mongo"), Prefect(root / "prefect")
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLOSEDLOOP_")}
-        self.env.update(self.prefect.env)
-        self.env.update({"CLOSEDLOOP_HOME": str(root / "home"), "CLOSEDLOOP_MONGODB_URI": self.db.uri,
-                         "CLOSEDLOOP_MQTT_URL": f"mqtt://127.0.0.1:{self.broker.port}", "OMP_NUM_THREADS": "1"})
-        (root / "devices").mkdir()
+        self.broker, self.db, self.prefect, self.env = base.servers(root)
         (root / "workers").mkdir()
         self.campaigns: list[Campaign] = []
         for k in range(1, args.campaigns + 1):

@@ -290,16 +290,23 @@ class Tally:
     own_exits: list[str] = field(default_factory=list)
 
 
+def servers(root: Path) -> tuple[Broker, Database, Prefect, dict[str, str]]:
+    """The broker, database and Prefect server of a chaos run in ``root`` (not started yet), and
+    the environment every child gets (no CLOSEDLOOP_* of the caller's; ``root/devices`` made)."""
+    broker, db, prefect = Broker(root / "mosquitto"), Database(root / "mongo"), Prefect(root / "prefect")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOSEDLOOP_")}
+    env.update(prefect.env)
+    env.update({"CLOSEDLOOP_HOME": str(root / "home"), "CLOSEDLOOP_MONGODB_URI": db.uri,
+                "CLOSEDLOOP_MQTT_URL": f"mqtt://127.0.0.1:{broker.port}", "OMP_NUM_THREADS": "1"})
+    (root / "devices").mkdir()
+    return broker, db, prefect, env
+
+
 class Chaos:
     def __init__(self, args: argparse.Namespace, root: Path) -> None:
         self.args, self.root = args, root
         self.rng = random.Random(args.seed)
-        self.broker, self.db, self.prefect = Broker(root / "mosquitto"), Database(root / "mongo"), Prefect(root / "prefect")
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLOSEDLOOP_")}
-        self.env.update(self.prefect.env)
-        self.env.update({"CLOSEDLOOP_HOME": str(root / "home"), "CLOSEDLOOP_MONGODB_URI": self.db.uri,
-                         "CLOSEDLOOP_MQTT_URL": f"mqtt://127.0.0.1:{self.broker.port}", "OMP_NUM_THREADS": "1"})
-        (root / "devices").mkdir()
+        self.broker, self.db, self.prefect, self.env = servers(root)
         self.devices = [Device(d, i + 1, root / "devices", self.env) for i, d in enumerate(DEVICES)]
         self.orch: subprocess.Popen[bytes] | None = None
         self.tally = Tally()

@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._stack import Stack
+from benchmarks.chaos import stop_group
 from benchmarks.startup import _prefect_server
 from campaigns import CampaignState, RunStarted, fold
 from storage import MongoEventStore
@@ -396,24 +397,6 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         stop_group(proc)
-
-
-def stop_group(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGKILL) -> None:
-    """Signal the process group of a child started with ``start_new_session``, reap it."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-# -- the report -----------------------------------------------------------------------------------------
 
 
 def mb(value: int) -> str:
