@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
@@ -20,10 +19,11 @@ from flows.cli.people import current_user
 from flows.cli.report import status_text
 
 if TYPE_CHECKING:
+    from campaigns import CampaignState
     from storage import MongoEventStore
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "drive",
-           "startup_finished"]
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "append_resume", "drive",
+           "finished_error", "startup_finished"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -37,6 +37,21 @@ def startup_finished() -> None:
     A short command (status, approve, ...) ends before it matters and never calls this."""
     gc.freeze()
     gc.enable()
+
+
+def finished_error(state: CampaignState) -> CampaignStateError:
+    """The refusal to run (or deploy, or resume) a campaign that has finished."""
+    return CampaignStateError(f"campaign {state.campaign_id!r} has already finished ({state.finished_reason})",
+                              "pass --campaign-id NEW_ID to run the spec again as a new campaign",
+                              campaign_id=state.campaign_id)
+
+
+def append_resume(store: MongoEventStore, state: CampaignState, reason: str | None) -> CampaignResumed:
+    """Log that the person typing resumes the paused campaign ``state`` (under its lease)."""
+    resumed = CampaignResumed(campaign_id=state.campaign_id, seq=state.last_seq + 1, actor=f"user:{current_user()}",
+                              reason=reason or "resumed from the command line")
+    store.append([resumed])
+    return resumed
 
 
 def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: argparse.Namespace, *, resume: bool) -> int:
@@ -55,11 +70,7 @@ def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: ar
             raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
         if state.status == "finished":
             print(status_text(state))
-            raise CampaignStateError(
-                f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
-                "pass --campaign-id NEW_ID to run the spec again as a new campaign",
-                campaign_id=campaign_id,
-            )
+            raise finished_error(state)
         if state.status == "paused":
             if not resume:
                 raise CampaignStateError(
@@ -67,8 +78,7 @@ def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: ar
                     f"fix the cause, then `closedloop resume {campaign_id} --reason ...`",
                     campaign_id=campaign_id,
                 )
-            store.append([CampaignResumed(campaign_id=campaign_id, seq=state.last_seq + 1, actor=f"user:{current_user()}",
-                                          reason=args.reason or "resumed from the command line")])
+            append_resume(store, state, args.reason)
         elif state.last_seq > 1:
             print(f"campaign {campaign_id}: continuing from event {state.last_seq} "
                   f"({state.count('completed')} completed, {len(state.in_flight)} in flight)")

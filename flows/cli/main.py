@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, NoReturn
 from pydantic import ValidationError
 
 from campaigns import (
-    CampaignResumed,
     AppendConflictError,
     CampaignCreated,
     CampaignNotFoundError,
@@ -50,7 +49,9 @@ from flows.cli.drive import (
     EXIT_OK,
     EXIT_TERMINATED,
     EXIT_USAGE,
+    append_resume,
     drive,
+    finished_error,
     startup_finished,
 )
 from flows.cli.people import add_commands, current_user
@@ -181,9 +182,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     with event_store(settings) as store:
         state = _created(store, spec, args.spec, campaign_id)
     if state.status == "finished":
-        raise CampaignStateError(f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
-                                 "pass --campaign-id NEW_ID to run the spec again as a new campaign",
-                                 campaign_id=campaign_id)
+        raise finished_error(state)
     with asking_prefect("deploy"):
         deployed = deploy_campaign(campaign_id, args.pool, simulators=not args.no_simulators,
                                    current_flow_run=state.deployed_flow_run)
@@ -200,31 +199,27 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     settings = Settings()
     with event_store(settings) as store:
-        if fold(store.read(args.campaign)).deployed_flow_run is not None:
-            return _resume_deployed(store, settings, args)
+        state = fold(store.read(args.campaign))
+        if state.deployed_flow_run is not None:
+            return _resume_deployed(store, settings, state, args.reason)
         return drive(store, settings, args.campaign, args, resume=True)
 
 
-def _resume_deployed(store: MongoEventStore, settings: Settings, args: argparse.Namespace) -> int:
+def _resume_deployed(store: MongoEventStore, settings: Settings, state: CampaignState, reason: str | None) -> int:
     """`resume` of a deployed campaign: the resume is logged here, as for any campaign, and its
     flow run (suspended while paused) is woken to go on, on a worker of its pool."""
     from flows.app.lease import hold_lease
     from flows.cli.people import wake_deployed
 
-    campaign_id = args.campaign
-    state = fold(store.read(campaign_id))
+    campaign_id = state.campaign_id
     if state.status == "finished":
-        raise CampaignStateError(f"campaign {campaign_id!r} has already finished ({state.finished_reason})",
-                                 "pass --campaign-id NEW_ID to run the spec again as a new campaign",
-                                 campaign_id=campaign_id)
+        raise finished_error(state)
     if state.status == "paused":
         # wait: the flow run that paused holds the lease until it has suspended itself.
         with hold_lease(store.uri, settings.mongodb_database, campaign_id, wait=True):
             state = fold(store.read(campaign_id))
             if state.status == "paused":
-                resumed = CampaignResumed(campaign_id=campaign_id, seq=state.last_seq + 1, actor=f"user:{current_user()}",
-                                          reason=args.reason or "resumed from the command line")
-                store.append([resumed])
+                resumed = append_resume(store, state, reason)
                 print(f"{campaign_id}: resumed (logged as event {resumed.seq})")
     print(f"campaign {campaign_id} is deployed: {wake_deployed(fold(store.read(campaign_id)))}")
     return EXIT_OK
