@@ -121,7 +121,7 @@ def _send(store: MongoEventStore, settings: Settings, command: Command) -> int:
 
 
 def wake_deployed(state: CampaignState) -> str:
-    """Wake a deployed campaign's flow run (`flows.prefect.suspension.wake`) after a command of a
+    """Wake a deployed campaign's flow run (`flows.prefect.service.wake`) after a command of a
     person is in the log or the inbox; what happened, in a few words."""
     from flows.prefect.server import quiet_prefect_defaults
 
@@ -134,13 +134,14 @@ def wake_deployed(state: CampaignState) -> str:
     if not prefect_server_configured():
         return (f"set PREFECT_API_URL to its Prefect server to wake its flow run {run} "
                 "(or resume that flow run in the Prefect UI)")
-    from flows.prefect.service import wake
+    from campaigns import PrefectServerError
+    from flows.prefect.service import asking_prefect, wake
 
     try:
-        return wake(state.campaign_id, run, finished=state.status == "finished")
-    except Exception as exc:  # noqa: BLE001 - the command is logged; say why the run was not woken
-        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
-        return f"its flow run {run} could not be woken ({detail}): resume it in the Prefect UI"
+        with asking_prefect("wake"):
+            return wake(state.campaign_id, run, finished=state.status == "finished")
+    except PrefectServerError as exc:  # the command is logged: say why its run was not woken
+        return f"its flow run {run} could not be woken ({exc.message}): resume it in the Prefect UI"
 
 
 def _suspended(flow_run_id: str) -> bool:
@@ -175,10 +176,11 @@ def _hand_over(store: MongoEventStore, settings: Settings, command: Command, loc
             current = inbox.get(command.command_id)
             if current is not None and current.state in ("applied", "refused"):
                 return current
-            if deployed_flow_run is not None and not woken and current is not None and current.state == "pending":
+            if (deployed_flow_run is not None and not woken and current is not None and current.state == "pending"
+                    and _suspended(deployed_flow_run)):
                 # A deployed run that decided to suspend just before this command came: wake it.
                 state = fold(store.read(command.campaign_id))
-                if state.deployed_flow_run == deployed_flow_run and _suspended(deployed_flow_run):
+                if state.deployed_flow_run == deployed_flow_run:
                     woken.append(wake_deployed(state))
             return None
 
