@@ -28,7 +28,13 @@ from flows.app.runtime import broker_url, event_store, mqtt_settings, simulated_
 from flows.app.wiring import current_wiring
 from flows.engine.loop import CampaignLoop, LoopOptions
 from flows.engine.replay import replay_wiring
-from flows.prefect.suspension import apply_answer, command_id, last_answer, suspend
+from flows.prefect.suspension import (
+    apply_answer,
+    command_id,
+    fired,
+    last_answer,
+    suspend,
+)
 from optimizer import AxOptimizer
 from storage import MongoCommandInbox
 
@@ -115,7 +121,8 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
     # ttl. Such a run suspends while only a person can move the campaign on, and may have been
     # resumed from such a suspension with an answer (flows.prefect.suspension).
     deployed = flow_run.deployment_id is not None
-    answer = last_answer(flow_run.id) if deployed else None
+    waits = fired(flow_run.id) if deployed else []
+    answer = last_answer(waits)
 
     def took_over(previous: str) -> None:
         logger.warning("campaign %s: took over the stale lease of %s", campaign_id, previous)
@@ -178,7 +185,7 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
             logger.info("campaign %s waits for a person: its flow run suspends until answered", campaign_id)
             # Still under the lease: a command sent meanwhile goes to the inbox, and its author
             # wakes this run once it is suspended (flows.cli.people).
-            suspend(state, flow_run.id, problem)
+            suspend(state, waits, problem)
     best = state.best()
     summary: dict[str, object] = {
         "campaign_id": campaign_id,

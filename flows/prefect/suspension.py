@@ -34,7 +34,7 @@ from campaigns import CampaignResumed, CampaignState
 from flows.engine.loop import answer_with
 from flows.prefect.approval import CLOSED_KEY, ApprovalForm, command_from_form, describe
 
-__all__ = ["Answer", "ResumeForm", "apply_answer", "command_id", "last_answer", "suspend"]
+__all__ = ["Answer", "ResumeForm", "apply_answer", "command_id", "fired", "last_answer", "suspend"]
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +80,17 @@ class Answer:
         return CLOSED_KEY in (self.form.model_extra or {})
 
 
-def _fired(flow_run_id: UUID) -> list[tuple[int, str]]:
+def fired(flow_run_id: UUID) -> list[tuple[int, str]]:
+    """This flow run's suspensions so far, ``(n, what)`` in order (read once per process: only
+    the process itself suspends its run, at its end)."""
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
     keys = run.empirical_policy.pause_keys or set()
     return sorted((int(m[1]), _what(m[2])) for k in keys if (m := _KEY.fullmatch(k)))
 
 
-def last_answer(flow_run_id: UUID) -> Answer | None:
-    """The answer to this flow run's last suspension (None: it never suspended, or no input came)."""
-    fired = _fired(flow_run_id)
+def last_answer(fired: list[tuple[int, str]]) -> Answer | None:
+    """The answer to the last of ``fired`` (None: it never suspended, or no input came)."""
     if not fired:
         return None
     n, what = fired[-1]
@@ -98,7 +99,7 @@ def last_answer(flow_run_id: UUID) -> Answer | None:
     try:  # a suspension that already fired returns the input it was resumed with
         value = suspend_flow_run(wait_for_input=form, key=key)
     except Exception:  # resumed without input (e.g. `prefect flow-run resume`): no answer
-        log.warning("flow run %s was resumed without an answer to %s", flow_run_id, what, exc_info=True)
+        log.warning("this flow run was resumed without an answer to %s", what, exc_info=True)
         return None
     return None if value is None else Answer(what, key, value)
 
@@ -151,15 +152,14 @@ def _trials(state: CampaignState, trial_ids: list[str]) -> list[dict[str, Any]]:
             for t in trial_ids]
 
 
-def suspend(state: CampaignState, flow_run_id: UUID, problem: str | None = None) -> NoReturn:
+def suspend(state: CampaignState, fired: list[tuple[int, str]], problem: str | None = None) -> NoReturn:
     """Suspend this flow run until a person answers (raises Prefect's ``Pause``; the process exits).
 
     Args:
         state: The campaign, paused or waiting for an approval.
-        flow_run_id: This flow run.
+        fired: This flow run's suspensions so far (`fired`).
         problem: Why the previous answer was not accepted, shown above the form.
     """
-    fired = _fired(flow_run_id)
     n = (fired[-1][0] if fired else 0) + 1
     timeout: int | None = None
     if state.status == "paused":
