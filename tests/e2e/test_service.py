@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -231,10 +230,9 @@ def test_a_deployed_campaign_waiting_for_a_person_holds_no_process_and_any_answe
         resume_flow_run(UUID(first.flow_run_id), run_input={
             "decision": "approve", "edits": "0: x1=1.5", "reject": ["1"], "reason": "x1 above 5 risks a runaway",
             "by": "dee"})
-        answered = time.time()
         second = wait_for(lambda: _suspended_waiting(env, "asks", trials=["2", "3"]), 300, "the second approval wait")
-        dispatched = next(e for e in read_events(env, "asks") if isinstance(e, TrialDispatched))
-        print(f"answer in Prefect -> trial {dispatched.trial_id} dispatched: {dispatched.time.timestamp() - answered:.1f} s")
+        # The answer ran (time from an answer to the dispatch: benchmarks/waits.py): trial 0, never the rejected 1.
+        assert [e.trial_id for e in read_events(env, "asks") if isinstance(e, TrialDispatched)] == ["0"]
         _holds_no_process(second, worker)
 
         # A pause while it waits: the CLI logs it and wakes the run, which suspends as paused.
