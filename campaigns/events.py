@@ -29,6 +29,7 @@ __all__ = [
     "ApprovalGiven",
     "ApprovalRejected",
     "ApprovalRequested",
+    "author_problem",
     "CampaignChanged",
     "ParameterValue",
     "CampaignCreated",
@@ -82,6 +83,11 @@ RejectionKind = Literal["not_utf8", "not_json", "not_object", "too_large", "inva
 #: Who writes events: ``optimizer``, ``orchestrator``, ``device:<id>``, ``user:<name>``.
 ActorKind = Literal["optimizer", "orchestrator", "device", "user"]
 _ACTOR = r"^(optimizer|orchestrator|(device|user):.*)$"
+
+
+def author_problem(name: str) -> str | None:
+    """Why ``name`` cannot author a person's decision (logged as actor ``user:<name>``), else None."""
+    return f"the author's name {name[:40]!r} holds a line break" if "\n" in name else None
 
 
 def utcnow() -> datetime:

@@ -27,7 +27,7 @@ from campaigns import (
     apply_change,
 )
 from campaigns.command import Command
-from campaigns.events import AnswerVia
+from campaigns.events import AnswerVia, author_problem
 from campaigns.assignments import parameter_value
 from campaigns.state import OpenApproval
 from flows.engine.catalog import check_spec_devices
@@ -206,6 +206,9 @@ def events_for(state: CampaignState, command: Command, fields: Fields) -> list[E
     if state.status == "finished":
         raise _refuse(state, f"campaign {state.campaign_id!r} has finished ({state.finished_reason})",
                       "nothing can change it now")
+    problem = author_problem(command.by)
+    if problem is not None:  # the log's actor is `user:<name>`, one line
+        raise _refuse(state, problem, "give the name on one line")
     actor = f"user:{command.by}"
     if command.kind == "approve":
         return [_approval(state, command, fields)]

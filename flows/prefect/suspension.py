@@ -31,6 +31,7 @@ from prefect.input import RunInput
 from pydantic import ConfigDict, Field
 
 from campaigns import CampaignResumed, CampaignState
+from campaigns.events import author_problem
 from flows.engine.loop import answer_with
 from flows.prefect.approval import CLOSED_KEY, ApprovalForm, command_from_form, describe
 
@@ -122,6 +123,9 @@ def apply_answer(answer: Answer, state: CampaignState, flow_run_id: UUID, *, app
         return None
     form = answer.form
     by, reason = form.by.strip(), form.reason.strip()
+    if (problem := author_problem(by)) is not None:  # refused as the CLI's --by is (flows.engine.commands)
+        logger.error("%s: answer not accepted: %s", answer.what, problem)
+        return problem
     if answer.what == "pause":
         if state.status != "paused":
             logger.info("campaign %s is not paused any more: the resume form changes nothing", state.campaign_id)
@@ -164,7 +168,8 @@ def suspend(state: CampaignState, fired: list[tuple[int, str]], problem: str | N
     timeout: int | None = None
     if state.status == "paused":
         what = "pause"
-        text = (f"### Campaign `{state.campaign_id}` is paused\n\n{state.paused_detail or state.paused_reason}\n\n"
+        text = ("" if problem is None else f"> **The previous answer was not accepted:** {problem}\n\n") + (
+                f"### Campaign `{state.campaign_id}` is paused\n\n{state.paused_detail or state.paused_reason}\n\n"
                 "Resume to let it go on (the reason and your name are recorded in the campaign log), or from a "
                 f"shell:\n\n```\nclosedloop resume {state.campaign_id} --reason ...\n```")
         form: Any = ResumeForm.with_initial_data(description=text, reason="", by="")

@@ -110,6 +110,22 @@ def test_conflicting_decisions_are_refused(lab: dict[str, Any]) -> None:
     assert "trial 1" in one_error_line(out, 2)
 
 
+@pytest.mark.parametrize("command", [["approve", "c"], ["pause", "c"], ["stop", "c"]])
+def test_an_author_name_on_two_lines_is_refused_in_one_line(command: list[str], lab: dict[str, Any]) -> None:
+    """Issue 16: a person's name is logged as the actor ``user:<name>``, which is one line. A
+    line break in it, sent through the inbox (or the Prefect form), met the event's validation
+    inside the running loop and ended the run; it is refused as any command that does not fit."""
+    out = run([*command, "--by", "ana\nbob", "--reason", "r"], lab["env"])
+    assert "holds a line break" in one_error_line(out, 1)
+    assert len(lab["store"].read("c")) == 3  # nothing logged
+    # The loop's own check, for a command that reached the inbox another way.
+    state = fold(lab["store"].read("c"))
+    sent = Command(command_id="x", campaign_id="c", kind=command[0], payload={"approval_id": "a0"}, by="ana\nbob",
+                   reason="r", submitted_at=state.updated_at)
+    with pytest.raises(ClosedLoopError, match="holds a line break"):
+        events_for(state, sent, fields_of(state))
+
+
 def test_a_decision_applies_only_to_the_approval_its_author_saw(lab: dict[str, Any]) -> None:
     """Issue 14 item 6: an `approve` without `--approval` applied to whichever approval was open
     when the orchestrator read it. It is bound to the approval (and trials) open when it was typed:
