@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ax import Client
 from ax.core.data import Data, DataRow
 
 from campaigns.errors import OptimizerError
 from campaigns.spec import CampaignSpec
+from campaigns.state import TrialRecord
 from optimizer.ax_setup import AX_ERRORS, optimizer_error
 from optimizer.records import (  # noqa: F401  (re-exported)
     RawData,
@@ -62,6 +63,7 @@ __all__ = [
     "attach_in_bulk",
     "attach_one",
     "attach_per_trial",
+    "experiment_client",
     "ordered_trials",
     "raw_data",
     "trial_run_metadata",
@@ -191,3 +193,18 @@ def model_cutoffs(spec: CampaignSpec, completed: Sequence[TrialEntry]) -> dict[s
         for name, m in t.measurements.items():
             values.setdefault(name, []).append(float(m.mean))
     return {name: safety_cutoffs(v, metric_bounds(spec, name)) for name, v in values.items()}
+
+
+def experiment_client(spec: CampaignSpec, trials: Iterable[TrialRecord]) -> Client:
+    """A fresh Ax ``Client`` holding the campaign's experiment as the log has it.
+
+    For Ax's view of a campaign (its analyses, its SQL store): the spec's search space and
+    objectives, and every trial with its parameters, data, status and who chose it
+    (``trial_run_metadata``), built in one pass as ``AxOptimizer.rebuild`` builds it.
+    """
+    from optimizer.ax_setup import build_client
+
+    client = build_client(spec)
+    attach_in_bulk(client, spec, ordered_trials(spec, trials))
+    return client
+
