@@ -1,0 +1,110 @@
+"""A fork server for the end-to-end tests' `closedloop` commands (``tests.e2e.cli.run``).
+
+Started once per pytest worker, it imports the CLI and the libraries whose import does not
+depend on the environment (torch, BoTorch, SciPy: about a second of CPU per `run`), then
+forks one child per command. The child is a process of its own, as `closedloop` started
+from a shell is: it takes the test's environment, working directory and output files, runs
+the console script's ``sys.exit(main())`` and exits through the interpreter's normal
+shutdown; its exit code (or signal) is reported back. Prefect is not imported here: it reads
+its settings from the environment when it is imported, so each command imports it itself.
+
+The child ends as the interpreter's shutdown would for what the command made — non-daemon
+threads joined, ``atexit`` handlers run, the command's own garbage collected (its finalizers
+run and may print), stdout and stderr flushed — and then ``os._exit``: tearing down the
+preloaded modules (0.2-0.6 s of CPU with torch loaded) is left out. ``CLOSEDLOOP_TEST_EXEC=1``
+runs the same tests on processes started from the console script.
+
+Protocol, one JSON object a line on the socket given as ``argv[1]``: a request
+``{"id", "argv", "env", "cwd", "stdout", "stderr"}`` is answered by ``{"id", "pid"}`` once
+forked and ``{"id", "code"}`` once the child has ended (``-N`` for signal N, as subprocess
+reports it). The server ends when the socket closes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import json
+import os
+import threading
+import select
+import socket
+import sys
+
+# Imported once here, inherited by every child (none reads the environment when imported).
+import torch  # noqa: F401
+import botorch  # noqa: F401
+import scipy.optimize  # noqa: F401
+
+import optimizer.fastbo  # noqa: F401
+from flows.cli.main import main
+
+_sock = socket.socket(fileno=int(sys.argv[1]))
+_children: dict[int, str] = {}
+
+
+def _send(message: dict[str, object]) -> None:
+    _sock.sendall((json.dumps(message) + "\n").encode())
+
+
+def _become(request: dict) -> None:
+    """In the forked child: take the command's environment and files (what exec would give)."""
+    _sock.close()
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY),
+                            (2, request["stderr"], os.O_WRONLY)):
+        opened = os.open(path, flags)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.argv = list(request["argv"])
+
+
+def _run_command() -> int:
+    """The console script's ``sys.exit(main())`` and the interpreter's exit, in this child."""
+    try:
+        code = main()
+    except SystemExit as exc:  # what sys.exit does with its argument
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize does first
+    atexit._run_exitfuncs()
+    gc.collect()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        code = 120  # Python's own code when flushing at exit fails
+    return code
+
+
+gc.freeze()  # what was imported stays out of every child's collections
+_buffer = b""
+while True:
+    readable, _, _ = select.select([_sock], [], [], 0.02)
+    if readable:
+        chunk = _sock.recv(1 << 16)
+        if not chunk:
+            break
+        _buffer += chunk
+    while b"\n" in _buffer:
+        line, _buffer = _buffer.split(b"\n", 1)
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _become(request)
+            os._exit(_run_command())
+        _children[pid] = request["id"]
+        _send({"id": request["id"], "pid": pid})
+    while _children:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            break
+        _send({"id": _children.pop(pid), "code": os.waitstatus_to_exitcode(status)})
