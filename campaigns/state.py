@@ -131,9 +131,8 @@ class CampaignState:
     devices: dict[str, str] = field(default_factory=dict)  # device -> last state logged (DeviceOnline/Offline)
     open_approvals: dict[str, OpenApproval] = field(default_factory=dict)
     applied_commands: set[str] = field(default_factory=set)
-    #: People's answers the orchestrator refused (``AnswerRefused``), in order; their command ids.
+    #: People's answers the orchestrator refused (``AnswerRefused``), in order.
     refusals: list[AnswerRefused] = field(default_factory=list)
-    refused_commands: set[str] = field(default_factory=set)
     changes: int = 0
     approvals_requested: int = 0
     # Indexes kept by apply(), so that a long campaign's loop pays per live trial, not per trial:
@@ -343,8 +342,6 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
         state.window_completed = state.window_failed = 0
     elif isinstance(event, AnswerRefused):
         state.refusals.append(event)
-        if event.command_id is not None:
-            state.refused_commands.add(event.command_id)
     elif isinstance(event, CampaignFinished):
         _note_command(state, event.command_id)
         if state.finished_reason is None:
