@@ -22,6 +22,7 @@ from campaigns.errors import (
 from campaigns.approval import ApprovalPolicy
 from campaigns.changes import CampaignChange, apply_change
 from campaigns.events import (
+    AnswerRefused,
     ApprovalGiven,
     ApprovalRejected,
     ApprovalRequested,
@@ -44,6 +45,7 @@ from campaigns.events import (
     EventBase,
     Measurement,
     MessageRejected,
+    Prediction,
     RunStarted,
     SuggestedTrial,
     TrialCompleted,
@@ -59,10 +61,12 @@ from campaigns.spec_file import load_spec, parse_spec
 from campaigns.state import CampaignState, TrialRecord, apply, fold
 
 __all__ = [
+    "AnswerRefused",
     "ApprovalGiven",
     "ApprovalPolicy",
     "ApprovalRejected",
     "ApprovalRequested",
+    "Prediction",
     "CampaignChange",
     "CampaignChanged",
     "apply_change",

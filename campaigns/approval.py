@@ -6,6 +6,12 @@ In a spec::
     approval: {first_n: 5, timeout_s: 86400, on_timeout: keep_waiting}
     approval: {when: "temperature > 80 or x1 < 0", on_timeout: reject, timeout_s: 3600}
 
+``every_batch`` asks once per batch of the spec's ``batch_size`` trials. In ``async`` dispatch the
+loop gathers a whole batch before suggesting it (``flows.engine.loop``): once the free devices
+and the look-ahead can take all of it, or once nothing runs nor waits to run, so the wait lasts
+at most until the running trials end (each by its result or its timeout); the last batch is
+what the budget has left. ``first_n`` and ``when`` ask about each suggestion as it comes.
+
 ``when`` is a condition on a trial's parameters: comparisons (``< <= > >= == !=``) of a
 parameter with a number or a quoted value, joined by ``and``/``or``/``not`` and parentheses.
 It is parsed once, when the spec is read (the grammar of :mod:`campaigns.expressions`), so a

@@ -20,6 +20,7 @@ from campaigns.spec import CampaignSpec
 
 __all__ = [
     "ActorKind",
+    "AnswerRefused",
     "AnswerVia",
     "FailureReason",
     "FinishReason",
@@ -32,6 +33,7 @@ __all__ = [
     "author_problem",
     "CampaignChanged",
     "ParameterValue",
+    "Prediction",
     "CampaignCreated",
     "BrokerDisconnected",
     "BrokerReconnected",
@@ -224,15 +226,36 @@ def engine_of_generator(generator: str) -> TrialEngine:
     return "unknown"  # "botorch": the fast engine or one of Ax's; the log did not say which
 
 
+class Prediction(_Fact):
+    """The model's prediction of one metric at a proposed trial: the posterior mean and its
+    standard deviation (of the mean, not of one noisy measurement), in the metric's units."""
+
+    mean: float
+    sd: float = Field(ge=0)
+
+    @field_validator("mean", "sd")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("a prediction must be a finite number")
+        return v
+
+
 class SuggestedTrial(_Fact):
     """A trial the optimizer proposed: its parameters, how (``generator``: ``center``,
-    ``sobol``, ``botorch``, ``fixed``, ...) and by which engine (``engine``)."""
+    ``sobol``, ``botorch``, ``fixed``, ...) and by which engine (``engine``).
+
+    ``prediction``: the fitted model's mean and sd of each metric it models at this point,
+    when the suggestion was made (what a person approving it sees); None where no model chose
+    it (Sobol, a fallback, a fixed or replayed point) and in logs written before it was kept.
+    """
 
     trial_id: str
     parameters: dict[str, ParameterValue]
     generator: str
     sobol_position: int | None = None
     engine: TrialEngine = "unknown"
+    prediction: dict[str, Prediction] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -445,6 +468,22 @@ class ApprovalRejected(EventBase):
     command_id: str | None = None
 
 
+class AnswerRefused(EventBase):
+    """A person's command (an answer to an approval, a change, a pause) did not fit the campaign
+    and changed nothing: who sent it (``by``), where from (``via``), what it asked and why it was
+    refused, so that the log shows it wherever it was given. Written by the orchestrator.
+    """
+
+    kind: Literal["AnswerRefused"] = "AnswerRefused"
+    command: Literal["approve", "change", "pause", "stop", "resume"]
+    by: str = Field(max_length=200)
+    via: AnswerVia = "cli"
+    approval_id: str | None = None
+    what: str = Field(default="", max_length=500)
+    why: str = Field(max_length=1000)
+    command_id: str | None = None
+
+
 class CampaignChanged(EventBase):
     """A person changed the campaign while it runs (bounds, fixed parameters, constraints,
     thresholds, batch size, trial timeout, budget); applies from here on."""
@@ -470,6 +509,7 @@ class CampaignResumed(EventBase):
     kind: Literal["CampaignResumed"] = "CampaignResumed"
     reason: str = ""
     command_id: str | None = None
+    via: AnswerVia | None = None  # where a person resumed it (None: the CLI, or a log before it was kept)
 
 
 class CampaignFinished(EventBase):
@@ -501,6 +541,7 @@ Event = Annotated[
     | ApprovalRequested
     | ApprovalGiven
     | ApprovalRejected
+    | AnswerRefused
     | CampaignChanged
     | CampaignPaused
     | CampaignResumed

@@ -16,6 +16,7 @@ from typing import Literal
 from campaigns.changes import apply_change
 from campaigns.errors import SpecError
 from campaigns.events import (
+    AnswerRefused,
     ApprovalGiven,
     ApprovalRejected,
     ApprovalRequested,
@@ -43,6 +44,7 @@ from campaigns.events import (
     DeviceOnline,
     TrialEngine,
     TrialsSuggested,
+    Prediction,
 )
 from campaigns.identity import fallback_instance
 from campaigns.spec import CampaignSpec
@@ -79,6 +81,7 @@ class TrialRecord:
     awaiting_approval: str | None = None
     suggested_parameters: dict[str, ParameterValue] | None = None
     decided_by: str | None = None
+    prediction: dict[str, Prediction] | None = None  # the model's, when it was suggested
 
     @property
     def terminal(self) -> bool:
@@ -128,6 +131,8 @@ class CampaignState:
     devices: dict[str, str] = field(default_factory=dict)  # device -> last state logged (DeviceOnline/Offline)
     open_approvals: dict[str, OpenApproval] = field(default_factory=dict)
     applied_commands: set[str] = field(default_factory=set)
+    #: People's answers the orchestrator refused (``AnswerRefused``), in order.
+    refusals: list[AnswerRefused] = field(default_factory=list)
     changes: int = 0
     approvals_requested: int = 0
     # Indexes kept by apply(), so that a long campaign's loop pays per live trial, not per trial:
@@ -254,6 +259,7 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
                 sobol_position=s.sobol_position,
                 suggested_at=event.time,
                 engine=s.engine,
+                prediction=None if s.prediction is None else dict(s.prediction),
             )
     elif isinstance(event, TrialDispatched):
         t = state.trials.get(event.trial_id)
@@ -334,6 +340,8 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
         # The failure-rate window restarts: a person looked at the failures and resumed.
         state.paused_reason, state.paused_detail = None, ""
         state.window_completed = state.window_failed = 0
+    elif isinstance(event, AnswerRefused):
+        state.refusals.append(event)
     elif isinstance(event, CampaignFinished):
         _note_command(state, event.command_id)
         if state.finished_reason is None:

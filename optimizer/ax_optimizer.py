@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from campaigns.errors import OptimizerError
-from campaigns.events import Measurement, ParameterValue, SuggestedTrial, TrialEngine
+from campaigns.events import Measurement, ParameterValue, Prediction, SuggestedTrial, TrialEngine
 from campaigns.spec import CampaignSpec
 from campaigns.state import TrialRecord
 from optimizer.engines import EngineChoice, default_initialization_trials, model_engine, sobol_phase
@@ -287,7 +287,7 @@ class AxOptimizer:
         self._last_fit = None
         out: list[SuggestedTrial] = []
         batch: set[_Key] = set()
-        for parameters in generate(client, self._spec, n, seed, self._fixed):
+        for parameters, prediction in generate(client, self._spec, n, seed, self._fixed):
             # Ax deduplicates against the experiment's trials only, and a batch's candidates
             # are not trials yet (with a parameter fixed or the bounds narrowed, the model can
             # propose the same corner twice): a repeat is dropped, and suggest() asks again
@@ -299,7 +299,7 @@ class AxOptimizer:
             # Attached as a rebuild attaches it (for a look at Ax's experiment after the call;
             # the next call builds its own).
             attach_one(client, self._spec, entry)
-            out.append(self._add(entry, in_ax=True, engine=self._engine.engine))
+            out.append(self._add(entry, in_ax=True, engine=self._engine.engine, prediction=prediction))
         return out
 
     def _suggest_fast(self, n: int, seed: int) -> list[SuggestedTrial]:
@@ -327,15 +327,16 @@ class AxOptimizer:
             if reason is not None:
                 raise ModelFailure(reason) from exc
             raise  # the fast engine is ours: anything but numerics is a bug, shown as one
-        if not all(math.isfinite(v) for c in candidates for v in c.values() if isinstance(v, float)):
+        if not all(math.isfinite(v) for c in candidates for v in c.parameters.values() if isinstance(v, float)):
             raise ModelFailure("the model proposed a point that is not finite")
         out: list[SuggestedTrial] = []
-        for parameters in candidates:
+        for parameters, prediction in candidates:
             # A candidate on a trial already run (a corner, with a parameter fixed) is
             # dropped; suggest() asks again for the rest, or tops the batch up with Sobol.
             if _key(parameters) in self._keys:
                 continue
-            out.append(self._add(TrialEntry(str(len(self._trials)), parameters, "botorch", None), engine="fast"))
+            out.append(self._add(TrialEntry(str(len(self._trials)), parameters, "botorch", None), engine="fast",
+                                 prediction=prediction or None))
         return out
 
     # ----------------------------------------------------------------- outcomes
@@ -424,7 +425,8 @@ class AxOptimizer:
             self._ax, self._stale, self._used = client, False, False
         return self._ax
 
-    def _add(self, entry: TrialEntry, *, in_ax: bool = False, engine: TrialEngine = "unknown") -> SuggestedTrial:
+    def _add(self, entry: TrialEntry, *, in_ax: bool = False, engine: TrialEngine = "unknown",
+             prediction: Mapping[str, Prediction] | None = None) -> SuggestedTrial:
         """Record a trial; unless ``in_ax``, Ax's experiment is out of date until the next sync."""
         self._trials.append(entry)
         self._by_id[entry.trial_id] = entry
@@ -436,6 +438,7 @@ class AxOptimizer:
         return SuggestedTrial(
             trial_id=entry.trial_id, parameters=dict(entry.parameters), generator=entry.generator,
             sobol_position=entry.sobol_position, engine=engine,
+            prediction=None if prediction is None else dict(prediction),
         )
 
 

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from campaigns.events import ParameterValue
+from campaigns.events import ParameterValue, Prediction
 from campaigns.spec import CampaignSpec, FloatParameter, not_continuous
 from optimizer.acquisition import Acquisition, LogEHVI, LogNEI, baseline, hypercells, maximize
 from optimizer.fastgp import FastGP
 from optimizer.records import TrialEntry
 from optimizer.robust import metric_bounds, safety_cutoffs
 
-__all__ = ["FAST_ERRORS", "FAST_SETTINGS", "fast_generate", "supports_fast"]
+__all__ = ["FAST_ERRORS", "FAST_SETTINGS", "Candidate", "fast_generate", "supports_fast"]
 
 #: What a failed fit or acquisition optimization raises (e.g. a kernel matrix that is not
 #: positive definite: ``torch.linalg.LinAlgError`` is a ``RuntimeError``; an overflow: an
@@ -42,6 +43,13 @@ FAST_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, Arithm
 #: ``benchmarks/README.md``).
 FAST_SETTINGS: dict[str, float] = {"num_restarts": 10, "raw_samples": 512, "maxiter": 200, "factr": 1e10,
                                    "around_best": 512, "around_sd": 0.01}
+
+
+class Candidate(NamedTuple):
+    """A proposed point, and each modelled metric's predicted mean and sd there."""
+
+    parameters: dict[str, ParameterValue]
+    prediction: dict[str, Prediction]
 
 
 def supports_fast(spec: CampaignSpec) -> bool:
@@ -89,8 +97,9 @@ def fast_generate(
     seed: int,
     fixed: Mapping[str, ParameterValue],
     settings: Mapping[str, float] = FAST_SETTINGS,
-) -> list[dict[str, ParameterValue]]:
-    """``n`` candidates for a continuous campaign, in order (not yet trials).
+) -> list[Candidate]:
+    """``n`` candidates for a continuous campaign, in order (not yet trials), each with the
+    fitted models' posterior mean and sd of every metric at it (no pending trial believed).
 
     Args:
         spec: The campaign (``supports_fast(spec)``).
@@ -106,6 +115,7 @@ def fast_generate(
     space = _Space(spec)
     generator = torch.Generator().manual_seed(seed)
     models = {m: _fit(spec, space, trained, m) for m in spec.metrics if any(m in t.measurements for t in trained)}
+    fitted = dict(models)  # as fitted on the data: what a person is shown, before any belief
     # Every condition as (metric, sign, bound): sign * metric >= sign * bound.
     conditions = [(c.metric, 1.0 if c.op == ">=" else -1.0, c.bound) for c in spec.parsed_outcome_constraints]
 
@@ -150,6 +160,19 @@ def fast_generate(
         out.append(space.from_unit(torch.from_numpy(x)) | {k: v for k, v in fixed.items() if k in names})
         out_x.append(x.tolist())
         believe(x[None, :])
+    return [Candidate(p, prediction) for p, prediction in zip(out, _predict(fitted, np.array(out_x)), strict=True)]
+
+
+def _predict(models: Mapping[str, FastGP], X: np.ndarray) -> list[dict[str, Prediction]]:
+    """Each model's posterior mean and sd at the rows of ``X`` (unit cube); nearly free."""
+    out: list[dict[str, Prediction]] = [{} for _ in range(len(X))]
+    if not len(X):
+        return out
+    for name, model in models.items():
+        mean, var = model.predict(X, grad=False)
+        for row, m, v in zip(out, mean.tolist(), var.tolist(), strict=True):
+            if math.isfinite(m) and math.isfinite(v):
+                row[name] = Prediction(mean=m, sd=math.sqrt(max(v, 0.0)))
     return out
 
 

@@ -15,6 +15,8 @@ a function of the log alone. Why these settings: ``benchmarks/README.md``.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,18 +36,21 @@ from ax.generators.torch.botorch_modular.utils import ModelConfig
 from ax.utils.common.random import with_rng_seed
 from botorch.sampling.normal import SobolQMCNormalSampler
 
-from campaigns.events import ParameterValue
+from campaigns.events import ParameterValue, Prediction
 from campaigns.spec import CampaignSpec, FloatParameter
 from optimizer.ax_setup import AX_ERRORS, SUGGEST_HINT, optimizer_error
 from optimizer.engines import model_engine
 from optimizer.records import training_rows
 from optimizer.robust import NUMERICAL_ERRORS, ModelFailure, numerical_failure
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "FAST_ACQUISITION",
     "POLYTOPE_SAMPLER_OPTIONS",
     "botorch_strategy",
     "generate",
+    "predictions",
     "training_rows",
     "training_trials",
 ]
@@ -124,8 +129,9 @@ def botorch_strategy(spec: CampaignSpec) -> GenerationStrategy:
 
 def generate(
     client: Client, spec: CampaignSpec, n: int, seed: int, fixed: Mapping[str, ParameterValue]
-) -> list[dict[str, ParameterValue]]:
-    """Up to ``n`` BoTorch candidates for the client's experiment, in order (not yet trials).
+) -> list[tuple[dict[str, ParameterValue], dict[str, Prediction] | None]]:
+    """Up to ``n`` BoTorch candidates for the client's experiment, in order (not yet trials),
+    each with the fitted model's prediction there (``predictions``; None if Ax gives none).
 
     A fresh strategy is set on the client, so the model is fitted from scratch; it is made and
     run under ``seed`` (Ax's ``with_rng_seed`` restores the global random, numpy and torch
@@ -168,7 +174,34 @@ def generate(
             spec, "suggesting trials", exc,
             SUGGEST_HINT,
         ) from exc
-    return [dict(arm.parameters) for arm in arms]  # type: ignore[misc]
+    points = [dict(arm.parameters) for arm in arms]
+    return list(zip(points, predictions(strategy, points), strict=True))  # type: ignore[arg-type]
+
+
+def predictions(strategy: GenerationStrategy, points: list[dict[str, Any]]) -> list[dict[str, Prediction] | None]:
+    """The posterior mean and sd of every metric at ``points`` from the model the strategy has
+    just fitted (Ax's ``Adapter.predict``: one posterior call, in the metrics' units).
+
+    None for every point when Ax cannot predict (no fitted model, a transform that cannot
+    invert): a prediction is shown to people, never needed, so its failure is only logged.
+    """
+    adapter = strategy.adapter
+    if not points or adapter is None or not adapter.can_predict:
+        return [None] * len(points)
+    try:
+        means, cov = adapter.predict([ObservationFeatures(parameters=p) for p in points])
+    except (*AX_ERRORS, *NUMERICAL_ERRORS, RuntimeError, ValueError, KeyError) as exc:  # shown, never needed
+        log.info("no prediction of the proposed trials: %s: %s", type(exc).__name__, exc)
+        return [None] * len(points)
+    out: list[dict[str, Prediction] | None] = []
+    for i in range(len(points)):
+        row = {}
+        for metric, values in means.items():
+            mean, var = float(values[i]), float(cov[metric][metric][i])
+            if math.isfinite(mean) and math.isfinite(var):
+                row[metric] = Prediction(mean=mean, sd=math.sqrt(max(var, 0.0)))
+        out.append(row or None)
+    return out
 
 
 def training_trials(spec: CampaignSpec, data: Data, max_points: int) -> Data | None:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from campaigns import (
+    AnswerRefused,
     ApprovalGiven,
     ApprovalRejected,
     ApprovalRequested,
@@ -46,6 +47,7 @@ from campaigns import (
 )
 from campaigns.assignments import parameter_value, parameter_values, split_assignments
 from campaigns.command import Command
+from campaigns.review import approval_view
 from campaigns.waiting import wait_for
 from flows.app.runtime import event_store
 from flows.app.settings import Settings
@@ -265,6 +267,9 @@ def _interrupted(store: MongoEventStore, settings: Settings, command: Command) -
 
 
 def _describe(e: EventBase) -> str:
+    if isinstance(e, AnswerRefused):
+        about = f" to approval {e.approval_id}" if e.approval_id else ""
+        return f"refused {e.by}'s {e.command}{about}: {e.what}"
     if isinstance(e, ApprovalGiven):
         parts = [f"approved {', '.join(e.approved)}" if e.approved else ""]
         parts += [f"edited {t} ({', '.join(f'{k}={v}' for k, v in ch.items())})" for t, ch in e.edited.items()]
@@ -295,8 +300,18 @@ def _describe(e: EventBase) -> str:
     return e.kind  # type: ignore[attr-defined, no-any-return]
 
 
-_HISTORY = (CampaignCreated, RunStarted, ApprovalRequested, ApprovalGiven, ApprovalRejected, CampaignChanged,
+_HISTORY = (CampaignCreated, RunStarted, ApprovalRequested, ApprovalGiven, ApprovalRejected, AnswerRefused, CampaignChanged,
             CampaignPaused, CampaignResumed, CampaignFinished, TrialRetried, BrokerDisconnected, BrokerReconnected)
+
+
+def _via(e: EventBase) -> str:
+    """Where a person's decision came from: ``cli`` (typed, or sent to the running orchestrator
+    through its inbox), ``prefect`` (a form in the UI), ``timeout`` (the policy's), ``replay``;
+    empty for what no person decided."""
+    via = getattr(e, "via", None)
+    if via is not None:
+        return str(via)
+    return "cli" if e.actor_kind == "user" else ""
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
@@ -307,11 +322,15 @@ def _cmd_history(args: argparse.Namespace) -> int:
     rows = []
     for e in events:
         if isinstance(e, _HISTORY):
-            why = getattr(e, "reason", "") if not isinstance(e, CampaignPaused | CampaignFinished) else (
-                getattr(e, "detail", "") or e.reason)
-            rows.append((f"{e.time:%Y-%m-%d %H:%M:%S}", e.seq, e.actor, _describe(e),
+            if isinstance(e, AnswerRefused):
+                why = e.why
+            elif isinstance(e, CampaignPaused | CampaignFinished):
+                why = e.detail or e.reason
+            else:
+                why = getattr(e, "reason", "")
+            rows.append((f"{e.time:%Y-%m-%d %H:%M:%S}", e.seq, e.actor, _via(e), _describe(e),
                          why if why and not isinstance(e, RunStarted | TrialRetried) else ""))
-    print(table(["time (UTC)", "event", "by", "what", "why"], rows))
+    print(table(["time (UTC)", "event", "by", "via", "what", "why"], rows))
     return 0
 
 
@@ -326,19 +345,14 @@ def _cmd_pending(args: argparse.Namespace) -> int:
                 since = f"{request.requested_at:%Y-%m-%d %H:%M} UTC"
                 until = "" if request.deadline is None else f", on {request.deadline:%Y-%m-%d %H:%M} UTC: {request.on_timeout}"
                 print(f"{cid}  approval {request.approval_id}  since {since}{until}  ({request.why})")
-                names = list(dict.fromkeys(k for tid in request.trial_ids for k in state.trials[tid].parameters))
-                print(table(["trial", *names], [
-                    (tid, *(_cell(state.trials[tid].parameters.get(n)) for n in names)) for tid in request.trial_ids
-                ], indent="    "))
+                view = approval_view(state, request)
+                print(f"    best so far (observed): {view.best}")
+                print(table(view.headers, view.rows, indent="    "))
                 print(f"    answer: closedloop approve {cid} --approval {request.approval_id} --reason \"...\" "
                       "[--trial ID ...] [--edit ID name=value ...] [--reject ID ...]")
     if not shown:
         print("no approvals waiting")
     return 0
-
-
-def _cell(value: object) -> object:
-    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:

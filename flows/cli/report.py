@@ -88,6 +88,8 @@ def status_dict(state: CampaignState) -> dict[str, Any]:
         "approvals_waiting": [{"approval_id": a.approval_id, "trial_ids": a.trial_ids, "why": a.why}
                               for a in state.open_approvals.values()],
         "changes": state.changes,
+        "answers_refused": [{"seq": r.seq, "time": r.time.isoformat(), "by": r.by, "via": r.via, "command": r.command,
+                             "approval_id": r.approval_id, "what": r.what, "why": r.why} for r in state.refusals],
         "rejected_messages": state.rejected_messages,
         "last_seq": state.last_seq,
         "created_at": None if state.created_at is None else state.created_at.isoformat(),
@@ -158,6 +160,10 @@ def status_text(state: CampaignState) -> str:
         lines.append(f"chosen by: {engines_text(engine_counts(state))}{method}")
     if condition_line(state):
         lines.append(condition_line(state))
+    if state.refusals:
+        r = state.refusals[-1]
+        lines.append(f"answers refused: {len(state.refusals)}; the last, {r.by}'s {r.command} via {r.via} "
+                     f"at {r.time:%Y-%m-%d %H:%M} UTC: {r.why} (see `closedloop history`)")
     if state.rejected_messages:
         lines.append(f"rejected device messages: {state.rejected_messages} (see `closedloop export`)")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from typing import Any, get_args
 from pydantic import ValidationError
 
 from campaigns import (
+    AnswerRefused,
     ApprovalGiven,
     ApprovalRejected,
     CampaignChange,
@@ -32,7 +33,8 @@ from campaigns.assignments import parameter_value
 from campaigns.state import OpenApproval
 from flows.engine.catalog import check_spec_devices
 
-__all__ = ["DECISIONS", "bind_approval", "change_problem", "decision_conflict", "events_for"]
+__all__ = ["DECISIONS", "bind_approval", "change_problem", "command_summary", "decision_conflict", "events_for",
+           "refusal"]
 
 Fields = Callable[[str, int], dict[str, Any]]
 
@@ -188,6 +190,35 @@ def _approval(state: CampaignState, command: Command, fields: Fields) -> EventBa
     if not approved and not edited:
         return ApprovalRejected(**fields(f"user:{command.by}", 0), rejected=reject, **common)
     return ApprovalGiven(**fields(f"user:{command.by}", 0), approved=approved, edited=edited, rejected=reject, **common)
+
+
+def command_summary(kind: str, payload: Mapping[str, Any]) -> str:
+    """What a command asked, in one short line (for the log's ``AnswerRefused``)."""
+    if kind == "approve":
+        parts = []
+        if payload.get("approve") is not None:
+            parts.append("approve " + (", ".join(map(str, payload["approve"])) or "none"))
+        for tid, changes in (payload.get("edit") or {}).items():
+            parts.append(f"edit {tid} (" + ", ".join(f"{k}={v}" for k, v in dict(changes).items()) + ")")
+        if payload.get("reject"):
+            parts.append("reject " + ", ".join(map(str, payload["reject"])))
+        text = "; ".join(parts) or "approve all"
+    elif kind == "change":
+        text = "change " + ", ".join(f"{k}={v}" for k, v in payload.items())
+    else:
+        text = kind
+    return " ".join(text.split())[:500]
+
+
+def refusal(state: CampaignState, command: Command, why: str, fields: Fields) -> AnswerRefused:
+    """The ``AnswerRefused`` event of a person's command that did not fit (written by the orchestrator)."""
+    p = command.payload
+    via = p.get("via", "cli")
+    return AnswerRefused(**fields("orchestrator", 0), command=command.kind, by=" ".join(command.by.split())[:200],
+                         via=via if via in get_args(AnswerVia) else "cli",
+                         approval_id=str(p["approval_id"])[:100] if p.get("approval_id") is not None else None,
+                         what=command_summary(command.kind, p), why=" ".join(why.split())[:1000],
+                         command_id=command.command_id)
 
 
 def events_for(state: CampaignState, command: Command, fields: Fields) -> list[EventBase]:

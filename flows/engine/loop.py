@@ -46,9 +46,10 @@ from campaigns import (
 from campaigns.command import Command
 from campaigns.errors import BrokerError
 from campaigns.identity import request_id as new_request_id
+from campaigns.review import ApprovalView, approval_view
 from devices.messages import RunTrial
 from flows.engine.ahead import OptimizerThread
-from flows.engine.commands import events_for
+from flows.engine.commands import events_for, refusal
 from flows.engine.outcomes import Outcomes
 from flows.engine.ports import Clock, CommandInbox, DeviceHub, EventLog, SystemClock
 from flows.engine.writer import EventWriter
@@ -98,7 +99,8 @@ class LoopOptions:
 class ApprovalNotifier(Protocol):
     """Shows approval requests somewhere else too (e.g. the Prefect UI); answers come back as commands."""
 
-    def open(self, approval_id: str, trials: list[dict[str, object]], why: str, answer_with: str) -> None: ...
+    def open(self, approval_id: str, trials: list[dict[str, object]], why: str, answer_with: str,
+             view: ApprovalView | None = None) -> None: ...
     def close(self, approval_id: str) -> None: ...
 
 
@@ -289,12 +291,18 @@ class CampaignLoop(Outcomes):
             if command.command_id in self.state.applied_commands:
                 self.inbox.applied(command.command_id, None)  # logged before a crash; mark it now
                 continue
+            logged = next((r for r in self.state.refusals if r.command_id == command.command_id), None)
+            if logged is not None:
+                self.inbox.refused(command.command_id, logged.why)  # refused before a crash; mark it now
+                continue
             if not self.inbox.claim(command.command_id):
                 continue  # its author withdrew it (Ctrl-C on `closedloop approve`): never applied
             try:
                 events = events_for(self.state, command, self.writer.fields)
             except ClosedLoopError as exc:
                 log.warning("refused %s command from %s: %s", command.kind, command.by, exc)
+                # In the log too, so `history` and `status` show it wherever it was given.
+                self.writer.append(refusal(self.state, command, str(exc), self.writer.fields))
                 self.inbox.refused(command.command_id, str(exc))
                 continue
             self.writer.append(*events)
@@ -328,7 +336,8 @@ class CampaignLoop(Outcomes):
         if self.notifier is None or request is None:
             return
         trials = [{"trial_id": t, "parameters": dict(self.state.trials[t].parameters)} for t in request.trial_ids]
-        self.notifier.open(approval_id, trials, request.why, self._answer_with(approval_id))
+        self.notifier.open(approval_id, trials, request.why, self._answer_with(approval_id),
+                           view=approval_view(self.state, request))
 
     def _answer_with(self, approval_id: str) -> str:
         return answer_with(self.campaign_id, approval_id)
@@ -427,7 +436,16 @@ class CampaignLoop(Outcomes):
         ahead = self.options.suggest_ahead
         if ahead is None:
             ahead = max(1, -(-len(spec.devices) // 5))
-        return max(0, min(free + ahead - queued, spec.batch_size, room))
+        wanted = max(0, min(free + ahead - queued, spec.batch_size, room))
+        if spec.approval.mode == "every_batch":
+            # A person is asked once per batch, not once per freed device: the loop gathers a
+            # whole batch (batch_size, or what the budget has left) before suggesting it. It
+            # suggests it once the free devices and the look-ahead can take it all, or once
+            # nothing runs nor waits to run (the devices would idle for nothing); so the wait
+            # lasts at most until the running trials end (each by its result or its timeout).
+            full = min(spec.batch_size, room)
+            return full if wanted >= full or (not self.state.in_flight and not queued) else 0
+        return wanted
 
     def _publish(self, t: TrialRecord, since: float | None = None) -> None:
         assert t.device_id is not None and t.request_id is not None

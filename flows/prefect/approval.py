@@ -40,9 +40,10 @@ from prefect.states import Cancelled, Completed
 from pydantic import ConfigDict, Field
 
 from campaigns.assignments import split_assignment
+from campaigns.review import ApprovalView, number
 from campaigns.waiting import wait_for
 
-__all__ = ["ApprovalForm", "PrefectApprovals", "parse_edits", "prefect_server_configured"]
+__all__ = ["ApprovalForm", "PrefectApprovals", "answer_through", "closed_input", "parse_edits", "prefect_server_configured"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,16 @@ def prefect_server_configured() -> bool:
         return False
 
 
+#: What a required text field of a form must hold: a character that is not a space.
+NOT_BLANK = r"\S"
+
+
+def closed_input(reason: str) -> dict[str, str]:
+    """The input that resumes a form's paused run when the answer came from elsewhere: the
+    marker, and the form's required fields (Prefect's server checks them against its schema)."""
+    return {CLOSED_KEY: reason, "reason": reason, "by": "closedloop"}
+
+
 class ApprovalForm(RunInput):
     """The form shown in the Prefect UI when resuming an approval flow run."""
 
@@ -84,8 +95,13 @@ class ApprovalForm(RunInput):
     edits: str = Field(
         "", description="Trials to run with your parameters instead: 'ID: name=value, name=value; ID: ...', "
                         "e.g. '3: x1=2.5, x2=1'")
-    reason: str = Field("", description="Why (recorded in the campaign log)")
-    by: str = Field("", description="Your name (recorded in the campaign log)")
+    # Required, as the CLI's --reason: no default, at least one character that is not a space
+    # (the JSON schema's minLength and pattern: Prefect's UI marks the field required and its
+    # server refuses the resume otherwise; pydantic checks the same when the answer is read).
+    reason: str = Field(min_length=1, max_length=2000, pattern=NOT_BLANK,
+                        description="Why (required; recorded in the campaign log)")
+    by: str = Field(min_length=1, max_length=200, pattern=NOT_BLANK,
+                    description="Your name (required; recorded in the campaign log)")
 
 
 def parse_edits(text: str) -> dict[str, dict[str, str]]:
@@ -143,25 +159,60 @@ def command_from_form(form: ApprovalForm, approval_id: str, trials: list[dict[st
             "reason": form.reason.strip(), "by": form.by.strip(), "via": "prefect"}
 
 
+def answer_through(inbox: Any, campaign_id: str, wait_s: float = ANSWER_CONFIRM_S) -> Callable[[dict[str, Any]], str | None]:
+    """``on_answer`` for a running campaign: the answer goes to its command inbox (``submit``,
+    ``get``: ``storage.MongoCommandInbox``) as a CLI answer does, and the running loop's verdict
+    is awaited (it checks the inbox every ``LoopOptions.command_poll_s``): the refusal's one-line
+    reason, so that the form comes back with it at once, or None once applied (or after
+    ``wait_s``, still unread: the form then waits for the loop to close it)."""
+    def on_answer(command: dict[str, Any]) -> str | None:
+        payload = dict(command)
+        by = str(payload.pop("by", "") or "prefect-ui")
+        reason = str(payload.pop("reason", "") or "answered in the Prefect UI")
+        sent = inbox.submit(campaign_id, "approve", payload, by=by, reason=reason)
+
+        def verdict() -> Any:
+            current = inbox.get(sent.command_id)
+            return current if current is not None and current.state in ("applied", "refused") else None
+
+        done = wait_for(verdict, wait_s, interval_s=0.25, max_interval_s=1.0)
+        if done is not None and done.state == "refused":
+            return str(done.error or "refused by the campaign")
+        return None
+
+    return on_answer
+
+
 def describe(campaign_id: str, approval_id: str, trials: list[dict[str, Any]], why: str, answer_with: str,
-             problem: str | None = None) -> str:
-    """The markdown shown above the form."""
-    names = sorted({k for t in trials for k in (t.get("parameters") or {})})
+             problem: str | None = None, view: ApprovalView | None = None) -> str:
+    """The markdown shown above the form: the trials with their bounds and the model's
+    prediction, and the best so far (``view``; without it, the trials' parameters alone)."""
+    if view is None:
+        names = sorted({k for t in trials for k in (t.get("parameters") or {})})
+        view = ApprovalView(["trial", *names], [
+            [str(t["trial_id"]), *(number((t.get("parameters") or {}).get(n, "")) for n in names)] for t in trials
+        ], "")
     lines = []
     if problem:
-        lines += [f"> **The previous answer was not accepted:** {problem}", ""]
+        lines += [f"> **The previous answer was not accepted:** {_cell(problem)}", ""]
     lines += [f"### Campaign `{campaign_id}`: approval `{approval_id}`", "",
-              f"**Why:** {why}", "",
-              "| trial | " + " | ".join(names) + " |",
-              "|---|" + "---|" * len(names)]
-    for t in trials:
-        p = t.get("parameters") or {}
-        lines.append(f"| {t['trial_id']} | " + " | ".join(str(p.get(n, "")) for n in names) + " |")
+              f"**Why:** {why}", ""]
+    if view.best:
+        lines += [f"**Best so far (observed):** {view.best}", ""]
+    lines += ["| " + " | ".join(_cell(h) for h in view.headers) + " |",
+              "|" + "---|" * len(view.headers)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in view.rows]
     lines += ["", "Approve all (default), list trials to **reject**, give **edits** as "
-              "`ID: name=value, ...; ID: ...`, or **reject all**. The answer is written to the campaign log "
-              "like a CLI answer, which checks it (bounds, choices).", "",
+              "`ID: name=value, ...; ID: ...`, or **reject all**. Your **reason** and **name** are required: "
+              "they are written to the campaign log with the answer, which is checked like a CLI answer "
+              "(bounds, choices); a refused answer brings this form back with the reason.", "",
               "Answer from a shell instead:", "", f"```\n{answer_with}\n```"]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (one line, no column break)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 @dataclass
@@ -170,6 +221,7 @@ class _Approval:
     trials: list[dict[str, Any]]
     why: str
     answer_with: str
+    view: ApprovalView | None = None
     closed: threading.Event = field(default_factory=threading.Event)
     close_reason: str = "decided elsewhere"
     flow_run_id: str | None = None
@@ -200,15 +252,19 @@ class PrefectApprovals:
 
     # -- the loop's side -------------------------------------------------------------------
 
-    def open(self, approval_id: str, trials: list[dict[str, Any]], why: str, answer_with: str) -> None:
-        """Start the approval flow run (in the background); a no-op if it already runs."""
+    def open(self, approval_id: str, trials: list[dict[str, Any]], why: str, answer_with: str,
+             view: ApprovalView | None = None) -> None:
+        """Start the approval flow run (in the background); a no-op if it already runs.
+
+        ``view``: what the form shows of the trials (bounds, predictions, best so far).
+        """
         try:
             with self._lock:
                 current = self._approvals.get(approval_id)
                 if current is not None and current.thread is not None and current.thread.is_alive() \
                         and not current.closed.is_set():
                     return
-                a = _Approval(approval_id, [dict(t) for t in trials], why, answer_with)
+                a = _Approval(approval_id, [dict(t) for t in trials], why, answer_with, view)
                 self._approvals[approval_id] = a
             # A copy of the caller's context: inside the campaign flow run the approval run is its child.
             ctx = contextvars.copy_context()
@@ -275,7 +331,7 @@ class PrefectApprovals:
                 return True
             if a.flow_run_id is not None:
                 try:
-                    resume_flow_run(UUID(a.flow_run_id), run_input={CLOSED_KEY: a.close_reason})
+                    resume_flow_run(UUID(a.flow_run_id), run_input=closed_input(a.close_reason))
                     return True
                 except NotPausedError:
                     pass  # not paused yet (or already answered): look again
@@ -320,8 +376,8 @@ class PrefectApprovals:
         """Pause the approval run with its form until resumed; None if the run ended otherwise
         (cancelled in the UI, or by the next campaign run): then nobody will answer here."""
         form = ApprovalForm.with_initial_data(
-            description=describe(self.campaign_id, a.approval_id, a.trials, a.why, a.answer_with, problem),
-            decision="approve", reject=[], edits="", reason="", by="")
+            description=describe(self.campaign_id, a.approval_id, a.trials, a.why, a.answer_with, problem, a.view),
+            decision="approve", reject=[], edits="")  # reason and by stay required: no initial value
         answer: ApprovalForm | None = None
         run_id = UUID(a.flow_run_id)
 
@@ -343,7 +399,7 @@ class PrefectApprovals:
                             return
                         if a.closed.is_set() and run.state is not None and run.state.is_paused():
                             # Backstop for close(): its thread gives up after a minute.
-                            await client.resume_flow_run(run_id, run_input={CLOSED_KEY: a.close_reason})
+                            await client.resume_flow_run(run_id, run_input=closed_input(a.close_reason))
 
             tg.start_soon(pause)
             tg.start_soon(watch)

@@ -85,17 +85,12 @@ def _make_optimizer(threads: int | None, spec: CampaignSpec, trials: Iterable[Tr
 def _prefect_notifier(campaign_id: str, inbox: MongoCommandInbox) -> Any:
     """With a Prefect server configured, approval requests also wait in the Prefect UI as paused
     flow runs with a form; an answer there becomes the same command a CLI answer is."""
-    from flows.prefect.approval import PrefectApprovals, prefect_server_configured
+    from flows.prefect.approval import PrefectApprovals, answer_through, prefect_server_configured
 
     if not prefect_server_configured():
         return None
-
-    def submit(command: dict[str, Any]) -> None:
-        by = str(command.pop("by", "") or "prefect-ui")
-        reason = str(command.pop("reason", "") or "answered in the Prefect UI")
-        inbox.submit(campaign_id, "approve", command, by=by, reason=reason)
-
-    return PrefectApprovals(campaign_id, submit)
+    # The answer's verdict is awaited: a refusal (e.g. an edit out of bounds) shows on the form at once.
+    return PrefectApprovals(campaign_id, answer_through(inbox, campaign_id))
 
 
 @flow(name="campaign", persist_result=False, validate_parameters=True)

@@ -211,14 +211,14 @@ def wake(campaign_id: str, flow_run_id: str, *, finished: bool) -> str:
     from prefect.exceptions import NotPausedError
     from prefect.flow_runs import resume_flow_run
 
-    from flows.prefect.approval import CLOSED_KEY
+    from flows.prefect.approval import closed_input
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(flow_run_id))
     state = run.state
     if state is not None and state.is_paused():
         try:
-            resume_flow_run(run.id, run_input={CLOSED_KEY: "answered from the CLI"})
+            resume_flow_run(run.id, run_input=closed_input("answered from the CLI"))
             return f"its flow run {run.name} was suspended: it resumes on a worker of pool {run.work_pool_name}"
         except NotPausedError:
             return f"its flow run {run.name} was resumed meanwhile"

@@ -30,10 +30,12 @@ from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
 from pydantic import ConfigDict, Field
 
-from campaigns import CampaignResumed, CampaignState
+from campaigns import AnswerRefused, CampaignResumed, CampaignState
 from campaigns.events import author_problem
+from flows.engine.commands import command_summary
 from flows.engine.loop import answer_with
-from flows.prefect.approval import CLOSED_KEY, ApprovalForm, command_from_form, describe
+from campaigns.review import approval_view
+from flows.prefect.approval import CLOSED_KEY, NOT_BLANK, ApprovalForm, command_from_form, describe
 
 __all__ = ["Answer", "ResumeForm", "apply_answer", "command_id", "fired", "last_answer", "suspend"]
 
@@ -63,8 +65,11 @@ class ResumeForm(RunInput):
 
     model_config = ConfigDict(extra="allow")  # `wake` resumes with CLOSED_KEY: decided elsewhere
 
-    reason: str = Field("", description="Why the campaign goes on (recorded in the campaign log)")
-    by: str = Field("", description="Your name (recorded in the campaign log)")
+    # Required, as the CLI's --reason (see ApprovalForm).
+    reason: str = Field(min_length=1, max_length=2000, pattern=NOT_BLANK,
+                        description="Why the campaign goes on (required; recorded in the campaign log)")
+    by: str = Field(min_length=1, max_length=200, pattern=NOT_BLANK,
+                    description="Your name (required; recorded in the campaign log)")
 
 
 @dataclass(frozen=True)
@@ -123,31 +128,42 @@ def apply_answer(answer: Answer, state: CampaignState, flow_run_id: UUID, *, app
         return None
     form = answer.form
     by, reason = form.by.strip(), form.reason.strip()
-    if (problem := author_problem(by)) is not None:  # refused as the CLI's --by is (flows.engine.commands)
+    cid = command_id(flow_run_id, answer)
+    logged = next((r for r in state.refusals if r.command_id == cid), None)
+    if logged is not None:  # this run started again with the same answer: refused once, logged once
+        return logged.why
+
+    def refuse(problem: str, what: str, approval_id: str | None = None) -> str:
         logger.error("%s: answer not accepted: %s", answer.what, problem)
+        append(AnswerRefused(campaign_id=state.campaign_id, seq=state.last_seq + 1, actor="orchestrator",
+                             command="resume" if answer.what == "pause" else "approve",
+                             by=" ".join(by.split())[:200], via="prefect", approval_id=approval_id,
+                             what=what[:500], why=" ".join(problem.split())[:1000], command_id=cid))
         return problem
+
+    if (problem := author_problem(by)) is not None:  # refused as the CLI's --by is (flows.engine.commands)
+        return refuse(problem, "resume" if answer.what == "pause" else answer.what)
     if answer.what == "pause":
         if state.status != "paused":
             logger.info("campaign %s is not paused any more: the resume form changes nothing", state.campaign_id)
             return None
         append(CampaignResumed(campaign_id=state.campaign_id, seq=state.last_seq + 1, actor=f"user:{by or 'prefect-ui'}",
-                               reason=reason or "resumed in the Prefect UI"))
+                               reason=reason or "resumed in the Prefect UI", via="prefect"))
         return None
     approval_id = answer.what.partition(":")[2]
     request = state.open_approvals.get(approval_id)
     if request is None:
         logger.info("approval %s was decided meanwhile: the answer in Prefect is not applied", approval_id)
         return None
+    assert isinstance(form, ApprovalForm)
     try:
-        assert isinstance(form, ApprovalForm)
         payload = command_from_form(form, approval_id, _trials(state, request.trial_ids))
     except ValueError as exc:
-        logger.error("approval %s: answer not accepted: %s", approval_id, exc)
-        return str(exc)
+        what = command_summary("approve", {"reject": form.reject}) if form.decision != "reject all" else "reject all"
+        return refuse(str(exc), f"{what}; edits {form.edits!r}" if form.edits.strip() else what, approval_id)
     payload.pop("by", None)
     payload.pop("reason", None)
-    submit("approve", payload, by or "prefect-ui", reason or "answered in the Prefect UI",
-           command_id(flow_run_id, answer))
+    submit("approve", payload, by or "prefect-ui", reason or "answered in the Prefect UI", cid)
     return None
 
 
@@ -172,7 +188,7 @@ def suspend(state: CampaignState, fired: list[tuple[int, str]], problem: str | N
                 f"### Campaign `{state.campaign_id}` is paused\n\n{state.paused_detail or state.paused_reason}\n\n"
                 "Resume to let it go on (the reason and your name are recorded in the campaign log), or from a "
                 f"shell:\n\n```\nclosedloop resume {state.campaign_id} --reason ...\n```")
-        form: Any = ResumeForm.with_initial_data(description=text, reason="", by="")
+        form: Any = ResumeForm.with_initial_data(description=text)
     else:
         request = min(state.open_approvals.values(), key=lambda r: r.requested_at)
         what = f"approval:{request.approval_id}"
@@ -182,7 +198,8 @@ def suspend(state: CampaignState, fired: list[tuple[int, str]], problem: str | N
             timeout = max(1, math.ceil((min(deadlines) - datetime.now(UTC)).total_seconds()))
         form = ApprovalForm.with_initial_data(
             description=describe(state.campaign_id, request.approval_id, _trials(state, request.trial_ids),
-                                 request.why, answer_with(state.campaign_id, request.approval_id), problem),
-            decision="approve", reject=[], edits="", reason="", by="")
+                                 request.why, answer_with(state.campaign_id, request.approval_id), problem,
+                                 view=approval_view(state, request)),
+            decision="approve", reject=[], edits="")
     suspend_flow_run(wait_for_input=form, key=_key(n, what), timeout=timeout)
     raise AssertionError("suspend_flow_run returned in the flow run it suspended")  # pragma: no cover

@@ -60,8 +60,12 @@ def test_approval_waits_through_kills_and_is_answered_from_another_process(
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (s := status_or_none("approvals", env)) and s["runs"] == 2, 240, "the resumed run")
     pending = run(["pending"], env)
-    trials = [line.split()[0] for line in pending.stdout.splitlines()[3:]]  # heading, table header, rule
+    trials = [line.split()[0] for line in pending.stdout.splitlines()[4:]]  # heading, best, table header, rule
     assert "approval a0" in pending.stdout and trials[:2] == ["0", "1"], pending.stdout
+    # What a person decides on: the bounds, the model's prediction (none yet: Sobol), the best so far.
+    assert "x1 [-5, 10]" in pending.stdout and "x2 [0, 15]" in pending.stdout, pending.stdout
+    assert "no model yet (Sobol)" in pending.stdout and "best so far (observed): branin: nothing measured yet" \
+        in pending.stdout, pending.stdout
     assert not [e for e in read_events(env, "approvals") if isinstance(e, TrialDispatched)]
 
     # Answered from another process while the resumed orchestrator runs: one edit, one rejection.
@@ -98,6 +102,7 @@ def test_approval_waits_through_kills_and_is_answered_from_another_process(
     history = run(["history", "approvals"], env).stdout
     assert "user:ana" in history and "edited 0 (x1=1.5)" in history and "rejected 1" in history
     assert "x1 above 5 risks a runaway" in history
+    assert [line.split()[4] for line in history.splitlines() if "user:ana" in line] == ["cli"], history  # via
 
 
 @pytest.mark.timeout(600)

@@ -20,6 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 
 from campaigns import (
+    AnswerRefused,
     ApprovalGiven,
     CampaignPaused,
     CampaignResumed,
@@ -226,6 +227,8 @@ def test_a_deployed_campaign_waiting_for_a_person_holds_no_process_and_any_answe
         form = _form_text(first.flow_run_id, "wait-2-approval-a0")
         assert "The previous answer was not accepted" in form and "x1" in form and "99" in form, form
         assert not [e for e in read_events(env, "asks") if isinstance(e, ApprovalGiven)]
+        [refused] = [e for e in read_events(env, "asks") if isinstance(e, AnswerRefused)]  # history shows it
+        assert (refused.by, refused.via, refused.approval_id) == ("dee", "prefect", "a0") and "x1=99" in refused.what
         # Answered in Prefect, as the UI's form does: the flow run resumes on the worker.
         resume_flow_run(UUID(first.flow_run_id), run_input={
             "decision": "approve", "edits": "0: x1=1.5", "reject": ["1"], "reason": "x1 above 5 risks a runaway",

@@ -105,9 +105,18 @@ def test_answer_in_prefect_becomes_the_cli_command() -> None:
         # The campaign flow run keeps going while the approval waits.
         assert not answered.is_set()
 
+        # Reason and name are required, as the CLI's --reason: Prefect's server refuses a resume
+        # without them, or with blanks (the schema the UI renders), and the run stays paused.
+        assert {"reason", "by"} <= set(schema["required"])
+        for blank in ({"decision": "approve"}, {"decision": "approve", "reason": "  ", "by": "alice"}):
+            with pytest.raises(RuntimeError, match="Cannot resume"):
+                resume_flow_run(UUID(run_id), run_input=blank)
+        assert _read(run_id).state.is_paused()
+
         # A wrong answer (unknown trial) is reported in the run's log and the form is offered again.
-        resume_flow_run(UUID(run_id), run_input={"decision": "approve", "reject": ["99"]})
-        _paused_with_form(approvals, "a3", pause_key="answer-2")  # the form offered again
+        resume_flow_run(UUID(run_id), run_input={"decision": "approve", "reject": ["99"], "reason": "r", "by": "b"})
+        _, _, again = _paused_with_form(approvals, "a3", pause_key="answer-2")  # the form offered again
+        assert "not accepted" in again and "trial 99 is not in approval a3" in again
         assert not got
 
         t1 = time.monotonic()
@@ -133,16 +142,22 @@ def test_reject_all_in_prefect() -> None:
     from flows.prefect.approval import PrefectApprovals
 
     got: list[dict[str, Any]] = []
-    approvals = PrefectApprovals("c2", got.append, poll_interval=1, confirm_s=0.1)
+
+    def on_answer(command: dict[str, Any]) -> str:
+        got.append(command)
+        return "the campaign refused it: trial 3 is not in approval a1 any more"  # as `answer_through` returns
+
+    approvals = PrefectApprovals("c2", on_answer, poll_interval=1, confirm_s=600)
     approvals.open("a1", TRIALS[:2], "every batch needs approval", ANSWER_WITH)
     try:
         run_id, _, _ = _paused_with_form(approvals, "a1")  # also works outside a flow run (no parent)
-        resume_flow_run(UUID(run_id), run_input={"decision": "reject all", "by": "bob"})
+        resume_flow_run(UUID(run_id), run_input={"decision": "reject all", "reason": "too hot", "by": "bob"})
         _wait_for(lambda: got, 60, "on_answer")
-        assert got[0] == {"approval_id": "a1", "approve": [], "edit": {}, "reject": ["3", "4"], "reason": "",
+        assert got[0] == {"approval_id": "a1", "approve": [], "edit": {}, "reject": ["3", "4"], "reason": "too hot",
                           "by": "bob", "via": "prefect"}
-        # No decision recorded within confirm_s (the loop may have refused it): the form is offered again.
-        _paused_with_form(approvals, "a1", pause_key="answer-2")  # the form offered again
+        # Refused by the campaign: the form comes back at once (not after confirm_s) with the reason.
+        _, _, again = _paused_with_form(approvals, "a1", pause_key="answer-2")
+        assert "not accepted:** the campaign refused it: trial 3 is not in approval a1 any more" in again
     finally:
         approvals.close("a1")
         approvals.shutdown()
