@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from .behaviour import SimulatorOptions
 from .model import ParameterValue, number
 
-__all__ = ["CHANNELS", "ColourMixingModel", "ColourMixingOptions", "LEDS", "describe_lines", "plot_spectra"]
+__all__ = ["CHANNELS", "LEDS", "ColourMixingModel", "ColourMixingOptions", "describe_lines", "plot_spectra"]
 
 CHANNELS: tuple[tuple[str, float, float, float], ...] = (
     # (metric, centre nm, FWHM nm, peak responsivity)

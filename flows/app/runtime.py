@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from devices import MqttSettings
     from storage import MongoEventStore
 
-__all__ = ["broker_url", "event_store", "has_store", "simulated_lab", "mqtt_settings"]
+__all__ = ["broker_url", "event_store", "has_store", "mqtt_settings", "simulated_lab"]
 
 
 def has_store(settings: Settings) -> bool:

@@ -334,7 +334,7 @@ def test_a_reader_that_closes_the_pipe_gets_a_quiet_exit(lab: dict[str, Any]) ->
         read_end, write_end = os.pipe()
         os.close(read_end)
         try:
-            out = subprocess.run([CLOSEDLOOP, *argv], env=lab["env"], stdout=write_end, stderr=subprocess.PIPE,
+            out = subprocess.run([CLOSEDLOOP, *argv], env=lab["env"], stdout=write_end, stderr=subprocess.PIPE, check=False,
                                  text=True, timeout=120)
         finally:
             os.close(write_end)
@@ -343,7 +343,7 @@ def test_a_reader_that_closes_the_pipe_gets_a_quiet_exit(lab: dict[str, Any]) ->
 
 def test_a_usage_error_of_the_console_script_is_one_line() -> None:
     """Issue 17: argparse's usage errors were 4-5 lines (usage, then the error); README promises one."""
-    out = subprocess.run([CLOSEDLOOP, "approve", "c", "--edit"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([CLOSEDLOOP, "approve", "c", "--edit"], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr == "closedloop: error: argument --edit: expected at least one argument " \
                          "(see closedloop approve --help)\n"

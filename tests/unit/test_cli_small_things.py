@@ -123,7 +123,7 @@ def test_list_shows_status_trials_best_and_last_activity() -> None:
     states = [campaign("running-one", 12), campaign("stopped-one", 3, finished=True),
               campaign("asking", 1, approval=True)]
     now = T0 + timedelta(minutes=14)
-    header, rule, *rows = campaigns_table(states, now).splitlines()
+    header, _, *rows = campaigns_table(states, now).splitlines()
     assert re.split(r"\s{2,}", header) == ["campaign", "status", "trials", "best", "last activity"]
     cells = [re.split(r"\s{2,}", row) for row in rows]
     assert cells[0] == ["running-one", "running", "12/30", "branin 0.397887 (trial 0)", "2 min ago"]
@@ -228,3 +228,13 @@ def test_an_earlier_versions_home_in_the_working_directory_is_named(no_home_set:
     [note] = err.splitlines()
     assert note.startswith(f"note: {legacy} holds the campaigns of an earlier closedloop")
     assert note.endswith(f"`export CLOSEDLOOP_HOME={legacy}` to use it")
+
+
+def test_readme_names_the_campaign_make_demo_creates() -> None:
+    """Issue 17: `make demo` created `branin-demo-<time>` while README's next commands named `branin`."""
+    root = Path(__file__).parents[2]
+    makefile = (root / "Makefile").read_text()
+    [demo] = re.findall(r"^DEMO \?= (\S+)$", makefile, flags=re.MULTILINE)
+    assert "--campaign-id $(DEMO)" in makefile
+    readme = " ".join((root / "README.md").read_text().split())
+    assert f"The campaign is `{demo}`: `closedloop status {demo}`" in readme
