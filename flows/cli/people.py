@@ -300,7 +300,7 @@ _HISTORY = (CampaignCreated, RunStarted, ApprovalRequested, ApprovalGiven, Appro
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    with event_store(Settings()) as store:
+    with event_store(Settings(), create=False) as store:
         events = store.read(args.campaign)
     if not events:
         raise CampaignNotFoundError(f"no campaign {args.campaign!r}", "see `closedloop list`", campaign_id=args.campaign)
@@ -316,7 +316,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_pending(args: argparse.Namespace) -> int:
-    with event_store(Settings()) as store:
+    with event_store(Settings(), create=False) as store:
         ids = [args.campaign] if args.campaign else [c.campaign_id for c in store.list_campaigns() if not c.finished]
         shown = 0
         for cid in ids:
