@@ -15,9 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -c "from botorch.acquisition.multi_objective.logei import _try_load_fused_kernel as build; build()"
 	touch $(STAMP)
 
-# A real Branin campaign on the embedded broker and database, two simulated instruments.
+# A real Branin campaign, `branin-demo` (README's next commands name it), on the embedded broker
+# and database, two simulated instruments. Again: continues it while unfinished, refuses it once
+# finished; `make demo DEMO=branin-demo-2` runs another.
+DEMO ?= branin-demo
 demo: $(STAMP)
-	$(BIN)/closedloop run campaigns/examples/branin.yaml --campaign-id branin-demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/closedloop run campaigns/examples/branin.yaml --campaign-id $(DEMO)
 
 # Layer contracts, then the whole test suite (needs Mosquitto: `apt-get install mosquitto mosquitto-clients`).
 # Our modules are byte-compiled first: the suite starts some 300 `closedloop` processes, and
@@ -37,5 +40,6 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python docs/generate.py
 
+# The venv, and the home earlier versions kept here; the campaigns in ~/.local/share/closedloop stay.
 clean:
 	rm -rf $(VENV) .closedloop .pytest_cache

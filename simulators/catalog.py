@@ -113,12 +113,15 @@ class SimulatorInfo:
         description: One line for listings.
         options_model: Pydantic model (``extra="forbid"``) validating the options.
         build: Makes the model served under validated options.
+        details: ``--describe``'s lines of inputs (range or choices, unit), metrics and optimum
+            under validated options, where the simulator knows more than the names.
     """
 
     name: str
     description: str
     options_model: type[SimulatorOptions]
     build: Callable[[Any], SimModel]
+    details: Callable[[Any], list[str]] | None = None
 
     def options(self, options: Mapping[str, Any] | SimulatorOptions) -> SimulatorOptions:
         """Validate options (a mapping, or an already validated model)."""
@@ -140,15 +143,21 @@ class SimulatorInfo:
         return list(self.model(options).metrics)
 
     def describe(self, options: Mapping[str, Any] | SimulatorOptions) -> str:
-        """Several lines: the inputs (with botorch's bounds), the metrics, the known optimum.
+        """Several lines: the inputs (bounds or choices, units), the metrics, the known optimum,
+        for these options (``dim=4``: four inputs).
 
         Imports botorch for a test function.
         """
         validated = self.options(options)
         model = self.build(validated)
-        lines = [f"{self.name}: {self.description}"]
         function = FUNCTIONS.get(self.name)
         dim = getattr(validated, "dim", None)
+        description = self.description
+        if function is not None and self.name not in _DESCRIPTIONS:  # its size under these options
+            description = _function_description(function, len(model.inputs), getattr(validated, "num_objectives", None))
+        lines = [f"{self.name}: {description}"]
+        if self.details is not None:
+            return "\n".join(lines + self.details(validated))
         bounds = function.bounds(dim) if function is not None else None
         for i, name in enumerate(model.inputs):
             lines.append(f"  input  {name}" + (f"  in [{bounds[i][0]:g}, {bounds[i][1]:g}]" if bounds else ""))
@@ -158,13 +167,18 @@ class SimulatorInfo:
         return "\n".join(lines)
 
 
+def _function_description(function: TestFunction, dim: int | None = None, num_objectives: int | None = None) -> str:
+    """``botorch Ackley: 4 inputs (option dim), 1 objective(s)``, for a size (``None``: the default)."""
+    size = f"{dim or function.dim} inputs" + (" (option dim)" if function.dim_option else "")
+    outputs = (f"{num_objectives or function.objectives} objective(s)"
+               + (" (option num_objectives)" if function.objectives_option else ""))
+    slack = f", {function.constraints} constraint slack(s)" if function.constraints else ""
+    return f"botorch {function.cls}: {size}, {outputs}{slack}"
+
+
 def _function_info(function: TestFunction, description: str | None = None) -> SimulatorInfo:
-    if description is None:
-        size = f"{function.dim} inputs" + (" (option dim)" if function.dim_option else "")
-        outputs = f"{function.objectives} objective(s)" + (" (option num_objectives)" if function.objectives_option else "")
-        slack = f", {function.constraints} constraint slack(s)" if function.constraints else ""
-        description = f"botorch {function.cls}: {size}, {outputs}{slack}"
-    return SimulatorInfo(function.name, description, _options_model(function), lambda o: o.model())
+    return SimulatorInfo(function.name, description or _function_description(function), _options_model(function),
+                         lambda o: o.model())
 
 
 _DESCRIPTIONS = {
@@ -204,24 +218,26 @@ def _emulator(options: EmulatorOptions) -> SimModel:
 
 
 def _colour_mixing() -> SimulatorInfo:
-    from .colour import ColourMixingModel, ColourMixingOptions
+    from .colour import ColourMixingModel, ColourMixingOptions, describe_lines
 
     return SimulatorInfo(
         "colour_mixing",
         "CLSLab:Light: R, G, B duty cycles in [0, 1] -> 8 spectral channels ch415..ch680 and colour_distance",
         ColourMixingOptions,
         ColourMixingModel,
+        describe_lines,
     )
 
 
 def _reaction_yield() -> SimulatorInfo:
-    from .reaction import ReactionYieldModel, ReactionYieldOptions
+    from .reaction import ReactionYieldModel, ReactionYieldOptions, describe_lines
 
     return SimulatorInfo(
         "reaction_yield",
         "temperature, time, concentration, solvent, catalyst -> yield_pct and impurity_pct",
         ReactionYieldOptions,
         ReactionYieldModel,
+        describe_lines,
     )
 
 

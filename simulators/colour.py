@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from .behaviour import SimulatorOptions
 from .model import ParameterValue, number
 
-__all__ = ["CHANNELS", "ColourMixingModel", "ColourMixingOptions", "LEDS", "plot_spectra"]
+__all__ = ["CHANNELS", "LEDS", "ColourMixingModel", "ColourMixingOptions", "describe_lines", "plot_spectra"]
 
 CHANNELS: tuple[tuple[str, float, float, float], ...] = (
     # (metric, centre nm, FWHM nm, peak responsivity)
@@ -153,6 +153,18 @@ class ColourMixingModel:
         diff = math.sqrt(sum((measured[c] - t) ** 2 for c, t in zip(self.channels, self.target_counts, strict=True)))
         norm = math.sqrt(sum(t * t for t in self.target_counts))
         return {"colour_distance": diff / norm}
+
+
+def describe_lines(options: ColourMixingOptions) -> list[str]:
+    """``closedloop sim colour_mixing --describe``: inputs with their range, metrics with their unit, the optimum."""
+    lines = [f"  input  {name}  in [0, 1]: duty cycle of the {die} LED (the kit's 0-255 / 255)"
+             for name, (die, *_rest) in zip(options.inputs, LEDS, strict=True)]
+    lines += [f"  metric {name}  counts (0-{FULL_SCALE:.0f}): AS7341 channel F{j + 1}, {centre:g} nm"
+              for j, (name, centre, *_rest) in enumerate(CHANNELS)]
+    lines.append("  metric colour_distance  |m - t| / |t| to the target's spectrum (no unit; minimize)")
+    target = ", ".join(f"{name}={t:g}" for name, t in zip(options.inputs, options.target, strict=True))
+    lines.append(f"  optimum colour_distance 0 at the target {target} (noise-free; a reading adds sensor noise)")
+    return lines
 
 
 def plot_spectra(path: Path, options: ColourMixingOptions | None = None, *, seed: int = 0) -> Path:

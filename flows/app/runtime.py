@@ -16,21 +16,40 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from campaigns import CampaignSpec, ConfigurationError, UsageError
+from campaigns import CampaignNotFoundError, CampaignSpec, ConfigurationError, UsageError
 from flows.app.settings import Settings
 
 if TYPE_CHECKING:
     from devices import MqttSettings
     from storage import MongoEventStore
 
-__all__ = ["broker_url", "event_store", "simulated_lab", "mqtt_settings"]
+__all__ = ["broker_url", "event_store", "has_store", "mqtt_settings", "simulated_lab"]
+
+
+def has_store(settings: Settings) -> bool:
+    """Whether there is a campaign log to read: a configured database, or an embedded one under ``home``."""
+    return settings.mongodb_uri is not None or (settings.home / "data").is_dir()
 
 
 @contextmanager
-def event_store(settings: Settings) -> Iterator[MongoEventStore]:
-    """The campaign log: ``CLOSEDLOOP_MONGODB_URI``, or an embedded nx-27017 under ``home``."""
+def event_store(settings: Settings, *, create: bool = True) -> Iterator[MongoEventStore]:
+    """The campaign log: ``CLOSEDLOOP_MONGODB_URI``, or an embedded nx-27017 under ``home``.
+
+    Args:
+        settings: The settings.
+        create: Start an embedded database under a home that has none. A command that only
+            reads passes False: it makes no empty store where the person did not mean one.
+
+    Raises:
+        CampaignNotFoundError: ``create`` is False and there is no store (:func:`has_store`);
+            the message says where it looked.
+    """
     from storage import EmbeddedMongo, MongoEventStore
 
+    if not create and not has_store(settings):
+        raise CampaignNotFoundError(f"no campaigns in {settings.store_named()}",
+                                    "start one with `closedloop run SPEC.yaml`, or set CLOSEDLOOP_HOME to the "
+                                    "directory that holds them")
     with ExitStack() as stack:
         if settings.mongodb_uri is not None:
             uri = settings.mongodb_uri.get_secret_value()

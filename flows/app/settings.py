@@ -10,7 +10,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from campaigns import ClosedLoopError
 
-__all__ = ["Settings", "settings_problem"]
+__all__ = ["LEGACY_HOME", "Settings", "default_home", "settings_problem"]
+
+#: Where earlier versions kept their data by default: relative to the working directory.
+LEGACY_HOME = Path(".closedloop")
+
+
+def default_home() -> Path:
+    """The per-user data directory: ``$XDG_DATA_HOME/closedloop``, by default
+    ``~/.local/share/closedloop`` (platformdirs' answer on other systems).
+
+    One place whatever the working directory, so `closedloop list` from any directory sees the
+    same campaigns (the earlier default, ``./.closedloop``, did not).
+    """
+    from platformdirs import user_data_path
+
+    return user_data_path("closedloop", appauthor=False)
 
 _DB_NAME_FORBIDDEN = set('/\\. "$\x00')
 
@@ -33,7 +48,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLOSEDLOOP_", extra="ignore", frozen=True,
                                       hide_input_in_errors=True)
 
-    home: Path = Field(default=Path(".closedloop"), description="Local data: embedded database, broker state.")
+    home: Path = Field(default_factory=default_home,
+                       description="Local data: embedded database, broker state (default: a per-user data directory).")
     mongodb_uri: SecretStr | None = Field(default=None, description="MongoDB URI; unset = embedded nx-27017.")
     mongodb_database: str = "closedloop"
     mqtt_url: SecretStr | None = Field(default=None, description="mqtt[s]://[user:pass@]host[:port]; unset = embedded amqtt.")
@@ -49,6 +65,27 @@ class Settings(BaseSettings):
     handover_wait_s: float = Field(default=30.0, ge=0, le=86400,
                                    description="how long approve/change/stop wait for a running orchestrator to "
                                                "apply the command before leaving it in its inbox.")
+
+    def home_named(self) -> str:
+        """The home and where it comes from, for messages: ``/x/closedloop (CLOSEDLOOP_HOME)``."""
+        origin = "CLOSEDLOOP_HOME" if "home" in self.model_fields_set else "the default home; CLOSEDLOOP_HOME sets another"
+        return f"{self.home} ({origin})"
+
+    def store_named(self) -> str:
+        """Where the campaign log is, for messages (never the URI: it may hold a password)."""
+        if self.mongodb_uri is not None:
+            return f"database {self.mongodb_database!r} of CLOSEDLOOP_MONGODB_URI"
+        return self.home_named()
+
+    def legacy_home_hint(self, cwd: Path) -> str | None:
+        """One line when ``cwd`` holds an earlier version's default home that these settings do not use."""
+        legacy = cwd / LEGACY_HOME
+        if "home" in self.model_fields_set or not (legacy / "data").is_dir():
+            return None
+        if legacy.resolve() == self.home.resolve():
+            return None
+        return (f"note: {legacy} holds the campaigns of an earlier closedloop (its default home); this command uses "
+                f"{self.home}: `export CLOSEDLOOP_HOME={legacy.resolve()}` to use it")
 
     # Checked here, when the settings are read, so that a malformed value is one line at the
     # start of any command rather than a traceback from deep inside the one that uses it.

@@ -3,8 +3,9 @@
 Exit codes: 0 success; 1 a runtime error (database or broker unreachable, a refused command,
 ...); 2 a usage or campaign-file error (`UsageError`, `SpecError`; the classes are mapped to
 codes in one place, `EXIT_CODES`); 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM, e.g. a service
-manager's stop), which stops exactly as Ctrl-C does. Every error of the user's is one line, never
-a traceback.
+manager's stop), which stops exactly as Ctrl-C does; 141 the reader of the output went away
+(`closedloop status c | grep -q x`, `export | head`): quietly, as a Unix tool killed by SIGPIPE.
+Every error of the user's is one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from flows.cli.drive import (
 from flows.cli.people import add_commands, current_user
 from flows.cli.replay import add_replay_commands, parse_options
 from flows.cli.report import engine_line, log_line, status_dict, status_text
-from flows.cli.tables import table
+from flows.cli.tables import campaigns_table, table
 
 if TYPE_CHECKING:
     from campaigns import CampaignSpec, CampaignState
@@ -72,6 +73,11 @@ EXIT_CODES: tuple[tuple[type[ClosedLoopError], int], ...] = (
     (SpecError, EXIT_USAGE),
     (ClosedLoopError, EXIT_ERROR),
 )
+
+
+#: `closedloop export c | head`: the reader closed the pipe. 128 + SIGPIPE, what the shell reports
+#: for `cat`, `seq` or `git log` there, so `set -o pipefail` scripts see what they see for those.
+EXIT_BROKEN_PIPE = 141
 
 
 def exit_code(error: ClosedLoopError) -> int:
@@ -101,17 +107,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
-    with event_store(Settings()) as store:
+    settings = Settings()
+    with event_store(settings, create=False) as store:
         events = store.read(args.campaign)
     if not events:
-        raise CampaignNotFoundError(f"no campaign {args.campaign!r}", "see `closedloop list`", campaign_id=args.campaign)
-    try:
-        for event in events:
-            print(json.dumps(event_to_doc(event), sort_keys=True) if args.json else log_line(event))
-        sys.stdout.flush()
-    except BrokenPipeError:  # `closedloop log X | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise _not_found(args.campaign, settings)
+    for event in events:
+        print(json.dumps(event_to_doc(event), sort_keys=True) if args.json else log_line(event))
     return EXIT_OK
+
+
+def _not_found(campaign_id: str, settings: Settings) -> CampaignNotFoundError:
+    return CampaignNotFoundError(f"no campaign {campaign_id!r} in {settings.store_named()}", "see `closedloop list`",
+                                 campaign_id=campaign_id)
 
 
 def _spec_of(path: str) -> CampaignSpec:
@@ -226,10 +234,11 @@ def _resume_deployed(store: MongoEventStore, settings: Settings, state: Campaign
 
 
 def _load_state(campaign_id: str):  # type: ignore[no-untyped-def]
-    with event_store(Settings()) as store:
+    settings = Settings()
+    with event_store(settings, create=False) as store:
         state = fold(store.read(campaign_id))
     if state.spec is None:
-        raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
+        raise _not_found(campaign_id, settings)
     return state
 
 
@@ -260,17 +269,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    with event_store(Settings()) as store:
-        rows = store.list_campaigns()
+    from datetime import UTC, datetime
+
+    from flows.app.runtime import has_store
+
+    settings = Settings()
+    rows, states = [], []
+    if has_store(settings):  # a home with no database stays without one: nothing is created to be listed
+        with event_store(settings, create=False) as store:
+            rows = store.list_campaigns()
+            states = [fold(store.read(r.campaign_id)) for r in rows]
     if args.json:
-        print(json.dumps([r.model_dump(mode="json") if hasattr(r, "model_dump") else vars(r) for r in rows], indent=2, default=str))
+        print(json.dumps([{**r.model_dump(mode="json"), **_listed(s)} for r, s in zip(rows, states, strict=True)],
+                         indent=2, default=str))
         return EXIT_OK
     if not rows:
-        print("no campaigns yet: start one with `closedloop run SPEC.yaml`")
+        print(f"No campaigns in {settings.store_named()}: start one with `closedloop run SPEC.yaml`")
         return EXIT_OK
-    print(table(["campaign", "state", "events", "created"],
-                [(r.campaign_id, "finished" if r.finished else "open", r.last_seq, r.created_at) for r in rows]))
+    print(campaigns_table(states, datetime.now(UTC)))
     return EXIT_OK
+
+
+def _listed(state: CampaignState) -> dict[str, object]:
+    """`list --json`'s fields of a campaign beside its summary: what `status --json` says of it."""
+    full = status_dict(state)
+    return {k: full[k] for k in ("status", "finished_reason", "budget", "trials", "best", "updated_at")}
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
@@ -327,17 +350,28 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its error on one line whatever the argument held (a newline, a carriage return)."""
+    """argparse, with its usage error on one line (``closedloop: error: ... (see closedloop CMD
+    --help)``, exit 2) whatever the argument held (a newline, a carriage return); the root parser
+    hands it to every subcommand's parser (``parser_class``)."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}\n")
+        root = self.prog.split()[0]
+        self.exit(EXIT_USAGE, f"{root}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+#: The help of each positional argument that its command left without one, by its name.
+_POSITIONAL_HELP = {
+    "campaign": "campaign id (`closedloop list` lists them)",
+    "campaigns": "campaign ids (`closedloop list` lists them)",
+    "spec": "campaign YAML file (e.g. campaigns/examples/branin.yaml)",
+    "source": "the recorded campaign (only read)",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="closedloop", description="Run closed-loop experiment campaigns for self-driving labs.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the loop does")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="create (or continue) a campaign from a spec file and run it to its budget")
     r.add_argument("spec", help="campaign YAML file")
@@ -405,6 +439,10 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--save", metavar="FILE", help="with --from-campaign: write the emulator to FILE "
                     "(for `simulator: emulator` devices, `options: {file: FILE}`)")
     sm.set_defaults(func=_cmd_sim)
+    for command in sub.choices.values():  # every command's, those of people.py and replay.py too
+        for action in command._actions:
+            if not action.option_strings and action.help is None:
+                action.help = _POSITIONAL_HELP.get(action.dest)
     return p
 
 
@@ -413,7 +451,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     collecting = gc.isenabled()
     gc.disable()  # while the command imports what it needs: see `startup_finished`
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # a reader gone shows here, not as a traceback at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # `closedloop status c | grep -q x`: the reader has what it wanted. Python's recipe: what
+        # is still buffered goes to /dev/null, so the interpreter's own flush at exit is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     finally:
         if collecting:
             gc.enable()
@@ -428,16 +473,23 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"error: argument {given[:-3][:60]}: '--' is not a value; give one, e.g. {given[:-3][:60]}=VALUE",
               file=sys.stderr)
         return EXIT_USAGE
-    args = _parser().parse_args(words)
+    parser = _parser()
+    args, extra = parser.parse_known_args(words)
+    if extra:  # refused by the command's own parser, so that the line names that command's --help
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # SIGTERM unwinds like Ctrl-C (signal handlers can be set from the main thread only).
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
-        Settings()  # every command reads them: a malformed one is this one line, not a traceback later
+        settings = Settings()  # every command reads them: a malformed one is this one line, not a traceback later
     except ValidationError as exc:
         print(f"error: {settings_problem(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    hint = settings.legacy_home_hint(Path.cwd())
+    if hint is not None:
+        print(hint, file=sys.stderr)
     try:
         return int(args.func(args))
     except ClosedLoopError as exc:

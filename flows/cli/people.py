@@ -315,7 +315,7 @@ def _via(e: EventBase) -> str:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    with event_store(Settings()) as store:
+    with event_store(Settings(), create=False) as store:
         events = store.read(args.campaign)
     if not events:
         raise CampaignNotFoundError(f"no campaign {args.campaign!r}", "see `closedloop list`", campaign_id=args.campaign)
@@ -335,7 +335,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_pending(args: argparse.Namespace) -> int:
-    with event_store(Settings()) as store:
+    with event_store(Settings(), create=False) as store:
         ids = [args.campaign] if args.campaign else [c.campaign_id for c in store.list_campaigns() if not c.finished]
         shown = 0
         for cid in ids:

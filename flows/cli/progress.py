@@ -2,23 +2,34 @@
 
 It polls the log (``read(after_seq=...)``) in a thread, so it shows exactly what a second
 terminal's `closedloop status` would: trials done of the budget, running, failed, best so far.
+On a narrow terminal the count and the clock keep their place and the detail (best so far, its
+parameters) is what gets cut; until the first trial is dispatched the line says what the run is
+starting; log lines written while the bar is shown go above it, never into it.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
+from typing import IO
 
 from rich.console import Console
+from rich.file_proxy import FileProxy
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Column
+from rich.text import Text
 
 from campaigns import (
     BrokerDisconnected,
@@ -26,14 +37,113 @@ from campaigns import (
     CampaignPaused,
     CampaignState,
     ClosedLoopError,
+    EventBase,
+    RunStarted,
     TrialCompleted,
+    TrialDispatched,
     TrialFailed,
+    TrialsSuggested,
     apply,
 )
 from flows.cli.report import best_line, condition_line
 from storage import MongoEventStore
 
-__all__ = ["ProgressReporter"]
+__all__ = ["ProgressReporter", "bar_columns", "detail_line", "logs_above", "short_best", "starting_line"]
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def short_best(state: CampaignState) -> tuple[str, str]:
+    """The best so far in few characters (4 significant digits) and its parameters:
+    ``("best 0.3979 (#12)", "x1=3.142 x2=2.275")``."""
+    spec = state.spec
+    if spec is None:
+        return "best -", ""
+    if len(spec.objectives) > 1:
+        return f"Pareto front: {len(state.pareto_front())}", ""
+    best = state.best()
+    if best is None:
+        return "best -", ""
+    value = best.measurements[spec.objectives[0].name].mean
+    return (f"best {_short(value)} (#{best.trial_id})",
+            " ".join(f"{k}={_short(v)}" for k, v in best.parameters.items()))
+
+
+def starting_line(last: EventBase | None) -> str:
+    """What a run does before its first dispatch, from the last event it logged."""
+    if isinstance(last, TrialsSuggested):
+        return "starting: sending the first trials to the instruments..."
+    if isinstance(last, RunStarted):
+        return "starting: the optimizer's first trials (centre and Sobol points)..."
+    return "starting: Prefect flow run, broker, optimizer..."
+
+
+def detail_line(state: CampaignState, database_down: bool = False) -> str:
+    """The bar's text after the clock, most important first, as a narrow terminal cuts it from
+    the end: what holds the campaign up (or the best value), running and failed, the best's parameters."""
+    best, parameters = short_best(state)
+    counts = f"{state.count('running')} running, {state.count('failed')} failed"
+    condition = condition_line(state, database_down)
+    return f"{condition} | {counts}" if condition else f"{best} | {counts}" + (f" | {parameters}" if parameters else "")
+
+
+class _DetailColumn(ProgressColumn):
+    """The detail text, on one line, cut with an ellipsis: the only column the table narrows
+    (rich narrows the columns that may wrap first; this one may, its text never does)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(str(task.fields.get("detail", "")), no_wrap=True, overflow="ellipsis")
+
+
+def bar_columns() -> tuple[ProgressColumn, ...]:
+    """The bar's columns: the campaign (at most 20 characters), a 12-character bar, the count and
+    the clock keep their width; the detail takes what is left, cut with an ellipsis, so an
+    80-column terminal shows the count and the clock whole."""
+    return (
+        TextColumn("{task.description}", markup=False,
+                   table_column=Column(no_wrap=True, min_width=8, max_width=20, overflow="ellipsis")),
+        BarColumn(bar_width=12),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        _DetailColumn(),
+    )
+
+
+def _std_streams() -> set[int]:
+    return {id(f) for f in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__) if f is not None}
+
+
+@contextmanager
+def logs_above(console: Console, streams: set[int] | None = None) -> Iterator[Callable[[], None]]:
+    """While a live display is shown on ``console``: the log handlers that write to the terminal
+    write above it (rich's ``FileProxy``), not into the bar. Yields a function that catches the
+    handlers made since (Prefect's, a library's); every one is given its stream back at the end.
+
+    Args:
+        console: The console of the live display.
+        streams: ``id()`` of the streams to take over (default: the standard streams and the console's file).
+    """
+    targets = (streams if streams is not None else _std_streams()) | {id(console.file)}
+    taken: dict[logging.StreamHandler[IO[str]], IO[str]] = {}
+
+    def catch() -> None:
+        loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                           if isinstance(lg, logging.Logger))]
+        for logger in loggers:
+            for handler in logger.handlers:
+                if (isinstance(handler, logging.StreamHandler) and handler not in taken
+                        and id(handler.stream) in targets):
+                    taken[handler] = handler.setStream(FileProxy(console, handler.stream))  # type: ignore[arg-type]
+
+    catch()
+    try:
+        yield catch
+    finally:
+        for handler, stream in taken.items():
+            handler.flush()
+            handler.setStream(stream)
 
 
 class ProgressReporter:
@@ -46,6 +156,8 @@ class ProgressReporter:
         self._thread = threading.Thread(target=self._run, name="closedloop-progress", daemon=True)
         self.state = CampaignState()
         self.db_down = False
+        self._last: EventBase | None = None
+        self._dispatched = False  # "starting: ..." until the first trial is dispatched
 
     def __enter__(self) -> ProgressReporter:
         if not self.quiet:
@@ -83,18 +195,28 @@ class ProgressReporter:
             if on_event is not None:
                 on_event(e)
 
+    def _watch(self, event: object) -> None:
+        """Note the run's start-up: the last event, and the first dispatch once seen."""
+        if isinstance(event, EventBase):
+            self._last = event
+            if isinstance(event, TrialDispatched | TrialCompleted | TrialFailed):
+                self._dispatched = True
+
+    def _detail(self) -> str:
+        if not self._dispatched and not condition_line(self.state, self.db_down) and self.state.status == "running":
+            return starting_line(self._last)
+        return detail_line(self.state, self.db_down)
+
     def _bar(self, store: MongoEventStore, console: Console) -> None:
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task(self.campaign_id, total=None, detail="starting (Prefect, optimizer)...")
+        with Progress(*bar_columns(), console=console, transient=False) as bar, logs_above(console) as catch:
+            task = bar.add_task(self.campaign_id, total=None, detail=starting_line(None))
             while True:
-                self._poll(store)
+                self._poll(store, self._watch)
+                catch()  # handlers a library set up since (Prefect configures its own)
                 spec = self.state.spec
                 done = self.state.count("completed") + self.state.count("failed")
-                detail = (f"running {self.state.count('running')}, failed {self.state.count('failed')} | "
-                          f"{condition_line(self.state, self.db_down) or best_line(self.state)}")
-                bar.update(task, completed=done, total=None if spec is None else spec.budget.max_trials, detail=detail)
+                bar.update(task, completed=done, total=None if spec is None else spec.budget.max_trials,
+                           detail=self._detail())
                 if self._stop.wait(self.interval_s):
                     self._poll(store)
                     return

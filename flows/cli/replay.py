@@ -171,7 +171,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from flows.cli.compare import best_so_far, compare_table, write_compare
 
-    with event_store(Settings()) as store:
+    with event_store(Settings(), create=False) as store:
         states = [fold(store.read(c)) for c in args.campaigns]
     for c, s in zip(args.campaigns, states, strict=True):
         if s.spec is None:
@@ -229,7 +229,7 @@ def serve_emulator(args: argparse.Namespace) -> int:
     if args.simulator is not None:
         raise UsageError(f"sim: --from-campaign serves an emulator, not {args.simulator!r}", "drop the simulator name")
     settings = Settings()
-    with event_store(settings) as store:
+    with event_store(settings, create=False) as store:
         state = fold(store.read(args.from_campaign))
     if state.spec is None:
         raise CampaignNotFoundError(f"no campaign {args.from_campaign!r}", "see `closedloop list`",

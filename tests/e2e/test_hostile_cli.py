@@ -319,3 +319,31 @@ def test_name_value_mistakes_are_one_line(args: list[str], lab: dict[str, Any]) 
     out = run([*args, "--reason", "r"], lab["env"])
     assert one_error_line(out, 2).startswith(f"error: {args[2]} ")
     assert len(lab["store"].read("c")) == 3  # nothing logged
+
+
+# -- issue 17: a reader that goes away, and a usage error, through the console script -------------
+
+
+def test_a_reader_that_closes_the_pipe_gets_a_quiet_exit(lab: dict[str, Any]) -> None:
+    """Issue 17: `status c | grep -q running` and `export c | head` printed a BrokenPipeError
+    traceback. The read end is closed before the command starts, so every write meets a closed
+    pipe: exit 141 (128 + SIGPIPE, as `cat` or `git log` there), nothing on stderr."""
+    import os
+
+    for argv in (["status", "c"], ["export", "c"], ["log", "c"], ["list"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            out = subprocess.run([CLOSEDLOOP, *argv], env=lab["env"], stdout=write_end, stderr=subprocess.PIPE, check=False,
+                                 text=True, timeout=120)
+        finally:
+            os.close(write_end)
+        assert (out.returncode, out.stderr) == (141, ""), (argv, out.returncode, out.stderr)
+
+
+def test_a_usage_error_of_the_console_script_is_one_line() -> None:
+    """Issue 17: argparse's usage errors were 4-5 lines (usage, then the error); README promises one."""
+    out = subprocess.run([CLOSEDLOOP, "approve", "c", "--edit"], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == "closedloop: error: argument --edit: expected at least one argument " \
+                         "(see closedloop approve --help)\n"

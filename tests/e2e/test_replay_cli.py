@@ -105,5 +105,7 @@ def test_faithful_and_counterfactual_replays_and_compare(tmp_path: Path, prefect
         assert out.returncode == 1 and "no MQTT broker to join" in out.stderr.splitlines()[-1], out.stderr
     out = run(["list"], env, timeout=120)
     header, rule, *rows = out.stdout.splitlines()
-    assert header.split() == ["campaign", "state", "events", "created"] and set(rule) <= {"-", " "}
+    assert re.split(r"\s{2,}", header) == ["campaign", "status", "trials", "best", "last activity"]
+    assert set(rule) <= {"-", " "}
     assert sorted(line.split()[0] for line in rows) == ["b1", "faithful", "recorded", "same"]
+    assert all(re.split(r"\s{2,}", line)[1] == "finished (budget_exhausted)" for line in rows), rows
