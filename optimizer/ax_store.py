@@ -12,6 +12,11 @@ Who chose a trial is kept where Ax keeps it: the trial property Ax reads for
 (``generator``, ``engine``, ``status``, ``device_id``; a person's edit adds ``chosen_by``,
 ``decided_by`` and ``suggested_parameters``, as ``trial_run_metadata`` says).
 
+Measurements are kept to the last digit: Ax 1.3.1 writes a trial's data with pandas'
+``to_json()``, which keeps 10 decimal places (a reading of 1.2e-12 would be stored as 0); the
+store is written with Ax's encoder but the data as exact JSON of the same shape, which Ax's own
+decoder reads (``_PreciseData``).
+
 Ax's engine and session factory are process-global (``ax.storage.sqa_store.db``): each write
 points them at its URL. Ax itself is imported by the functions that need it; ``check_url``
 loads SQLAlchemy only (the settings check a URL with it).
@@ -19,17 +24,20 @@ loads SQLAlchemy only (the settings check a URL with it).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import warnings
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from campaigns.errors import OutputError, UsageError
 from campaigns.spec import CampaignSpec
 from campaigns.state import TrialRecord
 
 if TYPE_CHECKING:
+    import pandas as pd
     from ax import Client
 
 __all__ = ["GENERATION_KEY", "check_url", "read_experiment", "shown_url", "write_experiment"]
@@ -101,6 +109,38 @@ def _note_who_chose(client: Client, trials: Iterable[TrialRecord]) -> None:
             trial._time_completed = _local(record.finished_at) or trial._time_completed
 
 
+def _columns_json(df: pd.DataFrame) -> str | None:
+    """``df`` as pandas' ``to_json()`` writes it (orient "columns"), every float to the last
+    digit; None if a value is not a plain number, text or missing."""
+    out: dict[str, dict[str, Any]] = {}
+    for column in df.columns:
+        values: dict[str, Any] = {}
+        for index, value in zip(df.index.tolist(), df[column].tolist(), strict=True):
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None  # as pandas writes NaN
+            elif value is not None and not isinstance(value, int | float | str):
+                return None
+            values[str(index)] = value
+        out[str(column)] = values
+    return json.dumps(out)
+
+
+def _precise_encoder() -> type:
+    from ax.storage.sqa_store.encoder import Encoder
+
+    class _PreciseData(Encoder):
+        """Ax's encoder, with a trial's data written to the last digit (see the module's docstring)."""
+
+        def data_to_sqa(self, data: Any, trial_index: int | None, timestamp: int) -> Any:
+            sqa = super().data_to_sqa(data, trial_index, timestamp)
+            exact = _columns_json(data.full_df)
+            if exact is not None:
+                sqa.data_json = exact
+            return sqa
+
+    return _PreciseData
+
+
 def write_experiment(url: str, name: str, spec: CampaignSpec, trials: Iterable[TrialRecord],
                      created_at: datetime | None = None) -> None:
     """Save the campaign's experiment as ``name`` in the Ax database at ``url``, replacing any
@@ -135,7 +175,7 @@ def write_experiment(url: str, name: str, spec: CampaignSpec, trials: Iterable[T
             _point_ax_at(url)
             if _exists(name):
                 delete_experiment(name)
-            save_experiment(experiment)
+            save_experiment(experiment, encoder_cls=_precise_encoder())
     except ImportError as exc:  # the URL's driver (psycopg2, ...) is not installed
         raise OutputError(f"cannot write Ax's SQL store {shown_url(url)}: no driver for it ({exc})",
                           f"install the database's Python driver; {_WRITE_HINT}") from None
@@ -158,6 +198,7 @@ def _exists(name: str) -> bool:
 def read_experiment(url: str, name: str) -> Client:
     """The experiment ``name`` loaded by Ax's own ``Client.load_from_database`` from ``url``
     (in this process: Ax's engine is pointed at ``url`` first, which Ax itself does only once)."""
+    import pandas as pd
     from ax import Client
     from ax.api.configs import StorageConfig
 

@@ -7,6 +7,8 @@ load of a real run's store: tests/e2e/test_cli_run.py)."""
 from __future__ import annotations
 
 import math
+import os
+import uuid
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -205,6 +207,22 @@ def _at(events: list[EventBase]) -> Log:
     return log
 
 
+def test_values_keep_every_digit(tmp_path: Path) -> None:
+    """Ax 1.3.1 alone would keep 10 decimal places (a 1.2e-12 reading stored as 0)."""
+    log = Log(load_spec(EXAMPLES / "branin.yaml"))
+    readings = [24.129964413622268, 1.234567890123e-12, -3.3333333333333335, 123456789.12345679]
+    ids = log.suggest(*[{"x1": float(i), "x2": 1.0} for i in range(len(readings))])
+    for tid, value in zip(ids, readings, strict=True):
+        log.complete(tid, branin=(value, abs(value) / 3))
+    home = settings(tmp_path)
+    write_ax_store(home, CAMPAIGN, log.events)
+    found = ax_trials(home.ax_store_url(), CAMPAIGN)
+    for tid, value in zip(ids, readings, strict=True):
+        mean, sem = found[tid]["values"]["branin"]
+        # pandas' JSON reader may round the last bit (Ax's decoder reads the data with it)
+        assert mean == pytest.approx(value, rel=4e-16) and sem == pytest.approx(abs(value) / 3, rel=4e-16)
+
+
 @pytest.mark.parametrize("name", ["two_objectives.yaml", "choice"])
 def test_two_objectives_and_a_choice_parameter_round_trip(name: str, tmp_path: Path) -> None:
     if name == "choice":
@@ -259,3 +277,69 @@ def test_a_store_that_cannot_be_written_is_one_warning_line_and_the_explicit_wri
     good = settings(tmp_path)
     keep_ax_store(good, lambda _: log.events, CAMPAIGN, lines.append)
     assert lines == [line] and set(ax_trials(good.ax_store_url(), CAMPAIGN)) == {"0", "1", "2", "3", "4"}
+
+
+# ------------------------------------------------------------------ the command and the setting
+def cli(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`closedloop ARGV` in-process with only ``env``'s CLOSEDLOOP_* variables set."""
+    from flows.cli.main import main
+
+    for name in [k for k in os.environ if k.startswith("CLOSEDLOOP_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_closedloop_ax_store_writes_the_log_s_experiment_and_says_where(
+        tmp_path: Path, mongo_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from storage import MongoEventStore
+
+    env = {"CLOSEDLOOP_HOME": str(tmp_path / "home"), "CLOSEDLOOP_MONGODB_URI": mongo_uri,
+           "CLOSEDLOOP_MONGODB_DATABASE": f"cl_axstore_{uuid.uuid4().hex[:8]}"}
+    log = branin_log()
+    with MongoEventStore(mongo_uri, database=env["CLOSEDLOOP_MONGODB_DATABASE"]) as store:
+        store.append(log.events)
+    url = f"sqlite:///{tmp_path / 'elsewhere.sqlite'}"
+    for _ in range(2):
+        code, out, err = cli(["ax-store", CAMPAIGN, "--url", url], env, monkeypatch, capsys)
+        assert (code, err) == (0, "") and out.count("\n") == 1, (code, out, err)
+        assert out.startswith(f"campaign {CAMPAIGN}: Ax experiment {CAMPAIGN!r} (5 trial(s)) written to {url}")
+    assert without_metadata(ax_trials(url, CAMPAIGN)) == expected(log)
+    assert table_counts(tmp_path / "elsewhere.sqlite")["trial_v2"] == 5
+
+    # The setting names the store; no --url.
+    code, out, err = cli(["ax-store", CAMPAIGN], {**env, "CLOSEDLOOP_AX_DB_URL": url}, monkeypatch, capsys)
+    assert code == 0 and f"written to {url}" in out and table_counts(tmp_path / "elsewhere.sqlite")["trial_v2"] == 5
+
+    code, out, err = cli(["ax-store", "no-such-campaign"], env, monkeypatch, capsys)
+    assert code == 1 and err.strip().splitlines() == [err.strip()] and "no campaign 'no-such-campaign'" in err
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("not a url", "not a SQLAlchemy database URL"),
+    ("foo://h/db", "SQLAlchemy knows no database 'foo'"),
+    ("postgresql://ana:s3cret@h:notaport/db", "not a SQLAlchemy database URL"),
+    ("sqlite://", "an in-memory SQLite database keeps nothing"),
+    ("", "not a SQLAlchemy database URL"),
+])
+def test_a_malformed_store_url_is_one_line_exit_2(value: str, says: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    home = {"CLOSEDLOOP_HOME": str(tmp_path / "home")}
+    code, out, err = cli(["list"], {**home, "CLOSEDLOOP_AX_DB_URL": value}, monkeypatch, capsys)
+    assert code == 2 and out == "" and "s3cret" not in err
+    assert err.splitlines() == [err.strip()] and err.startswith("error: CLOSEDLOOP_AX_DB_URL: ") and says in err, err
+    code, out, err = cli(["ax-store", CAMPAIGN, "--url", value], home, monkeypatch, capsys)
+    assert code == 2 and err.splitlines() == [err.strip()] and err.startswith("error: --url: ") and says in err, err
+    assert "s3cret" not in err
+
+
+def test_a_password_in_url_on_the_command_line_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(["ax-store", CAMPAIGN, "--url", "postgresql://ana:s3cret@db.lab/ax"],
+                         {"CLOSEDLOOP_HOME": str(tmp_path / "home")}, monkeypatch, capsys)
+    assert code == 2 and "s3cret" not in err and "CLOSEDLOOP_AX_DB_URL" in err and len(err.splitlines()) == 1
