@@ -6,6 +6,7 @@ load of a real run's store: tests/e2e/test_cli_run.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import uuid
@@ -166,7 +167,7 @@ def test_ax_finds_the_log_s_trials_statuses_values_and_who_chose_them(tmp_path: 
 
 
 def table_counts(path: Path) -> dict[str, int]:
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
 
