@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     handover_wait_s: float = Field(default=30.0, ge=0, le=86400,
                                    description="how long approve/change/stop wait for a running orchestrator to "
                                                "apply the command before leaving it in its inbox.")
+    ax_db_url: SecretStr | None = Field(default=None, description="SQLAlchemy URL of Ax's SQL store; "
+                                        "unset = sqlite under home (ax.sqlite).")
 
     def home_named(self) -> str:
         """The home and where it comes from, for messages: ``/x/closedloop (CLOSEDLOOP_HOME)``."""
@@ -106,6 +108,22 @@ class Settings(BaseSettings):
 
             _one_line(parse_broker_url, value.get_secret_value())  # its message shows the URL redacted
         return value
+
+    @field_validator("ax_db_url")
+    @classmethod
+    def _ax_db_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            # the optimizer's own check (SQLAlchemy only, not Ax), loaded only when there is a value
+            from optimizer.ax_store import check_url
+
+            _one_line(check_url, value.get_secret_value())  # its message never shows the URL
+        return value
+
+    def ax_store_url(self) -> str:
+        """Where Ax's SQL store is: ``CLOSEDLOOP_AX_DB_URL``, or ``ax.sqlite`` under ``home``."""
+        if self.ax_db_url is not None:
+            return self.ax_db_url.get_secret_value()
+        return "sqlite:///" + str((self.home / "ax.sqlite").resolve())
 
     @field_validator("mqtt_prefix")
     @classmethod

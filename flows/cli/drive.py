@@ -56,6 +56,7 @@ def append_resume(store: MongoEventStore, state: CampaignState, reason: str | No
 
 def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: argparse.Namespace, *, resume: bool) -> int:
     """Run a campaign that exists, under its lease, until it finishes or pauses."""
+    from flows.app.ax_store import keep_ax_store
     from flows.app.lease import hold_lease
     from flows.app.runtime import broker_url, mqtt_settings, simulated_lab
     from flows.app.wiring import Wiring, wired
@@ -98,9 +99,12 @@ def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: ar
                     from flows.prefect.flow import campaign
 
                     startup_finished()
-                    with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet), \
-                            wired(wiring):
-                        campaign(campaign_id, max_runtime_s=args.max_runtime)
+                    try:
+                        with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet), \
+                                wired(wiring):
+                            campaign(campaign_id, max_runtime_s=args.max_runtime)
+                    finally:  # finished, stopped, paused or interrupted: Ax's SQL store follows the log
+                        keep_ax_store(settings, store.read, campaign_id, lambda line: print(line, file=sys.stderr))
     final = fold(store.read(campaign_id))
     print(status_text(final))
     if final.status == "paused" and final.paused_reason == "user":

@@ -349,6 +349,28 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_ax_store(args: argparse.Namespace) -> int:
+    # Ax's SQL store, (re)written from the log (flows.app.ax_store); Ax loads only here.
+    from flows.app.ax_store import write_ax_store
+    from optimizer.ax_store import check_url
+
+    if args.url is not None:
+        from sqlalchemy.engine import make_url
+
+        try:
+            check_url(args.url)
+        except ClosedLoopError as exc:
+            raise UsageError(f"--url: {exc.message}", exc.hint) from None
+        if make_url(args.url).password is not None:
+            raise UsageError("--url: a password on the command line is visible to every user of this machine (ps)",
+                             "set the URL with its password in CLOSEDLOOP_AX_DB_URL instead")
+    settings = Settings()
+    with event_store(settings) as store:
+        events = store.read(args.campaign)
+    print(write_ax_store(settings, args.campaign, events, url=args.url).line())
+    return EXIT_OK
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its usage error on one line (``closedloop: error: ... (see closedloop CMD
     --help)``, exit 2) whatever the argument held (a newline, a carriage return); the root parser
@@ -420,6 +442,11 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="all campaigns in the log")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_cmd_list)
+
+    ax = sub.add_parser("ax-store", help="(re)write the campaign's Ax experiment to Ax's SQL store from its log")
+    ax.add_argument("campaign", help="the campaign id (also the experiment's name in the store)")
+    ax.add_argument("--url", help="a SQLAlchemy URL, no password (default: CLOSEDLOOP_AX_DB_URL or HOME/ax.sqlite)")
+    ax.set_defaults(func=_cmd_ax_store)
 
     add_commands(sub)
     add_replay_commands(sub)

@@ -23,6 +23,7 @@ from campaigns import CampaignSpec, SuggestedTrial, TrialRecord, fold
 from campaigns.events import software_versions
 from campaigns.identity import client_id
 from devices import MqttDeviceHub
+from flows.app.ax_store import keep_ax_store
 from flows.app.lease import hold_lease
 from flows.app.runtime import broker_url, event_store, mqtt_settings, simulated_lab
 from flows.app.wiring import current_wiring
@@ -173,6 +174,8 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
                 # A finished campaign never comes back: its session would hold queued messages
                 # forever. A stopped or paused one keeps it, to get what arrives meanwhile.
                 hub.stop(end_session=finished)
+                if deployed:  # `closedloop run` writes it itself (flows.cli.drive)
+                    keep_ax_store(settings, store.read, campaign_id, logger.warning)
         if waiting:
             refused = inbox.get(command_id(flow_run.id, answer)) if answer is not None else None
             if refused is not None and refused.state == "refused":

@@ -48,10 +48,17 @@ def test_validate_refuses_the_fast_engine_with_a_choice_parameter_in_one_line(tm
 def test_each_trial_s_engine_is_logged_and_shown_and_the_log_prints_raw(tmp_path: Path, prefect_server: dict[str, str],
                                                                          mongo_uri: str, mosquitto_url: str) -> None:
     env = shared_env(tmp_path / "home", prefect_server, mongo_uri, mosquitto_url)
+    # Ax's SQL store where no file can be: the run goes on, and says so in one line (issue 17).
+    (tmp_path / "afile").write_text("not a directory")
+    env["CLOSEDLOOP_AX_DB_URL"] = f"sqlite:///{tmp_path / 'afile' / 'ax.sqlite'}"
     spec = write_spec(tmp_path / "s.yaml", {**SPEC, "name": "eng", "budget": {"max_trials": 6},
                                            "optimizer": {"initialization_trials": 2}})
     out = run(["run", str(spec), "--quiet"], env, timeout=480)
     assert out.returncode == 0, out.stderr
+    [warning] = [line for line in out.stderr.splitlines() if "Ax's SQL store" in line]
+    assert warning.startswith("warning: campaign eng: Ax's SQL store not updated: cannot write") and \
+        "closedloop ax-store eng" in warning and "Traceback" not in out.stderr, out.stderr
+    assert fold(read_events(env, "eng")).status == "finished"
     events = read_events(env, "eng")
     state = fold(events)
     engines = [t.engine for t in sorted(state.trials.values(), key=lambda t: t.index)]

@@ -73,6 +73,18 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
     worker.wait(timeout=30)
 
 
+def _ax_store_trials(path: Path, experiment: str) -> int | None:
+    """How many trials Ax's SQL store holds for the experiment (None: no store yet)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT COUNT(*) FROM trial_v2 JOIN experiment_v2 ON trial_v2.experiment_id = "
+                              "experiment_v2.id WHERE experiment_v2.name = ?", (experiment,)).fetchone()[0]
+    except sqlite3.Error:  # not created yet, or being written
+        return None
+
+
 def _runs(env: dict[str, str], campaign: str) -> list[RunStarted]:
     return [e for e in read_events(env, campaign) if isinstance(e, RunStarted)]
 
@@ -104,6 +116,9 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
             killed.append(victim.pid)
         final = wait_for(lambda: (s := status_now("served", env)) is not None and s["status"] == "finished" and s, 400,
                          "the campaign to finish on its own")
+        # The flow run that finished rewrote Ax's SQL store from the log on its way out (issue 17).
+        wait_for(lambda: _ax_store_trials(tmp_path / "home" / "ax.sqlite", "served") == budget, 120,
+                 "Ax's SQL store to hold the campaign's trials")
     finally:
         _stop_worker(worker)
         for p in sims.values():
