@@ -1,9 +1,11 @@
 """When Ax's SQL store is written: at the end of every run of a campaign, and on request.
 
 The store (``optimizer.ax_store``) is derived from the log: a `run`/`resume` process and a
-deployed flow run rewrite it from the log when they end (finished, stopped, paused,
-interrupted), and `closedloop ax-store` does on request. A store that cannot be written is one
-warning line at the end of a run: the log, the campaign and the run's exit code are untouched.
+deployed flow run rewrite it from the log when they end (finished, stopped, paused; not when
+interrupted: Ctrl-C and SIGTERM stop at once), and `closedloop ax-store` does on request.
+Writing loads Ax (~3 s of CPU). A store that cannot be written is one warning line at the end
+of a run: the log, the campaign and the run's exit code are untouched.
+``CLOSEDLOOP_AX_DB_URL=off`` keeps none.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from campaigns import CampaignNotFoundError, ClosedLoopError, EventBase, fold
+from campaigns import CampaignNotFoundError, ClosedLoopError, EventBase, UsageError, fold
 from flows.app.settings import Settings
 
 __all__ = ["StoreWritten", "keep_ax_store", "write_ax_store"]
@@ -61,6 +63,9 @@ def write_ax_store(settings: Settings, campaign_id: str, events: Sequence[EventB
     if state.spec is None:
         raise CampaignNotFoundError(f"no campaign {campaign_id!r}", "see `closedloop list`", campaign_id=campaign_id)
     target = url or settings.ax_store_url()
+    if target is None:
+        raise UsageError("Ax's SQL store is off (CLOSEDLOOP_AX_DB_URL=off)",
+                         "give --url, or unset CLOSEDLOOP_AX_DB_URL for the store under home")
     if url is None and settings.ax_db_url is None:  # the default: a file under home
         settings.home.mkdir(parents=True, exist_ok=True)
     write_experiment(target, campaign_id, state.spec, state.trials.values(), created_at=state.created_at)
@@ -69,7 +74,10 @@ def write_ax_store(settings: Settings, campaign_id: str, events: Sequence[EventB
 
 def keep_ax_store(settings: Settings, read: Callable[[str], Sequence[EventBase]], campaign_id: str,
                   warn: Callable[[str], None]) -> None:
-    """Rewrite the store at the end of a run; a failure is one line through ``warn``, never raised."""
+    """Rewrite the store at the end of a run (unless it is off); a failure is one line through
+    ``warn``, never raised."""
+    if settings.ax_store_url() is None:
+        return
     try:
         written = write_ax_store(settings, campaign_id, read(campaign_id))
     except ClosedLoopError as exc:

@@ -10,10 +10,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from campaigns import ClosedLoopError
 
-__all__ = ["LEGACY_HOME", "Settings", "default_home", "settings_problem"]
+__all__ = ["AX_STORE_OFF", "LEGACY_HOME", "Settings", "default_home", "settings_problem"]
 
 #: Where earlier versions kept their data by default: relative to the working directory.
 LEGACY_HOME = Path(".closedloop")
+#: ``CLOSEDLOOP_AX_DB_URL=off``: runs keep no Ax SQL store (``closedloop ax-store --url`` still writes one).
+AX_STORE_OFF = "off"
 
 
 def default_home() -> Path:
@@ -66,7 +68,7 @@ class Settings(BaseSettings):
                                    description="how long approve/change/stop wait for a running orchestrator to "
                                                "apply the command before leaving it in its inbox.")
     ax_db_url: SecretStr | None = Field(default=None, description="SQLAlchemy URL of Ax's SQL store; "
-                                        "unset = sqlite under home (ax.sqlite).")
+                                        "unset = sqlite under home (ax.sqlite); off = none kept.")
 
     def home_named(self) -> str:
         """The home and where it comes from, for messages: ``/x/closedloop (CLOSEDLOOP_HOME)``."""
@@ -112,16 +114,19 @@ class Settings(BaseSettings):
     @field_validator("ax_db_url")
     @classmethod
     def _ax_db_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
+        if value is not None and value.get_secret_value() != AX_STORE_OFF:
             # the optimizer's own check (SQLAlchemy only, not Ax), loaded only when there is a value
             from optimizer.ax_store import check_url
 
             _one_line(check_url, value.get_secret_value())  # its message never shows the URL
         return value
 
-    def ax_store_url(self) -> str:
-        """Where Ax's SQL store is: ``CLOSEDLOOP_AX_DB_URL``, or ``ax.sqlite`` under ``home``."""
+    def ax_store_url(self) -> str | None:
+        """Where Ax's SQL store is: ``CLOSEDLOOP_AX_DB_URL``, or ``ax.sqlite`` under ``home``;
+        None when the setting is ``off`` (runs keep no store)."""
         if self.ax_db_url is not None:
+            if self.ax_db_url.get_secret_value() == AX_STORE_OFF:
+                return None
             return self.ax_db_url.get_secret_value()
         return "sqlite:///" + str((self.home / "ax.sqlite").resolve())
 

@@ -99,12 +99,12 @@ def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: ar
                     from flows.prefect.flow import campaign
 
                     startup_finished()
-                    try:
-                        with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet), \
-                                wired(wiring):
-                            campaign(campaign_id, max_runtime_s=args.max_runtime)
-                    finally:  # finished, stopped, paused or interrupted: Ax's SQL store follows the log
-                        keep_ax_store(settings, store.read, campaign_id, lambda line: print(line, file=sys.stderr))
+                    with ProgressReporter(store.uri, settings.mongodb_database, campaign_id, quiet=args.quiet), \
+                            wired(wiring):
+                        campaign(campaign_id, max_runtime_s=args.max_runtime)
+                    # Finished, stopped or paused (an interrupted run stops at once): Ax's SQL
+                    # store follows the log.
+                    keep_ax_store(settings, store.read, campaign_id, lambda line: print(line, file=sys.stderr))
     final = fold(store.read(campaign_id))
     print(status_text(final))
     if final.status == "paused" and final.paused_reason == "user":

@@ -34,6 +34,7 @@ SPEC = {
 @pytest.mark.timeout(600)
 def test_run_status_export(tmp_path: Path, prefect_server: dict[str, str]) -> None:
     env = cli_env(tmp_path / "home", prefect_server)
+    env.pop("CLOSEDLOOP_AX_DB_URL")  # the default store, under home: checked below
     # The first three trials wait for a person: while trial 2's approval is open the campaign
     # cannot finish, so the second process sees it running, by construction, however slow.
     spec = write_spec(tmp_path / "branin.yaml", {**SPEC, "approval": {"first_n": 3}})

@@ -93,6 +93,7 @@ def _runs(env: dict[str, str], campaign: str) -> list[RunStarted]:
 def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
         tmp_path: Path, prefect_env: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
     env = shared_env(tmp_path / "home", prefect_env, mongo_uri, mosquitto_url)
+    env.pop("CLOSEDLOOP_AX_DB_URL")  # the default store, under home: checked below
     pool = f"lab-{uuid.uuid4().hex[:8]}"
     budget = 14
     spec = write_spec(tmp_path / "spec.yaml", {**SPEC, "name": "served", "budget": {"max_trials": budget}})

@@ -319,6 +319,11 @@ def test_closedloop_ax_store_writes_the_log_s_experiment_and_says_where(
     code, out, err = cli(["ax-store", "no-such-campaign"], env, monkeypatch, capsys)
     assert code == 1 and err.strip().splitlines() == [err.strip()] and "no campaign 'no-such-campaign'" in err
 
+    # Off: runs keep none, and the command asks for a place rather than writing one.
+    code, out, err = cli(["ax-store", CAMPAIGN], {**env, "CLOSEDLOOP_AX_DB_URL": "off"}, monkeypatch, capsys)
+    assert code == 2 and out == "" and err.splitlines() == [err.strip()] and "CLOSEDLOOP_AX_DB_URL=off" in err, err
+    assert "--url" in err and not (tmp_path / "home" / "ax.sqlite").exists()
+
 
 @pytest.mark.parametrize(("value", "says"), [
     ("not a url", "not a SQLAlchemy database URL"),
