@@ -19,6 +19,9 @@ def cli_env(home: Path, prefect: dict[str, str], **extra: str) -> dict[str, str]
     env.update(prefect)
     env["CLOSEDLOOP_HOME"] = str(home)
     env["OMP_NUM_THREADS"] = "1"
+    # Ax's SQL store costs each run ~3 s of CPU loading Ax: kept by the tests that check it
+    # (test_cli_run, test_engine_cli, test_service), which pass their own setting.
+    env["CLOSEDLOOP_AX_DB_URL"] = "off"
     env.update(extra)
     return env
 
@@ -77,19 +80,34 @@ def run(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Path | 
     imported once, ~1 s of CPU saved per command); ``CLOSEDLOOP_TEST_EXEC=1`` starts each
     command from the console script instead (what a shell does).
     """
+    with start(args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired([CLOSEDLOOP, *args], timeout, out, err) from None
+    return subprocess.CompletedProcess([CLOSEDLOOP, *args], proc.returncode, out, err)
+
+
+def start(args: list[str], env: dict[str, str], *, stdout: Any = None, stderr: Any = None, text: bool = False,
+          cwd: Path | None = None) -> Any:
+    """`closedloop ARGS` started, as ``subprocess.Popen`` would (stdin from /dev/null): forked
+    from the fork server, or from the console script with ``CLOSEDLOOP_TEST_EXEC=1``."""
     if os.environ.get("CLOSEDLOOP_TEST_EXEC") == "1":
-        return subprocess.run([CLOSEDLOOP, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
-    return _forkserver().run([CLOSEDLOOP, *args], env, timeout, Path.cwd() if cwd is None else cwd)
+        return subprocess.Popen([CLOSEDLOOP, *args], env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                text=text, cwd=cwd)
+    return _Forked(_forkserver(), [CLOSEDLOOP, *args], env, Path.cwd() if cwd is None else cwd, stdout, stderr, text)
 
 
 class _ForkServer:
-    """This worker's `tests/e2e/forkserver.py` and the commands it runs (see its docstring)."""
+    """This worker's `tests/e2e/forkserver.py`, and the replies about the commands it forked."""
 
     def __init__(self) -> None:
         import socket
         import threading
 
-        mine, theirs = socket.socketpair()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as every command's (cli_env): read when BLAS loads
         self._process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("forkserver.py")), str(theirs.fileno())],
                                          pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
@@ -102,52 +120,125 @@ class _ForkServer:
         threading.Thread(target=self._read, name="forkserver-replies", daemon=True).start()
 
     def _read(self) -> None:
-        import queue
+        while message := self._sock.recv(1 << 16):
+            reply = json.loads(message)
+            self.box(reply["id"]).put(reply)
 
-        for line in self._sock.makefile("r", encoding="utf-8"):
-            reply = json.loads(line)
-            with self._lock:
-                box = self._replies.setdefault(reply["id"], queue.Queue())
-            box.put(reply)
-
-    def _reply(self, rid: str, timeout: float | None) -> dict[str, Any]:
+    def box(self, rid: str) -> Any:
         import queue
 
         with self._lock:
-            box = self._replies.setdefault(rid, queue.Queue())
+            return self._replies.setdefault(rid, queue.Queue())
+
+    def fork(self, argv: list[str], env: dict[str, str], cwd: Path, fds: list[int]) -> tuple[str, int]:
+        """Send the command (its stdin, stdout and stderr as ``fds``); its id and pid."""
+        import socket
+
+        with self._lock:
+            rid = str(next(self._ids))
+        socket.send_fds(self._sock, [json.dumps({"id": rid, "argv": argv, "env": env, "cwd": str(cwd)}).encode()], fds)
+        return rid, self.reply(rid, 60)["pid"]
+
+    def reply(self, rid: str, timeout: float | None) -> dict[str, Any]:
+        import queue
+
         try:
-            return box.get(timeout=timeout)
+            return self.box(rid).get(timeout=timeout)
         except queue.Empty:
             if self._process.poll() is not None:
                 raise RuntimeError(f"the fork server exited ({self._process.returncode})") from None
             raise
 
-    def run(self, argv: list[str], env: dict[str, str], timeout: float, cwd: Path) -> subprocess.CompletedProcess[str]:
+
+class _Forked:
+    """A forked command with ``subprocess.Popen``'s ways: pid, returncode, stdout/stderr
+    (PIPE, DEVNULL, a file or None: this process's), poll, wait, communicate, send_signal,
+    terminate, kill, and ``with``."""
+
+    def __init__(self, server: _ForkServer, argv: list[str], env: dict[str, str], cwd: Path,
+                 stdout: Any, stderr: Any, text: bool) -> None:
+        self.args = argv
+        self.returncode: int | None = None
+        self.stdin = None
+        self._server = server
+        theirs: list[int] = [os.open(os.devnull, os.O_RDONLY)]
+        ours: list[Any] = []
+        for given, inherited in ((stdout, 1), (stderr, 2)):
+            if given == subprocess.PIPE:
+                r, w = os.pipe()
+                theirs.append(w)
+                ours.append(open(r, "r" if text else "rb", **({"encoding": "utf-8"} if text else {})))  # noqa: SIM115
+            else:
+                fd = (os.open(os.devnull, os.O_WRONLY) if given == subprocess.DEVNULL
+                      else os.dup(inherited if given is None else given.fileno()))
+                theirs.append(fd)
+                ours.append(None)
+        self.stdout, self.stderr = ours
+        try:
+            self._id, self.pid = server.fork(argv, env, cwd, theirs)
+        finally:
+            for fd in theirs:
+                os.close(fd)
+
+    def poll(self) -> int | None:
         import queue
-        import signal
-        import tempfile
+
+        if self.returncode is None:
+            try:
+                self.returncode = self._server.box(self._id).get_nowait()["code"]
+            except queue.Empty:
+                pass
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import queue
+
+        if self.returncode is None:
+            try:
+                self.returncode = self._server.reply(self._id, timeout)["code"]
+            except queue.Empty:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[Any, Any]:
+        import threading
         import time
 
-        with tempfile.TemporaryDirectory(prefix="cl-cmd-") as tmp:
-            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            out.touch()
-            err.touch()
-            with self._lock:
-                rid = str(next(self._ids))
-            request = {"id": rid, "argv": argv, "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
-            self._sock.sendall((json.dumps(request) + "\n").encode())
-            deadline = time.monotonic() + timeout
-            pid = self._reply(rid, 60)["pid"]
-            try:
-                code = self._reply(rid, max(0.0, deadline - time.monotonic()))["code"]
-            except queue.Empty:
-                os.kill(pid, signal.SIGKILL)
-                self._reply(rid, 60)
-                raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text()) from None
-            finally:
-                with self._lock:
-                    self._replies.pop(rid, None)
-            return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        read: dict[int, Any] = {}
+        readers = [threading.Thread(target=lambda i=i, f=f: read.__setitem__(i, f.read()), daemon=True)
+                   for i, f in enumerate((self.stdout, self.stderr)) if f is not None]
+        for t in readers:
+            t.start()
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for t in readers:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        return read.get(0), read.get(1)
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self) -> _Forked:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f in (self.stdout, self.stderr):
+            if f is not None:
+                f.close()
+        self.wait()
 
 
 _SERVER: _ForkServer | None = None

@@ -14,10 +14,11 @@ run and may print), stdout and stderr flushed — and then ``os._exit``: tearing
 preloaded modules (0.2-0.6 s of CPU with torch loaded) is left out. ``CLOSEDLOOP_TEST_EXEC=1``
 runs the same tests on processes started from the console script.
 
-Protocol, one JSON object a line on the socket given as ``argv[1]``: a request
-``{"id", "argv", "env", "cwd", "stdout", "stderr"}`` is answered by ``{"id", "pid"}`` once
-forked and ``{"id", "code"}`` once the child has ended (``-N`` for signal N, as subprocess
-reports it). The server ends when the socket closes.
+Protocol, one JSON object a message on the SOCK_SEQPACKET socket given as ``argv[1]``: a
+request ``{"id", "argv", "env", "cwd"}`` carrying the command's stdin, stdout and stderr as
+file descriptors is answered by ``{"id", "pid"}`` once forked and ``{"id", "code"}`` once the
+child has ended (``-N`` for signal N, as subprocess reports it). The server ends when the
+socket closes.
 """
 
 from __future__ import annotations
@@ -39,25 +40,23 @@ import scipy.optimize  # noqa: F401
 import optimizer.fastbo  # noqa: F401
 from flows.cli.main import main
 
-_sock = socket.socket(fileno=int(sys.argv[1]))
+_sock = socket.socket(fileno=int(sys.argv[1]))  # AF_UNIX, SOCK_SEQPACKET: a message a request
 _children: dict[int, str] = {}
 
 
 def _send(message: dict[str, object]) -> None:
-    _sock.sendall((json.dumps(message) + "\n").encode())
+    _sock.send(json.dumps(message).encode())
 
 
-def _become(request: dict) -> None:
+def _become(request: dict, fds: list[int]) -> None:
     """In the forked child: take the command's environment and files (what exec would give)."""
     _sock.close()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY),
-                            (2, request["stderr"], os.O_WRONLY)):
-        opened = os.open(path, flags)
-        os.dup2(opened, fd)
-        os.close(opened)
+    for target, fd in enumerate(fds):  # stdin, stdout, stderr
+        os.dup2(fd, target)
+        os.close(fd)
     sys.argv = list(request["argv"])
 
 
@@ -86,21 +85,19 @@ def _run_command() -> int:
 
 
 gc.freeze()  # what was imported stays out of every child's collections
-_buffer = b""
 while True:
     readable, _, _ = select.select([_sock], [], [], 0.02)
     if readable:
-        chunk = _sock.recv(1 << 16)
-        if not chunk:
+        message, fds, _, _ = socket.recv_fds(_sock, 1 << 20, 3)
+        if not message:
             break
-        _buffer += chunk
-    while b"\n" in _buffer:
-        line, _buffer = _buffer.split(b"\n", 1)
-        request = json.loads(line)
+        request = json.loads(message)
         pid = os.fork()
         if pid == 0:
-            _become(request)
+            _become(request, fds)
             os._exit(_run_command())
+        for fd in fds:
+            os.close(fd)
         _children[pid] = request["id"]
         _send({"id": request["id"], "pid": pid})
     while _children:
