@@ -158,6 +158,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.prefect.server import quiet_prefect_defaults
     from flows.prefect.service import (
         asking_prefect,
         check_pool_name,
@@ -165,8 +166,6 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         deployment_name,
         require_work_pool,
     )
-
-    from flows.prefect.server import quiet_prefect_defaults
 
     check_pool_name(args.pool)
     spec = _spec_of(args.spec)
@@ -389,6 +388,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     add_replay_commands(sub)
+
+    from flows.cli.html_report import (
+        add_report_command,  # `closedloop report`: the HTML page
+    )
+
+    add_report_command(sub)
 
     sm = sub.add_parser("sim", help="run a simulated instrument that speaks MQTT protocol v1")
     sm.add_argument("simulator", nargs="?", help="catalog name (see --list)")
