@@ -15,6 +15,8 @@ import argparse
 import html
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import files
@@ -373,17 +375,27 @@ def write_report(events: list[EventBase], out: Path, *, with_analyses: bool = Tr
         raise CampaignNotFoundError("the log holds no campaign", "see `closedloop list`")
     if out.is_dir():
         raise OutputError(f"cannot write {str(out)!r}: it is a directory", "give a file path, e.g. -o report.html")
-    analyses = None
-    if with_analyses:
-        from optimizer.analyses import campaign_analyses
-
-        analyses = campaign_analyses(state.spec, state.trials.values(), verbose=verbose)
-    page = report_page(events, analyses=analyses, skipped="--no-analyses")
-    try:
-        out.write_text(page, encoding="utf-8")
+    try:  # the page goes to a file beside ``out``, renamed when whole: a bad path is refused before Ax runs
+        temp = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.",  # noqa: SIM115
+                                           suffix=".tmp", delete=False)
     except OSError as exc:
         raise OutputError(f"cannot write {str(out)!r}: {exc.strerror or exc}",
                           "give a file path you can write, e.g. -o report.html") from None
+    try:
+        with temp:
+            analyses = None
+            if with_analyses:
+                from optimizer.analyses import campaign_analyses
+
+                analyses = campaign_analyses(state.spec, state.trials.values(), verbose=verbose)
+            temp.write(report_page(events, analyses=analyses, skipped="--no-analyses"))
+        os.replace(temp.name, out)
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(out)!r}: {exc.strerror or exc}",
+                          "give a file path you can write, e.g. -o report.html") from None
+    finally:
+        if os.path.exists(temp.name):
+            os.unlink(temp.name)
     return out
 
 
