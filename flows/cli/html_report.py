@@ -347,12 +347,12 @@ def report_page(events: list[EventBase], *, analyses: Analyses | None = None, sk
     page.add(f"<h1>{html.escape(title)}</h1>")
     if state.spec.description:
         page.add(f"<p>{html.escape(state.spec.description)}</p>")
-    page.add("<nav><a href='#progress'>best so far</a>"
-             + ("<a href='#pareto'>Pareto front</a>" if len(state.spec.objectives) > 1 else "")
+    page.add("<nav>" + ("<a href='#pareto'>Pareto front</a>" if len(state.spec.objectives) > 1 else "")
+             + "<a href='#progress'>best so far</a>"
              + "<a href='#timeline'>devices and decisions</a><a href='#ax'>Ax's analyses</a></nav>")
     page.add(f"<pre>{html.escape(status_text(state))}</pre>")
-    _best_so_far(page, state)
     _pareto(page, state)
+    _best_so_far(page, state)
     _timeline(page, state, events)
     _ax_section(page, analyses, skipped)
     plotly_js = (files("plotly") / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
