@@ -167,3 +167,18 @@ def test_a_page_without_ax_says_so_and_a_bad_path_is_refused(single: Any, tmp_pa
     with pytest.raises(OutputError, match="No such file or directory"):
         write_report(events, tmp_path / "missing" / "r.html", with_analyses=False)
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_compare_follows_the_hypervolume_of_several_objectives_and_names_trial_ids(double: Any, tmp_path: Path) -> None:
+    from flows.cli.compare import best_so_far_curves, compare_table, write_compare
+
+    _, state, page = double
+    twin = best_so_far_curves([state, state])
+    curve = twin[0]
+    assert curve.metric == "hypervolume(branin, currin)" and not curve.minimize
+    assert curve.final == pytest.approx(titled(page, "hypervolume by time of the result")["data"][0]["y"][-1])
+    reached = curve.trial_ids[curve.best.index(curve.best[-1])]  # the trial whose result last raised it
+    row = compare_table(twin).splitlines()[2].split()
+    assert row[:4] == ["two-objectives", "hypervolume(branin,", "currin)", "(max)"] and row[6] == reached
+    png, html_page = write_compare(twin, tmp_path / "cmp")
+    assert png.stat().st_size > 0 and f"<td>{reached}</td>" in html_page.read_text()
