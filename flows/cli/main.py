@@ -166,6 +166,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.prefect.server import quiet_prefect_defaults
     from flows.prefect.service import (
         asking_prefect,
         check_pool_name,
@@ -173,8 +174,6 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         deployment_name,
         require_work_pool,
     )
-
-    from flows.prefect.server import quiet_prefect_defaults
 
     check_pool_name(args.pool)
     spec = _spec_of(args.spec)
@@ -365,7 +364,7 @@ def _cmd_ax_store(args: argparse.Namespace) -> int:
             raise UsageError("--url: a password on the command line is visible to every user of this machine (ps)",
                              "set the URL with its password in CLOSEDLOOP_AX_DB_URL instead")
     settings = Settings()
-    with event_store(settings) as store:
+    with event_store(settings, create=False) as store:
         events = store.read(args.campaign)
     print(write_ax_store(settings, args.campaign, events, url=args.url).line())
     return EXIT_OK
@@ -450,6 +449,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     add_replay_commands(sub)
+
+    from flows.cli.html_report import (
+        add_report_command,  # `closedloop report`: the HTML page
+    )
+
+    add_report_command(sub)
 
     sm = sub.add_parser("sim", help="run a simulated instrument that speaks MQTT protocol v1")
     sm.add_argument("simulator", nargs="?", help="catalog name (see --list)")

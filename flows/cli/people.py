@@ -56,7 +56,7 @@ from flows.cli.tables import table
 if TYPE_CHECKING:
     from storage import MongoEventStore
 
-__all__ = ["add_commands", "current_user"]
+__all__ = ["add_commands", "current_user", "history"]
 
 EXIT_INTERRUPTED = 130
 
@@ -319,7 +319,14 @@ def _cmd_history(args: argparse.Namespace) -> int:
         events = store.read(args.campaign)
     if not events:
         raise CampaignNotFoundError(f"no campaign {args.campaign!r}", "see `closedloop list`", campaign_id=args.campaign)
-    rows = []
+    rows = [(f"{e.time:%Y-%m-%d %H:%M:%S}", e.seq, e.actor, _via(e), what, why) for e, what, why in history(events)]
+    print(table(["time (UTC)", "event", "by", "via", "what", "why"], rows))
+    return 0
+
+
+def history(events: list[EventBase]) -> list[tuple[EventBase, str, str]]:
+    """The campaign's decisions and changes (what `history` lists): each event, what it did and why."""
+    out = []
     for e in events:
         if isinstance(e, _HISTORY):
             if isinstance(e, AnswerRefused):
@@ -328,10 +335,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
                 why = e.detail or e.reason
             else:
                 why = getattr(e, "reason", "")
-            rows.append((f"{e.time:%Y-%m-%d %H:%M:%S}", e.seq, e.actor, _via(e), _describe(e),
-                         why if why and not isinstance(e, RunStarted | TrialRetried) else ""))
-    print(table(["time (UTC)", "event", "by", "via", "what", "why"], rows))
-    return 0
+            out.append((e, _describe(e), why if why and not isinstance(e, RunStarted | TrialRetried) else ""))
+    return out
 
 
 def _cmd_pending(args: argparse.Namespace) -> int:

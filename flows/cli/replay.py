@@ -130,7 +130,7 @@ def _print_faithful(source: CampaignState, replay: CampaignState, report: Path |
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from flows.cli.compare import best_so_far, compare_table, write_compare
+    from flows.cli.compare import best_so_far_curves, compare_table, write_compare
     from flows.engine.catalog import check_spec_devices
     from flows.engine.replay import plan_replay
 
@@ -160,7 +160,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         same_points, same_all, n = identical_trials(source, replay)
         print(f"\ncounterfactual replay: {same_points} of {n} trial(s) at the source's parameters, "
               f"{same_all} with the same results too")
-    curves = [best_so_far(source), best_so_far(replay)]
+    curves = best_so_far_curves([source, replay])
     print(compare_table(curves))
     if args.compare is not None:
         png, html = write_compare(curves, Path(args.compare))
@@ -169,14 +169,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from flows.cli.compare import best_so_far, compare_table, write_compare
+    from flows.cli.compare import best_so_far_curves, compare_table, write_compare
 
     with event_store(Settings(), create=False) as store:
         states = [fold(store.read(c)) for c in args.campaigns]
     for c, s in zip(args.campaigns, states, strict=True):
         if s.spec is None:
             raise CampaignNotFoundError(f"no campaign {c!r}", "see `closedloop list`", campaign_id=c)
-    curves = [best_so_far(s) for s in states]
+    curves = best_so_far_curves(states)
     if len({(c.metric, c.minimize) for c in curves}) > 1:
         print("note: the campaigns follow different objectives; their curves share one plot", flush=True)
     print(compare_table(curves))

@@ -170,7 +170,7 @@ class _Forked:
                 ours.append(open(r, "r" if text else "rb", **({"encoding": "utf-8"} if text else {})))  # noqa: SIM115
             else:
                 fd = (os.open(os.devnull, os.O_WRONLY) if given == subprocess.DEVNULL
-                      else os.dup(inherited if given is None else given.fileno()))
+                      else os.dup(inherited if given is None else given if isinstance(given, int) else given.fileno()))
                 theirs.append(fd)
                 ours.append(None)
         self.stdout, self.stderr = ours

@@ -19,7 +19,7 @@ from campaigns import (
     TrialsSuggested,
     fold,
 )
-from tests.e2e.cli import CLOSEDLOOP, read_events, run, shared_env, status, write_spec
+from tests.e2e.cli import CLOSEDLOOP, read_events, run, shared_env, start, status, write_spec
 from tests.e2e.test_crash_resume import status_or_none, wait_for
 
 SPEC: dict[str, Any] = {
@@ -49,14 +49,14 @@ def test_approval_waits_through_kills_and_is_answered_from_another_process(
     home = tmp_path / "home"
     env = shared_env(home, prefect_server, mongo_uri, mosquitto_url)
     spec = write_spec(tmp_path / "spec.yaml", SPEC)
-    first = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
+    first = start(["run", str(spec), "--quiet"], env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: waiting("approvals", env, ["0", "1"]), 240, "the first approval request")
     first.send_signal(signal.SIGKILL)
     first.wait(30)
 
     # Resumed while waiting: it keeps waiting, and dispatches nothing.
-    second = subprocess.Popen([CLOSEDLOOP, "resume", "approvals", "--quiet"], env=env,
+    second = start(["resume", "approvals", "--quiet"], env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (s := status_or_none("approvals", env)) and s["runs"] == 2, 240, "the resumed run")
     pending = run(["pending"], env)
@@ -116,7 +116,7 @@ def test_changed_bounds_hold_for_every_later_suggestion_also_after_resume(
             "devices": [{"id": f"sim-{i}", "simulator": "branin", "options": {"duration_s": [0.2, 0.4], "seed": i}}
                         for i in (1, 2)]}
     spec = write_spec(tmp_path / "spec.yaml", data)
-    first = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
+    first = start(["run", str(spec), "--quiet"], env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: (s := status_or_none("narrowed", env)) and s["trials"]["completed"] >= 3, 240, "3 trials")
     out = run(["change", "narrowed", "--set-bounds", "x1=0:2", "--reason", "the reactor limits x1", "--by", "cy"], env)
@@ -170,7 +170,7 @@ def test_answering_in_prefect_has_the_same_effect_as_the_cli(tmp_path: Path, pre
     home = tmp_path / "home"
     env = shared_env(home, prefect_env, mongo_uri, mosquitto_url)
     spec = write_spec(tmp_path / "spec.yaml", {**SPEC, "name": "via-prefect"})
-    orch = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
+    orch = start(["run", str(spec), "--quiet"], env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # The request is a paused flow run with an input form in Prefect...
@@ -210,7 +210,7 @@ def test_an_unanswered_approval_follows_its_timeout_policy(
         # Rejected trials do not count against the budget, so the run would go on: it is stopped
         # (SIGTERM, as a service manager stops it) once two requests have timed out, seen in its
         # log (a --max-runtime of 12 s could end a slow run before the second timeout).
-        proc = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
+        proc = start(["run", str(spec), "--quiet"], env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for(lambda: len([e for e in read_events(env, name) if isinstance(e, ApprovalRejected)]) >= 2,

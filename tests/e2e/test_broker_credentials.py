@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest_brokers import Mosquitto
-from tests.e2e.cli import CLOSEDLOOP, cli_env, run
+from tests.e2e.cli import CLOSEDLOOP, cli_env, run, start
 
 
 def _key_and_cert(name: str, issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None,
@@ -133,8 +133,7 @@ def _status(port: int, device: str, tls: ssl.SSLContext | None = None, user: tup
 
 
 def _serve(env: dict[str, str], device: str, broker: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([CLOSEDLOOP, "sim", "branin", "--device-id", device, "--broker", broker],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start(["sim", "branin", "--device-id", device, "--broker", broker], env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _stop(sim: subprocess.Popen[str]) -> str:

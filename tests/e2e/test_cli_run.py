@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cli import CLOSEDLOOP, branin, cli_env, run, status, write_spec
+from tests.e2e.cli import CLOSEDLOOP, branin, cli_env, run, start, status, write_spec
 
 SPEC = {
     "name": "branin-e2e",
@@ -38,7 +38,7 @@ def test_run_status_export(tmp_path: Path, prefect_server: dict[str, str]) -> No
     # The first three trials wait for a person: while trial 2's approval is open the campaign
     # cannot finish, so the second process sees it running, by construction, however slow.
     spec = write_spec(tmp_path / "branin.yaml", {**SPEC, "approval": {"first_n": 3}})
-    proc = subprocess.Popen([CLOSEDLOOP, "run", str(spec)], env=env, stdout=subprocess.PIPE,
+    proc = start(["run", str(spec)], env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     seen_while_running: list[dict] = []
     try:

@@ -25,7 +25,7 @@ from campaigns import (
 )
 from simulators import read_completions, read_executions
 from storage import EmbeddedMongo, MongoEventStore
-from tests.e2e.cli import CLOSEDLOOP, cli_env, run, status, status_now, write_spec
+from tests.e2e.cli import CLOSEDLOOP, cli_env, run, start, status, status_now, write_spec
 
 SPEC: dict[str, Any] = {
     "name": "crashy",
@@ -90,7 +90,7 @@ def test_sigkill_mid_campaign_then_resume(tmp_path: Path, mosquitto_url: str, pr
     spec = write_spec(tmp_path / "spec.yaml", {**SPEC, "budget": {"max_trials": 1000}})
     sims = {d: start_sim(d, env, tmp_path / f"{d}.jsonl") for d in ("dev-a", "dev-b")}
     try:
-        orch = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--no-simulators", "--quiet"], env=env,
+        orch = start(["run", str(spec), "--no-simulators", "--quiet"], env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         s = wait_for(lambda: (x := status_or_none("crashy", env)) and x["trials"]["completed"] >= 3
                      and x["trials"]["running"] >= 1 and x, 240, "trials in flight")
@@ -168,7 +168,7 @@ def test_result_published_while_orchestrator_down_is_logged(tmp_path: Path, mosq
     device = subprocess.Popen(["bash", str(script), str(u.hostname), str(u.port), str(seen), str(go), str(sent)],
                               start_new_session=True)
     try:
-        orch = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--no-simulators", "--quiet"], env=env,
+        orch = start(["run", str(spec), "--no-simulators", "--quiet"], env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: seen.exists() and seen.read_text().strip(), 240, "the device to get the request")
         orch.send_signal(signal.SIGKILL)

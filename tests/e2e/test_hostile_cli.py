@@ -34,7 +34,7 @@ from campaigns import (
 )
 from flows.engine.commands import events_for
 from storage import Command, MongoCommandInbox, MongoEventStore, MongoLease
-from tests.e2e.cli import CLOSEDLOOP, cli_env, run
+from tests.e2e.cli import CLOSEDLOOP, cli_env, run, start
 from tests.e2e.test_crash_resume import wait_for
 
 EXAMPLE = Path(__file__).parents[2] / "campaigns" / "examples" / "branin.yaml"
@@ -86,7 +86,7 @@ def orchestrator_lease(lab: dict[str, Any]) -> MongoLease:
 
 def handed_over(lab: dict[str, Any], args: list[str]) -> tuple[subprocess.Popen[str], Command]:
     """Start a CLI command while the campaign is leased; return it and the command it put in the inbox."""
-    proc = subprocess.Popen([CLOSEDLOOP, *args], env=lab["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = start([*args], lab["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     [command] = wait_for(lambda: lab["inbox"].pending("c"), 120, "the command in the inbox")
     return proc, command

@@ -16,7 +16,7 @@ import pytest
 from devices import DeviceStatus, Measurement, MqttSettings, RunTrial, Topics, TrialResult, connect, encode, parse_request
 from simulators import SimInstrument
 from tests.conftest_brokers import Mosquitto, unique
-from tests.e2e.cli import CLOSEDLOOP, branin, cli_env, run, status, write_spec
+from tests.e2e.cli import CLOSEDLOOP, branin, cli_env, run, start, status, write_spec
 
 
 def _spec(name: str, seed: int, devices: list[dict[str, Any]], max_trials: int,
@@ -104,7 +104,7 @@ def test_long_names_with_one_prefix_run_at_once(tmp_path: Path, mosquitto_url: s
         # Its deadline outlasts b's whole run however slow the machine (b's run is bounded by its own timeout).
         spec_a = write_spec(tmp_path / "a.yaml", _spec(names[0], 1, [{"id": "held", "measures": ["branin"]}], 1,
                                                        trial_timeout_s=3600))
-        a = subprocess.Popen([CLOSEDLOOP, "run", str(spec_a), "--no-simulators", "--quiet"], env=envs[0],
+        a = start(["run", str(spec_a), "--no-simulators", "--quiet"], envs[0],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         request = requests.get(timeout=240)  # a is connected and has sent its trial
         b_device = {"id": "dev-b", "simulator": "branin", "options": {"duration_s": [0.3, 0.5]}}

@@ -17,7 +17,7 @@ from pymongo import MongoClient
 
 from campaigns import TrialCompleted, fold
 from simulators import read_completions
-from tests.e2e.cli import CLOSEDLOOP, read_events, run, shared_env, status
+from tests.e2e.cli import CLOSEDLOOP, read_events, run, shared_env, start, status
 
 LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"
 
@@ -102,7 +102,7 @@ def test_a_legacy_campaign_waiting_for_approval_resumes_and_finishes(
     # Answered with no orchestrator running: the command writes the decision to the log itself.
     out = run(["approve", "legacy-approval", "--approval", "a2", "--reason", "fine", "--by", "tester"], env)
     assert out.returncode == 0, out.stderr
-    orch = subprocess.Popen([CLOSEDLOOP, "resume", "legacy-approval", "--quiet"], env=env,
+    orch = start(["resume", "legacy-approval", "--quiet"], env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # first_n: 4 — trial 3 asks for approval too, in this run.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cli import CLOSEDLOOP, branin, cli_env, run, status, write_spec
+from tests.e2e.cli import CLOSEDLOOP, branin, cli_env, run, start, status, write_spec
 
 SPEC = {
     "name": "standalone",
@@ -28,8 +28,7 @@ SPEC = {
 @pytest.mark.timeout(300)
 def test_standalone_sim_serves_campaign(tmp_path: Path, mosquitto_url: str, prefect_server: dict[str, str]) -> None:
     env = cli_env(tmp_path / "home", prefect_server, CLOSEDLOOP_MQTT_URL=mosquitto_url)
-    sim = subprocess.Popen([CLOSEDLOOP, "sim", "branin", "--device-id", "bench-1", "--option", "seed=3"],
-                           env=env, stderr=subprocess.PIPE, text=True)
+    sim = start(["sim", "branin", "--device-id", "bench-1", "--option", "seed=3"], env, stderr=subprocess.PIPE, text=True)
     try:
         out = run(["run", str(write_spec(tmp_path / "s.yaml", SPEC)), "--no-simulators"], env)
         assert out.returncode == 0, out.stderr

@@ -20,7 +20,7 @@ import pytest
 from campaigns import RunStarted, TrialCompleted, fold
 from simulators import read_completions
 from tests.conftest import PREFECT_QUIET
-from tests.e2e.cli import CLOSEDLOOP, cli_env, run, write_spec
+from tests.e2e.cli import CLOSEDLOOP, cli_env, run, start, write_spec
 from tests.e2e.test_crash_resume import log_events, status_or_none, wait_for
 
 SLOW_SPEC: dict[str, Any] = {
@@ -76,7 +76,7 @@ def start_running(tmp_path: Path, name: str, spec: Path, env: dict[str, str], co
     with its descendants at that moment (Prefect's API server, the database server, ...)."""
     # Files, not pipes: a process left behind would hold a pipe open, and reading it would hang.
     with (tmp_path / "out.txt").open("w") as out, (tmp_path / "err.txt").open("w") as err:
-        orch = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env, text=True, stdout=out, stderr=err)
+        orch = start(["run", str(spec), "--quiet"], env, text=True, stdout=out, stderr=err)
     wait_for(lambda: orch.poll() is not None or ((s := status_or_none(name, env))
                                                  and s["trials"]["completed"] >= completed and s["trials"]["running"] >= 1),
              300, f"{completed} trials completed and one running")
