@@ -182,3 +182,45 @@ def test_compare_follows_the_hypervolume_of_several_objectives_and_names_trial_i
     assert row[:4] == ["two-objectives", "hypervolume(branin,", "currin)", "(max)"] and row[6] == reached
     png, html_page = write_compare(twin, tmp_path / "cmp")
     assert png.stat().st_size > 0 and f"<td>{reached}</td>" in html_page.read_text()
+
+
+def test_the_report_command_writes_the_page_and_refuses_in_one_line(
+        single: Any, tmp_path: Path, mongo_uri: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`closedloop report` as a person calls it (in process, on the session's database server):
+    the page, and one line with the right exit code for what it cannot do."""
+    import os
+    import uuid
+
+    from flows.cli.main import main
+    from storage import MongoEventStore
+
+    events, _, _ = single
+    for name in [k for k in os.environ if k.startswith("CLOSEDLOOP_")]:
+        monkeypatch.delenv(name)
+    database = f"cl_report_{uuid.uuid4().hex[:8]}"
+    for name, value in {"CLOSEDLOOP_HOME": str(tmp_path / "home"), "CLOSEDLOOP_MONGODB_URI": mongo_uri,
+                        "CLOSEDLOOP_MONGODB_DATABASE": database}.items():
+        monkeypatch.setenv(name, value)
+    with MongoEventStore(mongo_uri, database=database) as store:
+        store.append(events)
+
+    def report(*argv: str) -> tuple[int, str, str]:
+        code = main(["report", *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    out_path = tmp_path / "page.html"
+    assert report("one-objective", "-o", str(out_path), "--no-analyses") == (0, f"wrote {out_path}\n", "")
+    page = out_path.read_text(encoding="utf-8")
+    assert "Ax's analyses: not computed (--no-analyses)." in page and "best branin so far by trial id" in page
+    for argv, code, says in ((["no-such-campaign", "-o", str(tmp_path / "x.html")], 1, "no campaign 'no-such-campaign'"),
+                             (["one-objective", "-o", str(tmp_path / "missing" / "x.html"), "--no-analyses"], 1, "missing"),
+                             (["one-objective", "-o", str(tmp_path), "--no-analyses"], 1, str(tmp_path))):
+        got, out, err = report(*argv)
+        assert (got, out) == (code, "") and err.splitlines() == [err.strip()] and says in err, (argv, got, err)
+        assert "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
+        main(["report"])
+    _, err = capsys.readouterr()
+    assert exc.value.code == 2 and err.splitlines() == [err.strip()] and "campaign" in err
