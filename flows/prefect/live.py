@@ -8,8 +8,8 @@
   logs as well as wherever it went before, from any thread (the MQTT thread, the optimizer's):
   :class:`RunLogs` is a handler that hands records to Prefect's API log handler with the flow
   run's id, and prints nothing.
-- The decisions of the log itself (approvals given, changes, pauses, resumes, failed trials,
-  the finish) are told in the flow run's logs as one line each, from the events appended.
+- The facts of the log itself (a run started, trials completed or failed, approvals decided,
+  changes, pauses, resumes, the finish) are told in the flow run's logs as one line each, from the events appended.
 - :class:`LiveCampaign` folds every event the loop appends (the loop's event log is wrapped
   by :class:`ObservedLog`: the engine knows nothing of Prefect) and publishes the artifacts of
   ``flows.prefect.artifacts`` from a thread of its own: after a change, at most every
@@ -21,6 +21,7 @@ tried again every ``interval_s``.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import logging
 import threading
@@ -39,6 +40,8 @@ from campaigns import (
     CampaignResumed,
     CampaignState,
     EventBase,
+    RunStarted,
+    TrialCompleted,
     TrialFailed,
     TrialRetried,
     apply,
@@ -128,6 +131,11 @@ def tell(event: EventBase) -> str | None:
         return f"resumed by {who}: {event.reason}"
     if isinstance(event, CampaignFinished):
         return f"finished ({event.reason})" + (f": {event.detail}" if event.detail else "")
+    if isinstance(event, RunStarted):
+        return f"run started on {event.host} (pid {event.pid})"
+    if isinstance(event, TrialCompleted):
+        values = ", ".join(f"{k}={m.mean:.6g}" for k, m in event.measurements.items())
+        return f"trial {event.trial_id} completed on {event.device_id}: {values or 'no value'}"
     if isinstance(event, TrialFailed):
         return f"trial {event.trial_id} failed ({event.reason})" + (f": {event.detail}" if event.detail else "")
     if isinstance(event, TrialRetried):
@@ -173,7 +181,9 @@ class LiveCampaign:
         self._changed = threading.Event()
         self._stop = threading.Event()
         self._failing = False
-        self._thread = threading.Thread(target=self._run, name="closedloop-prefect-artifacts", daemon=True)
+        # With the flow run's context (its Prefect settings: the API it reports to).
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
+                                        name="closedloop-prefect-artifacts", daemon=True)
 
     def __enter__(self) -> Self:
         self._changed.set()
@@ -222,8 +232,8 @@ class LiveCampaign:
         except Exception as exc:  # noqa: BLE001 - Prefect down or refusing: said once, the campaign goes on
             if not self._failing:
                 log.warning("Prefect's view of campaign %s not updated (%s: %s); the campaign goes on, "
-                            "and they are retried", self.state.campaign_id,
-                            type(exc).__name__, " ".join(str(exc).split())[:200])
+                            "and it is tried again every %g s", self.state.campaign_id,
+                            type(exc).__name__, " ".join(str(exc).split())[:200], self.interval_s)
             self._failing = True
             self._changed.set()  # tried again after the interval, events or not
         else:

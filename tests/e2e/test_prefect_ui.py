@@ -39,7 +39,10 @@ def _logs(client: Any, flow_run_id: Any) -> list[str]:
 
 
 def _artifacts(client: Any) -> dict[str, Any]:
-    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactCollectionFilter,
+        ArtifactCollectionFilterKey,
+    )
 
     keys = [artifact_key(CAMPAIGN, what) for what in ("progress", "trials", "summary", "best")]
     latest = client.read_latest_artifacts(
@@ -112,7 +115,7 @@ def test_a_running_campaign_in_prefect(tmp_path: Path, prefect_env: dict[str, st
 
         out = run(["approve", CAMPAIGN, "--trial", "2", "--trial", "3", "--reason", "fine", "--by", "ana"], env)
         assert out.returncode == 0, out.stderr
-        stdout, stderr = orchestrator.communicate(timeout=240)
+        _, stderr = orchestrator.communicate(timeout=240)
         assert orchestrator.returncode == 0, stderr
         # The terminal shows each warning once (the Prefect logs have their own copy).
         assert stderr.count("approval a0 waits for a person") == 1, stderr
