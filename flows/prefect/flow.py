@@ -29,6 +29,14 @@ from flows.app.runtime import broker_url, event_store, mqtt_settings, simulated_
 from flows.app.wiring import current_wiring
 from flows.engine.loop import CampaignLoop, LoopOptions
 from flows.engine.replay import replay_wiring
+from flows.prefect.artifacts import ArtifactPublisher
+from flows.prefect.live import (
+    LiveCampaign,
+    ObservedLog,
+    RunLogs,
+    label_flow_run,
+    run_labels,
+)
 from flows.prefect.suspension import (
     apply_answer,
     command_id,
@@ -94,7 +102,9 @@ def _prefect_notifier(campaign_id: str, inbox: MongoCommandInbox) -> Any:
     return PrefectApprovals(campaign_id, answer_through(inbox, campaign_id))
 
 
-@flow(name="campaign", persist_result=False, validate_parameters=True)
+# Named after the campaign however the run was created (a deployment's automation too); the
+# run renames itself "<id> · resume N" once it has read the log (flows.prefect.live).
+@flow(name="campaign", flow_run_name="{campaign_id}", persist_result=False, validate_parameters=True)
 def campaign(campaign_id: str, max_runtime_s: float | None = None,
              simulated_instruments: bool = False) -> dict[str, object]:
     """Run a campaign from its log until its budget is spent.
@@ -123,9 +133,11 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
     def took_over(previous: str) -> None:
         logger.warning("campaign %s: took over the stale lease of %s", campaign_id, previous)
 
-    # The lease first (one writer per campaign), then the run's resources under it.
-    with event_store(settings) as store, hold_lease(store.uri, settings.mongodb_database, campaign_id, took_over,
-                                                                  leases=wiring.leases, wait=deployed) as held, \
+    # What the orchestrator logs goes to the flow run's logs too (from any thread). The lease
+    # first (one writer per campaign), then the run's resources under it.
+    with RunLogs(flow_run.id).attached() as run_logs, event_store(settings) as store, \
+            hold_lease(store.uri, settings.mongodb_database, campaign_id, took_over, leases=wiring.leases,
+                       wait=deployed) as held, \
             MongoCommandInbox(store.uri, database=settings.mongodb_database) as inbox:
         created = fold(store.read(campaign_id, limit=1))
         problem: str | None = None
@@ -136,7 +148,9 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
 
             problem = apply_answer(answer, fold(store.read(campaign_id)), flow_run.id,
                                    append=lambda e: store.append([e]), submit=submit, logger=logger)
-        with broker_url(settings) as url, (
+        live = LiveCampaign(store.read(campaign_id), ArtifactPublisher(campaign_id, flow_run.id), run_logs.say)
+        live.first = partial(label_flow_run, flow_run, *run_labels(live.state))
+        with live, broker_url(settings) as url, (
                 simulated_lab(created.spec, mqtt_settings(settings, url), settings.home / "devices" / campaign_id)
                 if simulated_instruments and created.spec is not None else nullcontext()):
             # A client id per campaign instance, the same at every restart: the broker keeps the
@@ -154,7 +168,7 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
             finished = waiting = False
             try:
                 loop = CampaignLoop(
-                    campaign_id, store, hub,
+                    campaign_id, ObservedLog(store, live.appended), hub,
                     make_optimizer=scripted or partial(_make_optimizer, settings.optimizer_threads),
                     options=LoopOptions(max_runtime_s=max_runtime_s, leave_when_waiting=deployed),
                     run_info={"host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run_id,

@@ -134,6 +134,15 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
     # resumed anything (a `resume` of a paused campaign logs CampaignResumed).
     assert len(runs) == 3 and len({r.flow_run_id for r in runs}) == 3 and [r.pid for r in runs[:2]] == killed
     assert not any(isinstance(e, CampaignResumed) for e in events)
+    # Each flow run, started by `deploy` or by the automation after a crash, is named and tagged
+    # after the campaign (flows.prefect.live).
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        seen = {str(r.id): (r.name, set(r.tags)) for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[uuid.UUID(r.flow_run_id) for r in runs if r.flow_run_id])))}
+    assert [seen[str(r.flow_run_id)][0] for r in runs] == ["served", "served · resume 1", "served · resume 2"]
+    assert all({"closedloop", "campaign:served"} <= seen[str(r.flow_run_id)][1] for r in runs)
     completed = Counter(e.trial_id for e in events if isinstance(e, TrialCompleted))
     assert len(completed) == budget and set(completed.values()) == {1}  # each trial's result once
     assert_each_request_ran_once(tmp_path, ("dev-a", "dev-b"), events)
