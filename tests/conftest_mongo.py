@@ -22,6 +22,7 @@ from campaigns import (
     CampaignCreated,
     CampaignFinished,
     ApprovalGiven,
+    AnswerRefused,
     ApprovalRejected,
     ApprovalRequested,
     CampaignChange,
@@ -170,6 +171,8 @@ def sample_log(campaign_id: str = "c-1", *, finished: bool = True) -> list[Event
         DeviceSkipped(**at(23), actor="orchestrator", device_id="dev-1", missing=["purity"], measures=["yield_"]),
         DeviceOffline(**at(24), actor="orchestrator", device_id="dev-2"),
         DeviceOnline(**at(25), actor="orchestrator", device_id="dev-2", state="idle", measures=["yield_", "purity"]),
+        AnswerRefused(**at(26), actor="orchestrator", command="approve", by="bob", via="prefect", approval_id="a4",
+                      what="edit t4: x1=9", why="x1=9 is outside the bounds [-1, 1]", command_id="cmd-3"),
     ]
     if finished:
         events.append(CampaignFinished(**at(len(events) + 1), actor="user:ada", reason="stopped"))

@@ -99,7 +99,7 @@ def test_each_trial_s_engine_is_logged_and_shown_and_the_log_prints_raw(tmp_path
 
 
 @pytest.mark.parametrize(("args", "code", "says"), [
-    (["log", "no-such-campaign"], 1, "no campaign 'no-such-campaign'"),
+    (["log", "no-such-campaign"], 1, "no campaigns in"),  # no store under this home: says where it looked
     (["log"], 2, "campaign"),
     (["log", "x", "--bogus"], 2, "unrecognized arguments"),
     (["log", "x", "--json=--"], 2, "'--' is not a value"),
