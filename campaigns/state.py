@@ -203,7 +203,16 @@ class CampaignState:
         among those that satisfy the outcome constraints; ``None`` when none does."""
         if self.spec is None:
             return None
-        obj = self.spec.objectives[0]
+        return self.best_for(self.spec.objectives[0].name)
+
+    def best_for(self, objective: str) -> TrialRecord | None:
+        """The best completed trial for ``objective`` alone, among those that satisfy the outcome
+        constraints; ``None`` when none does (or the campaign has no such objective)."""
+        if self.spec is None:
+            return None
+        obj = next((o for o in self.spec.objectives if o.name == objective), None)
+        if obj is None:
+            return None
         done = [t for t in self.trials.values()
                 if t.status == "completed" and obj.name in t.measurements and self.feasible(t)]
         if not done:

@@ -96,7 +96,11 @@ def status_dict(state: CampaignState) -> dict[str, Any]:
         "updated_at": None if state.updated_at is None else state.updated_at.isoformat(),
     }
     if spec is not None and len(spec.objectives) > 1:
+        # No single best of several objectives: the front, and each objective's best on its own.
+        out["best"] = None
         out["pareto_front"] = [_trial_summary(t) for t in state.pareto_front()]
+        out["best_by_objective"] = {o.name: None if (t := state.best_for(o.name)) is None else _trial_summary(t)
+                                    for o in spec.objectives}
     return out
 
 

@@ -209,5 +209,8 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
         "best": None if best is None else {"trial_id": best.trial_id, "parameters": best.parameters,
                                            "measurements": {k: v.mean for k, v in best.measurements.items()}},
     }
+    if state.spec is not None and len(state.spec.objectives) > 1:  # no single best of several objectives
+        summary["best"] = None
+        summary["pareto_front"] = [t.trial_id for t in state.pareto_front()]
     logger.info("campaign %s: %s", campaign_id, summary)
     return summary

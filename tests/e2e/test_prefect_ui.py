@@ -13,7 +13,7 @@ import pytest
 
 from campaigns import fold
 from flows.prefect.artifacts import artifact_key
-from tests.e2e.cli import CLOSEDLOOP, read_events, run, shared_env, write_spec
+from tests.e2e.cli import read_events, run, shared_env, start, write_spec
 from tests.e2e.test_approvals import SPEC, waiting
 from tests.e2e.test_crash_resume import wait_for
 
@@ -69,8 +69,7 @@ def test_a_running_campaign_in_prefect(tmp_path: Path, prefect_env: dict[str, st
 
     env = shared_env(tmp_path / "home", prefect_env, mongo_uri, mosquitto_url)
     spec = write_spec(tmp_path / "spec.yaml", UI_SPEC)
-    orchestrator = subprocess.Popen([CLOSEDLOOP, "run", str(spec), "--quiet"], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    orchestrator = start(["run", str(spec), "--quiet"], env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with get_client(sync_client=True) as client:
             wait_for(lambda: waiting(CAMPAIGN, env, ["0", "1"]), 240, "the first approval request")
