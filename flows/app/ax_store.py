@@ -14,7 +14,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from campaigns import CampaignNotFoundError, ClosedLoopError, EventBase, UsageError, fold
+from campaigns import (
+    CampaignNotFoundError,
+    ClosedLoopError,
+    EventBase,
+    UsageError,
+    fold,
+)
 from flows.app.settings import Settings
 
 __all__ = ["StoreWritten", "keep_ax_store", "write_ax_store"]

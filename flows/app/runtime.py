@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from campaigns import CampaignNotFoundError, CampaignSpec, ConfigurationError, UsageError
+from campaigns import (
+    CampaignNotFoundError,
+    CampaignSpec,
+    ConfigurationError,
+    UsageError,
+)
 from flows.app.settings import Settings
 
 if TYPE_CHECKING:

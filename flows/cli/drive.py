@@ -90,8 +90,10 @@ def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: ar
             lab = nullcontext() if args.no_simulators else simulated_lab(spec, mqtt_settings(settings, url), settings.home / "devices")
             with lab:
                 from flows.cli.progress import ProgressReporter
-
-                from flows.prefect.server import local_prefect_api, quiet_prefect_defaults
+                from flows.prefect.server import (
+                    local_prefect_api,
+                    quiet_prefect_defaults,
+                )
 
                 quiet_prefect_defaults()
 

@@ -376,7 +376,7 @@ def write_report(events: list[EventBase], out: Path, *, with_analyses: bool = Tr
     if out.is_dir():
         raise OutputError(f"cannot write {str(out)!r}: it is a directory", "give a file path, e.g. -o report.html")
     try:  # the page goes to a file beside ``out``, renamed when whole: a bad path is refused before Ax runs
-        temp = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.",  # noqa: SIM115
+        temp = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.",
                                            suffix=".tmp", delete=False)
     except OSError as exc:
         raise OutputError(f"cannot write {str(out)!r}: {exc.strerror or exc}",

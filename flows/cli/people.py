@@ -158,7 +158,7 @@ def _suspended(flow_run_id: str) -> bool:
     try:
         with get_client(sync_client=True) as client:
             state = client.read_flow_run(UUID(flow_run_id)).state
-    except Exception:  # noqa: BLE001 - cannot tell: the command waits in the inbox as before
+    except Exception:
         return False
     return state is not None and state.is_paused()
 

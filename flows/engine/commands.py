@@ -27,9 +27,9 @@ from campaigns import (
     EventBase,
     apply_change,
 )
+from campaigns.assignments import parameter_value
 from campaigns.command import Command
 from campaigns.events import AnswerVia, author_problem
-from campaigns.assignments import parameter_value
 from campaigns.state import OpenApproval
 from flows.engine.catalog import check_spec_devices
 

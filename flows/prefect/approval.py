@@ -66,7 +66,7 @@ def prefect_server_configured() -> bool:
 
         url = get_current_settings().api.url
         return bool(url) and url != local_api_url()
-    except Exception:  # noqa: BLE001 - a broken Prefect setup means "no server", not a crash
+    except Exception:
         log.exception("could not read Prefect settings")
         return False
 
@@ -271,7 +271,7 @@ class PrefectApprovals:
             a.thread = threading.Thread(target=ctx.run, args=(self._run, a), daemon=True,
                                         name=f"prefect-approval-{approval_id}")
             a.thread.start()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("approval %s: could not show it in Prefect (the CLI still answers it)", approval_id)
 
     def close(self, approval_id: str, reason: str = "decided elsewhere") -> None:
@@ -289,7 +289,7 @@ class PrefectApprovals:
             a.closer = threading.Thread(target=ctx.run, args=(self._resume_closed, a), daemon=True,
                                         name=f"prefect-approval-close-{approval_id}")
             a.closer.start()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("approval %s: could not close its Prefect flow run", approval_id)
 
     def flow_run_id(self, approval_id: str) -> str | None:
@@ -321,7 +321,7 @@ class PrefectApprovals:
             # its approval there, handed over explicitly, not through shared module state.
             _THIS_APPROVAL.set((self, a))
             asyncio.run(run(self.campaign_id, a.approval_id, a.trials, a.why, a.answer_with))
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("approval %s: its Prefect flow run failed (the CLI still answers it)", a.approval_id)
 
     def _resume_closed(self, a: _Approval) -> None:
@@ -335,7 +335,7 @@ class PrefectApprovals:
                     return True
                 except NotPausedError:
                     pass  # not paused yet (or already answered): look again
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     if "schema not found" not in str(e):  # Prefect pauses, then saves the form
                         log.exception("approval %s: resuming its Prefect flow run failed", a.approval_id)
             return False
@@ -369,7 +369,7 @@ class PrefectApprovals:
                         await client.set_flow_run_state(run.id, Cancelled(
                             message=f"superseded by flow run {a.flow_run_id}"), force=True)
                         logger.info("approval %s: cancelled the stale paused run %s", a.approval_id, run.name)
-        except Exception:  # noqa: BLE001 - cosmetic; never in the way of the approval
+        except Exception:
             logger.exception("approval %s: could not look for stale paused runs", a.approval_id)
 
     async def _pause(self, a: _Approval, n: int, problem: str | None) -> ApprovalForm | None:
@@ -434,7 +434,7 @@ class PrefectApprovals:
                         command["by"] or "?", command["approve"], command["edit"], command["reject"])
             try:
                 refusal = self.on_answer(dict(command))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 refusal = f"could not be submitted: {exc}"
             if isinstance(refusal, str) and refusal:
                 problem = refusal

@@ -94,7 +94,11 @@ def _make_optimizer(threads: int | None, spec: CampaignSpec, trials: Iterable[Tr
 def _prefect_notifier(campaign_id: str, inbox: MongoCommandInbox) -> Any:
     """With a Prefect server configured, approval requests also wait in the Prefect UI as paused
     flow runs with a form; an answer there becomes the same command a CLI answer is."""
-    from flows.prefect.approval import PrefectApprovals, answer_through, prefect_server_configured
+    from flows.prefect.approval import (
+        PrefectApprovals,
+        answer_through,
+        prefect_server_configured,
+    )
 
     if not prefect_server_configured():
         return None

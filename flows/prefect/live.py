@@ -229,7 +229,7 @@ class LiveCampaign:
                 self.first()
                 self.first = None
             self.publisher.publish(snapshot)
-        except Exception as exc:  # noqa: BLE001 - Prefect down or refusing: said once, the campaign goes on
+        except Exception as exc:
             if not self._failing:
                 log.warning("Prefect's view of campaign %s not updated (%s: %s); the campaign goes on, "
                             "and it is tried again every %g s", self.state.campaign_id,

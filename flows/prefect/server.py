@@ -72,7 +72,7 @@ def _free_port() -> int:
 
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:  # noqa: S310 - our own loopback URL
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
             return bool(r.status == 200)
     except OSError:
         return False

@@ -83,7 +83,7 @@ def asking_prefect(what: str) -> Iterator[None]:
         yield
     except ClosedLoopError:
         raise
-    except Exception as exc:  # noqa: BLE001 - httpx, Prefect's HTTP and apply errors: all one answer
+    except Exception as exc:
         from prefect.settings import get_current_settings
 
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__

@@ -32,10 +32,16 @@ from pydantic import ConfigDict, Field
 
 from campaigns import AnswerRefused, CampaignResumed, CampaignState
 from campaigns.events import author_problem
+from campaigns.review import approval_view
 from flows.engine.commands import command_summary
 from flows.engine.loop import answer_with
-from campaigns.review import approval_view
-from flows.prefect.approval import CLOSED_KEY, NOT_BLANK, ApprovalForm, command_from_form, describe
+from flows.prefect.approval import (
+    CLOSED_KEY,
+    NOT_BLANK,
+    ApprovalForm,
+    command_from_form,
+    describe,
+)
 
 __all__ = ["Answer", "ResumeForm", "apply_answer", "command_id", "fired", "last_answer", "suspend"]
 

@@ -167,7 +167,7 @@ class _Forked:
             if given == subprocess.PIPE:
                 r, w = os.pipe()
                 theirs.append(w)
-                ours.append(open(r, "r" if text else "rb", **({"encoding": "utf-8"} if text else {})))  # noqa: SIM115
+                ours.append(open(r, "r" if text else "rb", **({"encoding": "utf-8"} if text else {})))
             else:
                 fd = (os.open(os.devnull, os.O_WRONLY) if given == subprocess.DEVNULL
                       else os.dup(inherited if given is None else given if isinstance(given, int) else given.fileno()))

@@ -27,17 +27,18 @@ import atexit
 import gc
 import json
 import os
-import threading
 import select
 import socket
 import sys
+import threading
+
+import botorch
+import scipy.optimize
 
 # Imported once here, inherited by every child (none reads the environment when imported).
-import torch  # noqa: F401
-import botorch  # noqa: F401
-import scipy.optimize  # noqa: F401
+import torch
 
-import optimizer.fastbo  # noqa: F401
+import optimizer.fastbo
 from flows.cli.main import main
 
 _sock = socket.socket(fileno=int(sys.argv[1]))  # AF_UNIX, SOCK_SEQPACKET: a message a request
