@@ -23,19 +23,20 @@ from typing import Any
 
 import websockets
 
-PORT = 9333
 #: Clicks the run page's "Artifacts" tab.
 ARTIFACTS_TAB = ("(() => { const tabs = [...document.querySelectorAll('*')].filter(e => e.children.length === 0 "
                  "&& e.textContent.trim() === 'Artifacts'); tabs.forEach(e => e.click()); return tabs.length; })()")
 
 
-def _page_socket() -> str:
+def _page_socket(profile: Path) -> str:
+    """The page's DevTools socket of the Chromium using ``profile`` (its port: DevToolsActivePort)."""
     deadline = time.monotonic() + 20
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/json") as r:  # our own loopback
+            port = (profile / "DevToolsActivePort").read_text().split()[0]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json") as r:  # our own loopback
                 return str(next(t for t in json.load(r) if t["type"] == "page")["webSocketDebuggerUrl"])
-        except (OSError, StopIteration):
+        except (OSError, IndexError, StopIteration):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -75,12 +76,16 @@ async def _shoot(socket: str, shots: list[list[Any]]) -> None:
 
 
 def main(shots: list[list[Any]]) -> None:
-    """Start headless Chromium, take the screenshots, stop it."""
+    """Start headless Chromium (a profile and a port of its own: other browsers on the machine are
+    left alone), take the screenshots, stop it."""
+    import tempfile
+
+    profile = Path(tempfile.mkdtemp(prefix="screenshot-"))
     browser = subprocess.Popen(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                                f"--remote-debugging-port={PORT}", "--window-size=1400,1000", "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1400,1000",
+                                "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        asyncio.run(_shoot(_page_socket(), shots))
+        asyncio.run(_shoot(_page_socket(profile), shots))
     finally:
         browser.terminate()
         browser.wait()
