@@ -89,6 +89,9 @@ def main(shots: list[list[Any]]) -> None:
     finally:
         browser.terminate()
         browser.wait()
+        import shutil
+
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":
