@@ -13,7 +13,7 @@ Every random draw comes from ``seed``, so a batch is a function of the records a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -27,7 +27,7 @@ from optimizer.fastgp import FastGP
 from optimizer.records import TrialEntry
 from optimizer.robust import metric_bounds, safety_cutoffs
 
-__all__ = ["FAST_ERRORS", "FAST_SETTINGS", "Candidate", "fast_generate", "supports_fast"]
+__all__ = ["FAST_ERRORS", "FAST_SETTINGS", "Candidate", "fast_generate", "fit_models", "supports_fast"]
 
 #: What a failed fit or acquisition optimization raises (e.g. a kernel matrix that is not
 #: positive definite: ``torch.linalg.LinAlgError`` is a ``RuntimeError``; an overflow: an
@@ -186,6 +186,14 @@ def _untried(x: np.ndarray, ends: np.ndarray, taken: np.ndarray) -> np.ndarray:
         if not len(taken) or np.abs(taken - candidate).max(1).min() > 1e-9:
             return candidate
     return x
+
+
+def fit_models(spec: CampaignSpec, trained: Sequence[TrialEntry]) -> tuple[Callable[[Mapping[str, ParameterValue]], list[float]], dict[str, FastGP]]:
+    """The fast engine's models as ``fast_generate`` fits them (one ``FastGP`` per metric that
+    ``trained`` measured), and the map of a trial's parameters to the models' unit cube; for
+    readers of the model that propose nothing (``optimizer.model_best``)."""
+    space = _Space(spec)
+    return space.to_unit, {m: _fit(spec, space, trained, m) for m in spec.metrics if any(m in t.measurements for t in trained)}
 
 
 def _fit(spec: CampaignSpec, space: _Space, trained: Sequence[TrialEntry], metric: str) -> FastGP:

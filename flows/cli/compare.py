@@ -3,8 +3,8 @@
 The curve follows a single-objective campaign's objective, and a multi-objective campaign's
 hypervolume (``optimizer.hypervolume``; the campaigns compared share one reference point),
 over its completed trials that satisfy its outcome constraints, in the order their results
-were logged; time is counted from the campaign's first dispatched trial (so a replay and its
-source compare fairly however long after each other they ran). Identical curves stay visible:
+were logged (beside it, the best by the model: ``optimizer.model_best``); time is counted
+from the campaign's first dispatched trial (so a replay and its source compare fairly however long after each other they ran). Identical curves stay visible:
 each campaign has its own dash style and marker.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from campaigns import CampaignNotFoundError, CampaignState, TrialRecord, UsageError
-from flows.cli.report import engine_counts, engines_text
+from flows.cli.report import engine_counts, engines_text, model_of
 from flows.cli.tables import table
 
 __all__ = ["Curve", "best_so_far", "best_so_far_curves", "compare_table", "write_compare"]
@@ -37,6 +37,8 @@ class Curve:
         engines: How many trials each engine chose (``TrialsSuggested``'s ``engine``).
         best_engine: The engine that chose the best trial.
         trial_ids: The id of the trial of each result (the best's is "best at trial").
+        by_model: The best by the model: ``"0.41 ± 0.05 (trial 9)"``, with several objectives
+            the size of its Pareto set, ``"-"`` without one.
     """
 
     campaign_id: str
@@ -48,6 +50,7 @@ class Curve:
     engines: dict[str, int] = field(default_factory=dict)
     best_engine: str | None = None
     trial_ids: list[str] = field(default_factory=list)
+    by_model: str = "-"
 
     @property
     def final(self) -> float | None:
@@ -85,7 +88,21 @@ def best_so_far(state: CampaignState, reference: list[float] | None = None) -> C
             current, best_engine = v, t.engine
         best.append(current)
     return Curve(state.campaign_id, metric, minimize, list(range(1, len(done) + 1)), seconds, best,
-                 engines=engine_counts(state), best_engine=best_engine, trial_ids=[t.trial_id for t in done])
+                 engines=engine_counts(state), best_engine=best_engine, trial_ids=[t.trial_id for t in done],
+                 by_model=_by_model(state))
+
+
+def _by_model(state: CampaignState) -> str:
+    """The compare table's cell of the model-based best."""
+    model = model_of(state)
+    if model is None or state.spec is None:
+        return "-"
+    if len(state.spec.objectives) > 1:
+        return f"front of {len(model.front)}" if model.front else "-"
+    if model.pick is None:
+        return "-"
+    e = model.pick.metrics[state.spec.objectives[0].name]
+    return f"{e.mean:.4g} ± {e.sd:.2g} (trial {model.pick.trial_id})"
 
 
 def _vectors(state: CampaignState, trials: list[TrialRecord]) -> list[list[float]]:
@@ -126,7 +143,8 @@ def best_so_far_curves(states: list[CampaignState]) -> list[Curve]:
             for s in states]
 
 
-_HEADERS = ("campaign", "metric", "trials", "best", "best at trial", "best after s", "total s", "best by", "engines")
+_HEADERS = ("campaign", "metric", "trials", "best", "best at trial", "best after s", "total s", "by the model",
+            "best by", "engines")
 
 
 def _rows(curves: list[Curve]) -> list[tuple[str, ...]]:
@@ -134,12 +152,12 @@ def _rows(curves: list[Curve]) -> list[tuple[str, ...]]:
     for c in curves:
         engines = engines_text(c.engines)
         if not c.best:
-            rows.append((c.campaign_id, c.metric, "0", "-", "-", "-", "-", "-", engines))
+            rows.append((c.campaign_id, c.metric, "0", "-", "-", "-", "-", c.by_model, "-", engines))
             continue
         at = c.best.index(c.best[-1])
         rows.append((c.campaign_id, f"{c.metric} ({'min' if c.minimize else 'max'})", str(c.trials[-1]),
                      f"{c.best[-1]:.6g}", c.trial_ids[at] if c.trial_ids else str(c.trials[at]), f"{c.seconds[at]:.1f}", f"{c.seconds[-1]:.1f}",
-                     c.best_engine or "-", engines))
+                     c.by_model, c.best_engine or "-", engines))
     return rows
 
 

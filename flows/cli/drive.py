@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from campaigns import CampaignNotFoundError, CampaignResumed, CampaignStateError, fold
 from flows.app.settings import Settings
 from flows.cli.people import current_user
-from flows.cli.report import status_text
+from flows.cli.report import model_of, status_text
 
 if TYPE_CHECKING:
     from campaigns import CampaignState
@@ -108,7 +108,7 @@ def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: ar
                     # store follows the log.
                     keep_ax_store(settings, store.read, campaign_id, lambda line: print(line, file=sys.stderr))
     final = fold(store.read(campaign_id))
-    print(status_text(final))
+    print(status_text(final, model_of(final)))  # the best observed and the best by the model
     if final.status == "paused" and final.paused_reason == "user":
         print(f"campaign {campaign_id} paused on request: {final.paused_detail} — "
               f"`closedloop resume {campaign_id}` to go on", file=sys.stderr)

@@ -3,7 +3,8 @@
 What the page holds, all derived from the log: best so far against trial id and against time
 (several objectives: the observed Pareto front and the hypervolume, with the reference point
 named); a device timeline (which device ran which attempt of which trial, when) with the
-campaign's decisions and changes (who, what, why; pauses shaded) on the same time axis; and
+campaign's decisions and changes (who, what, why; pauses shaded) on the same time axis; the
+best trial by the model's posterior mean beside the best observed (``optimizer.model_best``); and
 Ax's analyses of the campaign's experiment (``optimizer.analyses``), with a line for each
 analysis left out saying why. Plots are plotly figures drawn by plotly.js, inlined once, so
 the page works offline. (The status text of ``closedloop status`` is ``flows.cli.report``.)
@@ -39,10 +40,11 @@ from campaigns import (
     fold,
 )
 from flows.cli.people import history
-from flows.cli.report import status_text
+from flows.cli.report import model_of, status_text
 
 if TYPE_CHECKING:
     from optimizer.analyses import Analyses
+    from optimizer.model_best import ModelBest, TrialEstimate
 
 __all__ = ["Attempt", "add_report_command", "attempts", "report_page", "write_report"]
 
@@ -225,6 +227,38 @@ def _pareto(page: _Page, state: CampaignState) -> None:
     page.add("</div>")
 
 
+def _model_section(page: _Page, state: CampaignState, model: ModelBest | None) -> None:
+    """The best by the model beside the best observed (several objectives: the model's Pareto set)."""
+    assert state.spec is not None
+    spec = state.spec
+    page.add("<h2 id='model'>Best by the model</h2><p>A noisy result can make a trial look best by chance; "
+             "the model weighs every result. Among the completed trials, the one with the best posterior mean "
+             "(outcome constraints held by the means), with its 95% interval and the value observed there.</p>")
+    if model is None or (model.pick is None and not model.front):
+        page.add(f"<p class='absent'>No model-based best: {html.escape(model.why or '-') if model else '-'}.</p>")
+        return
+    names = [o.name for o in spec.objectives]
+    head = "<tr><th>trial</th><th>chosen as</th>" + "".join(
+        f"<th>{html.escape(n)}: mean ± sd</th><th>95% interval</th><th>observed</th>" for n in names) + "</tr>"
+
+    def row(t: TrialEstimate, label: str) -> str:
+        cells = "".join(
+            f"<td>{e.mean:.4g} ± {e.sd:.2g}</td><td>[{e.low:.4g}, {e.high:.4g}]</td>"
+            f"<td>{'-' if e.observed is None else f'{e.observed:.4g}'}</td>"
+            if (e := t.metrics.get(n)) is not None else "<td>-</td><td>-</td><td>-</td>" for n in names)
+        return f"<tr><td>{html.escape(t.trial_id)}</td><td>{html.escape(label)}</td>{cells}</tr>"
+
+    rows = []
+    if model.pick is not None:
+        rows.append(row(model.pick, "best by the model"))
+        observed = state.best()
+        if observed is not None and observed.trial_id in model.trials:
+            rows.append(row(model.trials[observed.trial_id], "best observed"))
+    else:
+        rows += [row(t, "on the model's Pareto set") for t in model.front]
+    page.add(f"<table class='model'>{head}{''.join(rows)}</table>")
+
+
 def _timeline(page: _Page, state: CampaignState, events: list[EventBase]) -> None:
     runs = attempts(events)
     decisions = history(events)
@@ -349,10 +383,13 @@ def report_page(events: list[EventBase], *, analyses: Analyses | None = None, sk
         page.add(f"<p>{html.escape(state.spec.description)}</p>")
     page.add("<nav>" + ("<a href='#pareto'>Pareto front</a>" if len(state.spec.objectives) > 1 else "")
              + "<a href='#progress'>best so far</a>"
+             + "<a href='#model'>best by the model</a>"
              + "<a href='#timeline'>devices and decisions</a><a href='#ax'>Ax's analyses</a></nav>")
-    page.add(f"<pre>{html.escape(status_text(state))}</pre>")
+    model = model_of(state)
+    page.add(f"<pre>{html.escape(status_text(state, model))}</pre>")
     _pareto(page, state)
     _best_so_far(page, state)
+    _model_section(page, state, model)
     _timeline(page, state, events)
     _ax_section(page, analyses, skipped)
     plotly_js = (files("plotly") / "package_data" / "plotly.min.js").read_text(encoding="utf-8")

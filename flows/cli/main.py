@@ -57,7 +57,14 @@ from flows.cli.drive import (
 )
 from flows.cli.people import add_commands, current_user
 from flows.cli.replay import add_replay_commands, parse_options
-from flows.cli.report import engine_line, log_line, status_dict, status_text
+from flows.cli.report import (
+    engine_line,
+    log_line,
+    model_columns,
+    model_of,
+    status_dict,
+    status_text,
+)
 from flows.cli.tables import campaigns_table, table
 
 if TYPE_CHECKING:
@@ -243,10 +250,11 @@ def _load_state(campaign_id: str):  # type: ignore[no-untyped-def]
 
 def _cmd_status(args: argparse.Namespace) -> int:
     state = _load_state(args.campaign)
+    model = model_of(state)  # the model-based best beside the observed one
     if args.json:
-        print(json.dumps(status_dict(state), indent=2))
+        print(json.dumps(status_dict(state, model), indent=2))
     else:
-        print(status_text(state))
+        print(status_text(state, model))
     return EXIT_OK
 
 
@@ -255,11 +263,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     state = _load_state(args.campaign)
     writer = write_csv if args.format == "csv" else write_json
+    model = model_of(state)  # which trial the model picks, its mean and sd at each
+    columns = None if model is None else model_columns(state.spec, model)
     if args.output in (None, "-"):
-        writer(state, sys.stdout)
+        writer(state, sys.stdout, columns)
     else:
         try:
-            writer(state, Path(args.output))
+            writer(state, Path(args.output), columns)
         except OSError as exc:
             raise OutputError(f"cannot write {args.output!r}: {exc.strerror or exc}",
                                   "give a file path you can write, or - for standard output") from None

@@ -4,7 +4,9 @@ It polls the log (``read(after_seq=...)``) in a thread, so it shows exactly what
 terminal's `closedloop status` would: trials done of the budget, running, failed, best so far.
 On a narrow terminal the count and the clock keep their place and the detail (best so far, its
 parameters) is what gets cut; until the first trial is dispatched the line says what the run is
-starting; log lines written while the bar is shown go above it, never into it.
+starting; log lines written while the bar is shown go above it, never into it. Beside the best
+observed it shows the best by the model (``flows.cli.report.model_of``), refitted only when
+the completed trials have changed, and at most every ``ModelCache.every_s`` seconds.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
 from rich.file_proxy import FileProxy
@@ -45,10 +48,14 @@ from campaigns import (
     TrialsSuggested,
     apply,
 )
-from flows.cli.report import best_line, condition_line
+from flows.cli.report import best_line, condition_line, model_line, model_of
 from storage import MongoEventStore
 
-__all__ = ["ProgressReporter", "bar_columns", "detail_line", "logs_above", "short_best", "starting_line"]
+if TYPE_CHECKING:
+    from optimizer.model_best import ModelBest
+
+__all__ = ["ModelCache", "ProgressReporter", "bar_columns", "detail_line", "logs_above", "short_best", "short_model",
+           "starting_line"]
 
 
 def _short(value: object) -> str:
@@ -71,6 +78,47 @@ def short_best(state: CampaignState) -> tuple[str, str]:
             " ".join(f"{k}={_short(v)}" for k, v in best.parameters.items()))
 
 
+def short_model(state: CampaignState, model: ModelBest | None) -> str:
+    """The best by the model in few characters: ``"model #9 0.41±0.05"`` ("" without one;
+    several objectives: the size of the model's Pareto set)."""
+    spec = state.spec
+    if spec is None or model is None:
+        return ""
+    if len(spec.objectives) > 1:
+        return f"model front: {len(model.front)}" if model.front else ""
+    if model.pick is None:
+        return ""
+    e = model.pick.metrics[spec.objectives[0].name]
+    return f"model #{model.pick.trial_id} {_short(e.mean)}±{e.sd:.2g}"
+
+
+class ModelCache:
+    """The model-based best for a display that polls: refitted only when the completed trials
+    (or the spec) have changed, and then at most every ``every_s`` seconds; the last fit is
+    shown meanwhile, so a poll costs nothing and a burst of results one fit.
+
+    Args:
+        every_s: The least time between two fits.
+        clock: Seconds, monotonic (injected: tests drive it).
+    """
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s, self._clock = every_s, clock
+        self._key: object = None
+        self._at: float | None = None
+        self._model: ModelBest | None = None
+
+    def get(self, state: CampaignState) -> ModelBest | None:
+        """The model of ``state``'s completed trials, or of the last ones fitted."""
+        if state.spec is None:
+            return None
+        key = (sorted(t.trial_id for t in state.trials.values() if t.status == "completed"), state.spec)
+        now = self._clock()
+        if key != self._key and (self._at is None or now - self._at >= self.every_s):
+            self._model, self._key, self._at = model_of(state), key, now
+        return self._model
+
+
 def starting_line(last: EventBase | None) -> str:
     """What a run does before its first dispatch, from the last event it logged."""
     if isinstance(last, TrialsSuggested):
@@ -80,13 +128,17 @@ def starting_line(last: EventBase | None) -> str:
     return "starting: Prefect flow run, broker, optimizer..."
 
 
-def detail_line(state: CampaignState, database_down: bool = False) -> str:
+def detail_line(state: CampaignState, database_down: bool = False, model: ModelBest | None = None) -> str:
     """The bar's text after the clock, most important first, as a narrow terminal cuts it from
-    the end: what holds the campaign up (or the best value), running and failed, the best's parameters."""
+    the end: what holds the campaign up (or the best value), running and failed, the best by the
+    model (``model``), the best's parameters."""
     best, parameters = short_best(state)
     counts = f"{state.count('running')} running, {state.count('failed')} failed"
     condition = condition_line(state, database_down)
-    return f"{condition} | {counts}" if condition else f"{best} | {counts}" + (f" | {parameters}" if parameters else "")
+    if condition:
+        return f"{condition} | {counts}"
+    by_model = short_model(state, model)
+    return " | ".join(part for part in (best, counts, by_model, parameters) if part)
 
 
 class _DetailColumn(ProgressColumn):
@@ -158,6 +210,7 @@ class ProgressReporter:
         self.db_down = False
         self._last: EventBase | None = None
         self._dispatched = False  # "starting: ..." until the first trial is dispatched
+        self._models = ModelCache()
 
     def __enter__(self) -> ProgressReporter:
         if not self.quiet:
@@ -205,7 +258,7 @@ class ProgressReporter:
     def _detail(self) -> str:
         if not self._dispatched and not condition_line(self.state, self.db_down) and self.state.status == "running":
             return starting_line(self._last)
-        return detail_line(self.state, self.db_down)
+        return detail_line(self.state, self.db_down, self._models.get(self.state))
 
     def _bar(self, store: MongoEventStore, console: Console) -> None:
         with Progress(*bar_columns(), console=console, transient=False) as bar, logs_above(console) as catch:
@@ -232,7 +285,11 @@ class ProgressReporter:
                 done = self.state.count("completed") + self.state.count("failed")
                 total = "?" if spec is None else spec.budget.max_trials
                 what = "completed" if isinstance(e, TrialCompleted) else f"failed ({e.reason})"
-                print(f"[{done}/{total}] trial {e.trial_id} {what} | {best_line(self.state)}", file=sys.stderr, flush=True)
+                model = self._models.get(self.state)
+                shown = spec is not None and model is not None and (model.pick is not None or model.front)
+                by_model = f" | {model_line(spec, model)}" if shown else ""  # type: ignore[arg-type]
+                print(f"[{done}/{total}] trial {e.trial_id} {what} | {best_line(self.state)}{by_model}",
+                      file=sys.stderr, flush=True)
 
         while True:
             stopping = self._stop.wait(self.interval_s)

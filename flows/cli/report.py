@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from campaigns import CampaignSpec, CampaignState, EventBase, TrialRecord, event_to_doc
 from optimizer.engines import default_initialization_trials, model_engine
+
+if TYPE_CHECKING:  # the model loads torch (~1.3 s): only `status` and a run's progress fit it
+    from optimizer.model_best import ModelBest
+    from storage.export import ModelColumns
 
 __all__ = [
     "best_line",
@@ -15,6 +19,10 @@ __all__ = [
     "engine_line",
     "engines_text",
     "log_line",
+    "model_columns",
+    "model_dict",
+    "model_line",
+    "model_of",
     "status_dict",
     "status_text",
 ]
@@ -61,8 +69,57 @@ def _trial_summary(t: TrialRecord) -> dict[str, Any]:
     }
 
 
-def status_dict(state: CampaignState) -> dict[str, Any]:
-    """The campaign's status as JSON-ready data (``closedloop status --json``)."""
+def model_of(state: CampaignState) -> ModelBest | None:
+    """The model-based best of a campaign's completed trials (``optimizer.model_best``; loads
+    torch and fits a GP per metric), or None without a spec."""
+    if state.spec is None:
+        return None
+    from optimizer.model_best import model_best
+
+    return model_best(state.spec, state.trials.values())
+
+
+def model_dict(spec: CampaignSpec, model: ModelBest) -> dict[str, Any]:
+    """``model_best`` (``{trial_id, parameters, objectives: {name: {mean, sd, low, high,
+    observed}}}`` or None), ``model_best_why``, and with several objectives ``model_pareto_front``."""
+    from optimizer.model_best import as_json
+
+    out: dict[str, Any] = {"model_best": None if model.pick is None else as_json(model.pick, spec),
+                           "model_best_why": model.why}
+    if len(spec.objectives) > 1:
+        out["model_pareto_front"] = [as_json(t, spec) for t in model.front]
+    return out
+
+
+def model_columns(spec: CampaignSpec, model: ModelBest) -> ModelColumns:
+    """The model's view as ``closedloop export`` writes it (``storage.export.ModelColumns``)."""
+    from storage.export import ModelColumns
+
+    picked = [model.pick] if model.pick is not None else model.front
+    return ModelColumns(
+        metrics=list(spec.metrics),
+        predictions={t: {m: (e.mean, e.sd) for m, e in est.metrics.items()} for t, est in model.trials.items()},
+        picked=frozenset(t.trial_id for t in picked),
+        why=model.why,
+    )
+
+
+def model_line(spec: CampaignSpec, model: ModelBest) -> str:
+    """One line: ``best by the model: trial 12 (branin 0.41 ± 0.05; observed 0.38)``, the model's
+    Pareto set with several objectives, or why there is none."""
+    if len(spec.objectives) > 1 and model.front:
+        return f"Pareto front by the model: {len(model.front)} trial(s): " + ", ".join(t.trial_id for t in model.front)
+    if model.pick is None:
+        return f"best by the model: - ({model.why})"
+    name = spec.objectives[0].name
+    e = model.pick.metrics[name]
+    observed = "" if e.observed is None else f"; observed {e.observed:.4g}"
+    return f"best by the model: trial {model.pick.trial_id} ({name} {e.mean:.4g} ± {e.sd:.2g}{observed})"
+
+
+def status_dict(state: CampaignState, model: ModelBest | None = None) -> dict[str, Any]:
+    """The campaign's status as JSON-ready data (``closedloop status --json``); with ``model``
+    (``model_of(state)``) also the model-based best (``model_dict``)."""
     spec = state.spec
     best = state.best()
     out: dict[str, Any] = {
@@ -101,6 +158,8 @@ def status_dict(state: CampaignState) -> dict[str, Any]:
         out["pareto_front"] = [_trial_summary(t) for t in state.pareto_front()]
         out["best_by_objective"] = {o.name: None if (t := state.best_for(o.name)) is None else _trial_summary(t)
                                     for o in spec.objectives}
+    if spec is not None and model is not None:
+        out |= model_dict(spec, model)
     return out
 
 
@@ -144,8 +203,8 @@ def condition_line(state: CampaignState, database_down: bool = False) -> str:
     return ""
 
 
-def status_text(state: CampaignState) -> str:
-    """A few human lines (``closedloop status``)."""
+def status_text(state: CampaignState, model: ModelBest | None = None) -> str:
+    """A few human lines (``closedloop status``); with ``model``, the model-based best's line."""
     d = status_dict(state)
     spec = state.spec
     head = f"campaign {state.campaign_id}: {state.status}"
@@ -159,6 +218,8 @@ def status_text(state: CampaignState) -> str:
         f"{t['waiting']} waiting{budget}",
         best_line(state),
     ]
+    if spec is not None and model is not None:
+        lines.append(model_line(spec, model))
     if state.trials:
         method = "" if spec is None else f" (optimizer.method: {spec.optimizer.method})"
         lines.append(f"chosen by: {engines_text(engine_counts(state))}{method}")

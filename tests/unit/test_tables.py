@@ -16,14 +16,17 @@ def test_columns_align_under_their_headers_and_cells_stay_as_given() -> None:
 
 
 def test_the_compare_table_says_what_each_campaign_reached() -> None:
-    curves = [Curve("recorded", "y", True, [1, 2, 3], [0.0, 4.0, 9.5], [3.0, 1.25, 1.25], trial_ids=["0", "7", "2"]),
+    curves = [Curve("recorded", "y", True, [1, 2, 3], [0.0, 4.0, 9.5], [3.0, 1.25, 1.25], trial_ids=["0", "7", "2"],
+                    by_model="1.4 ± 0.2 (trial 2)"),
               Curve("nothing-yet", "y", True, [], [], [])]
     header, _, first, second = compare_table(curves).splitlines()
     assert header.split()[:2] == ["campaign", "metric"]
-    assert header.split()[-3:] == ["best", "by", "engines"]
-    # "best at trial" is the trial's id; no engines recorded: "best by" and "engines" say so with "-".
-    assert first.split() == ["recorded", "y", "(min)", "3", "1.25", "7", "4.0", "9.5", "-", "-"]
-    assert second.split() == ["nothing-yet", "y", "0", "-", "-", "-", "-", "-", "-"]
+    assert header.split()[-6:] == ["by", "the", "model", "best", "by", "engines"]
+    # "best at trial" is the trial's id; the model's best beside it; no engines recorded: "best by"
+    # and "engines" say so with "-".
+    assert first.split() == ["recorded", "y", "(min)", "3", "1.25", "7", "4.0", "9.5", "1.4", "±", "0.2", "(trial", "2)",
+                             "-", "-"]
+    assert second.split() == ["nothing-yet", "y", "0", "-", "-", "-", "-", "-", "-", "-"]
 
 
 def test_an_indented_table_sits_under_its_heading() -> None:
