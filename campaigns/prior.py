@@ -15,7 +15,13 @@ from typing import Any
 
 from campaigns.errors import SpecError
 from campaigns.events import Measurement, ParameterValue, PriorTrial, PriorTrialsAdded
-from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntParameter, PriorData
+from campaigns.spec import (
+    CampaignSpec,
+    ChoiceParameter,
+    FloatParameter,
+    IntParameter,
+    PriorData,
+)
 from campaigns.state import CampaignState
 
 __all__ = ["MAX_PRIOR_TRIALS", "from_campaign", "from_documents", "prior_event"]

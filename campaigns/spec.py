@@ -296,7 +296,7 @@ def _check_filter(value: Any) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ValueError(f"key {key!r} is not text; a MongoDB filter's keys are field names or $operators")
+                raise ValueError(f"key {key!r} is not text; a MongoDB filter's keys are field names or $operators")  # noqa: TRY004 - a spec mistake: pydantic wants ValueError
             if key in SERVER_SIDE_JS:
                 raise ValueError(f"{key} runs JavaScript on the database server and is refused; "
                                  "write the condition with query operators ($eq, $gt, $in, ...)")
@@ -335,7 +335,7 @@ class PriorCollection(_Model):
                 raise ValueError("not JSON; write a MongoDB query document, e.g. "
                                  '{"status": "done"}') from None
         if not isinstance(value, dict):
-            raise ValueError(f"{value!r} is not a MongoDB query document; write a mapping, "
+            raise ValueError(f"{value!r} is not a MongoDB query document; write a mapping, "  # noqa: TRY004
                              'e.g. {"status": "done"}')
         _check_filter(value)
         unknown = sorted(k for k in value if k.startswith("$") and k not in _TOP_LEVEL | SERVER_SIDE_JS)

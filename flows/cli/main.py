@@ -103,6 +103,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.spec}: campaign {spec.name!r} is valid ({len(spec.parameters)} parameters, "
           f"{len(spec.objectives)} objective(s), {len(spec.devices)} device(s))")
     print(engine_line(spec))
+    if spec.prior_data:
+        print("prior data, read when `run` creates the campaign (each point counts as an opening trial): "
+              + "; ".join(p.describe() for p in spec.prior_data))
     return EXIT_OK
 
 

@@ -11,7 +11,6 @@ import pytest
 from tests.e2e.cli import cli_env, run, write_spec
 from tests.e2e.test_cli_run import SPEC
 
-
 PRIOR = {"database": "lab", "collection": "runs", "filter": {"status": "done"},
          "parameters": {"x1": "c.x1", "x2": "c.x2"}, "metrics": {"branin": "result.yield"}}
 
