@@ -19,7 +19,14 @@ from typing import Any
 import pymongo
 import pytest
 
-from campaigns import CampaignSpec, Measurement, PriorTrialsAdded, SpecError, fold, parse_spec
+from campaigns import (
+    CampaignSpec,
+    Measurement,
+    PriorTrialsAdded,
+    SpecError,
+    fold,
+    parse_spec,
+)
 from campaigns.prior import prior_event
 from flows.app.prior import read_prior_data
 from flows.app.settings import Settings

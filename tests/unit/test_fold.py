@@ -139,7 +139,13 @@ def test_fold_is_total_and_incremental(events: list[EventBase], cut: int) -> Non
 
 
 def test_retry_late_result_and_pause_window() -> None:
-    from campaigns import CampaignPaused, CampaignResumed, LateResultRecorded, RequestResent, TrialRetried
+    from campaigns import (
+        CampaignPaused,
+        CampaignResumed,
+        LateResultRecorded,
+        RequestResent,
+        TrialRetried,
+    )
 
     spec = SPEC.model_copy(update={"failure_policy": SPEC.failure_policy.model_copy(update={"min_failures": 1})})
     events = numbered(
@@ -175,7 +181,14 @@ def test_retry_late_result_and_pause_window() -> None:
 
 
 def test_prior_trials_open_a_campaign_and_only_there() -> None:
-    from campaigns import Measurement, PriorTrial, PriorTrialsAdded, SuggestedTrial, TrialsSuggested, parse_spec
+    from campaigns import (
+        Measurement,
+        PriorTrial,
+        PriorTrialsAdded,
+        SuggestedTrial,
+        TrialsSuggested,
+        parse_spec,
+    )
 
     spec = parse_spec({**SPEC.model_dump(mode="json"), "prior_data": [{"campaign": "earlier"}]})
     prior = PriorTrialsAdded(campaign_id=CID, seq=2, actor="user:ana", sources=spec.prior_data, trials=[
