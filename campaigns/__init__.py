@@ -46,6 +46,8 @@ from campaigns.events import (
     Measurement,
     MessageRejected,
     Prediction,
+    PriorTrial,
+    PriorTrialsAdded,
     RunStarted,
     SuggestedTrial,
     TrialCompleted,
@@ -56,7 +58,7 @@ from campaigns.events import (
     event_to_doc,
     utcnow,
 )
-from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntParameter
+from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntParameter, PriorCollection, PriorData
 from campaigns.spec_file import load_spec, parse_spec
 from campaigns.state import CampaignState, TrialRecord, apply, fold
 
@@ -67,6 +69,10 @@ __all__ = [
     "ApprovalRejected",
     "ApprovalRequested",
     "Prediction",
+    "PriorCollection",
+    "PriorData",
+    "PriorTrial",
+    "PriorTrialsAdded",
     "CampaignChange",
     "CampaignChanged",
     "apply_change",

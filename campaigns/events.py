@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from campaigns.changes import CampaignChange
-from campaigns.spec import CampaignSpec
+from campaigns.spec import CampaignSpec, PriorData
 
 __all__ = [
     "ActorKind",
@@ -34,6 +34,8 @@ __all__ = [
     "CampaignChanged",
     "ParameterValue",
     "Prediction",
+    "PriorTrial",
+    "PriorTrialsAdded",
     "CampaignCreated",
     "BrokerDisconnected",
     "BrokerReconnected",
@@ -212,9 +214,10 @@ class RunStarted(EventBase):
 #: ``sobol`` closedloop's space-filling design (the centre, then scrambled Sobol points, also
 #: when a model failed), ``fast`` the NumPy GP (``optimizer.fastbo``), ``ax`` Ax's BoTorch with
 #: closedloop's cheaper settings, ``ax_default`` Ax's BoTorch with Ax's defaults, ``fixed``
-#: every parameter held (no choice left), ``replay`` a faithful replay's recorded point, and
+#: every parameter held (no choice left), ``replay`` a faithful replay's recorded point,
+#: ``prior`` data the campaign started from (``PriorTrialsAdded``: never suggested nor run), and
 #: ``unknown`` a model's trial logged before engines were recorded (the log did not say which).
-TrialEngine = Literal["sobol", "fast", "ax", "ax_default", "fixed", "replay", "unknown"]
+TrialEngine = Literal["sobol", "fast", "ax", "ax_default", "fixed", "replay", "prior", "unknown"]
 
 
 def engine_of_generator(generator: str) -> TrialEngine:
@@ -271,6 +274,37 @@ class TrialsSuggested(EventBase):
 
     kind: Literal["TrialsSuggested"] = "TrialsSuggested"
     trials: list[SuggestedTrial] = Field(min_length=1)
+
+
+class PriorTrial(_Fact):
+    """A point the campaign starts from: its parameters, its measurements, and where it came
+    from (``source``: the position of its source in ``PriorTrialsAdded.sources``; ``origin``:
+    the source campaign's trial id, or the document's ``_id`` as text)."""
+
+    trial_id: str
+    parameters: dict[str, ParameterValue]
+    measurements: dict[str, Measurement] = Field(min_length=1)
+    source: int = Field(ge=0)
+    origin: str
+
+
+class PriorTrialsAdded(EventBase):
+    """The campaign starts from data that already exists (the spec's ``prior_data``), read when
+    the campaign was created: its first trials, completed, never dispatched, and not counted
+    in the budget. ``sources`` are the spec's sources as read (the filter with them);
+    ``connection`` says which MongoDB the collections were read from (never a URI)."""
+
+    kind: Literal["PriorTrialsAdded"] = "PriorTrialsAdded"
+    sources: list[PriorData] = Field(min_length=1)
+    connection: str | None = None
+    trials: list[PriorTrial] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _sources(self) -> PriorTrialsAdded:
+        for t in self.trials:
+            if t.source >= len(self.sources):
+                raise ValueError(f"trial {t.trial_id}: source {t.source} is not one of the {len(self.sources)} sources")
+        return self
 
 
 class TrialDispatched(EventBase):
@@ -524,6 +558,7 @@ class CampaignFinished(EventBase):
 Event = Annotated[
     CampaignCreated
     | RunStarted
+    | PriorTrialsAdded
     | TrialsSuggested
     | TrialDispatched
     | TrialCompleted

@@ -8,6 +8,7 @@ validation errors into that line is `campaigns.spec_file`.
 from __future__ import annotations
 
 import difflib
+import json
 import keyword
 import math
 import re
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -41,6 +43,9 @@ __all__ = [
     "OutcomeConstraint",
     "OLD_METHOD_NAMES",
     "Parameter",
+    "PriorCollection",
+    "PriorData",
+    "SERVER_SIDE_JS",
     "not_continuous",
 ]
 
@@ -276,6 +281,111 @@ class FailurePolicy(_Model):
     min_failures: int = Field(default=5, ge=1)
 
 
+#: MongoDB query operators that run JavaScript on the server: never sent from a campaign file.
+SERVER_SIDE_JS = frozenset({"$where", "$function", "$accumulator"})
+_FIELD_PATH_RE = re.compile(r"^[^$.][^.]*(\.[^$.][^.]*)*$")
+
+
+#: The operators MongoDB accepts at a query's top level (``$where`` aside).
+_TOP_LEVEL = frozenset({"$and", "$or", "$nor", "$expr", "$text", "$comment", "$jsonSchema"})
+
+
+def _check_filter(value: Any) -> None:
+    """Refuse what is not a MongoDB query document, as far as a file can tell (the server
+    judges the operators); server-side JavaScript is refused outright."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"key {key!r} is not text; a MongoDB filter's keys are field names or $operators")  # noqa: TRY004 - a spec mistake: pydantic wants ValueError
+            if key in SERVER_SIDE_JS:
+                raise ValueError(f"{key} runs JavaScript on the database server and is refused; "
+                                 "write the condition with query operators ($eq, $gt, $in, ...)")
+            _check_filter(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_filter(item)
+    elif not (value is None or isinstance(value, str | int | float | bool)):
+        raise ValueError(f"{value!r} is not a JSON value; write dates and ids as MongoDB Extended JSON, "
+                         'e.g. {"$date": "2026-01-31T00:00:00Z"}')
+
+
+class PriorCollection(_Model):
+    """Documents of a MongoDB collection to start from: which ones (``filter``, a MongoDB query
+    document; MongoDB Extended JSON such as ``{"$date": ...}`` for dates and ids) and which of
+    their fields hold each parameter and metric (dotted paths: ``conditions.temp``).
+
+    The database is the campaign store's own MongoDB, or the one ``CLOSEDLOOP_PRIOR_MONGODB_URI``
+    names: a password never stands in a campaign file. ``filter`` is kept as JSON text in the
+    log (a stored document cannot hold ``$`` keys everywhere).
+    """
+
+    database: str = Field(min_length=1, max_length=63)
+    collection: str = Field(min_length=1, max_length=255)
+    filter: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, str] = Field(min_length=1)
+    metrics: dict[str, str] = Field(min_length=1)
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _filter(cls, value: Any) -> Any:
+        if isinstance(value, str):  # as the log keeps it
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("not JSON; write a MongoDB query document, e.g. "
+                                 '{"status": "done"}') from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{value!r} is not a MongoDB query document; write a mapping, "  # noqa: TRY004
+                             'e.g. {"status": "done"}')
+        _check_filter(value)
+        unknown = sorted(k for k in value if k.startswith("$") and k not in _TOP_LEVEL | SERVER_SIDE_JS)
+        if unknown:
+            raise ValueError(f"{unknown[0]} is not a top-level query operator; use field names, or "
+                             f"{', '.join(sorted(_TOP_LEVEL))}")
+        return value
+
+    @field_serializer("filter")
+    def _filter_text(self, value: dict[str, Any]) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    @field_validator("parameters", "metrics")
+    @classmethod
+    def _paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, path in value.items():
+            if not _FIELD_PATH_RE.match(path):
+                raise ValueError(f"{name}: {path!r} is not a document field path; write it like \"result.yield\"")
+        return value
+
+    @property
+    def filter_text(self) -> str:
+        """The filter as JSON text (what the log keeps)."""
+        return self._filter_text(self.filter)
+
+
+class PriorData(_Model):
+    """One source of prior data: ``campaign: ID`` (that campaign's own completed trials) or
+    ``mongodb: {...}`` (documents of a collection, ``PriorCollection``)."""
+
+    campaign: str | None = None
+    mongodb: PriorCollection | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> PriorData:
+        if (self.campaign is None) == (self.mongodb is None):
+            raise ValueError("give one source of prior data; write `campaign: ID` or `mongodb: {database, "
+                             "collection, filter, parameters, metrics}`")
+        if self.campaign is not None and not _DEVICE_ID_RE.match(self.campaign):
+            raise ValueError(f"campaign {self.campaign!r} is not a campaign id (letters, digits and _ . : -)")
+        return self
+
+    def describe(self) -> str:
+        """``campaign branin-week1`` or ``lab.runs where {"reactor":"R2"}``, for messages and the log."""
+        if self.mongodb is None:
+            return f"campaign {self.campaign}"
+        m = self.mongodb
+        return f"{m.database}.{m.collection} where {m.filter_text}"
+
+
 class CampaignSpec(_Model):
     """A whole campaign, as written in its YAML file.
 
@@ -310,6 +420,10 @@ class CampaignSpec(_Model):
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     fixed_parameters: dict[str, float | int | str] = Field(
         default_factory=dict, description="parameters held at a value (the optimizer varies the others)"
+    )
+    prior_data: list[PriorData] = Field(
+        default_factory=list,
+        description="data to start from: earlier campaigns' trials, documents of a MongoDB collection",
     )
     # Constraints parsed once, when the spec is validated (the texts above are what the log keeps).
     _outcome: list[OutcomeConstraint] = PrivateAttr(default_factory=list)
@@ -357,9 +471,35 @@ class CampaignSpec(_Model):
             if unknown:
                 raise ValueError(f"approval.when: {unknown[0]!r} is not a parameter of this campaign; use parameter names")
         self._outcome = [_parse_outcome(t, f"outcome_constraints[{i}]") for i, t in enumerate(self.outcome_constraints)]
+        self._check_prior_data(names)
         self._linear = [_parse_linear(t, by_name, f"parameter_constraints[{i}]")
                         for i, t in enumerate(self.parameter_constraints)]
         return self
+
+    def _check_prior_data(self, names: list[str]) -> None:
+        metrics = self.metrics
+        seen: set[str] = set()
+        for i, source in enumerate(self.prior_data):
+            where = f"prior_data[{i}]"
+            if source.campaign is not None:
+                if source.campaign in seen:
+                    raise ValueError(f"{where}: campaign {source.campaign!r} is listed twice; list each source once")
+                seen.add(source.campaign)
+                continue
+            assert source.mongodb is not None
+            m = source.mongodb
+            for name in m.parameters:
+                if name not in names:
+                    raise ValueError(f"{where}.mongodb.parameters: {name!r} is not a parameter of this campaign; "
+                                     f"map parameters by name ({', '.join(names)})")
+            missing = [n for n in names if n not in m.parameters]
+            if missing:
+                raise ValueError(f"{where}.mongodb.parameters: parameter {missing[0]!r} is not mapped to a field; "
+                                 "a prior point needs every parameter's value")
+            for name in m.metrics:
+                if name not in metrics:
+                    raise ValueError(f"{where}.mongodb.metrics: {name!r} is not a metric of this campaign; "
+                                     f"map metrics by name ({', '.join(metrics)})")
 
     @model_validator(mode="after")
     def _engine_fits(self) -> CampaignSpec:

@@ -22,6 +22,8 @@ from campaigns.spec import (
     IntParameter,
     Objective,
     OptimizerSettings,
+    PriorCollection,
+    PriorData,
     _first_line,
 )
 
@@ -90,7 +92,8 @@ def _known_keys(loc: Sequence[int | str]) -> list[str]:
         if field is None:
             break
         ann = field.annotation
-        for candidate in (Budget, DeviceSpec, Objective, OptimizerSettings, FailurePolicy, ApprovalPolicy):
+        for candidate in (Budget, DeviceSpec, Objective, OptimizerSettings, FailurePolicy, ApprovalPolicy, PriorData,
+                          PriorCollection):
             if ann is candidate or candidate in getattr(ann, "__args__", ()):
                 model = candidate
                 break

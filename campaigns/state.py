@@ -36,6 +36,7 @@ from campaigns.events import (
     MessageRejected,
     MessagesRejected,
     ParameterValue,
+    PriorTrialsAdded,
     RunStarted,
     TrialCompleted,
     TrialDispatched,
@@ -47,7 +48,7 @@ from campaigns.events import (
     Prediction,
 )
 from campaigns.identity import fallback_instance
-from campaigns.spec import CampaignSpec
+from campaigns.spec import CampaignSpec, PriorData
 
 __all__ = ["CampaignState", "OpenApproval", "TrialRecord", "TrialStatus", "apply", "fold"]
 
@@ -82,6 +83,9 @@ class TrialRecord:
     suggested_parameters: dict[str, ParameterValue] | None = None
     decided_by: str | None = None
     prediction: dict[str, Prediction] | None = None  # the model's, when it was suggested
+    #: Prior data (``PriorTrialsAdded``): where it came from, e.g. ``campaign branin-week1 trial 7``
+    #: or ``lab.runs _id 65f0c...``; None for the campaign's own trials.
+    prior: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -135,10 +139,13 @@ class CampaignState:
     refusals: list[AnswerRefused] = field(default_factory=list)
     changes: int = 0
     approvals_requested: int = 0
+    #: The sources of the campaign's prior trials (``PriorTrialsAdded.sources``), as read.
+    prior_sources: list[PriorData] = field(default_factory=list)
     # Indexes kept by apply(), so that a long campaign's loop pays per live trial, not per trial:
     # the trials without an outcome yet (in suggestion order), the rejected count, request ids.
     _live: dict[str, TrialRecord] = field(default_factory=dict, repr=False, compare=False)
     _rejected: int = field(default=0, repr=False, compare=False)
+    _prior: int = field(default=0, repr=False, compare=False)
     _by_request: dict[str, TrialRecord] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -151,8 +158,13 @@ class CampaignState:
         return "paused" if self.paused_reason is not None else "running"
 
     def count(self, status: TrialStatus) -> int:
-        """How many trials have this status."""
-        return sum(1 for t in self.trials.values() if t.status == status)
+        """How many of the campaign's own trials have this status (prior data not counted)."""
+        return sum(1 for t in self.trials.values() if t.status == status and t.prior is None)
+
+    @property
+    def prior_count(self) -> int:
+        """How many trials are prior data the campaign started from (``PriorTrialsAdded``)."""
+        return self._prior
 
     @property
     def in_flight(self) -> list[TrialRecord]:
@@ -166,8 +178,9 @@ class CampaignState:
 
     @property
     def budget_used(self) -> int:
-        """Trials that count against ``max_trials``: every suggested trial but rejected ones."""
-        return len(self.trials) - self._rejected
+        """Trials that count against ``max_trials``: every suggested trial but rejected ones
+        (prior data is not suggested: it never counts)."""
+        return len(self.trials) - self._rejected - self._prior
 
     def failure_rate_exceeded(self, extra_failures: int = 0) -> str | None:
         """Why the failure policy says pause (failures since the last resume, and
@@ -255,6 +268,8 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
     elif isinstance(event, RunStarted):
         state.runs += 1
         state.deployed_flow_run = event.flow_run_id if event.deployment else None
+    elif isinstance(event, PriorTrialsAdded):
+        _add_prior(state, event)
     elif isinstance(event, TrialsSuggested):
         for s in event.trials:
             if s.trial_id in state.trials:
@@ -356,6 +371,28 @@ def apply(state: CampaignState, event: EventBase) -> CampaignState:
         if state.finished_reason is None:
             state.finished_reason = event.reason
     return state
+
+
+def _add_prior(state: CampaignState, event: PriorTrialsAdded) -> None:
+    """Prior trials open a campaign: after its creation, before any trial of its own (their ids
+    are the first trial indices), else the event is an anomaly and ignored."""
+    if state.spec is None or state.trials:
+        state.anomalies += 1
+        return
+    state.prior_sources = list(event.sources)
+    for p in event.trials:
+        if p.trial_id in state.trials:
+            state.anomalies += 1
+            continue
+        source = event.sources[p.source]
+        origin = (f"campaign {source.campaign} trial {p.origin}" if source.mongodb is None
+                  else f"{source.mongodb.database}.{source.mongodb.collection} _id {p.origin}")
+        state.trials[p.trial_id] = TrialRecord(
+            trial_id=p.trial_id, index=len(state.trials), parameters=dict(p.parameters), generator="prior",
+            sobol_position=None, suggested_at=event.time, engine="prior", status="completed",
+            finished_at=event.time, measurements=dict(p.measurements), prior=origin,
+        )
+        state._prior += 1
 
 
 def _note_command(state: CampaignState, command_id: str | None) -> None:

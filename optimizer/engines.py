@@ -62,6 +62,11 @@ def sobol_phase(spec: CampaignSpec, trials: Iterable[_Trial], unobserved_metrics
     and every metric of the optimization config was measured at least once (Ax cannot model a
     metric without data). Until then devices get Sobol points rather than wait for data.
 
+    Prior data (completed trials the campaign started from) counts as trials run: ``k`` prior
+    points leave ``max(0, initialization_trials - k)`` Sobol points to suggest, and a campaign
+    that starts from ``initialization_trials`` measured points or more suggests by model from
+    its first trial.
+
     Args:
         spec: The campaign's effective spec.
         trials: The optimizer's trials (``status`` ``completed``/``rejected``/..., ``measurements``).

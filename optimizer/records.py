@@ -46,7 +46,7 @@ class TrialEntry:
     Attributes:
         trial_id: The Ax trial index as text.
         parameters: The parameters run (a person's edit, if any), in the spec's types.
-        generator: ``"sobol"``, ``"botorch"`` or ``"human"``.
+        generator: ``"sobol"``, ``"botorch"``, ``"human"`` or ``"prior"`` (prior data).
         sobol_position: The trial's position in the Sobol sequence, if a Sobol point.
         status: ``"pending"`` until completed, failed or rejected.
         measurements: The measurements, once completed (may be empty: completed without data).
@@ -74,8 +74,11 @@ def trial_run_metadata(record: TrialRecord) -> dict[str, object] | None:
 
     ``{"chosen_by": "human", "decided_by": "user:ana", "suggested_parameters": {...}}``: the
     parameters were edited by a person at approval; ``suggested_parameters`` are the ones the
-    optimizer had proposed.
+    optimizer had proposed. ``{"chosen_by": "prior", "source": "campaign w1 trial 7"}``: prior
+    data the campaign started from (``PriorTrialsAdded``).
     """
+    if record.prior is not None:
+        return {"chosen_by": "prior", "source": record.prior}
     if record.generator != "human":
         return None
     return {

@@ -37,6 +37,8 @@ from campaigns import (
     Measurement,
     MessageRejected,
     MessagesRejected,
+    PriorTrial,
+    PriorTrialsAdded,
     RequestResent,
     RunStarted,
     SuggestedTrial,
@@ -96,6 +98,12 @@ def sample_log(campaign_id: str = "c-1", *, finished: bool = True) -> list[Event
             "outcome_constraints": ["purity >= 0.9"],
             "budget": {"max_trials": 10, "max_hours": 1.5},
             "devices": [{"id": "dev-1", "measures": ["yield_", "purity"]}],
+            # A filter with $ keys: the log keeps it as JSON text (stored documents and $ keys).
+            "prior_data": [{"campaign": "earlier"},
+                           {"mongodb": {"database": "lab", "collection": "runs",
+                                        "filter": {"status": {"$in": ["done"]}, "$or": [{"a": 1}, {"a.b": 2}]},
+                                        "parameters": {"x1": "c.x1", "n": "c.n", "solvent": "c.solvent"},
+                                        "metrics": {"yield_": "r.yield"}}}],
         }
     )
     t0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
@@ -106,6 +114,12 @@ def sample_log(campaign_id: str = "c-1", *, finished: bool = True) -> list[Event
 
     events: list[Event] = [
         CampaignCreated(**at(1), actor="user:ada", spec=spec),
+        PriorTrialsAdded(**at(2), actor="user:ada", sources=spec.prior_data, connection="the campaign store", trials=[
+            PriorTrial(trial_id="p0", parameters={"x1": 11.0, "n": 2, "solvent": "water"},
+                       measurements={"yield_": Measurement(mean=0.5)}, source=0, origin="4"),
+            PriorTrial(trial_id="p1", parameters={"x1": 1.0, "n": 3, "solvent": "ethanol"},
+                       measurements={"yield_": Measurement(mean=0.2, sem=0.1)}, source=1, origin="65f0c0ffee"),
+        ]),
         RunStarted(**at(2), actor="orchestrator", host="lab-pc", pid=4242, flow_run_id=None),
         TrialsSuggested(
             **at(3),
@@ -176,4 +190,4 @@ def sample_log(campaign_id: str = "c-1", *, finished: bool = True) -> list[Event
     ]
     if finished:
         events.append(CampaignFinished(**at(len(events) + 1), actor="user:ada", reason="stopped"))
-    return events
+    return [e.model_copy(update=at(i)) for i, e in enumerate(events, 1)]  # seqs 1..N as listed

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
                        description="Local data: embedded database, broker state (default: a per-user data directory).")
     mongodb_uri: SecretStr | None = Field(default=None, description="MongoDB URI; unset = embedded nx-27017.")
     mongodb_database: str = "closedloop"
+    prior_mongodb_uri: SecretStr | None = Field(default=None, description="MongoDB URI where a campaign's "
+                                                "`prior_data: - mongodb:` collections are read; unset = the "
+                                                "campaign store's own MongoDB.")
     mqtt_url: SecretStr | None = Field(default=None, description="mqtt[s]://[user:pass@]host[:port]; unset = embedded amqtt.")
     mqtt_prefix: str = "closedloop"
     mqtt_username: str | None = Field(default=None, description="broker user name, when the URL has none.")

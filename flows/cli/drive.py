@@ -80,7 +80,7 @@ def drive(store: MongoEventStore, settings: Settings, campaign_id: str, args: ar
                     campaign_id=campaign_id,
                 )
             append_resume(store, state, args.reason)
-        elif state.last_seq > 1:
+        elif state.last_seq > (2 if state.prior_count else 1):  # more than its creation (and prior data)
             print(f"campaign {campaign_id}: continuing from event {state.last_seq} "
                   f"({state.count('completed')} completed, {len(state.in_flight)} in flight)")
         with broker_url(settings) as url:

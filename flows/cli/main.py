@@ -110,6 +110,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.spec}: campaign {spec.name!r} is valid ({len(spec.parameters)} parameters, "
           f"{len(spec.objectives)} objective(s), {len(spec.devices)} device(s))")
     print(engine_line(spec))
+    if spec.prior_data:
+        print("prior data, read when `run` creates the campaign (each point counts as an opening trial): "
+              + "; ".join(p.describe() for p in spec.prior_data))
     return EXIT_OK
 
 
@@ -138,17 +141,26 @@ def _spec_of(path: str) -> CampaignSpec:
     return spec
 
 
-def _created(store: MongoEventStore, spec: CampaignSpec, spec_path: str, campaign_id: str) -> CampaignState:
+def _created(store: MongoEventStore, spec: CampaignSpec, spec_path: str, campaign_id: str,
+             settings: Settings) -> CampaignState:
     """The campaign of a spec file in the log (created now if new), folded."""
     state = fold(store.read(campaign_id))
     if state.spec is None:
+        from flows.app.prior import read_prior_data
+
+        actor = f"user:{current_user()}"
+        prior = read_prior_data(spec, campaign_id, store, settings, actor)  # refused before anything is written
         try:
-            store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{current_user()}", spec=spec,
-                                          instance=new_instance())])
+            store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=actor, spec=spec,
+                                          instance=new_instance()), *([prior] if prior else [])])
         except AppendConflictError:
             pass  # created a moment ago by a concurrent `run`: the lease decides who runs it
         else:
             print(f"campaign {campaign_id}: created from {spec_path}")
+            if prior is not None:
+                print(f"campaign {campaign_id}: starts from {len(prior.trials)} prior trial(s): "
+                      + "; ".join(f"{sum(1 for t in prior.trials if t.source == i)} from {s.describe()}"
+                                  for i, s in enumerate(prior.sources)))
         state = fold(store.read(campaign_id))
     if state.spec != spec:
         raise UsageError(
@@ -164,7 +176,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     campaign_id = args.campaign_id or spec.name
     settings = Settings()
     with event_store(settings) as store:
-        state = _created(store, spec, args.spec, campaign_id)
+        state = _created(store, spec, args.spec, campaign_id, settings)
         if state.deployed_flow_run is not None:
             raise CampaignStateError(f"campaign {campaign_id!r} is deployed: the workers of its Prefect pool run it",
                                      f"`closedloop status {campaign_id}` shows it; `closedloop resume {campaign_id}` "
@@ -194,7 +206,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     require_work_pool(args.pool)  # all refused before anything is written
     settings = Settings()
     with event_store(settings) as store:
-        state = _created(store, spec, args.spec, campaign_id)
+        state = _created(store, spec, args.spec, campaign_id, settings)
     if state.status == "finished":
         raise finished_error(state)
     with asking_prefect("deploy"):

@@ -13,6 +13,7 @@ from campaigns import (
     CampaignCreated,
     CampaignNotFoundError,
     CampaignState,
+    PriorTrialsAdded,
     UsageError,
     fold,
 )
@@ -139,7 +140,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} {value:.3g}: too large a whole number", f"give {flag} below {2**63:.3g}")
     settings = Settings()
     with event_store(settings) as store:
-        source = fold(store.read(args.source))
+        source_log = store.read(args.source)
+        source = fold(source_log)
         if source.spec is None:
             raise CampaignNotFoundError(f"no campaign {args.source!r}", "see `closedloop list`", campaign_id=args.source)
         spec, link = plan_replay(source, mode=args.mode, simulator=args.simulator, options=parse_options(args.option),
@@ -148,8 +150,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         campaign_id = args.campaign_id or f"{args.source}-{args.mode}-{datetime.now():%Y%m%d-%H%M%S}"
         if fold(store.read(campaign_id)).spec is not None:
             raise UsageError(f"campaign {campaign_id!r} exists already", "pass another --campaign-id")
+        # A counterfactual replay decides from the data its source started from (the same prior trials).
+        prior = [e.model_copy(update={"campaign_id": campaign_id, "seq": 2}) for e in source_log
+                 if isinstance(e, PriorTrialsAdded) and args.mode == "counterfactual"][:1]
         store.append([CampaignCreated(campaign_id=campaign_id, seq=1, actor=f"user:{current_user()}", spec=spec,
-                                      source=link, instance=new_instance())])
+                                      source=link, instance=new_instance()), *prior])
         print(f"campaign {campaign_id}: {args.mode} replay of {args.source} "
               f"({'its own simulators' if args.simulator is None else f'simulator {args.simulator}'})")
         code = drive(store, settings, campaign_id, args, resume=False)

@@ -66,6 +66,7 @@ def _trial_summary(t: TrialRecord) -> dict[str, Any]:
         "device_id": t.device_id,
         "engine": t.engine,
         "generator": t.generator,
+        "prior": t.prior,  # where prior data came from; None for the campaign's own trials
     }
 
 
@@ -134,6 +135,7 @@ def status_dict(state: CampaignState, model: ModelBest | None = None) -> dict[st
             "completed": state.count("completed"),
             "failed": state.count("failed"),
             "rejected": state.count("rejected"),
+            "prior": state.prior_count,  # data the campaign started from (completed, not run, not in the budget)
         },
         "best": None if best is None else _trial_summary(best),
         "optimizer": None if spec is None else {"method": spec.optimizer.method, "engines": engine_counts(state)},

@@ -344,7 +344,7 @@ class CampaignLoop(Outcomes):
 
     def _ask(self, suggested: list[SuggestedTrial]) -> None:
         spec = self._spec()
-        first = len(self.state.trials) - len(suggested)
+        first = len(self.state.trials) - self.state.prior_count - len(suggested)  # the campaign's own trials
         need = [s.trial_id for i, s in enumerate(suggested) if spec.approval.needs_approval(s.parameters, first + i)]
         if not need:
             return

@@ -117,6 +117,7 @@ def plan_replay(
         raw["budget"] = {"max_trials": len(points)}
         raw["approval"] = {"mode": "never"}
         raw["fixed_parameters"] = {}
+        raw["prior_data"] = []  # the recorded points only; prior data was never run
         raw["failure_policy"] = {**raw.get("failure_policy", {}), "max_failure_rate": 1.0}
     else:
         raw = source.original_spec.model_dump(mode="json")

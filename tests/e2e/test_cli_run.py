@@ -69,7 +69,7 @@ def test_run_status_export(tmp_path: Path, prefect_server: dict[str, str]) -> No
 
     final = status("branin-e2e", env)
     assert final["status"] == "finished" and final["finished_reason"] == "budget_exhausted"
-    assert final["trials"] == {"total": 8, "waiting": 0, "running": 0, "completed": 8, "failed": 0, "rejected": 0}
+    assert final["trials"] == {"total": 8, "waiting": 0, "running": 0, "completed": 8, "failed": 0, "rejected": 0, "prior": 0}
 
     # Export: one row per trial, with parameters, measurements, status, device and timestamps.
     out = run(["export", "branin-e2e", "--format", "csv"], env)

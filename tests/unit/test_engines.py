@@ -122,3 +122,24 @@ def test_only_foreign_libraries_errors_become_check_the_measurements() -> None:
         assert not issubclass(ours, AX_ERRORS), ours
     for theirs in (AxError, UserInputError, BotorchError):
         assert issubclass(theirs, AX_ERRORS), theirs
+
+
+@pytest.mark.parametrize(("k", "sobol"), [(2, 3), (4, 1), (5, 0), (7, 0)])
+def test_prior_points_count_as_opening_trials(k: int, sobol: int) -> None:
+    # Two prior points of 5 opening trials leave 3 Sobol points to run; 5 or more leave none.
+    from campaigns import CampaignCreated
+    from campaigns.prior import prior_event
+
+    spec = spec_with(prior_data=[{"campaign": "earlier"}], budget={"max_trials": 10})
+    name = spec.objectives[0].name
+    points = [({"x1": -5.0 + i, "x2": 1.0 + i}, {name: Measurement(mean=float(i))}, str(i)) for i in range(k)]
+    state = fold([CampaignCreated(campaign_id="c", seq=1, actor="user:t", spec=spec),
+                  prior_event("c", 2, "user:t", spec.prior_data, [points], None)])
+    optimizer = AxOptimizer.rebuild(spec, state.trials.values(), threads=1)
+    opening = optimizer.suggest(sobol) if sobol else []
+    assert [t.engine for t in opening] == ["sobol"] * sobol
+    assert [t.trial_id for t in opening] == [str(k + i) for i in range(sobol)]
+    for t in opening:
+        optimizer.complete(t.trial_id, {name: Measurement(mean=1.0)})
+    assert [t.engine for t in optimizer.suggest(2)] == ["fast", "fast"]  # the model, once the opening is done
+    assert state.budget_used == 0 and state.count("completed") == 0 and state.prior_count == k

@@ -139,7 +139,13 @@ def test_fold_is_total_and_incremental(events: list[EventBase], cut: int) -> Non
 
 
 def test_retry_late_result_and_pause_window() -> None:
-    from campaigns import CampaignPaused, CampaignResumed, LateResultRecorded, RequestResent, TrialRetried
+    from campaigns import (
+        CampaignPaused,
+        CampaignResumed,
+        LateResultRecorded,
+        RequestResent,
+        TrialRetried,
+    )
 
     spec = SPEC.model_copy(update={"failure_policy": SPEC.failure_policy.model_copy(update={"min_failures": 1})})
     events = numbered(
@@ -172,3 +178,31 @@ def test_retry_late_result_and_pause_window() -> None:
     events += numbered(*events, CampaignResumed(campaign_id=CID, seq=1, actor="user:ana", reason="fixed pump"))[len(events):]
     resumed = fold(events)
     assert resumed.status == "running" and resumed.failure_rate_exceeded() is None  # the window restarted
+
+
+def test_prior_trials_open_a_campaign_and_only_there() -> None:
+    from campaigns import (
+        Measurement,
+        PriorTrial,
+        PriorTrialsAdded,
+        SuggestedTrial,
+        TrialsSuggested,
+        parse_spec,
+    )
+
+    spec = parse_spec({**SPEC.model_dump(mode="json"), "prior_data": [{"campaign": "earlier"}]})
+    prior = PriorTrialsAdded(campaign_id=CID, seq=2, actor="user:ana", sources=spec.prior_data, trials=[
+        PriorTrial(trial_id="0", parameters={"x1": 1.0, "x2": 2.0}, measurements={"branin": Measurement(mean=3.0)},
+                   source=0, origin="7")])
+    created = CampaignCreated(campaign_id=CID, seq=1, actor="user:ana", spec=spec)
+    state = fold([created, prior])
+    t = state.trials["0"]
+    assert (t.status, t.engine, t.prior, t.measurements["branin"].mean) == ("completed", "prior",
+                                                                           "campaign earlier trial 7", 3.0)
+    assert state.prior_count == 1 and state.budget_used == 0 and state.count("completed") == 0 and not state.anomalies
+    assert state.prior_sources == spec.prior_data
+    # After a trial of its own, prior data would renumber trials: an anomaly, ignored.
+    own = TrialsSuggested(campaign_id=CID, seq=2, actor="optimizer", trials=[
+        SuggestedTrial(trial_id="0", parameters={"x1": 0.0, "x2": 0.0}, generator="sobol")])
+    late = fold([created, own, prior.model_copy(update={"seq": 3})])
+    assert late.anomalies == 1 and late.prior_count == 0 and late.trials["0"].engine != "prior"
