@@ -86,8 +86,10 @@ def test_a_running_campaign_in_prefect(tmp_path: Path, prefect_env: dict[str, st
             assert flow_run.state.is_running()
 
             # Its logs: the approval request (the loop's warning) and the change (from the log).
+            # Prefect's log handler ships records in batches: waited for until both are in.
             logs = wait_for(lambda: (m := _logs(client, flow_run.id)) and any("changed by user:ana" in x for x in m)
-                            and m, 60, "the change in the flow run's logs")
+                            and any("approval a0 decided by user:ana" in x for x in m) and m, 60,
+                            "the change and the decision in the flow run's logs")
             assert any("approval a0 waits for a person" in m for m in logs), logs
             assert any("trial_timeout_s" in m and "the reagent is slow" in m for m in logs), logs
             assert any("approval a0 decided by user:ana" in m for m in logs), logs

@@ -277,8 +277,11 @@ def test_a_deployed_campaign_waiting_for_a_person_holds_no_process_and_any_answe
         assert out.returncode == 0 and "resumes on a worker" in out.stdout, out
         assert again.pid not in (first.pid, second.pid)
         wait_for(lambda: (s := status_now("asks", env)) is not None and s["status"] == "finished", 300, "the end")
-        final_run = _flow_run(_runs(env, "asks")[-1].flow_run_id)
-        assert final_run.state is not None and final_run.state.is_completed()
+        # The log says finished before the flow run ends (its last artifacts, the hub): waited for.
+        final_id = _runs(env, "asks")[-1].flow_run_id
+        final_run = wait_for(lambda: (r := _flow_run(final_id)).state is not None and r.state.is_final() and r, 120,
+                             "the last flow run's end")
+        assert final_run.state.is_completed(), final_run.state
     finally:
         _stop_worker(worker)
     events = read_events(env, "asks")
