@@ -490,6 +490,13 @@ class ApprovalGiven(EventBase):
     via: AnswerVia = "cli"
     command_id: str | None = None
 
+    def decision(self) -> str:
+        """What was decided, for people: ``approved 0, 1; edited 2 (x1=2.5); rejected 3``."""
+        parts = [f"approved {', '.join(self.approved)}" if self.approved else ""]
+        parts += [f"edited {t} ({', '.join(f'{k}={v}' for k, v in ch.items())})" for t, ch in self.edited.items()]
+        parts += [f"rejected {', '.join(self.rejected)}" if self.rejected else ""]
+        return "; ".join(p for p in parts if p)
+
 
 class ApprovalRejected(EventBase):
     """Every trial of an approval request was rejected."""

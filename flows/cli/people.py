@@ -271,10 +271,7 @@ def _describe(e: EventBase) -> str:
         about = f" to approval {e.approval_id}" if e.approval_id else ""
         return f"refused {e.by}'s {e.command}{about}: {e.what}"
     if isinstance(e, ApprovalGiven):
-        parts = [f"approved {', '.join(e.approved)}" if e.approved else ""]
-        parts += [f"edited {t} ({', '.join(f'{k}={v}' for k, v in ch.items())})" for t, ch in e.edited.items()]
-        parts += [f"rejected {', '.join(e.rejected)}" if e.rejected else ""]
-        return f"approval {e.approval_id}: " + "; ".join(p for p in parts if p)
+        return f"approval {e.approval_id}: {e.decision()}"
     if isinstance(e, ApprovalRejected):
         return f"approval {e.approval_id}: rejected {', '.join(e.rejected)}"
     if isinstance(e, ApprovalRequested):

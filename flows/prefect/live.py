@@ -115,11 +115,7 @@ def tell(event: EventBase) -> str | None:
     An approval request is told by the loop's own warning (forwarded), not twice."""
     who = event.actor
     if isinstance(event, ApprovalGiven):
-        parts = [f"approved {', '.join(event.approved)}" if event.approved else ""]
-        parts += [f"edited {t} ({', '.join(f'{k}={v}' for k, v in ch.items())})" for t, ch in event.edited.items()]
-        parts += [f"rejected {', '.join(event.rejected)}" if event.rejected else ""]
-        return (f"approval {event.approval_id} decided by {who} via {event.via}: "
-                f"{'; '.join(p for p in parts if p)} — {event.reason}")
+        return f"approval {event.approval_id} decided by {who} via {event.via}: {event.decision()} — {event.reason}"
     if isinstance(event, ApprovalRejected):
         return (f"approval {event.approval_id} decided by {who} via {event.via}: rejected "
                 f"{', '.join(event.rejected)} — {event.reason}")
