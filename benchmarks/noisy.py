@@ -74,7 +74,7 @@ class Noisy:
 
     def __init__(self, p: Problem, sd: float, seed: int) -> None:
         self.p, self.sd = p, sd
-        self.rng = np.random.default_rng([seed, sum(map(ord, p.name)), int(round(sd * 1000))])
+        self.rng = np.random.default_rng([seed, sum(map(ord, p.name)), round(sd * 1000)])
 
     def measure(self, x: list[float]) -> float:
         return self.p.evaluate(x)[self.p.metrics[0]] + self.sd * float(self.rng.normal())
