@@ -6,7 +6,7 @@ log-normal lengthscale prior of Hvarfner et al. (2024) (``loc = sqrt(2) + log(d)
 ``scale = sqrt(3)``, lengthscales >= 0.025), a homoscedastic Gaussian noise with a
 LogNormal(-4, 1) prior (noise >= 1e-4), or a known noise per point; inputs in the unit cube,
 outputs standardized; hyperparameters by maximum a posteriori with L-BFGS-B, started at the
-priors' modes and, when the noise is inferred, at a noisy start too (the better kept: ``_fit``). ``tests/unit/test_fastgp.py`` checks it against ``SingleTaskGP`` fitted with
+priors' modes. ``tests/unit/test_fastgp.py`` checks it against ``SingleTaskGP`` fitted with
 ``fit_gpytorch_mll`` on the same data: the same marginal likelihood, hyperparameters and
 predictions.
 
@@ -39,7 +39,6 @@ MAX_NOISE = 1e3
 MAX_CONSTANT = 1e4  # the constant mean, in standardized units
 EXACT = 1e-6  # the noise variance (standardized) of a conditioned draw of the latent function
 NOISE_PRIOR = (-4.0, 1.0)  # LogNormal(loc, scale) of the noise variance (standardized units)
-NOISY_START = 0.3  # the fit's second start: noise variance (standardized), lengthscales at the prior's median
 _JITTER = 1e-8
 
 
@@ -154,32 +153,19 @@ class FastGP:
         return -float(loglik + logprior) / n, -grad / n
 
     def _fit(self, maxiter: int) -> None:
-        """MAP by L-BFGS-B from the priors' modes (as BoTorch starts) and, when the noise is
-        inferred, from a noisy start too (``NOISY_START``); the better of the two is kept.
-
-        From the modes alone (noise ~0.7 % of the variance), noisy data are often fitted by
-        short lengthscales that interpolate the noise: a local optimum the fit does not leave,
-        with an inferred noise 3-20 times too small (``tests/unit/test_fastgp.py``,
-        ``benchmarks/README.md``, "Noisy problems"). The second start only finds a better
-        optimum of the same posterior, so on noise-free data the first one wins.
-        """
         d = self.X.shape[1]
         loc, scale = _lengthscale_prior(d)
         x0 = [loc - scale**2] * d  # log of the prior's mode, as BoTorch initializes
         bounds: list[tuple[float, float]] = [(math.log(MIN_LENGTHSCALE), math.log(MAX_LENGTHSCALE))] * d
-        starts = [x0]
         if self.yvar is None:
             x0.append(NOISE_PRIOR[0] - NOISE_PRIOR[1] ** 2)
             bounds.append((math.log(MIN_NOISE), math.log(MAX_NOISE)))
-            starts.append([loc] * d + [math.log(NOISY_START)])  # the prior's median lengthscales
+        x0.append(0.0)
         bounds.append((-MAX_CONSTANT, MAX_CONSTANT))
-        best_x, best_f = np.array(x0 + [0.0]), math.inf
-        for start in starts:
-            result = minimize(self.loss_and_gradient, np.array(start + [0.0]), jac=True, method="L-BFGS-B",
-                              bounds=bounds, options={"maxiter": maxiter})
-            if np.isfinite(result.fun) and result.fun < best_f:
-                best_x, best_f = result.x, float(result.fun)
-        theta = torch.tensor(best_x, dtype=torch.float64)
+
+        result = minimize(self.loss_and_gradient, np.array(x0), jac=True, method="L-BFGS-B", bounds=bounds,
+                          options={"maxiter": maxiter})
+        theta = torch.tensor(result.x if np.isfinite(result.fun) else x0, dtype=torch.float64)
         self.lengthscale = torch.exp(theta[:d])
         self.noise = torch.exp(theta[d]) if self.yvar is None else None
         # A conditioned point's noise by default: the inferred level, or the mean known noise.
