@@ -27,7 +27,7 @@ from optimizer.fastgp import FastGP
 from optimizer.records import TrialEntry
 from optimizer.robust import metric_bounds, safety_cutoffs
 
-__all__ = ["FAST_ERRORS", "FAST_SETTINGS", "Candidate", "fast_generate", "model_best_point", "supports_fast"]
+__all__ = ["FAST_ERRORS", "FAST_SETTINGS", "Candidate", "fast_generate", "supports_fast"]
 
 #: What a failed fit or acquisition optimization raises (e.g. a kernel matrix that is not
 #: positive definite: ``torch.linalg.LinAlgError`` is a ``RuntimeError``; an overflow: an
