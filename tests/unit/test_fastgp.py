@@ -206,7 +206,7 @@ def test_the_model_best_point_is_not_fooled_by_one_lucky_reading() -> None:
     assert lucky.trial_id == "34"  # the best observed value is the lucky reading
     best = model_best_point(spec, entries)
     assert best is not None and best.parameters != lucky.parameters
-    assert f(best.parameters["x1"], best.parameters["x2"]) < 0.05  # type: ignore[arg-type]  (the lucky one: 0.72)
+    assert f(best.parameters["x1"], best.parameters["x2"]) < 0.05  # type: ignore[arg-type]  # the lucky point: 0.72
     # Several objectives have a front, not a best point.
     two = spec.model_copy(update={"objectives": [*spec.objectives, spec.objectives[0].model_copy(update={"name": "z"})]})
     assert model_best_point(two, entries) is None
