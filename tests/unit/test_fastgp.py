@@ -24,9 +24,11 @@ from botorch.sampling import SobolQMCNormalSampler
 from botorch.test_functions import Hartmann
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
+from campaigns import Measurement, parse_spec
 from optimizer.acquisition import Acquisition, LogNEI, baseline, incumbent, log_h, maximize
-from optimizer.fastbo import FAST_SETTINGS
+from optimizer.fastbo import FAST_SETTINGS, model_best_point
 from optimizer.fastgp import FastGP
+from optimizer.records import TrialEntry
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
 
@@ -177,3 +179,34 @@ def test_the_maximizer_finds_what_optimize_acqf_finds(seed: int) -> None:
     value_theirs = acquisition(theirs.numpy(), grad=False)[0][0]
     assert value_ours >= value_theirs - 0.01 * abs(value_theirs)
     assert math.isfinite(value_ours)
+
+
+def test_the_model_best_point_is_not_fooled_by_one_lucky_reading() -> None:
+    spec = parse_spec({
+        "name": "noisy", "seed": 0, "budget": {"max_trials": 50}, "objectives": [{"name": "y", "minimize": True}],
+        "parameters": [{"name": "x1", "type": "float", "bounds": [0.0, 1.0]},
+                       {"name": "x2", "type": "float", "bounds": [0.0, 1.0]}],
+        "devices": [{"id": "d", "measures": ["y"]}],
+    })
+    rng = np.random.default_rng(0)
+
+    def f(x1: float, x2: float) -> float:
+        return (x1 - 0.3) ** 2 + (x2 - 0.7) ** 2
+
+    def entry(i: int, x1: float, x2: float, y: float) -> TrialEntry:
+        return TrialEntry(str(i), {"x1": x1, "x2": x2}, "sobol", None, "completed", {"y": Measurement(mean=y)})
+
+    points = torch.quasirandom.SobolEngine(2, scramble=True, seed=0).draw(30, dtype=torch.float64).tolist()
+    entries = [entry(i, x1, x2, f(x1, x2) + 0.02 * rng.normal()) for i, (x1, x2) in enumerate(points)]
+    # Five measurements of one mediocre point: four read its value, one is a lucky -0.2.
+    far = (0.9, 0.1)
+    entries += [entry(30 + k, *far, f(*far) + 0.02 * rng.normal() - (0.2 + f(*far) if k == 4 else 0.0))
+                for k in range(5)]
+    lucky = min(entries, key=lambda t: t.measurements["y"].mean)
+    assert lucky.trial_id == "34"  # the best observed value is the lucky reading
+    best = model_best_point(spec, entries)
+    assert best is not None and best.parameters != lucky.parameters
+    assert f(best.parameters["x1"], best.parameters["x2"]) < 0.05  # type: ignore[arg-type]  # the lucky point: 0.72
+    # Several objectives have a front, not a best point.
+    two = spec.model_copy(update={"objectives": [*spec.objectives, spec.objectives[0].model_copy(update={"name": "z"})]})
+    assert model_best_point(two, entries) is None
