@@ -7,7 +7,7 @@ known sd (the same noise stream per seed for both sides), then recommends a poin
 
 - Ax: ``Client.get_best_parameterization()`` (``use_model_predictions=True``, its default in
   Ax 1.x: the trial with the best model-predicted objective);
-- closedloop: ``optimizer.fastbo.model_best_point`` (the completed trial with the best
+- closedloop: ``optimizer.model_best.entries_best`` (the completed trial with the best
   posterior mean of the fast engine's GP).
 
 The score is the regret of the TRUE (noise-free) value there: ``f(recommended) - optimum``.
@@ -57,7 +57,7 @@ from generation import BATCH, Problem, ax_client, names, ratio_interval, spec_fo
 from campaigns import Measurement  # noqa: E402
 from optimizer import AxOptimizer  # noqa: E402
 from optimizer.ax_setup import quiet_ax  # noqa: E402
-from optimizer.fastbo import model_best_point  # noqa: E402
+from optimizer.model_best import entries_best  # noqa: E402
 
 PROBLEMS = {
     "branin": Problem("branin", Branin, ("branin",), budget=30, optimum=0.397887),
@@ -95,7 +95,7 @@ def run_ours(p: Problem, sd: float, seed: int, budget: int, known: bool) -> dict
             y = noisy.measure(x)
             opt.complete(t.trial_id, {metric: Measurement(mean=y, sem=sd if known else None)})
             observed.append((y, x))
-    best = model_best_point(opt.spec, opt._trials)  # noqa: SLF001 (the optimizer's records)
+    best = entries_best(opt.spec, opt._trials).pick  # noqa: SLF001 (the optimizer's records)
     assert best is not None
     recommended = [float(best.parameters[n]) for n in names(p)]  # type: ignore[arg-type]
     return {"regret": noisy.regret(recommended), "regret_observed": noisy.regret(min(observed)[1]),

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from campaigns.events import ParameterValue, Prediction
 from campaigns.spec import CampaignSpec, FloatParameter, not_continuous
-from optimizer.acquisition import Acquisition, LogEHVI, LogNEI, baseline, feasible, hypercells, maximize
+from optimizer.acquisition import Acquisition, LogEHVI, LogNEI, baseline, hypercells, maximize
 from optimizer.fastgp import FastGP
 from optimizer.records import TrialEntry
 from optimizer.robust import metric_bounds, safety_cutoffs
@@ -241,33 +241,3 @@ def winsorization_cutoffs(spec: CampaignSpec, metric: str, y: np.ndarray) -> tup
         else:
             low = min(q1, bound) - 1.5 * (q3 - min(q1, bound))
     return low, high
-
-
-def model_best_point(spec: CampaignSpec, entries: Sequence[TrialEntry]) -> TrialEntry | None:
-    """The completed trial the fast engine's models rate best: the best posterior mean of the
-    objective among the completed trials feasible by posterior means (``acquisition.baseline``).
-
-    With noisy measurements the best *observed* value is biased: the luckiest draw, often at a
-    mediocre point. The GP's mean at a trial pools its neighbours' results, as Ax's
-    ``Client.get_best_parameterization()`` (model predictions) does. One objective only (several
-    have a Pareto front, not a best point); None when no completed trial measured it or none is
-    feasible by the models. Continuous spaces (``supports_fast``).
-    """
-    if len(spec.objectives) != 1:
-        return None
-    objective = spec.objectives[0]
-    trained = [t for t in entries if t.status == "completed" and t.measurements]
-    rows = [t for t in trained if objective.name in t.measurements]
-    if not rows:
-        return None
-    space = _Space(spec)
-    models = {m: _fit(spec, space, trained, m) for m in spec.metrics if any(m in t.measurements for t in trained)}
-    conditions = [(models[c.metric], 1.0 if c.op == ">=" else -1.0, c.bound)
-                  for c in spec.parsed_outcome_constraints if c.metric in models]
-    model, sign = models[objective.name], -1.0 if objective.minimize else 1.0
-    X = np.array([space.to_unit(t.parameters) for t in rows], dtype=float)
-    ok = feasible(X, conditions)
-    if not ok.any():
-        return None
-    score = np.where(ok, sign * model.predict(X, grad=False)[0], -np.inf)
-    return rows[int(np.argmax(score))]

@@ -26,7 +26,7 @@ from campaigns.state import TrialRecord
 from optimizer.engines import default_initialization_trials
 from optimizer.records import TrialEntry, ordered_trials, training_rows
 
-__all__ = ["MIN_TRIALS", "Z95", "Estimate", "ModelBest", "TrialEstimate", "as_json", "model_best"]
+__all__ = ["MIN_TRIALS", "Z95", "Estimate", "ModelBest", "TrialEstimate", "as_json", "entries_best", "model_best"]
 
 #: The fewest completed trials with data a model-based best is given for (and at least as many
 #: as the engine's own model waits for: half the opening, rounded up).
@@ -115,12 +115,19 @@ def model_best(spec: CampaignSpec, trials: Iterable[TrialRecord]) -> ModelBest:
     """
     obstacle = not_continuous(spec)
     if obstacle is not None:
-        return ModelBest(None, why=f"no model-based best for this space ({obstacle}): the fast engine's GP "
-                                   "serves float parameters without parameter constraints")
+        return _not_continuous(obstacle)
     try:
         entries = ordered_trials(spec, trials)
     except OptimizerError as exc:
         return ModelBest(None, why=f"the log's trials do not fit the spec: {exc.message}")
+    return entries_best(spec, entries)
+
+
+def entries_best(spec: CampaignSpec, entries: Iterable[TrialEntry]) -> ModelBest:
+    """``model_best`` of the optimizer's own records (``AxOptimizer``'s entries; benchmarks)."""
+    obstacle = not_continuous(spec)
+    if obstacle is not None:
+        return _not_continuous(obstacle)
     done = [e for e in entries if e.status == "completed" and e.measurements]
     needed = max(MIN_TRIALS, math.ceil(default_initialization_trials(spec) / 2))
     if len(done) < needed:
@@ -129,6 +136,11 @@ def model_best(spec: CampaignSpec, trials: Iterable[TrialRecord]) -> ModelBest:
     if unmeasured:
         return ModelBest(None, why=f"no completed trial measured {unmeasured[0]!r} yet")
     return _estimate(spec, done)
+
+
+def _not_continuous(obstacle: str) -> ModelBest:
+    return ModelBest(None, why=f"no model-based best for this space ({obstacle}): the fast engine's GP "
+                               "serves float parameters without parameter constraints")
 
 
 def _training(spec: CampaignSpec, done: list[TrialEntry]) -> list[TrialEntry]:

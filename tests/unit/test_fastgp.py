@@ -26,7 +26,8 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from campaigns import Measurement, parse_spec
 from optimizer.acquisition import Acquisition, LogNEI, baseline, incumbent, log_h, maximize
-from optimizer.fastbo import FAST_SETTINGS, model_best_point
+from optimizer.fastbo import FAST_SETTINGS
+from optimizer.model_best import entries_best
 from optimizer.fastgp import FastGP
 from optimizer.records import TrialEntry
 
@@ -204,9 +205,9 @@ def test_the_model_best_point_is_not_fooled_by_one_lucky_reading() -> None:
                 for k in range(5)]
     lucky = min(entries, key=lambda t: t.measurements["y"].mean)
     assert lucky.trial_id == "34"  # the best observed value is the lucky reading
-    best = model_best_point(spec, entries)
+    best = entries_best(spec, entries).pick
     assert best is not None and best.parameters != lucky.parameters
     assert f(best.parameters["x1"], best.parameters["x2"]) < 0.05  # type: ignore[arg-type]  # the lucky point: 0.72
     # Several objectives have a front, not a best point.
     two = spec.model_copy(update={"objectives": [*spec.objectives, spec.objectives[0].model_copy(update={"name": "z"})]})
-    assert model_best_point(two, entries) is None
+    assert entries_best(two, entries).pick is None
