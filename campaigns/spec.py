@@ -40,7 +40,9 @@ __all__ = [
     "Objective",
     "OutcomeConstraint",
     "OLD_METHOD_NAMES",
+    "MAX_CHOICE_COMBINATIONS",
     "Parameter",
+    "fast_obstacle",
     "not_continuous",
 ]
 
@@ -262,6 +264,30 @@ def not_continuous(spec: CampaignSpec) -> str | None:
     return None
 
 
+#: The most combinations of unordered choice values the fast engine enumerates (each one is an
+#: acquisition optimization of its own); a campaign with more goes to Ax (``optimizer.engines``).
+MAX_CHOICE_COMBINATIONS = 32
+
+
+def fast_obstacle(spec: CampaignSpec) -> str | None:
+    """What keeps the ``fast`` engine from serving a spec's space, or ``None``.
+
+    It serves float, int and choice parameters and linear parameter constraints
+    (``optimizer.mixed``) but for more than ``MAX_CHOICE_COMBINATIONS`` combinations of the
+    unordered choices' values, and a constraint on a log-scale parameter (Ax refuses it too).
+    """
+    combinations = math.prod(len(p.values) for p in spec.parameters
+                             if isinstance(p, ChoiceParameter) and not p.is_ordered
+                             and p.name not in spec.fixed_parameters)
+    if combinations > MAX_CHOICE_COMBINATIONS:
+        return f"{combinations} combinations of choice values (the fast engine enumerates up to {MAX_CHOICE_COMBINATIONS})"
+    log_scaled = {p.name for p in spec.parameters if not isinstance(p, ChoiceParameter) and p.log_scale}
+    for c in spec.parsed_parameter_constraints:
+        if log_scaled & set(c.coefficients):
+            return f"a parameter constraint on a log_scale parameter: {c.text}"
+    return None
+
+
 class FailurePolicy(_Model):
     """What to do when trials fail.
 
@@ -363,9 +389,9 @@ class CampaignSpec(_Model):
 
     @model_validator(mode="after")
     def _engine_fits(self) -> CampaignSpec:
-        why = not_continuous(self) if self.optimizer.method == "fast" else None
+        why = fast_obstacle(self) if self.optimizer.method == "fast" else None
         if why is not None:
-            raise ValueError(f"optimizer.method: fast needs a continuous space, and this campaign has {why}; "
+            raise ValueError(f"optimizer.method: fast cannot serve this campaign's space, which has {why}; "
                              "use method auto or ax")
         return self
 
