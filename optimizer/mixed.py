@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from botorch.optim.batched_lbfgs_b import fmin_l_bfgs_b_batched
 from botorch.optim.initializers import initialize_q_batch
 from scipy.optimize import minimize
 
@@ -34,8 +35,10 @@ from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntPar
 from optimizer.acquisition import Acquisition, maximize
 from optimizer.engines import MAX_COMBINATIONS
 
-__all__ = ["ROUNDINGS_UP_TO", "Space", "maximize_mixed"]
+__all__ = ["POLISHED", "ROUNDINGS_UP_TO", "Space", "maximize_mixed"]
 
+#: How many of the best rounded points get their continuous columns optimized again.
+POLISHED = 4
 #: Up to this many int columns, every floor/ceil combination of an end point is scored.
 ROUNDINGS_UP_TO = 6
 _TOL = 1e-9  # feasibility tolerance of ``A u <= b`` on the unit cube
@@ -218,22 +221,71 @@ def maximize_mixed(
             _, ends = maximize(acquisition, space.d, fixed_here, share, seed + i, mine)
         ends_all.append(ends)
     ends = np.concatenate(ends_all)
-    points = space.roundings(ends)
-    points = points[space.feasible(points)]
-    if not len(points):  # cannot happen with feasible raw samples; the caller falls back to Sobol
-        raise ValueError("no point of the acquisition optimizer satisfies the parameter constraints")
-    values = acquisition(points, grad=False)[0]
-    values = np.where(np.isfinite(values), values, -np.inf)
-    order = np.argsort(-values, kind="stable")
-    points = points[order]
-    points = points[[space.holds(space.from_unit(u)) for u in points]]
-    if not len(points):
-        raise ValueError("no rounded point satisfies the parameter constraints")
+    points = _ranked(acquisition, space, space.roundings(ends))
+    if space.rounded:  # the continuous columns again, with the best roundings' ints fixed
+        top = points[:POLISHED]
+        moving = [c for c in range(space.d) if c not in fixed and c not in space.rounded
+                  and not any(c in cols for cols in space.onehot)]
+        if moving:
+            points = _ranked(acquisition, space, np.concatenate([_local(acquisition, space, top, moving, settings), points]))
     fresh = np.ones(len(points), dtype=bool)
     if len(taken):
         fresh = np.abs(points[:, None, :] - taken[None, :, :]).max(-1).min(-1) > 1e-9
     best = points[int(np.argmax(fresh))] if fresh.any() else points[0]
     return best, points
+
+
+def _ranked(acquisition: Acquisition, space: Space, points: np.ndarray) -> np.ndarray:
+    """The rows of ``points`` that hold the constraints (in the parameters' own units too),
+    best acquisition value first."""
+    points = points[space.feasible(points)]
+    if not len(points):  # cannot happen with feasible raw samples; the caller falls back to Sobol
+        raise ValueError("no point of the acquisition optimizer satisfies the parameter constraints")
+    values = acquisition(points, grad=False)[0]
+    points = points[np.argsort(-np.where(np.isfinite(values), values, -np.inf), kind="stable")]
+    points = points[[space.holds(space.from_unit(u)) for u in points]]
+    if not len(points):
+        raise ValueError("no rounded point satisfies the parameter constraints")
+    return points
+
+
+def _local(acquisition: Acquisition, space: Space, starts: np.ndarray, moving: Sequence[int],
+           settings: Mapping[str, float]) -> np.ndarray:
+    """Where a local ascent of the ``moving`` columns from each row of ``starts`` ends (the
+    other columns as they are): L-BFGS-B, or under ``A u <= b`` SLSQP with every start as one
+    problem (their values summed; BoTorch's ``gen_candidates_scipy``)."""
+    k, m = len(starts), len(moving)
+    moving = list(moving)
+
+    def full(z: np.ndarray) -> np.ndarray:
+        out = starts.copy()
+        out[:, moving] = z.reshape(k, m)
+        return out
+
+    if not len(space.b):
+        def negative_each(z: np.ndarray, batch_indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            rows = starts[batch_indices].copy()  # the starts still running
+            rows[:, moving] = z
+            value, slope = acquisition(rows)
+            return -value, -slope[:, moving]  # type: ignore[index]
+
+        xs, _, _ = fmin_l_bfgs_b_batched(negative_each, starts[:, moving], bounds=[(0.0, 1.0)] * m,
+                                         maxiter=int(settings["maxiter"]), factr=settings["factr"],
+                                         pass_batch_indices=True)
+        return full(np.clip(np.atleast_2d(xs), 0.0, 1.0))
+
+    def negative(z: np.ndarray) -> tuple[float, np.ndarray]:
+        value, slope = acquisition(full(z))
+        value = np.where(np.isfinite(value), value, -1e6)
+        return -float(value.sum()), -np.nan_to_num(slope[:, moving]).reshape(-1)  # type: ignore[index]
+
+    still = [c for c in range(space.d) if c not in moving]
+    blocks = np.kron(np.eye(k), space.A[:, moving])
+    limits = (space.b - _MARGIN - starts[:, still] @ space.A[:, still].T).reshape(-1)  # per start
+    result = minimize(negative, starts[:, moving].reshape(-1), jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * (k * m),
+                      constraints=[{"type": "ineq", "fun": lambda z: limits - blocks @ z, "jac": lambda z: -blocks}],
+                      options={"maxiter": int(settings["maxiter"])})
+    return full(np.clip(result.x, 0.0, 1.0))
 
 
 def _maximize_constrained(
@@ -278,27 +330,7 @@ def _maximize_constrained(
         torch.manual_seed(seed)
         starts_t, _ = initialize_q_batch(torch.from_numpy(raw), torch.from_numpy(values), n=min(n_starts, len(raw)))
     starts = starts_t.numpy()
-    k = len(starts)
-    A_free = space.A[:, free]
-    b_free = space.b - _MARGIN - space.A[:, [i for i in range(d) if i in fixed]] @ np.array(
-        [fixed[i] for i in range(d) if i in fixed]).reshape(-1)
-    template = starts[0].copy()
-
-    def negative(z: np.ndarray) -> tuple[float, np.ndarray]:  # all starts as one problem, summed
-        full = np.repeat(template[None, :], k, axis=0)
-        full[:, free] = z.reshape(k, len(free))
-        value, slope = acquisition(full)
-        value = np.where(np.isfinite(value), value, -1e6)
-        return -float(value.sum()), -np.nan_to_num(slope[:, free]).reshape(-1)  # type: ignore[index]
-
-    blocks = np.kron(np.eye(k), A_free)
-    limits = np.tile(b_free, k)
-    result = minimize(negative, starts[:, free].reshape(-1), jac=True, method="SLSQP",
-                      bounds=[(0.0, 1.0)] * (k * len(free)),
-                      constraints=[{"type": "ineq", "fun": lambda z: limits - blocks @ z, "jac": lambda z: -blocks}],
-                      options={"maxiter": int(settings["maxiter"])})
-    ends = np.repeat(template[None, :], k, axis=0)
-    ends[:, free] = np.clip(result.x.reshape(k, len(free)), 0.0, 1.0)
+    ends = _local(acquisition, space, starts, free, settings)
     ends = np.concatenate([ends[space.feasible(ends)], starts])  # the starts are feasible
     values = acquisition(ends, grad=False)[0]
     return ends[np.argsort(-np.where(np.isfinite(values), values, -np.inf), kind="stable")]
