@@ -48,17 +48,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from botorch.test_functions import Hartmann  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
+import numpy as np
+import torch
+from botorch.test_functions import Hartmann
+from scipy.optimize import minimize
 
-from benchmarks.generation import BATCH, clock, ratio_interval, since  # noqa: E402
-from campaigns import CampaignSpec, Measurement, TrialRecord, parse_spec, utcnow  # noqa: E402
-from optimizer import AxOptimizer, model_engine  # noqa: E402
-from optimizer.ax_setup import build_client, quiet_ax  # noqa: E402
-from optimizer.replay import attach_in_bulk, ordered_trials  # noqa: E402
-from optimizer.sobol import SobolSampler  # noqa: E402
+from benchmarks.generation import BATCH, clock, ratio_interval, since
+from campaigns import CampaignSpec, Measurement, TrialRecord, parse_spec, utcnow
+from optimizer import AxOptimizer, model_engine
+from optimizer.ax_setup import build_client, quiet_ax
+from optimizer.replay import attach_in_bulk, ordered_trials
+from optimizer.sobol import SobolSampler
 
 _HARTMANN = Hartmann(dim=6)
 SHIFT = {"a": (0.0, 0.0), "b": (1.0, 0.5), "c": (2.0, 1.0)}

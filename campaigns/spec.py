@@ -218,10 +218,12 @@ class OptimizerSettings(_Model):
     ``method`` names the engine that suggests trials (``optimizer.engines``; README's spec
     reference has the table):
 
-    - ``auto`` (default): ``fast`` on a continuous space (float parameters only, no parameter
-      constraints), else ``ax``. ``closedloop validate`` says which, and why.
+    - ``auto`` (default): ``fast``, unless ``fast_obstacle`` names what it cannot serve (many
+      choice combinations; a constraint on a log-scale parameter): then ``ax``.
+      ``closedloop validate`` says which, and why.
     - ``fast``: closedloop's NumPy GP (``optimizer.fastbo``): Ax's default model and
-      acquisition without Ax's per-call overhead. Continuous spaces only.
+      acquisition without Ax's per-call overhead; int and choice parameters and parameter
+      constraints too (``optimizer.mixed``).
     - ``ax``: Ax's BoTorch with a cheaper acquisition optimizer; any space.
     - ``ax_default``: Ax's BoTorch with Ax's own defaults (slower, every trial in the model).
     - ``sobol``: quasi-random points only; no model.

@@ -13,7 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from campaigns.spec import MAX_CHOICE_COMBINATIONS, OLD_METHOD_NAMES, CampaignSpec, ChoiceParameter, fast_obstacle
+from campaigns.spec import (
+    MAX_CHOICE_COMBINATIONS,
+    OLD_METHOD_NAMES,
+    CampaignSpec,
+    ChoiceParameter,
+    fast_obstacle,
+)
 
 __all__ = ["MAX_COMBINATIONS", "EngineChoice", "ModelEngine", "default_initialization_trials", "model_engine", "sobol_phase"]
 

@@ -22,7 +22,14 @@ import torch
 
 from campaigns.events import ParameterValue, Prediction
 from campaigns.spec import CampaignSpec, fast_obstacle
-from optimizer.acquisition import Acquisition, LogEHVI, LogNEI, baseline, hypercells, maximize
+from optimizer.acquisition import (
+    Acquisition,
+    LogEHVI,
+    LogNEI,
+    baseline,
+    hypercells,
+    maximize,
+)
 from optimizer.fastgp import FastGP
 from optimizer.mixed import Space, maximize_mixed
 from optimizer.records import TrialEntry
