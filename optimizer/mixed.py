@@ -35,8 +35,12 @@ from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntPar
 from optimizer.acquisition import Acquisition, maximize
 from optimizer.engines import MAX_COMBINATIONS
 
-__all__ = ["POLISHED", "ROUNDINGS_UP_TO", "Space", "maximize_mixed"]
+__all__ = ["ENUMERATE_UP_TO", "POLISHED", "ROUNDINGS_UP_TO", "Space", "maximize_mixed"]
 
+#: Int and ordered-choice columns are enumerated (each value fixed in turn, with every
+#: combination of the choices) when that makes at most this many combinations; else relaxed
+#: and rounded. Ax enumerates up to ``ALTERNATING_OPTIMIZER_THRESHOLD`` (10) and alternates beyond.
+ENUMERATE_UP_TO = 16
 #: How many of the best rounded points get their continuous columns optimized again.
 POLISHED = 4
 #: Up to this many int columns, every floor/ceil combination of an end point is scored.
@@ -173,16 +177,34 @@ class Space:
                     out[r * len(patterns) + k, col] = self._snap_int(float(row[col]), by_col[col], up)  # type: ignore[arg-type]
         return out
 
-    def combinations(self, fixed: Mapping[int, float]) -> list[dict[int, float]]:
-        """Every combination of the free unordered choices' values, as fixed one-hot columns."""
+    def _grid(self, col: int) -> list[float]:
+        """The unit values of an int or ordered-choice column's integers (indices)."""
+        p = self.params[next(i for i, cols in enumerate(self.columns) if cols[0] == col)]
+        if isinstance(p, ChoiceParameter):
+            return [i / (len(p.values) - 1) for i in range(len(p.values))]
+        return [self._unit(p, i) for i in range(p.bounds[0], p.bounds[1] + 1)]  # type: ignore[arg-type]
+
+    def _cardinality(self, col: int) -> int:
+        p = self.params[next(i for i, cols in enumerate(self.columns) if cols[0] == col)]
+        return len(p.values) if isinstance(p, ChoiceParameter) else p.bounds[1] - p.bounds[0] + 1  # type: ignore[union-attr]
+
+    def combinations(self, fixed: Mapping[int, float]) -> tuple[list[dict[int, float]], bool]:
+        """Every combination of the free unordered choices' values, as fixed columns, and with
+        them every value of the free int and ordered-choice columns if all of them together
+        make at most ``ENUMERATE_UP_TO`` combinations (then True: nothing is left to round)."""
         free = [cols for cols in self.onehot if cols[0] not in fixed]
+        rounded = [c for c in self.rounded if c not in fixed]
+        total = math.prod(len(cols) for cols in free) * math.prod(self._cardinality(c) for c in rounded)
+        enumerated = bool(rounded) and total <= ENUMERATE_UP_TO
+        grids = [self._grid(c) for c in rounded] if enumerated else []
         out = []
         for picks in itertools.product(*[range(len(cols)) for cols in free]):
             combo = {}
             for cols, pick in zip(free, picks, strict=True):
                 combo.update({c: float(i == pick) for i, c in enumerate(cols)})
-            out.append(combo)
-        return out
+            for values in itertools.product(*grids):
+                out.append(combo | dict(zip(rounded if enumerated else [], values, strict=True)))
+        return out, enumerated
 
 
 def _any_value(p: FloatParameter | IntParameter | ChoiceParameter) -> ParameterValue:
@@ -202,8 +224,8 @@ def maximize_mixed(
     ``taken`` (if every candidate is taken: the best one), and the other end points, best
     first (snapped to the space: to warm-start the next candidate).
     """
-    combos = space.combinations(fixed)
-    assert len(combos) <= MAX_COMBINATIONS, "optimizer.engines sends such a campaign to Ax"
+    combos, enumerated = space.combinations(fixed)
+    assert len(combos) <= max(MAX_COMBINATIONS, ENUMERATE_UP_TO), "optimizer.engines sends such a campaign to Ax"
     share = dict(settings)
     if len(combos) > 1:  # the raw samples and starts shared among the combinations
         share["raw_samples"] = max(64, int(settings["raw_samples"]) // len(combos))
@@ -216,13 +238,16 @@ def maximize_mixed(
         if warm is not None and len(warm):
             mine = warm[np.all([np.abs(warm[:, c] - v) < 1e-9 for c, v in combo.items()], axis=0)] if combo else warm
         if len(space.b):
-            ends = _maximize_constrained(acquisition, space, fixed_here, share, seed + i, taken)
+            ends = _maximize_constrained(acquisition, space, fixed_here, share, seed + i, taken)  # none: infeasible
         else:
             _, ends = maximize(acquisition, space.d, fixed_here, share, seed + i, mine)
         ends_all.append(ends)
     ends = np.concatenate(ends_all)
-    points = _ranked(acquisition, space, space.roundings(ends))
-    if space.rounded:  # the continuous columns again, with the best roundings' ints fixed
+    if enumerated:  # every int column was fixed at one of its values
+        points = _ranked(acquisition, space, ends)
+    else:
+        points = _ranked(acquisition, space, space.roundings(ends))
+    if space.rounded and not enumerated:  # the continuous columns again, with the best roundings' ints fixed
         top = points[:POLISHED]
         moving = [c for c in range(space.d) if c not in fixed and c not in space.rounded
                   and not any(c in cols for cols in space.onehot)]
@@ -323,8 +348,8 @@ def _maximize_constrained(
     for i, v in fixed.items():
         raw[:, i] = v
     raw = raw[space.feasible(raw, -_MARGIN)]
-    if not len(raw):
-        raise ValueError("no raw sample satisfies the parameter constraints")
+    if not len(raw):  # e.g. an int fixed at a value no point of the polytope has
+        return raw
     values = acquisition.screen(raw)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
