@@ -32,7 +32,7 @@ from scipy.optimize import minimize
 
 from campaigns.events import ParameterValue
 from campaigns.spec import CampaignSpec, ChoiceParameter, FloatParameter, IntParameter
-from optimizer.acquisition import Acquisition, maximize
+from optimizer.acquisition import Acquisition
 from optimizer.engines import MAX_COMBINATIONS
 
 __all__ = ["ENUMERATE_UP_TO", "POLISHED", "ROUNDINGS_UP_TO", "Space", "maximize_mixed"]
@@ -223,41 +223,73 @@ def maximize_mixed(
     """The best point found that is in the space, satisfies the constraints and is not
     ``taken`` (if every candidate is taken: the best one), and the other end points, best
     first (snapped to the space: to warm-start the next candidate).
+
+    The raw samples are pooled over the combinations (each gets ``raw_samples / n`` Sobol
+    points and its share of the samples around the best trial), BoTorch's start heuristic
+    picks ``num_restarts`` starts from the pool, and one batched local ascent moves each
+    start's continuous columns with its combination fixed: the cost of one continuous
+    optimization, however many combinations.
     """
     combos, enumerated = space.combinations(fixed)
     assert len(combos) <= max(MAX_COMBINATIONS, ENUMERATE_UP_TO), "optimizer.engines sends such a campaign to Ax"
-    share = dict(settings)
-    if len(combos) > 1:  # the raw samples and starts shared among the combinations
-        share["raw_samples"] = max(64, int(settings["raw_samples"]) // len(combos))
-        share["num_restarts"] = max(3, int(settings["num_restarts"]) // len(combos))
-        share["around_best"] = int(settings.get("around_best", 0)) // len(combos)
-    ends_all = []
-    for i, combo in enumerate(combos):
-        fixed_here = {**fixed, **combo}
-        mine = None
-        if warm is not None and len(warm):
-            mine = warm[np.all([np.abs(warm[:, c] - v) < 1e-9 for c, v in combo.items()], axis=0)] if combo else warm
-        if len(space.b):
-            ends = _maximize_constrained(acquisition, space, fixed_here, share, seed + i, taken)  # none: infeasible
-        else:
-            _, ends = maximize(acquisition, space.d, fixed_here, share, seed + i, mine)
-        ends_all.append(ends)
-    ends = np.concatenate(ends_all)
-    if enumerated:  # every int column was fixed at one of its values
+    d = space.d
+    held = set(fixed) | {c for combo in combos for c in combo}
+    moving = [c for c in range(d) if c not in held]
+    n_raw, n_starts = int(settings["raw_samples"]), int(settings["num_restarts"])
+    per = max(32, n_raw // len(combos))
+    engine = torch.quasirandom.SobolEngine(len(moving), scramble=True, seed=seed)  # type: ignore[no-untyped-call]
+    rng = np.random.default_rng(seed)
+    around, B = int(settings.get("around_best", 0)) // len(combos), acquisition.B
+    chunks = []
+    for _ in range(16 if len(space.b) else 1):  # under constraints: rejection, up to 16 x the samples
+        draw = engine.draw(per, dtype=torch.float64).numpy()
+        for combo in combos:
+            raw = np.empty((per, d))
+            raw[:, moving] = draw
+            for c, v in {**fixed, **combo}.items():
+                raw[:, c] = v
+            chunks.append(raw[space.feasible(raw, -_MARGIN)])
+        if sum(len(c) for c in chunks) >= n_raw:
+            break
+    extra = []
+    if around and B is not None and len(B):  # around the best trial, in every combination
+        extra.append(np.clip(B[rng.integers(0, len(B), around * len(combos))]
+                             + rng.normal(0.0, settings["around_sd"], (around * len(combos), d)), 0.0, 1.0))
+    if len(space.b) and len(taken):  # the trials held the constraints when they were suggested
+        extra.append(np.repeat(taken, 1, axis=0))
+    for rows in extra:
+        for k, combo in enumerate(combos):
+            part = rows[k::len(combos)].copy()
+            for c, v in {**fixed, **combo}.items():
+                part[:, c] = v
+            chunks.append(part[space.feasible(part, -_MARGIN)])
+    raw = np.concatenate(chunks)
+    if not len(raw):
+        raise ValueError("no raw sample satisfies the parameter constraints")
+    values = acquisition.screen(raw)
+    if not moving:  # nothing continuous: the pool is every point there is to score
+        ends = raw
+    else:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            starts_t, _ = initialize_q_batch(torch.from_numpy(raw), torch.from_numpy(values), n=min(n_starts, len(raw)))
+        starts = starts_t.numpy()
+        if warm is not None and len(warm):  # the previous candidate's ends, where still feasible
+            starts = np.concatenate([warm[space.feasible(warm, -_MARGIN)][: max(1, n_starts // 2)], starts])
+        ends = np.concatenate([_local(acquisition, space, starts, moving, settings), starts])
+    if enumerated or not space.rounded:
         points = _ranked(acquisition, space, ends)
     else:
         points = _ranked(acquisition, space, space.roundings(ends))
-    if space.rounded and not enumerated:  # the continuous columns again, with the best roundings' ints fixed
-        top = points[:POLISHED]
-        moving = [c for c in range(space.d) if c not in fixed and c not in space.rounded
-                  and not any(c in cols for cols in space.onehot)]
-        if moving:
-            points = _ranked(acquisition, space, np.concatenate([_local(acquisition, space, top, moving, settings), points]))
+        top = points[:POLISHED]  # the continuous columns again, with the best roundings' ints fixed
+        still = [c for c in moving if c not in space.rounded]
+        if still:
+            points = _ranked(acquisition, space, np.concatenate([_local(acquisition, space, top, still, settings), points]))
     fresh = np.ones(len(points), dtype=bool)
     if len(taken):
         fresh = np.abs(points[:, None, :] - taken[None, :, :]).max(-1).min(-1) > 1e-9
     best = points[int(np.argmax(fresh))] if fresh.any() else points[0]
-    return best, points
+    return best, points[:64]
 
 
 def _ranked(acquisition: Acquisition, space: Space, points: np.ndarray) -> np.ndarray:
@@ -311,51 +343,3 @@ def _local(acquisition: Acquisition, space: Space, starts: np.ndarray, moving: S
                       constraints=[{"type": "ineq", "fun": lambda z: limits - blocks @ z, "jac": lambda z: -blocks}],
                       options={"maxiter": int(settings["maxiter"])})
     return full(np.clip(result.x, 0.0, 1.0))
-
-
-def _maximize_constrained(
-    acquisition: Acquisition,
-    space: Space,
-    fixed: Mapping[int, float],
-    settings: Mapping[str, float],
-    seed: int,
-    taken: np.ndarray,
-) -> np.ndarray:
-    """Where the starts ended under ``A u <= b``, best first (see the module docstring)."""
-    d = space.d
-    free = [i for i in range(d) if i not in fixed]
-    n_raw, n_starts = int(settings["raw_samples"]), int(settings["num_restarts"])
-    engine = torch.quasirandom.SobolEngine(len(free), scramble=True, seed=seed)  # type: ignore[no-untyped-call]
-    chunks, found = [], 0
-    for _ in range(16):  # rejection from Sobol points: up to 16 x the raw samples
-        raw = np.empty((n_raw, d))
-        raw[:, free] = engine.draw(n_raw, dtype=torch.float64).numpy()
-        for i, v in fixed.items():
-            raw[:, i] = v
-        raw = raw[space.feasible(raw, -_MARGIN)]
-        chunks.append(raw)
-        found += len(raw)
-        if found >= n_raw:
-            break
-    around, B = int(settings.get("around_best", 0)), acquisition.B
-    rng = np.random.default_rng(seed)
-    if around and B is not None and len(B):
-        near = np.clip(B[rng.integers(0, len(B), around)] + rng.normal(0.0, settings["around_sd"], (around, d)), 0, 1)
-        chunks.append(near)
-    if len(taken):  # the trials themselves, which held the constraints when they were suggested
-        chunks.append(taken)
-    raw = np.concatenate(chunks)
-    for i, v in fixed.items():
-        raw[:, i] = v
-    raw = raw[space.feasible(raw, -_MARGIN)]
-    if not len(raw):  # e.g. an int fixed at a value no point of the polytope has
-        return raw
-    values = acquisition.screen(raw)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        starts_t, _ = initialize_q_batch(torch.from_numpy(raw), torch.from_numpy(values), n=min(n_starts, len(raw)))
-    starts = starts_t.numpy()
-    ends = _local(acquisition, space, starts, free, settings)
-    ends = np.concatenate([ends[space.feasible(ends)], starts])  # the starts are feasible
-    values = acquisition(ends, grad=False)[0]
-    return ends[np.argsort(-np.where(np.isfinite(values), values, -np.inf), kind="stable")]
