@@ -23,7 +23,7 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/mixed.py [--problems branin_choice,...]
         [--sizes 30,100,1000] [--seeds 15] [--first-seed 0] [--cap 120] [--no-timing]
-        [--no-regret] [--no-ax] [--out results.jsonl]
+        [--no-regret] [--no-ax] [--out results.jsonl] [--ax-from results.jsonl,...]
 """
 
 from __future__ import annotations
@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-regret", action="store_true")
     ap.add_argument("--no-ax", action="store_true")
     ap.add_argument("--out", default="", help="append one JSON line per measurement to this file")
+    ap.add_argument("--ax-from", default="", help="regret: Ax's runs as recorded by --out (files, comma-separated) "
+                    "instead of running Ax; the seeds found there")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -315,17 +317,30 @@ def main(argv: list[str] | None = None) -> int:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         print(f"\n## best-so-far regret after the budget, seeds {seeds.start}..{seeds.stop - 1}, batches of {BATCH}",
               flush=True)
+        recorded: dict[tuple[str, int], float] = {}
+        for path in [f for f in args.ax_from.split(",") if f]:
+            for line in Path(path).read_text().splitlines():
+                row = json.loads(line)
+                if row.get("kind") == "regret" and row.get("engine") == "ax":
+                    recorded[(row["problem"], row["seed"])] = row["regret"]
         for p in problems:
             ours, ax = [], []
             for s in seeds:
+                if args.ax_from and (p.name, s) not in recorded:
+                    continue  # compared seed by seed: only the seeds Ax ran
                 r, ts = run_ours(p, s)
                 ours.append(r)
                 record(kind="regret", engine="fast", problem=p.name, seed=s, regret=r, cpu_per_batch=ts)
-                if not args.no_ax:
+                if args.ax_from:
+                    ax.append(recorded[(p.name, s)])
+                elif not args.no_ax:
                     r_ax, ts_ax = run_ax(p, s)
                     ax.append(r_ax)
                     record(kind="regret", engine="ax", problem=p.name, seed=s, regret=r_ax, cpu_per_batch=ts_ax)
                 print(f"  {p.name} seed {s}: ours {r:.4g}" + (f", ax {ax[-1]:.4g}" if ax else ""), flush=True)
+            if not ours:
+                print(f"{p.name:<20} no seed of {seeds.start}..{seeds.stop - 1} in --ax-from", flush=True)
+                continue
             mo = statistics.median(ours)
             line = f"{p.name:<20} budget {p.budget}: median regret ours {mo:.4g}"
             if ax:
