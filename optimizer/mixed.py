@@ -236,13 +236,13 @@ def maximize_mixed(
     held = set(fixed) | {c for combo in combos for c in combo}
     moving = [c for c in range(d) if c not in held]
     n_raw, n_starts = int(settings["raw_samples"]), int(settings["num_restarts"])
-    per = max(32, n_raw // len(combos))
-    engine = torch.quasirandom.SobolEngine(len(moving), scramble=True, seed=seed)  # type: ignore[no-untyped-call]
+    per = max(32, n_raw // len(combos)) if moving else 1  # nothing continuous: each combination once
+    engine = torch.quasirandom.SobolEngine(max(1, len(moving)), scramble=True, seed=seed)  # type: ignore[no-untyped-call]
     rng = np.random.default_rng(seed)
     around, B = int(settings.get("around_best", 0)) // len(combos), acquisition.B
     chunks = []
     for _ in range(16 if len(space.b) else 1):  # under constraints: rejection, up to 16 x the samples
-        draw = engine.draw(per, dtype=torch.float64).numpy()
+        draw = engine.draw(per, dtype=torch.float64).numpy()[:, : len(moving)]
         for combo in combos:
             raw = np.empty((per, d))
             raw[:, moving] = draw
@@ -252,10 +252,10 @@ def maximize_mixed(
         if sum(len(c) for c in chunks) >= n_raw:
             break
     extra = []
-    if around and B is not None and len(B):  # around the best trial, in every combination
+    if moving and around and B is not None and len(B):  # around the best trial, in every combination
         extra.append(np.clip(B[rng.integers(0, len(B), around * len(combos))]
                              + rng.normal(0.0, settings["around_sd"], (around * len(combos), d)), 0.0, 1.0))
-    if len(space.b) and len(taken):  # the trials held the constraints when they were suggested
+    if moving and len(space.b) and len(taken):  # the trials held the constraints when they were suggested
         extra.append(np.repeat(taken, 1, axis=0))
     for rows in extra:
         for k, combo in enumerate(combos):

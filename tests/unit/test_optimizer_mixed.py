@@ -86,6 +86,17 @@ def test_fixed_choice_and_int_hold_and_a_small_discrete_space_is_not_repeated() 
             opt.complete(t.trial_id, {"y": Measurement(mean=(int(t.parameters["a"]) - 1) ** 2 + int(t.parameters["b"]))})
     check_in_space(small, trials)
     assert len({tuple(t.parameters.values()) for t in trials}) == 20 and "fast" in {t.engine for t in trials}
+    # A choice and an int only, 3 x 3 = 9 points, each scored: all 9, none twice.
+    tiny = make_spec([{"name": "a", "type": "choice", "values": ["x", "y", "z"]}, {"name": "b", "type": "int", "bounds": [0, 2]}],
+                     optimizer={"initialization_trials": 3})
+    opt = AxOptimizer(tiny, threads=1)
+    trials = []
+    for _ in range(3):
+        batch = opt.suggest(3)
+        trials += batch
+        for t in batch:
+            opt.complete(t.trial_id, {"y": Measurement(mean=(t.parameters["a"] == "y") + int(t.parameters["b"]))})
+    assert [t.engine for t in trials][3:] == ["fast"] * 6 and len({tuple(t.parameters.values()) for t in trials}) == 9
 
 
 def test_a_rebuilt_mixed_optimizer_makes_the_same_next_suggestion() -> None:
