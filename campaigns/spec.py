@@ -42,10 +42,12 @@ __all__ = [
     "Objective",
     "OutcomeConstraint",
     "OLD_METHOD_NAMES",
+    "MAX_CHOICE_COMBINATIONS",
     "Parameter",
     "PriorCollection",
     "PriorData",
     "SERVER_SIDE_JS",
+    "fast_obstacle",
     "not_continuous",
 ]
 
@@ -221,10 +223,12 @@ class OptimizerSettings(_Model):
     ``method`` names the engine that suggests trials (``optimizer.engines``; README's spec
     reference has the table):
 
-    - ``auto`` (default): ``fast`` on a continuous space (float parameters only, no parameter
-      constraints), else ``ax``. ``closedloop validate`` says which, and why.
+    - ``auto`` (default): ``fast``, unless ``fast_obstacle`` names what it cannot serve (many
+      choice combinations; a constraint on a log-scale parameter): then ``ax``.
+      ``closedloop validate`` says which, and why.
     - ``fast``: closedloop's NumPy GP (``optimizer.fastbo``): Ax's default model and
-      acquisition without Ax's per-call overhead. Continuous spaces only.
+      acquisition without Ax's per-call overhead; int and choice parameters and parameter
+      constraints too (``optimizer.mixed``).
     - ``ax``: Ax's BoTorch with a cheaper acquisition optimizer; any space.
     - ``ax_default``: Ax's BoTorch with Ax's own defaults (slower, every trial in the model).
     - ``sobol``: quasi-random points only; no model.
@@ -264,6 +268,30 @@ def not_continuous(spec: CampaignSpec) -> str | None:
             return f"an int parameter: {p.name}"
     if spec.parameter_constraints:
         return f"a parameter constraint: {spec.parameter_constraints[0].strip()}"
+    return None
+
+
+#: The most combinations of unordered choice values the fast engine enumerates (each one is an
+#: acquisition optimization of its own); a campaign with more goes to Ax (``optimizer.engines``).
+MAX_CHOICE_COMBINATIONS = 32
+
+
+def fast_obstacle(spec: CampaignSpec) -> str | None:
+    """What keeps the ``fast`` engine from serving a spec's space, or ``None``.
+
+    It serves float, int and choice parameters and linear parameter constraints
+    (``optimizer.mixed``) but for more than ``MAX_CHOICE_COMBINATIONS`` combinations of the
+    unordered choices' values, and a constraint on a log-scale parameter (Ax refuses it too).
+    """
+    combinations = math.prod(len(p.values) for p in spec.parameters
+                             if isinstance(p, ChoiceParameter) and not p.is_ordered
+                             and p.name not in spec.fixed_parameters)
+    if combinations > MAX_CHOICE_COMBINATIONS:
+        return f"{combinations} combinations of choice values (the fast engine enumerates up to {MAX_CHOICE_COMBINATIONS})"
+    log_scaled = {p.name for p in spec.parameters if not isinstance(p, ChoiceParameter) and p.log_scale}
+    for c in spec.parsed_parameter_constraints:
+        if log_scaled & set(c.coefficients):
+            return f"a parameter constraint on a log_scale parameter: {c.text}"
     return None
 
 
@@ -503,9 +531,9 @@ class CampaignSpec(_Model):
 
     @model_validator(mode="after")
     def _engine_fits(self) -> CampaignSpec:
-        why = not_continuous(self) if self.optimizer.method == "fast" else None
+        why = fast_obstacle(self) if self.optimizer.method == "fast" else None
         if why is not None:
-            raise ValueError(f"optimizer.method: fast needs a continuous space, and this campaign has {why}; "
+            raise ValueError(f"optimizer.method: fast cannot serve this campaign's space, which has {why}; "
                              "use method auto or ax")
         return self
 

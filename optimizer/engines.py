@@ -13,11 +13,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from campaigns.spec import OLD_METHOD_NAMES, CampaignSpec, not_continuous
+from campaigns.spec import (
+    MAX_CHOICE_COMBINATIONS,
+    OLD_METHOD_NAMES,
+    CampaignSpec,
+    ChoiceParameter,
+    fast_obstacle,
+)
 
-__all__ = ["EngineChoice", "ModelEngine", "default_initialization_trials", "model_engine", "sobol_phase"]
+__all__ = ["MAX_COMBINATIONS", "EngineChoice", "ModelEngine", "default_initialization_trials", "model_engine", "sobol_phase"]
 
 ModelEngine = Literal["sobol", "fast", "ax", "ax_default"]
+
+#: The most combinations of unordered choice values the fast engine enumerates.
+MAX_COMBINATIONS = MAX_CHOICE_COMBINATIONS
 
 
 @dataclass(frozen=True)
@@ -34,10 +43,30 @@ def model_engine(spec: CampaignSpec) -> EngineChoice:
     method = OLD_METHOD_NAMES.get(spec.optimizer.method, spec.optimizer.method)
     if method != "auto":
         return EngineChoice(method, f"optimizer.method: {method}")  # type: ignore[arg-type]
-    obstacle = not_continuous(spec)
-    if obstacle is None:
-        return EngineChoice("fast", "auto: a continuous space, float parameters only and no parameter constraint")
-    return EngineChoice("ax", f"auto: {obstacle}")
+    obstacle = fast_obstacle(spec)
+    if obstacle is not None:
+        return EngineChoice("ax", f"auto: {obstacle}")
+    return EngineChoice("fast", f"auto: {_space_words(spec)}")
+
+
+def _space_words(spec: CampaignSpec) -> str:
+    """E.g. ``"a continuous space, float parameters only and no parameter constraint"``, or
+    ``"float, int and choice parameters (3 choice combinations), 1 parameter constraint"``."""
+    kinds = [k for k in ("float", "int", "choice") if any(p.type == k for p in spec.parameters)]
+    n = len(spec.parameter_constraints)
+    if kinds == ["float"] and not n:
+        return "a continuous space, float parameters only and no parameter constraint"
+    combos = 1
+    for p in spec.parameters:
+        if isinstance(p, ChoiceParameter) and not p.is_ordered and p.name not in spec.fixed_parameters:
+            combos *= len(p.values)
+    words = (", ".join(kinds[:-1]) + " and " + kinds[-1]) if len(kinds) > 1 else kinds[0]
+    out = f"{words} parameters"
+    if combos > 1:
+        out += f" ({combos} choice combinations, each optimized)"
+    if n:
+        out += f", {n} parameter constraint{'s' if n > 1 else ''}"
+    return out
 
 
 def default_initialization_trials(spec: CampaignSpec) -> int:

@@ -1,7 +1,8 @@
 """The ``fast`` engine: ``FastGP`` models, analytic acquisition, greedy batches, in NumPy.
 
-Serves continuous spaces (float parameters, no parameter constraints; ``optimizer.engines``)
-from the optimizer's own records. The choices are Ax's defaults (one GP per metric with
+Serves float, int and choice parameters and linear parameter constraints (``optimizer.mixed``
+encodes the space and optimizes the acquisition over it; what goes to Ax instead:
+``campaigns.spec.fast_obstacle``) from the optimizer's own records. The choices are Ax's defaults (one GP per metric with
 BoTorch's priors after Ax's winsorization; log noisy expected improvement, or log expected
 hypervolume improvement with several objectives, plus the log probability that each outcome
 constraint holds; candidates one at a time, earlier ones pending) but for two: the noisy EI's
@@ -18,12 +19,19 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from campaigns.events import ParameterValue, Prediction
-from campaigns.spec import CampaignSpec, FloatParameter, not_continuous
-from optimizer.acquisition import Acquisition, LogEHVI, LogNEI, baseline, hypercells, maximize
+from campaigns.spec import CampaignSpec, fast_obstacle
+from optimizer.acquisition import (
+    Acquisition,
+    LogEHVI,
+    LogNEI,
+    baseline,
+    hypercells,
+    maximize,
+)
 from optimizer.fastgp import FastGP
+from optimizer.mixed import Space, maximize_mixed
 from optimizer.records import TrialEntry
 from optimizer.robust import metric_bounds, safety_cutoffs
 
@@ -53,40 +61,8 @@ class Candidate(NamedTuple):
 
 
 def supports_fast(spec: CampaignSpec) -> bool:
-    """Whether the fast engine can serve the spec: float parameters only, no linear constraints."""
-    return not_continuous(spec) is None
-
-
-class _Space:
-    """Float parameters <-> the unit cube (log-scaled parameters in log space)."""
-
-    def __init__(self, spec: CampaignSpec) -> None:
-        self.params = [p for p in spec.parameters if isinstance(p, FloatParameter)]
-        lows, highs = [], []
-        for p in self.params:
-            lo, hi = p.bounds
-            lows.append(math.log(lo) if p.log_scale else lo)
-            highs.append(math.log(hi) if p.log_scale else hi)
-        self.low = torch.tensor(lows, dtype=torch.float64)
-        self.span = torch.tensor(highs, dtype=torch.float64) - self.low
-
-    def to_unit(self, parameters: Mapping[str, ParameterValue]) -> list[float]:
-        out = []
-        for i, p in enumerate(self.params):
-            v = float(parameters[p.name])  # type: ignore[arg-type]
-            if p.log_scale:
-                v = math.log(v) if v > 0 else float(self.low[i])  # a trial run at <= 0 before a change
-            out.append((v - float(self.low[i])) / float(self.span[i]))
-        return out
-
-    def from_unit(self, u: Tensor) -> dict[str, ParameterValue]:
-        x = self.low + u.clamp(0.0, 1.0) * self.span
-        out: dict[str, ParameterValue] = {}
-        for p, v in zip(self.params, x.tolist(), strict=True):
-            value = math.exp(v) if p.log_scale else v
-            lo, hi = p.bounds
-            out[p.name] = min(max(value, lo), hi)
-        return out
+    """Whether the fast engine can serve the spec (``campaigns.spec.fast_obstacle``)."""
+    return fast_obstacle(spec) is None
 
 
 def fast_generate(
@@ -112,7 +88,7 @@ def fast_generate(
         settings: ``num_restarts``, ``raw_samples``, ``maxiter``, ``factr``, ``around_best``,
             ``around_sd`` of the acquisition optimizer.
     """
-    space = _Space(spec)
+    space = Space(spec)
     generator = torch.Generator().manual_seed(seed)
     models = {m: _fit(spec, space, trained, m) for m in spec.metrics if any(m in t.measurements for t in trained)}
     fitted = dict(models)  # as fitted on the data: what a person is shown, before any belief
@@ -135,9 +111,8 @@ def fast_generate(
     out_x: list[list[float]] = []
     if pending:
         believe(np.array(pending_x, dtype=float))
-    names = [p.name for p in space.params]
-    lows = {p.name: p.bounds[0] for p in space.params}
-    fixed_unit = {names.index(k): space.to_unit({**lows, k: v})[names.index(k)] for k, v in fixed.items() if k in names}
+    d, names = space.d, {p.name for p in space.params}
+    fixed_unit = space.fixed_columns(fixed)
     out: list[dict[str, ParameterValue]] = []
     warm: np.ndarray | None = None  # where the previous candidate's starts ended
     for _ in range(n):
@@ -149,15 +124,19 @@ def fast_generate(
             if B is None:  # no trial feasible by posterior means: the constraints alone
                 acquisition = Acquisition(objective, None, cons)
             else:
-                P = np.array(pending_x + out_x, dtype=float).reshape(-1, len(names))
+                P = np.array(pending_x + out_x, dtype=float).reshape(-1, d)
                 acquisition = LogNEI(objective, B, P, cons, generator)
         else:
             acquisition = LogEHVI(objectives, hypercells(spec, objectives, cons), cons)
-        x, ends = maximize(acquisition, len(names), fixed_unit, settings,
-                           int(torch.randint(0, 2**31 - 1, (1,), generator=generator)), warm)
-        x = _untried(x, ends, np.array(tried + pending_x + out_x, dtype=float).reshape(-1, len(names)))
+        taken = np.array(tried + pending_x + out_x, dtype=float).reshape(-1, d)
+        start_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        if space.discrete or len(space.b):  # ints, choices or linear constraints: optimizer.mixed
+            x, ends = maximize_mixed(acquisition, space, fixed_unit, settings, start_seed, warm, taken)
+        else:
+            x, ends = maximize(acquisition, d, fixed_unit, settings, start_seed, warm)
+        x = _untried(x, ends, taken)
         warm = ends[np.abs(ends - x).max(1) > 1e-6]  # not the candidate itself: it is pending now
-        out.append(space.from_unit(torch.from_numpy(x)) | {k: v for k, v in fixed.items() if k in names})
+        out.append(space.from_unit(x) | {k: v for k, v in fixed.items() if k in names})
         out_x.append(x.tolist())
         believe(x[None, :])
     return [Candidate(p, prediction) for p, prediction in zip(out, _predict(fitted, np.array(out_x)), strict=True)]
@@ -192,11 +171,11 @@ def fit_models(spec: CampaignSpec, trained: Sequence[TrialEntry]) -> tuple[Calla
     """The fast engine's models as ``fast_generate`` fits them (one ``FastGP`` per metric that
     ``trained`` measured), and the map of a trial's parameters to the models' unit cube; for
     readers of the model that propose nothing (``optimizer.model_best``)."""
-    space = _Space(spec)
+    space = Space(spec)
     return space.to_unit, {m: _fit(spec, space, trained, m) for m in spec.metrics if any(m in t.measurements for t in trained)}
 
 
-def _fit(spec: CampaignSpec, space: _Space, trained: Sequence[TrialEntry], metric: str) -> FastGP:
+def _fit(spec: CampaignSpec, space: Space, trained: Sequence[TrialEntry], metric: str) -> FastGP:
     """A GP of one metric on the trials that measured it (known noise if every sem is given).
 
     The values are winsorized as Ax does, then clipped to ``optimizer.robust.safety_cutoffs``

@@ -16,13 +16,16 @@ from tests.e2e.cli import cli_env, read_events, run, shared_env, status, write_s
 from tests.e2e.test_cli_run import SPEC
 
 SOLVENT = {"name": "solvent", "type": "choice", "values": ["water", "ethanol"]}
+MANY_CHOICES = [{"name": f"c{i}", "type": "choice", "values": list("abcdef")} for i in range(2)]  # 36 combinations
 
 
 @pytest.mark.parametrize(("changes", "line"), [
     ({}, ("engine: fast (auto: a continuous space, float parameters only and no parameter constraint); "
           "the first 5 trials: sobol")),
-    ({"parameters": [*SPEC["parameters"], SOLVENT]}, "engine: ax (auto: a choice parameter: solvent)"),
-    ({"parameter_constraints": ["x1 + x2 <= 10"]}, "engine: ax (auto: a parameter constraint: x1 + x2 <= 10)"),
+    ({"parameters": [*SPEC["parameters"], SOLVENT], "parameter_constraints": ["x1 + x2 <= 10"]},
+     "engine: fast (auto: float and choice parameters (2 choice combinations, each optimized), 1 parameter constraint)"),
+    ({"parameters": [*SPEC["parameters"], *MANY_CHOICES]},
+     "engine: ax (auto: 36 combinations of choice values (the fast engine enumerates up to 32))"),
     ({"optimizer": {"method": "ax_default", "initialization_trials": 3}},
      "engine: ax_default (optimizer.method: ax_default); the first 3 trials: sobol"),
     ({"optimizer": {"method": "sobol"}}, "engine: sobol (optimizer.method: sobol; no model"),
@@ -35,13 +38,13 @@ def test_validate_names_the_engine_and_why(changes: dict, line: str, tmp_path: P
     assert out.stdout.splitlines()[-1].startswith(line), out.stdout
 
 
-def test_validate_refuses_the_fast_engine_with_a_choice_parameter_in_one_line(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "s.yaml", {**SPEC, "parameters": [*SPEC["parameters"], SOLVENT],
+def test_validate_refuses_the_fast_engine_with_too_many_choice_combinations_in_one_line(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yaml", {**SPEC, "parameters": [*SPEC["parameters"], *MANY_CHOICES],
                                             "optimizer": {"method": "fast"}})
     out = run(["validate", str(spec)], cli_env(tmp_path / "home", {}), timeout=120)
     assert out.returncode == 2 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "optimizer.method: fast" in lines[0] and "a choice parameter: solvent" in lines[0]
+    assert len(lines) == 1 and "optimizer.method: fast" in lines[0] and "36 combinations of choice values" in lines[0]
 
 
 @pytest.mark.timeout(600)
@@ -51,7 +54,10 @@ def test_each_trial_s_engine_is_logged_and_shown_and_the_log_prints_raw(tmp_path
     # Ax's SQL store where no file can be: the run goes on, and says so in one line (issue 17).
     (tmp_path / "afile").write_text("not a directory")
     env["CLOSEDLOOP_AX_DB_URL"] = f"sqlite:///{tmp_path / 'afile' / 'ax.sqlite'}"
+    # A choice parameter and a parameter constraint: the fast engine serves them too (issue 18).
     spec = write_spec(tmp_path / "s.yaml", {**SPEC, "name": "eng", "budget": {"max_trials": 6},
+                                           "parameters": [*SPEC["parameters"], SOLVENT],
+                                           "parameter_constraints": ["x1 + x2 <= 12"],
                                            "optimizer": {"initialization_trials": 2}})
     out = run(["run", str(spec), "--quiet"], env, timeout=480)
     assert out.returncode == 0, out.stderr
@@ -65,6 +71,8 @@ def test_each_trial_s_engine_is_logged_and_shown_and_the_log_prints_raw(tmp_path
     # The opening is Sobol; the model takes over once a result is in (when: the devices' pace).
     assert len(engines) == 6 and engines[:2] == ["sobol", "sobol"] and engines[-1] == "fast"
     assert engines == sorted(engines, key=lambda e: e == "fast")  # never back to Sobol after the model
+    assert all(t.parameters["solvent"] in SOLVENT["values"] and float(t.parameters["x1"]) + float(t.parameters["x2"]) <= 12
+               for t in state.trials.values())
     counts = {e: engines.count(e) for e in ("sobol", "fast")}
     # status: JSON and text
     s = status("eng", env)

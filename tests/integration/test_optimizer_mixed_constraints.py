@@ -1,4 +1,4 @@
-"""Linear parameter constraints with an int parameter: BoTorch's mixed optimizer (slow, ~10 s)."""
+"""Linear parameter constraints with an int parameter: the fast engine (``optimizer.mixed``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::pandas
 
 
 def test_constraints_hold_with_an_int_parameter_too() -> None:
-    # The mixed optimizer samples the constrained polytope with BoTorch's default hit-and-run
-    # settings (it accepts no option to lower them): ~7-10 s per candidate on 2 cores.
+    # Once Ax's mixed optimizer (hit-and-run in the polytope, ~7-10 s per candidate); now the
+    # fast engine's SLSQP and rounding, in tenths of a second.
     check_constraints_hold(constrained_spec(with_int=True), batches=3)  # 5 Sobol, 1 BoTorch

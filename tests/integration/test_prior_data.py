@@ -188,16 +188,19 @@ def test_bad_prior_values_and_sources_are_one_line(store: MongoEventStore, lab: 
         read_prior_data(spec("c", prior_data=[{"campaign": "c"}]), "c", store, settings, ACTOR)
 
 
-def test_ax_takes_prior_points_out_of_design_and_suggests_by_model_at_once() -> None:
-    # A choice parameter sends the campaign to Ax's engine; one prior point lies outside x1's bounds.
+@pytest.mark.parametrize("method", ["ax", "auto"])
+def test_both_engines_take_prior_points_out_of_design_and_suggest_by_model_at_once(method: str) -> None:
+    # A choice parameter (the fast engine's since issue 18, Ax's when asked); one prior point
+    # lies outside x1's bounds.
     seeded = spec("mixed", parameters=[{"name": "x1", "type": "float", "bounds": [-5, 10]},
                                        {"name": "x2", "type": "choice", "values": [2.5, 7.5, 12.5]}],
-                  devices=[{"id": "lab", "measures": ["branin"]}], prior_data=[{"campaign": "earlier"}])
+                  devices=[{"id": "lab", "measures": ["branin"]}], prior_data=[{"campaign": "earlier"}],
+                  optimizer={"method": method})
     points = [(-3.0, 12.5), (3.0, 2.5), (9.0, 2.5), (0.0, 7.5), (12.0, 2.5)]
     read = [[({"x1": x1, "x2": x2}, {"branin": Measurement(mean=branin(x1, x2))}, str(i))
              for i, (x1, x2) in enumerate(points)]]
     state = fold([*Rig(seeded, "mixed").events(), prior_event("mixed", 2, ACTOR, seeded.prior_data, read, None)])
     optimizer = AxOptimizer.rebuild(seeded, state.trials.values(), threads=1)
     [first] = optimizer.suggest(1)
-    assert (first.trial_id, first.engine) == ("5", "ax")
+    assert (first.trial_id, first.engine) == ("5", "ax" if method == "ax" else "fast")
     assert -5 <= float(first.parameters["x1"]) <= 10 and first.parameters["x2"] in (2.5, 7.5, 12.5)

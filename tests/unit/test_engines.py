@@ -30,16 +30,21 @@ def spec_with(**changes: object) -> object:
 
 
 SOLVENT = {"name": "solvent", "type": "choice", "values": ["water", "ethanol"]}
+# 6 x 6 = 36 combinations of choice values: more than the fast engine enumerates.
+MANY_CHOICES = [{"name": f"c{i}", "type": "choice", "values": list("abcdef")} for i in range(2)]
 
 
 @pytest.mark.parametrize(
     ("changes", "engine", "why"),
     [
         ({}, "fast", "auto: a continuous space"),
-        ({"parameters": [*BASE["parameters"], SOLVENT]}, "ax", "auto: a choice parameter: solvent"),
-        ({"parameters": [*BASE["parameters"], {"name": "n", "type": "int", "bounds": [1, 4]}]}, "ax",
-         "auto: an int parameter: n"),
-        ({"parameter_constraints": ["x1 + x2 <= 10"]}, "ax", "auto: a parameter constraint: x1 + x2 <= 10"),
+        ({"parameters": [*BASE["parameters"], SOLVENT]}, "fast",
+         "auto: float and choice parameters (2 choice combinations, each optimized)"),
+        ({"parameters": [*BASE["parameters"], {"name": "n", "type": "int", "bounds": [1, 4]}]}, "fast",
+         "auto: float and int parameters"),
+        ({"parameter_constraints": ["x1 + x2 <= 10"]}, "fast", "auto: float parameters, 1 parameter constraint"),
+        ({"parameters": [*BASE["parameters"], *MANY_CHOICES]}, "ax",
+         "auto: 36 combinations of choice values (the fast engine enumerates up to 32)"),
         ({"optimizer": {"method": "ax"}}, "ax", "optimizer.method: ax"),
         ({"optimizer": {"method": "sobol"}}, "sobol", "optimizer.method: sobol"),
         ({"optimizer": {"method": "botorch"}}, "fast", "auto: a continuous space"),  # an earlier name
@@ -51,11 +56,12 @@ def test_the_engine_and_why_follow_from_the_spec(changes: dict, engine: str, why
     assert choice.engine == engine and choice.why.startswith(why)
 
 
-def test_the_fast_engine_with_a_choice_parameter_is_refused_in_one_line() -> None:
+def test_the_fast_engine_with_too_many_choice_combinations_is_refused_in_one_line() -> None:
     with pytest.raises(SpecError) as err:
-        spec_with(parameters=[*BASE["parameters"], SOLVENT], optimizer={"method": "fast"})
+        spec_with(parameters=[*BASE["parameters"], *MANY_CHOICES], optimizer={"method": "fast"})
     line = str(err.value)
-    assert "\n" not in line and "fast" in line and "a choice parameter: solvent" in line and "auto or ax" in line
+    assert "\n" not in line and "fast" in line and "36 combinations of choice values" in line and "auto or ax" in line
+    assert model_engine(spec_with(parameters=[*BASE["parameters"], SOLVENT], optimizer={"method": "fast"})).engine == "fast"
 
 
 @pytest.mark.parametrize(
@@ -86,7 +92,8 @@ def _complete(opt: AxOptimizer, trials: list[SuggestedTrial]) -> None:
 
 @pytest.mark.parametrize(
     ("changes", "model"),
-    [({}, "fast"), ({"parameters": [*BASE["parameters"], SOLVENT]}, "ax")],
+    [({}, "fast"), ({"parameters": [*BASE["parameters"], SOLVENT]}, "fast"),
+     ({"parameters": [*BASE["parameters"], *MANY_CHOICES]}, "ax")],
 )
 def test_uses_model_predicts_what_suggest_does_and_each_trial_names_its_engine(changes: dict, model: str) -> None:
     """The one "Sobol or model?" rule: asked before suggesting (as the Prefect flow does), it
