@@ -9,8 +9,9 @@ constraints held by posterior means; several objectives give the Pareto set of t
 means instead of one pick. The model is the fast engine's (``optimizer.fastbo.fit_models``: one
 ``FastGP`` per metric, Ax's transforms), fitted on the trials it would be fitted on to suggest;
 the mean and sd are of the metric itself (the latent function), not of one more noisy reading.
-Where that model does not apply (a choice or int parameter, a parameter constraint) or the
-data are too few, the result says why instead of guessing.
+For a space with an int or choice parameter or a parameter constraint (which the fast engine
+now serves too, ``optimizer.mixed``) it is not computed yet, nor when the data are too few: the
+result says why instead of guessing.
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ def entries_best(spec: CampaignSpec, entries: Iterable[TrialEntry]) -> ModelBest
 
 
 def _not_continuous(obstacle: str) -> ModelBest:
-    return ModelBest(None, why=f"no model-based best for this space ({obstacle}): the fast engine's GP "
-                               "serves float parameters without parameter constraints")
+    return ModelBest(None, why=f"no model-based best for this space ({obstacle}): it is computed for float "
+                               "parameters without parameter constraints so far")
 
 
 def _training(spec: CampaignSpec, done: list[TrialEntry]) -> list[TrialEntry]:
