@@ -132,8 +132,9 @@ def test_a_fit_that_fails_falls_back_to_sobol_points_named_in_the_log(caplog: py
     the Sobol sequence, a warning says why, the generator names the fallback, a rebuilt
     optimizer makes the same choice, and the next fallback moves on along the sequence."""
     data = BRANIN.model_dump(mode="json")
-    data["parameters"][0] = {"name": "x1", "type": "int", "bounds": [-5, 10]}  # Ax's BoTorch generator
-    c = Campaign(parse_spec(data))  # the default method
+    data["parameters"][0] = {"name": "x1", "type": "int", "bounds": [-5, 10]}
+    data["optimizer"] = {"method": "ax"}  # Ax's BoTorch generator (an int space is the fast engine's by default)
+    c = Campaign(parse_spec(data))
     for _ in range(3):
         c.batch(2, sem=lambda t: 1e300 if t.trial_id == "3" else 0.1)
     with caplog.at_level("WARNING", logger="closedloop.optimizer"):

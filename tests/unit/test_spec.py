@@ -84,8 +84,10 @@ def one_line(exc: pytest.ExceptionInfo[SpecError]) -> str:
         (with_(dispatch="sometimes"), "dispatch", "'async' or 'batch'"),
         (with_(optimizer={"max_training_points": 3}), "optimizer.max_training_points", "20"),
         (with_(optimizer={"method": "magic"}), "optimizer.method", "ax_default"),
-        (with_(optimizer={"method": "fast"}, parameter_constraints=["x1 + x2 <= 3"]), "optimizer.method",
-         "use method auto or ax"),
+        (with_(optimizer={"method": "fast"}, parameter_constraints=["x1 + x2 <= 3"],
+               parameters=[{"name": "x1", "type": "float", "bounds": [0.1, 1], "log_scale": True},
+                           {"name": "x2", "type": "int", "bounds": [1, 9]}]),
+         "optimizer.method", "use method auto or ax"),
         (with_(optimizer={"center_first": "perhaps"}), "optimizer.center_first", "bool"),
     ],
 )
