@@ -212,17 +212,23 @@ def time_ax(p: Problem, n: int, started: Callable[[], None] = lambda: None) -> t
     return took
 
 
-def _ax_child(queue: Any, name: str, n: int) -> None:
+def _time_ax_named(name: str, n: int, started: Callable[[], None]) -> tuple[float, float]:
+    return time_ax(PROBLEMS[name], n, started)
+
+
+def _ax_child(queue: Any, timer: Callable[..., tuple[float, float]], name: str, n: int) -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    queue.put(("result", time_ax(PROBLEMS[name], n, started=lambda: queue.put(("started", None)))))
+    queue.put(("result", timer(name, n, lambda: queue.put(("started", None)))))
 
 
-def time_ax_capped(p: Problem, n: int, cap: float) -> tuple[float, float] | None:
-    """``time_ax`` in a child process; None when the timed call takes longer than ``cap`` s."""
+def time_ax_capped(p: Any, n: int, cap: float,
+                   timer: Callable[..., tuple[float, float]] = _time_ax_named) -> tuple[float, float] | None:
+    """``time_ax`` in a child process; None when the timed call takes longer than ``cap`` s.
+    ``timer(name, n, started)``: a module-level function that times problem ``name`` (mixed.py's)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_ax_child, args=(queue, p.name, n), daemon=True)
+    child = ctx.Process(target=_ax_child, args=(queue, timer, p.name, n), daemon=True)
     child.start()
     try:
         kind, _ = queue.get(timeout=600)  # imports and attaching the data

@@ -36,8 +36,6 @@ import argparse
 import json
 import logging
 import math
-import multiprocessing as mp
-import queue as queues
 import statistics
 import sys
 import warnings
@@ -54,6 +52,7 @@ from botorch.test_functions import Hartmann
 from scipy.optimize import minimize
 
 from benchmarks.generation import BATCH, clock, ratio_interval, since
+from benchmarks.generation import time_ax_capped as capped
 from campaigns import CampaignSpec, Measurement, TrialRecord, parse_spec, utcnow
 from optimizer import AxOptimizer, model_engine
 from optimizer.ax_setup import build_client, quiet_ax
@@ -195,29 +194,13 @@ def time_ax(p: MixedProblem, n: int, started: Callable[[], None] = lambda: None)
     return took
 
 
-def _ax_child(queue: Any, name: str, n: int) -> None:
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    queue.put(("result", time_ax(PROBLEMS[name], n, started=lambda: queue.put(("started", None)))))
+def _time_ax_named(name: str, n: int, started: Callable[[], None]) -> tuple[float, float]:
+    return time_ax(PROBLEMS[name], n, started)
 
 
 def time_ax_capped(p: MixedProblem, n: int, cap: float) -> tuple[float, float] | None:
-    """``time_ax`` in a child process; None when the timed call takes longer than ``cap`` s."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_ax_child, args=(queue, p.name, n), daemon=True)
-    child.start()
-    try:
-        kind, _ = queue.get(timeout=900)
-        assert kind == "started"
-        kind, took = queue.get(timeout=cap)
-        return took  # type: ignore[no-any-return]
-    except queues.Empty:
-        return None
-    finally:
-        if child.is_alive():
-            child.kill()
-        child.join()
+    """``time_ax`` in a child process (generation.py's), None over ``cap`` s."""
+    return capped(p, n, cap, timer=_time_ax_named)
 
 
 def run_ours(p: MixedProblem, seed: int) -> tuple[float, list[float]]:
