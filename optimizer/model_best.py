@@ -9,9 +9,9 @@ constraints held by posterior means; several objectives give the Pareto set of t
 means instead of one pick. The model is the fast engine's (``optimizer.fastbo.fit_models``: one
 ``FastGP`` per metric, Ax's transforms), fitted on the trials it would be fitted on to suggest;
 the mean and sd are of the metric itself (the latent function), not of one more noisy reading.
-For a space with an int or choice parameter or a parameter constraint (which the fast engine
-now serves too, ``optimizer.mixed``) it is not computed yet, nor when the data are too few: the
-result says why instead of guessing.
+Mixed and constrained spaces are encoded as the fast engine encodes them (``optimizer.mixed``);
+where that engine does not serve a space (too many choice combinations), or the data are too
+few, the result says why instead of guessing.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from campaigns.errors import OptimizerError
 from campaigns.events import ParameterValue
-from campaigns.spec import CampaignSpec, not_continuous
+from campaigns.spec import CampaignSpec, fast_obstacle
 from campaigns.state import TrialRecord
 from optimizer.engines import default_initialization_trials
 from optimizer.records import TrialEntry, ordered_trials, training_rows
@@ -114,9 +114,9 @@ def model_best(spec: CampaignSpec, trials: Iterable[TrialRecord]) -> ModelBest:
     Returns:
         ``ModelBest``: ``pick`` for one objective, ``front`` for several, ``why`` otherwise.
     """
-    obstacle = not_continuous(spec)
+    obstacle = fast_obstacle(spec)
     if obstacle is not None:
-        return _not_continuous(obstacle)
+        return _not_served(obstacle)
     try:
         entries = ordered_trials(spec, trials)
     except OptimizerError as exc:
@@ -126,9 +126,9 @@ def model_best(spec: CampaignSpec, trials: Iterable[TrialRecord]) -> ModelBest:
 
 def entries_best(spec: CampaignSpec, entries: Iterable[TrialEntry]) -> ModelBest:
     """``model_best`` of the optimizer's own records (``AxOptimizer``'s entries; benchmarks)."""
-    obstacle = not_continuous(spec)
+    obstacle = fast_obstacle(spec)
     if obstacle is not None:
-        return _not_continuous(obstacle)
+        return _not_served(obstacle)
     done = [e for e in entries if e.status == "completed" and e.measurements]
     needed = max(MIN_TRIALS, math.ceil(default_initialization_trials(spec) / 2))
     if len(done) < needed:
@@ -139,9 +139,9 @@ def entries_best(spec: CampaignSpec, entries: Iterable[TrialEntry]) -> ModelBest
     return _estimate(spec, done)
 
 
-def _not_continuous(obstacle: str) -> ModelBest:
-    return ModelBest(None, why=f"no model-based best for this space ({obstacle}): it is computed for float "
-                               "parameters without parameter constraints so far")
+def _not_served(obstacle: str) -> ModelBest:
+    return ModelBest(None, why=f"no model-based best for this space ({obstacle}): it uses the fast "
+                               "engine's model, which does not serve it")
 
 
 def _training(spec: CampaignSpec, done: list[TrialEntry]) -> list[TrialEntry]:

@@ -78,17 +78,16 @@ def test_each_trial_s_engine_is_logged_and_shown_and_the_log_prints_raw(tmp_path
     s = status("eng", env)
     assert s["optimizer"] == {"method": "auto", "engines": counts}
     assert s["best"]["engine"] == state.trials[s["best"]["trial_id"]].engine
-    # The best by the model's posterior mean (issue 18) is computed for continuous spaces so far:
-    # for this one status, the run's last words and export say so rather than guess.
-    assert s["model_best"] is None and "no model-based best for this space" in s["model_best_why"], s
-    assert "best by the model: - (no model-based best" in out.stdout
+    picked = s["model_best"]["trial_id"]  # the best by the model's posterior mean (issue 18), mixed space too
+    assert s["model_best"]["objectives"]["branin"]["observed"] == state.trials[picked].measurements["branin"].mean
+    assert f"best by the model: trial {picked} (branin " in out.stdout  # the run's last words
     text = run(["status", "eng"], env, timeout=60).stdout
     assert f"chosen by: sobol {counts['sobol']}, fast {counts['fast']} (optimizer.method: auto)" in text
-    assert "best by the model: - (no model-based best" in text
+    assert f"best by the model: trial {picked} (branin " in text
     # export
     rows = list(csv.DictReader(io.StringIO(run(["export", "eng"], env, timeout=60).stdout)))
     assert [r["engine"] for r in rows] == engines
-    assert not [r["trial_id"] for r in rows if r.get("model.pick") == "True"]
+    assert [r["trial_id"] for r in rows if r["model.pick"] == "True"] == [picked]
     # compare: which engine found the best trial
     cmp = run(["compare", "eng", "-o", str(tmp_path / "cmp")], env, timeout=120)
     assert cmp.returncode == 0, cmp.stderr
