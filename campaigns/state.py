@@ -20,37 +20,37 @@ from campaigns.events import (
     ApprovalGiven,
     ApprovalRejected,
     ApprovalRequested,
-    CampaignChanged,
     BrokerDisconnected,
     BrokerReconnected,
+    CampaignChanged,
     CampaignCreated,
     CampaignFinished,
     CampaignPaused,
     CampaignResumed,
-    LateResultRecorded,
-    ReplaySource,
-    RequestResent,
-    TrialRetried,
+    DeviceOffline,
+    DeviceOnline,
     EventBase,
+    LateResultRecorded,
     Measurement,
     MessageRejected,
     MessagesRejected,
     ParameterValue,
+    Prediction,
     PriorTrialsAdded,
+    ReplaySource,
+    RequestResent,
     RunStarted,
     TrialCompleted,
     TrialDispatched,
-    TrialFailed,
-    DeviceOffline,
-    DeviceOnline,
     TrialEngine,
+    TrialFailed,
+    TrialRetried,
     TrialsSuggested,
-    Prediction,
 )
 from campaigns.identity import fallback_instance
 from campaigns.spec import CampaignSpec, PriorData
 
-__all__ = ["CampaignState", "OpenApproval", "TrialRecord", "TrialStatus", "apply", "fold"]
+__all__ = ["CampaignState", "OpenApproval", "TrialRecord", "TrialStatus", "apply", "fold", "in_result_order", "running_best"]
 
 TrialStatus = Literal["suggested", "running", "completed", "failed", "rejected"]
 
@@ -249,6 +249,20 @@ class CampaignState:
             if not any(all(a <= b for a, b in zip(vec(u), v, strict=True)) and vec(u) != v for u in done):
                 front.append(t)
         return front
+
+
+def in_result_order(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """The trials in the order their results were logged (``finished_at``; none yet: last),
+    ties by index: the x axis of every best-so-far curve."""
+    return sorted(trials, key=lambda t: (t.finished_at is None, t.finished_at, t.index))
+
+
+def running_best(values: Iterable[float], minimize: bool) -> list[float]:
+    """The best of ``values`` so far, after each one."""
+    out: list[float] = []
+    for v in values:
+        out.append(v if not out or (v < out[-1] if minimize else v > out[-1]) else out[-1])
+    return out
 
 
 def apply(state: CampaignState, event: EventBase) -> CampaignState:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from campaigns import CampaignNotFoundError, CampaignState, TrialRecord, UsageError
+from campaigns.state import in_result_order, running_best
 from flows.cli.report import engine_counts, engines_text, model_of
 from flows.cli.tables import table
 
@@ -68,9 +69,8 @@ def best_so_far(state: CampaignState, reference: list[float] | None = None) -> C
     if state.spec is None or state.campaign_id is None:
         raise CampaignNotFoundError("no such campaign", "see `closedloop list`")
     names = [o.name for o in state.spec.objectives]
-    done = [t for t in state.trials.values()
-            if t.status == "completed" and all(n in t.measurements for n in names) and state.feasible(t)]
-    done.sort(key=lambda t: (t.finished_at is None, t.finished_at, t.index))
+    done = in_result_order(t for t in state.trials.values()
+                           if t.status == "completed" and all(n in t.measurements for n in names) and state.feasible(t))
     dispatched = [t.dispatched_at for t in state.trials.values() if t.dispatched_at is not None]
     start = min(dispatched) if dispatched else state.created_at
     seconds = [0.0 if start is None or t.finished_at is None else (t.finished_at - start).total_seconds() for t in done]
@@ -80,13 +80,9 @@ def best_so_far(state: CampaignState, reference: list[float] | None = None) -> C
     else:
         metric, minimize = names[0], state.spec.objectives[0].minimize
         values = [t.measurements[metric].mean for t in done]
-    best: list[float] = []
-    current: float | None = None
-    best_engine: str | None = None
-    for t, v in zip(done, values, strict=True):
-        if current is None or (v < current if minimize else v > current):
-            current, best_engine = v, t.engine
-        best.append(current)
+    best = running_best(values, minimize)
+    # The trial that set the final best: the first to reach it (the best changes on improvement only).
+    best_engine = done[best.index(best[-1])].engine if best else None
     return Curve(state.campaign_id, metric, minimize, list(range(1, len(done) + 1)), seconds, best,
                  engines=engine_counts(state), best_engine=best_engine, trial_ids=[t.trial_id for t in done],
                  by_model=_by_model(state))

@@ -39,6 +39,7 @@ from campaigns import (
     TrialRetried,
     fold,
 )
+from campaigns.state import in_result_order, running_best
 from flows.cli.people import history
 from flows.cli.report import model_of, status_text
 
@@ -124,14 +125,7 @@ class _Page:
 
 def _running(trials: list[TrialRecord], metric: str, minimize: bool) -> list[float | None]:
     """The best value of ``metric`` after each trial, in the order given."""
-    better = min if minimize else max
-    best: float | None = None
-    out: list[float | None] = []
-    for t in trials:
-        v = t.measurements[metric].mean
-        best = v if best is None else better(best, v)
-        out.append(_finite(best))
-    return out
+    return [_finite(b) for b in running_best((t.measurements[metric].mean for t in trials), minimize)]
 
 
 def _best_so_far(page: _Page, state: CampaignState) -> None:
@@ -144,7 +138,7 @@ def _best_so_far(page: _Page, state: CampaignState) -> None:
     for o in state.spec.objectives:
         mine = [t for t in done if o.name in t.measurements]
         by_id = sorted(mine, key=lambda t: t.index)
-        by_time = sorted(mine, key=lambda t: (t.finished_at is None, t.finished_at, t.index))
+        by_time = in_result_order(mine)
         direction = "minimized" if o.minimize else "maximized"
         page.add(f"<h3>{html.escape(o.name)} ({direction})</h3><div class='row'>")
         ids = [t.index for t in by_id]

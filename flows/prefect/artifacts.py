@@ -23,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 from campaigns import CampaignState, TrialRecord
+from campaigns.state import in_result_order, running_best
 
 __all__ = [
     "ArtifactPublisher",
@@ -90,17 +91,10 @@ def best_so_far_points(state: CampaignState) -> list[tuple[str, float]]:
     if state.spec is None:
         return []
     objective = state.spec.objectives[0]
-    done = [t for t in state.trials.values()
-            if t.status == "completed" and objective.name in t.measurements and state.feasible(t)]
-    done.sort(key=lambda t: (t.finished_at is None, t.finished_at, t.index))
-    points: list[tuple[str, float]] = []
-    current: float | None = None
-    for t in done:
-        v = t.measurements[objective.name].mean
-        if current is None or (v < current if objective.minimize else v > current):
-            current = v
-        points.append((t.trial_id, current))
-    return points
+    done = in_result_order(t for t in state.trials.values()
+                           if t.status == "completed" and objective.name in t.measurements and state.feasible(t))
+    best = running_best((t.measurements[objective.name].mean for t in done), objective.minimize)
+    return [(t.trial_id, b) for t, b in zip(done, best, strict=True)]
 
 
 def best_so_far_png(state: CampaignState) -> bytes | None:
