@@ -48,7 +48,6 @@ __all__ = [
     "PriorData",
     "SERVER_SIDE_JS",
     "fast_obstacle",
-    "not_continuous",
 ]
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -254,21 +253,6 @@ class OptimizerSettings(_Model):
     @classmethod
     def _old_names(cls, value: Any) -> Any:
         return OLD_METHOD_NAMES.get(value, value) if isinstance(value, str) else value
-
-
-def not_continuous(spec: CampaignSpec) -> str | None:
-    """What keeps a spec's space from being continuous (the ``fast`` engine's), or ``None``.
-
-    E.g. ``"a choice parameter: solvent"``, ``"a parameter constraint: x1 + x2 <= 10"``.
-    """
-    for p in spec.parameters:
-        if isinstance(p, ChoiceParameter):
-            return f"a choice parameter: {p.name}"
-        if isinstance(p, IntParameter):
-            return f"an int parameter: {p.name}"
-    if spec.parameter_constraints:
-        return f"a parameter constraint: {spec.parameter_constraints[0].strip()}"
-    return None
 
 
 #: The most combinations of unordered choice values the fast engine enumerates (each one is an
