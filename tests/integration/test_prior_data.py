@@ -204,3 +204,19 @@ def test_both_engines_take_prior_points_out_of_design_and_suggest_by_model_at_on
     [first] = optimizer.suggest(1)
     assert (first.trial_id, first.engine) == ("5", "ax" if method == "ax" else "fast")
     assert -5 <= float(first.parameters["x1"]) <= 10 and first.parameters["x2"] in (2.5, 7.5, 12.5)
+
+
+@pytest.mark.parametrize("uri", ["mongodb://ana:s3cret@h:badport", "foo://ana:s3cret@h", "mongodb://ana:s3cret@"])
+def test_a_malformed_prior_data_uri_is_one_line_without_its_password(uri: str, store: MongoEventStore, lab: Any,
+                                                                      tmp_path: Path) -> None:
+    """CLOSEDLOOP_PRIOR_MONGODB_URI is read only when a campaign names a collection: a malformed
+    one is then one line naming the problem, the password never shown, nothing appended."""
+    from campaigns import ClosedLoopError
+
+    lab_runs(lab)
+    seeded = spec("badly-seeded", prior_data=[mongodb_source(lab)])
+    with pytest.raises(ClosedLoopError) as caught:
+        read_prior_data(seeded, "badly-seeded", store, Settings(home=tmp_path, prior_mongodb_uri=uri), ACTOR)
+    line = str(caught.value)
+    assert "\n" not in line and "s3cret" not in line and "MongoDB URI" in line, line
+    assert store.read("badly-seeded") == []
