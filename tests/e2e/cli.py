@@ -91,13 +91,14 @@ def run(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Path | 
 
 
 def start(args: list[str], env: dict[str, str], *, stdout: Any = None, stderr: Any = None, text: bool = False,
-          cwd: Path | None = None) -> Any:
+          cwd: Path | None = None, start_new_session: bool = False) -> Any:
     """`closedloop ARGS` started, as ``subprocess.Popen`` would (stdin from /dev/null): forked
     from the fork server, or from the console script with ``CLOSEDLOOP_TEST_EXEC=1``."""
     if os.environ.get("CLOSEDLOOP_TEST_EXEC") == "1":
         return subprocess.Popen([CLOSEDLOOP, *args], env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                text=text, cwd=cwd)
-    return _Forked(_forkserver(), [CLOSEDLOOP, *args], env, Path.cwd() if cwd is None else cwd, stdout, stderr, text)
+                                text=text, cwd=cwd, start_new_session=start_new_session)
+    return _Forked(_forkserver(), [CLOSEDLOOP, *args], env, Path.cwd() if cwd is None else cwd, stdout, stderr, text,
+                   start_new_session)
 
 
 class _ForkServer:
@@ -130,13 +131,16 @@ class _ForkServer:
         with self._lock:
             return self._replies.setdefault(rid, queue.Queue())
 
-    def fork(self, argv: list[str], env: dict[str, str], cwd: Path, fds: list[int]) -> tuple[str, int]:
-        """Send the command (its stdin, stdout and stderr as ``fds``); its id and pid."""
+    def fork(self, argv: list[str], env: dict[str, str], cwd: Path, fds: list[int], *, session: bool = False
+             ) -> tuple[str, int]:
+        """Send the command (its stdin, stdout and stderr as ``fds``; ``session``: in a session of
+        its own); its id and pid."""
         import socket
 
         with self._lock:
             rid = str(next(self._ids))
-        socket.send_fds(self._sock, [json.dumps({"id": rid, "argv": argv, "env": env, "cwd": str(cwd)}).encode()], fds)
+        request = {"id": rid, "argv": argv, "env": env, "cwd": str(cwd), "session": session}
+        socket.send_fds(self._sock, [json.dumps(request).encode()], fds)
         return rid, self.reply(rid, 60)["pid"]
 
     def reply(self, rid: str, timeout: float | None) -> dict[str, Any]:
@@ -156,7 +160,7 @@ class _Forked:
     terminate, kill, and ``with``."""
 
     def __init__(self, server: _ForkServer, argv: list[str], env: dict[str, str], cwd: Path,
-                 stdout: Any, stderr: Any, text: bool) -> None:
+                 stdout: Any, stderr: Any, text: bool, session: bool = False) -> None:
         self.args = argv
         self.returncode: int | None = None
         self.stdin = None
@@ -175,7 +179,7 @@ class _Forked:
                 ours.append(None)
         self.stdout, self.stderr = ours
         try:
-            self._id, self.pid = server.fork(argv, env, cwd, theirs)
+            self._id, self.pid = server.fork(argv, env, cwd, theirs, session=session)
         finally:
             for fd in theirs:
                 os.close(fd)

@@ -15,7 +15,7 @@ preloaded modules (0.2-0.6 s of CPU with torch loaded) is left out. ``CLOSEDLOOP
 runs the same tests on processes started from the console script.
 
 Protocol, one JSON object a message on the SOCK_SEQPACKET socket given as ``argv[1]``: a
-request ``{"id", "argv", "env", "cwd"}`` carrying the command's stdin, stdout and stderr as
+request ``{"id", "argv", "env", "cwd", "session"}`` carrying the command's stdin, stdout and stderr as
 file descriptors is answered by ``{"id", "pid"}`` once forked and ``{"id", "code"}`` once the
 child has ended (``-N`` for signal N, as subprocess reports it). The server ends when the
 socket closes.
@@ -32,13 +32,13 @@ import socket
 import sys
 import threading
 
-import botorch
-import scipy.optimize
+import botorch  # noqa: F401
+import scipy.optimize  # noqa: F401
 
 # Imported once here, inherited by every child (none reads the environment when imported).
-import torch
+import torch  # noqa: F401
 
-import optimizer.fastbo
+import optimizer.fastbo  # noqa: F401
 from flows.cli.main import main
 
 _sock = socket.socket(fileno=int(sys.argv[1]))  # AF_UNIX, SOCK_SEQPACKET: a message a request
@@ -52,6 +52,8 @@ def _send(message: dict[str, object]) -> None:
 def _become(request: dict, fds: list[int]) -> None:
     """In the forked child: take the command's environment and files (what exec would give)."""
     _sock.close()
+    if request.get("session"):  # Popen's start_new_session
+        os.setsid()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])

@@ -19,7 +19,7 @@ from campaigns import (
     TrialsSuggested,
     fold,
 )
-from tests.e2e.cli import CLOSEDLOOP, read_events, run, shared_env, start, status, write_spec
+from tests.e2e.cli import read_events, run, shared_env, start, status, write_spec
 from tests.e2e.test_crash_resume import status_or_none, wait_for
 
 SPEC: dict[str, Any] = {

@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest_brokers import Mosquitto
-from tests.e2e.cli import CLOSEDLOOP, cli_env, run, start
+from tests.e2e.cli import cli_env, run, start
 
 
 def _key_and_cert(name: str, issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None,

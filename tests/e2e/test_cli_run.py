@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cli import CLOSEDLOOP, branin, cli_env, run, start, status, write_spec
+from tests.e2e.cli import branin, cli_env, run, start, status, write_spec
 
 SPEC = {
     "name": "branin-e2e",

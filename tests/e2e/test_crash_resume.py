@@ -25,7 +25,7 @@ from campaigns import (
 )
 from simulators import read_completions, read_executions
 from storage import EmbeddedMongo, MongoEventStore
-from tests.e2e.cli import CLOSEDLOOP, cli_env, run, start, status, status_now, write_spec
+from tests.e2e.cli import cli_env, run, start, status, status_now, write_spec
 
 SPEC: dict[str, Any] = {
     "name": "crashy",
@@ -41,11 +41,11 @@ SPEC: dict[str, Any] = {
 }
 
 
-def start_sim(device: str, env: dict[str, str], record: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [CLOSEDLOOP, "sim", "branin", "--device-id", device, "--record", str(record),
-         "--option", "duration_s=[0.8, 1.5]", "--option", f"seed={abs(hash(device)) % 1000}"],
-        env=env, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+def start_sim(device: str, env: dict[str, str], record: Path) -> Any:
+    """`closedloop sim` for ``device``, in a session of its own (stopped with ``os.killpg``)."""
+    return start(["sim", "branin", "--device-id", device, "--record", str(record),
+                  "--option", "duration_s=[0.8, 1.5]", "--option", f"seed={abs(hash(device)) % 1000}"],
+                 env, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
 
 
 def wait_for(pred, timeout: float, what: str) -> Any:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ import pytest
 from devices import DeviceStatus, Measurement, MqttSettings, RunTrial, Topics, TrialResult, connect, encode, parse_request
 from simulators import SimInstrument
 from tests.conftest_brokers import Mosquitto, unique
-from tests.e2e.cli import CLOSEDLOOP, branin, cli_env, run, start, status, write_spec
+from tests.e2e.cli import branin, cli_env, run, start, status, write_spec
 
 
 def _spec(name: str, seed: int, devices: list[dict[str, Any]], max_trials: int,

@@ -17,7 +17,7 @@ from pymongo import MongoClient
 
 from campaigns import TrialCompleted, fold
 from simulators import read_completions
-from tests.e2e.cli import CLOSEDLOOP, read_events, run, shared_env, start, status
+from tests.e2e.cli import read_events, run, shared_env, start, status
 
 LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"
 

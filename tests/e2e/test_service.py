@@ -85,6 +85,28 @@ def _ax_store_trials(path: Path, experiment: str) -> int | None:
         return None
 
 
+def _story(campaign: str, worker_log: Path) -> str:
+    """What Prefect saw of a deployed campaign, for a test that timed out: its flow runs and
+    their states, the automations' actions, and the worker's and the server's last lines."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    lines = []
+    with get_client(sync_client=True) as client:
+        for r in sorted(client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(
+                all_=[f"campaign:{campaign}"]))), key=lambda r: r.created or 0):
+            lines.append(f"flow run {r.name} {r.id} created {r.created} state {r.state_name}: "
+                         f"{(r.state.message if r.state else '')!r}")
+        page = client.read_events(EventFilter(event=EventNameFilter(prefix=["prefect.automation."])), limit=50)
+        lines += [f"{e.occurred} {e.event} {e.resource.get('prefect.resource.name')} {e.payload}"[:400]
+                  for e in page.events]
+    server_log = Path(os.environ.get("PREFECT_HOME", "/nonexistent")) / "server.log"
+    for log in (worker_log, server_log):
+        with contextlib.suppress(OSError):
+            lines += [f"--- {log} (end)", *log.read_text(errors="replace").splitlines()[-40:]]
+    return "\n".join(lines)
+
+
 def _runs(env: dict[str, str], campaign: str) -> list[RunStarted]:
     return [e for e in read_events(env, campaign) if isinstance(e, RunStarted)]
 
@@ -109,10 +131,13 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
         killed: list[int] = []
         for completed_before_kill in (3, 7):
             # The current flow run (a worker's child process: its pid is in the log) mid-campaign.
-            victim = wait_for(lambda n=completed_before_kill: (s := status_now("served", env)) is not None
-                              and s["trials"]["completed"] >= n and s["trials"]["running"] >= 1
-                              and (runs := _runs(env, "served")) and runs[-1].pid not in killed and runs[-1], 300,
-                              f"{completed_before_kill} trials completed and more in flight")
+            try:
+                victim = wait_for(lambda n=completed_before_kill: (s := status_now("served", env)) is not None
+                                  and s["trials"]["completed"] >= n and s["trials"]["running"] >= 1
+                                  and (runs := _runs(env, "served")) and runs[-1].pid not in killed and runs[-1],
+                                  300, f"{completed_before_kill} trials completed and more in flight")
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{_story('served', tmp_path / 'worker.log')}") from None
             os.kill(victim.pid, signal.SIGKILL)
             killed.append(victim.pid)
         final = wait_for(lambda: (s := status_now("served", env)) is not None and s["status"] == "finished" and s, 400,

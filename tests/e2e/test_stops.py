@@ -20,7 +20,7 @@ import pytest
 from campaigns import RunStarted, TrialCompleted, fold
 from simulators import read_completions
 from tests.conftest import PREFECT_QUIET
-from tests.e2e.cli import CLOSEDLOOP, cli_env, run, start, write_spec
+from tests.e2e.cli import cli_env, run, start, write_spec
 from tests.e2e.test_crash_resume import log_events, status_or_none, wait_for
 
 SLOW_SPEC: dict[str, Any] = {
