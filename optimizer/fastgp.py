@@ -6,9 +6,9 @@ log-normal lengthscale prior of Hvarfner et al. (2024) (``loc = sqrt(2) + log(d)
 ``scale = sqrt(3)``, lengthscales >= 0.025), a homoscedastic Gaussian noise with a
 LogNormal(-4, 1) prior (noise >= 1e-4), or a known noise per point; inputs in the unit cube,
 outputs standardized; hyperparameters by maximum a posteriori with L-BFGS-B, started at the
-priors' modes (and, on request, at a noisy start too: ``noisy_start``). ``tests/unit/test_fastgp.py`` checks it against ``SingleTaskGP`` fitted with
-``fit_gpytorch_mll`` on the same data: the same marginal likelihood, hyperparameters and
-predictions.
+priors' modes (on request at a noisy start too: ``noisy_start``). ``tests/unit/test_fastgp.py``
+checks it against ``SingleTaskGP`` fitted with ``fit_gpytorch_mll`` on the same data: the same
+marginal likelihood, hyperparameters and predictions.
 
 Why not ``SingleTaskGP`` itself: GPyTorch's lazy-tensor machinery costs 3-4 ms per posterior
 call of a 20-point batch here, whatever the size of the data, and an acquisition optimization
