@@ -167,15 +167,19 @@ def _untried(x: np.ndarray, ends: np.ndarray, taken: np.ndarray) -> np.ndarray:
     return x
 
 
-def fit_models(spec: CampaignSpec, trained: Sequence[TrialEntry]) -> tuple[Callable[[Mapping[str, ParameterValue]], list[float]], dict[str, FastGP]]:
+def fit_models(
+    spec: CampaignSpec, trained: Sequence[TrialEntry], *, noisy_start: bool = False
+) -> tuple[Callable[[Mapping[str, ParameterValue]], list[float]], dict[str, FastGP]]:
     """The fast engine's models as ``fast_generate`` fits them (one ``FastGP`` per metric that
     ``trained`` measured), and the map of a trial's parameters to the models' unit cube; for
-    readers of the model that propose nothing (``optimizer.model_best``)."""
+    readers of the model that propose nothing (``optimizer.model_best``). ``noisy_start``:
+    each fit also from a noisy start, the better MAP kept (``FastGP``)."""
     space = Space(spec)
-    return space.to_unit, {m: _fit(spec, space, trained, m) for m in spec.metrics if any(m in t.measurements for t in trained)}
+    return space.to_unit, {m: _fit(spec, space, trained, m, noisy_start)
+                           for m in spec.metrics if any(m in t.measurements for t in trained)}
 
 
-def _fit(spec: CampaignSpec, space: Space, trained: Sequence[TrialEntry], metric: str) -> FastGP:
+def _fit(spec: CampaignSpec, space: Space, trained: Sequence[TrialEntry], metric: str, noisy_start: bool = False) -> FastGP:
     """A GP of one metric on the trials that measured it (known noise if every sem is given).
 
     The values are winsorized as Ax does, then clipped to ``optimizer.robust.safety_cutoffs``
@@ -192,7 +196,7 @@ def _fit(spec: CampaignSpec, space: Space, trained: Sequence[TrialEntry], metric
         widest = high - low
         yvar = torch.tensor([min(float(m.sem), widest) ** 2 for m in ms], dtype=torch.float64)  # type: ignore[arg-type]
     y = np.clip(y, low, high)
-    return FastGP(X, torch.from_numpy(np.clip(y, *winsorization_cutoffs(spec, metric, y))), yvar)
+    return FastGP(X, torch.from_numpy(np.clip(y, *winsorization_cutoffs(spec, metric, y))), yvar, noisy_start=noisy_start)
 
 
 def winsorization_cutoffs(spec: CampaignSpec, metric: str, y: np.ndarray) -> tuple[float, float]:

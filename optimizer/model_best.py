@@ -7,7 +7,10 @@ trials around it say otherwise; the model weighs every result. As Ax's
 completed trials, the one whose posterior mean of the objective is best, with the outcome
 constraints held by posterior means; several objectives give the Pareto set of the posterior
 means instead of one pick. The model is the fast engine's (``optimizer.fastbo.fit_models``: one
-``FastGP`` per metric, Ax's transforms), fitted on the trials it would be fitted on to suggest;
+``FastGP`` per metric, Ax's transforms), fitted on the trials it would be fitted on to suggest,
+and also from a noisy start, the better fit kept (``FastGP``'s ``noisy_start``: from the
+priors' modes alone, noisy data are often fitted by a model that interpolates the noise, and its
+best mean is then a lucky reading; figures in ``benchmarks/README.md``);
 the mean and sd are of the metric itself (the latent function), not of one more noisy reading.
 Mixed and constrained spaces are encoded as the fast engine encodes them (``optimizer.mixed``);
 where that engine does not serve a space (too many choice combinations), or the data are too
@@ -163,7 +166,7 @@ def _estimate(spec: CampaignSpec, done: list[TrialEntry]) -> ModelBest:
 
     trained = _training(spec, done)
     try:
-        to_unit, models = fit_models(spec, trained)
+        to_unit, models = fit_models(spec, trained, noisy_start=True)
         X = np.array([to_unit(e.parameters) for e in done], dtype=float)
         predicted = {name: model.predict(X, grad=False) for name, model in models.items()}
     except FAST_ERRORS as exc:

@@ -211,3 +211,53 @@ def test_the_model_best_point_is_not_fooled_by_one_lucky_reading() -> None:
     # Several objectives have a front, not a best point.
     two = spec.model_copy(update={"objectives": [*spec.objectives, spec.objectives[0].model_copy(update={"name": "z"})]})
     assert entries_best(two, entries).pick is None
+
+
+def hartmann3_campaign(seed: int, noise: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where a noisy Hartmann3 campaign stands at 30 trials: 18 Sobol points and 12 near the
+    optimum; the inputs, the noisy readings and the true values."""
+    g = torch.Generator().manual_seed(seed)
+    optimum = torch.tensor([0.114614, 0.555649, 0.852547], dtype=torch.float64)
+    X = torch.cat([torch.quasirandom.SobolEngine(3, scramble=True, seed=seed).draw(18, dtype=torch.float64),
+                   (optimum + 0.08 * torch.randn(12, 3, generator=g, dtype=torch.float64)).clamp(0, 1)])
+    f = Hartmann(dim=3).evaluate_true(X)
+    return X, f + noise * torch.randn(30, generator=g, dtype=torch.float64), f
+
+
+def test_a_noisy_start_finds_the_better_fit_where_the_modes_alone_interpolate_the_noise() -> None:
+    X, y, _ = hartmann3_campaign(seed=49, noise=0.3)
+    true_noise = 0.3**2 / float(y.std()) ** 2  # standardized, as FastGP.noise
+    plain, noisy = FastGP(X, y), FastGP(X, y, noisy_start=True)
+
+    def loss(model: FastGP) -> float:
+        theta = np.r_[np.log(model.lengthscale.numpy()), math.log(float(model.noise)), model.constant]  # type: ignore[arg-type]
+        return model.loss_and_gradient(theta)[0]
+
+    assert float(plain.noise) < true_noise / 3  # type: ignore[arg-type]  # short lengthscales fit the noise
+    assert loss(noisy) < loss(plain)  # a better optimum of the same posterior
+    assert true_noise / 2 < float(noisy.noise) < 2 * true_noise  # type: ignore[arg-type]
+    # On noise-free data both starts end at the same fit; with known noise there is no second start.
+    X0, y0 = data(20, 3, seed=1)
+    assert FastGP(X0, y0, noisy_start=True).lengthscale.numpy() == pytest.approx(FastGP(X0, y0).lengthscale.numpy(), rel=1e-4)
+    yvar = torch.full((30,), 0.09, dtype=torch.float64)
+    assert torch.equal(FastGP(X, y, yvar, noisy_start=True).lengthscale, FastGP(X, y, yvar).lengthscale)
+
+
+def test_the_model_best_point_is_fitted_from_a_noisy_start_too() -> None:
+    # The same campaign: the fit from the priors' modes alone interpolates the noise, so its best
+    # posterior mean is the best reading, a lucky one; the better fit picks a better trial.
+    X, y, f = hartmann3_campaign(seed=49, noise=0.3)
+    spec = parse_spec({
+        "name": "noisy", "seed": 0, "budget": {"max_trials": 30}, "objectives": [{"name": "y", "minimize": True}],
+        "parameters": [{"name": f"x{i}", "type": "float", "bounds": [0.0, 1.0]} for i in range(3)],
+        "devices": [{"id": "d", "measures": ["y"]}],
+    })
+    entries = [TrialEntry(str(i), {f"x{j}": float(v) for j, v in enumerate(x)}, "sobol", None, "completed",
+                          {"y": Measurement(mean=float(v))}) for i, (x, v) in enumerate(zip(X, y, strict=True))]
+    plain = FastGP(X, y)
+    plain_pick = int(np.argmin(plain.predict(X.numpy(), grad=False)[0]))
+    observed_best = int(torch.argmin(y))
+    assert plain_pick == observed_best and float(f[observed_best]) + 3.86278 > 0.05
+    best = entries_best(spec, entries).pick
+    assert best is not None and int(best.trial_id) != observed_best
+    assert float(f[int(best.trial_id)]) + 3.86278 < 0.02
