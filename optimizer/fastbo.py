@@ -6,8 +6,7 @@ encodes the space and optimizes the acquisition over it; what goes to Ax instead
 BoTorch's priors after Ax's winsorization; log noisy expected improvement, or log expected
 hypervolume improvement with several objectives, plus the log probability that each outcome
 constraint holds; candidates one at a time, earlier ones pending) but for two: the noisy EI's
-baseline is the best trial alone, and raw samples are also drawn around it, unless the
-measurements are noisy (``noisy_measurements``). Without GPyTorch's
+baseline is the best trial alone, and raw samples are also drawn around it. Without GPyTorch's
 and Ax's per-call overhead it is many times faster (figures in ``benchmarks/README.md``).
 Every random draw comes from ``seed``, so a batch is a function of the records and the seed.
 """
@@ -31,13 +30,12 @@ from optimizer.acquisition import (
     hypercells,
     maximize,
 )
-from optimizer.fastgp import NOISE_PRIOR, FastGP
+from optimizer.fastgp import FastGP
 from optimizer.mixed import Space, maximize_mixed
 from optimizer.records import TrialEntry
 from optimizer.robust import metric_bounds, safety_cutoffs
 
-__all__ = ["FAST_ERRORS", "FAST_SETTINGS", "NOISY", "Candidate", "fast_generate", "fit_models", "noisy_measurements",
-           "supports_fast"]
+__all__ = ["FAST_ERRORS", "FAST_SETTINGS", "Candidate", "fast_generate", "fit_models", "supports_fast"]
 
 #: What a failed fit or acquisition optimization raises (e.g. a kernel matrix that is not
 #: positive definite: ``torch.linalg.LinAlgError`` is a ``RuntimeError``; an overflow: an
@@ -53,11 +51,6 @@ FAST_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, Arithm
 #: ``benchmarks/README.md``).
 FAST_SETTINGS: dict[str, float] = {"num_restarts": 10, "raw_samples": 512, "maxiter": 200, "factr": 1e10,
                                    "around_best": 512, "around_sd": 0.01}
-
-#: The noise variance (standardized) above which ``noisy_measurements`` calls an objective's
-#: measurements noisy: the noise prior's median, exp(-4) ~ 0.018 (its mode, where the fit of
-#: noise-free data ends or below, is 0.0067). Fixed before measuring (``benchmarks/README.md``).
-NOISY = math.exp(NOISE_PRIOR[0])
 
 
 class Candidate(NamedTuple):
@@ -118,8 +111,6 @@ def fast_generate(
     out_x: list[list[float]] = []
     if pending:
         believe(np.array(pending_x, dtype=float))
-    if len(spec.objectives) == 1 and spec.objectives[0].name in fitted and noisy_measurements(fitted[spec.objectives[0].name]):
-        settings = {**settings, "around_best": 0}  # under noise the samples around the best did not pay
     d, names = space.d, {p.name for p in space.params}
     fixed_unit = space.fixed_columns(fixed)
     out: list[dict[str, ParameterValue]] = []
@@ -149,15 +140,6 @@ def fast_generate(
         out_x.append(x.tolist())
         believe(x[None, :])
     return [Candidate(p, prediction) for p, prediction in zip(out, _predict(fitted, np.array(out_x)), strict=True)]
-
-
-def noisy_measurements(model: FastGP) -> bool:
-    """Whether a metric's measurements look noisy: the noise variance of its better MAP (from
-    the priors' modes or a noisy start, ``FastGP.noisy_start_noise``), or its mean known noise,
-    above ``NOISY`` (standardized). The samples around the best trial then go: they are what
-    finds the last digits of a noise-free optimum, and under noise they cost (figures in
-    ``benchmarks/README.md``)."""
-    return model.noisy_start_noise() > NOISY
 
 
 def _predict(models: Mapping[str, FastGP], X: np.ndarray) -> list[dict[str, Prediction]]:

@@ -190,24 +190,6 @@ class FastGP:
         self.constant = float(theta[-1])
         self._factor()
 
-    def noisy_start_noise(self, maxiter: int = 200) -> float:
-        """The noise variance (standardized) of the better MAP of this fit and one more from the
-        noisy start (``_fit``'s second start; the model itself is not changed); the mean known
-        noise with known noise. What ``optimizer.fastbo`` asks to tell noisy data from noise-free:
-        the fit from the priors' modes alone can interpolate the noise (one L-BFGS-B fit more).
-        """
-        if self.noise is None:
-            return float(self.yvar.mean())  # type: ignore[union-attr]
-        d = self.X.shape[1]
-        here = np.r_[np.log(self.lengthscale.numpy()), math.log(float(self.noise)), self.constant]
-        bounds = [(math.log(MIN_LENGTHSCALE), math.log(MAX_LENGTHSCALE))] * d + [
-            (math.log(MIN_NOISE), math.log(MAX_NOISE)), (-MAX_CONSTANT, MAX_CONSTANT)]
-        result = minimize(self.loss_and_gradient, np.array([_lengthscale_prior(d)[0]] * d + [math.log(NOISY_START), 0.0]),
-                          jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": maxiter})
-        if np.isfinite(result.fun) and result.fun < self.loss_and_gradient(here)[0]:
-            return float(np.exp(min(result.x[d], math.log(MAX_NOISE))))
-        return float(self.noise)
-
     def _factor(self) -> None:
         n = len(self.y)
         K = self._kernel(self.X, self.X, self.lengthscale) + torch.diag(self._noise_diag(self.noise))

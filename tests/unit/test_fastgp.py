@@ -26,7 +26,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from campaigns import Measurement, parse_spec
 from optimizer.acquisition import Acquisition, LogNEI, baseline, incumbent, log_h, maximize
-from optimizer.fastbo import FAST_SETTINGS, fast_generate, noisy_measurements
+from optimizer.fastbo import FAST_SETTINGS
 from optimizer.model_best import entries_best
 from optimizer.fastgp import FastGP
 from optimizer.records import TrialEntry
@@ -261,30 +261,3 @@ def test_the_model_best_point_is_fitted_from_a_noisy_start_too() -> None:
     best = entries_best(spec, entries).pick
     assert best is not None and int(best.trial_id) != observed_best
     assert float(f[int(best.trial_id)]) + 3.86278 < 0.02
-
-
-def test_noisy_measurements_drop_the_samples_around_the_best_and_noise_free_ones_keep_them() -> None:
-    # The fast engine asks the better of two fits (from the priors' modes, from a noisy start)
-    # whether the objective's measurements are noisy; only then does its acquisition optimizer
-    # go without the raw samples around the best trial (the same candidates as around_best 0).
-    spec = parse_spec({
-        "name": "h3", "seed": 0, "budget": {"max_trials": 40}, "objectives": [{"name": "y", "minimize": True}],
-        "parameters": [{"name": f"x{i}", "type": "float", "bounds": [0.0, 1.0]} for i in range(3)],
-        "devices": [{"id": "d", "measures": ["y"]}],
-    })
-
-    def entries(y: torch.Tensor, sem: float | None = None) -> list[TrialEntry]:
-        return [TrialEntry(str(i), {f"x{j}": float(v) for j, v in enumerate(x)}, "sobol", None, "completed",
-                           {"y": Measurement(mean=float(v), sem=sem)}) for i, (x, v) in enumerate(zip(X, y, strict=True))]
-
-    def candidates(trained: list[TrialEntry], **settings: float) -> list[dict[str, object]]:
-        return [c.parameters for c in fast_generate(spec, trained, [], 2, 7, {}, FAST_SETTINGS | settings)]
-
-    X, noisy, f = hartmann3_campaign(seed=49, noise=0.3)
-    assert noisy_measurements(FastGP(X, noisy)) and not noisy_measurements(FastGP(X, f))
-    assert candidates(entries(noisy)) == candidates(entries(noisy), around_best=0)
-    # Noise-free: today's path, the samples around the best trial drawn (they move the candidates).
-    assert candidates(entries(f)) != candidates(entries(f), around_best=0)
-    # A known sem decides by itself: the same readings, noisy by their sem or not.
-    assert candidates(entries(f, sem=0.3)) == candidates(entries(f, sem=0.3), around_best=0)
-    assert candidates(entries(f, sem=0.001)) != candidates(entries(f, sem=0.001), around_best=0)
