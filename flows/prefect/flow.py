@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
-from campaigns import CampaignSpec, SuggestedTrial, TrialRecord, fold
+from campaigns import CampaignSpec, RunStarted, SuggestedTrial, TrialRecord, fold
 from campaigns.events import software_versions
 from campaigns.identity import client_id
 from devices import MqttDeviceHub
@@ -106,6 +106,18 @@ def _prefect_notifier(campaign_id: str, inbox: MongoCommandInbox) -> Any:
     return PrefectApprovals(campaign_id, answer_through(inbox, campaign_id))
 
 
+def _announce_takeover(events: Iterable[Any], flow_run_id: str, deployment_id: Any, logger: Any) -> None:
+    """Tell Prefect this run took the campaign over from the flow run that ran it last (if any)."""
+    from flows.prefect.service import announce_takeover
+
+    previous = [e.flow_run_id for e in events if isinstance(e, RunStarted) and e.flow_run_id not in (None, flow_run_id)]
+    if previous:
+        try:
+            announce_takeover(previous[-1], flow_run_id, deployment_id)
+        except Exception as exc:  # Prefect's events are best effort: the campaign goes on
+            logger.warning("could not tell Prefect this run took over from %s: %s", previous[-1], exc)
+
+
 # Named after the campaign however the run was created (a deployment's automation too); the
 # run renames itself "<id> · resume N" once it has read the log (flows.prefect.live).
 @flow(name="campaign", flow_run_name="{campaign_id}", persist_result=False, validate_parameters=True)
@@ -152,7 +164,10 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
 
             problem = apply_answer(answer, fold(store.read(campaign_id)), flow_run.id,
                                    append=lambda e: store.append([e]), submit=submit, logger=logger)
-        live = LiveCampaign(store.read(campaign_id), ArtifactPublisher(campaign_id, flow_run.id), run_logs.say)
+        events = store.read(campaign_id)
+        if deployed:  # the safety net after a crash waits for this (flows.prefect.service)
+            _announce_takeover(events, flow_run_id, flow_run.deployment_id, logger)
+        live = LiveCampaign(events, ArtifactPublisher(campaign_id, flow_run.id), run_logs.say)
         live.first = partial(label_flow_run, flow_run, *run_labels(live.state))
         with live, broker_url(settings) as url, (
                 simulated_lab(created.spec, mqtt_settings(settings, url), settings.home / "devices" / campaign_id)

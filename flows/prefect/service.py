@@ -42,6 +42,11 @@ __all__ = [
 
 #: Seconds between a deployed flow run's heartbeats; one missing for three periods marks it crashed.
 HEARTBEAT_S = 30  # Prefect allows no less
+#: A crashed run must be taken over within this; else the campaign's safety-net automation
+#: starts a run (a busy Prefect server can fail the restart's action, or lose its trigger).
+REPLACED_WITHIN_S = 60
+#: Emitted by a deployed flow run about the flow run it took the campaign over from.
+REPLACED_EVENT = "closedloop.flow-run.replaced"
 #: The messages of Prefect 3.8's Failed state for a pause or suspension whose timeout passed
 #: (its pause-expiration service, or a resume that came too late).
 PAUSE_EXPIRED = [f"The flow was {name} and never resumed." for name in ("paused", "suspended", "scheduled", "running")]
@@ -151,8 +156,8 @@ def start_flow_run(campaign_id: str) -> Any:
 
 
 def _ensure_automations(campaign_id: str, deployment_id: UUID) -> None:
-    """The campaign's automations (restart a crashed run; a silent run is crashed; a suspension past
-    its approval's deadline restarts), once each."""
+    """The campaign's automations (restart a crashed run; a silent run is crashed; a crashed run
+    not replaced in time is replaced; a suspension past its approval's deadline restarts), once each."""
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState, RunDeployment
@@ -183,6 +188,18 @@ def _ensure_automations(campaign_id: str, deployment_id: UUID) -> None:
         ),
     ]
     wanted.append(Automation(
+        name=f"closedloop {campaign_id}: a crashed run was not replaced",
+        description=f"No flow run took the campaign over from a crashed one within {REPLACED_WITHIN_S} s (the "
+                    "restart's action failed, or its run never started): start one. A run started while "
+                    "another holds the campaign's lease fails without touching the campaign.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.Crashed"}, expect={REPLACED_EVENT},
+            match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=of_deployment,
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=timedelta(seconds=REPLACED_WITHIN_S)),
+        actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
+    ))
+    wanted.append(Automation(
         name=f"closedloop {campaign_id}: an approval's deadline passed",
         description="A flow run suspended on an approval with a deadline fails when it passes (Prefect's "
                     "pause expiration): a new flow run applies the approval's on_timeout.",
@@ -197,6 +214,18 @@ def _ensure_automations(campaign_id: str, deployment_id: UUID) -> None:
         except ValueError:
             pass
         automation.create()
+
+
+def announce_takeover(previous_flow_run_id: str, flow_run_id: str, deployment_id: UUID) -> None:
+    """Tell Prefect that ``flow_run_id`` took the campaign over from ``previous_flow_run_id`` (the
+    event is about the previous run): the safety-net automation waits for it after a crash."""
+    from prefect.events import emit_event
+
+    emit_event(REPLACED_EVENT, resource={"prefect.resource.id": f"prefect.flow-run.{previous_flow_run_id}"},
+               related=[{"prefect.resource.id": f"prefect.deployment.{deployment_id}",
+                         "prefect.resource.role": "deployment"},
+                        {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                         "prefect.resource.role": "flow-run"}])
 
 
 def wake(campaign_id: str, flow_run_id: str, *, finished: bool) -> str:

@@ -138,10 +138,17 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
                                   300, f"{completed_before_kill} trials completed and more in flight")
             except AssertionError as e:
                 raise AssertionError(f"{e}\n{_story('served', tmp_path / 'worker.log')}") from None
+            if killed:  # the second crash: as if the restart's action failed, the safety net must replace it
+                with get_client(sync_client=True) as client:
+                    restart, = client.read_automations_by_name("closedloop served: restart a crashed run")
+                    client.pause_automation(restart.id)
             os.kill(victim.pid, signal.SIGKILL)
             killed.append(victim.pid)
-        final = wait_for(lambda: (s := status_now("served", env)) is not None and s["status"] == "finished" and s, 400,
-                         "the campaign to finish on its own")
+        try:
+            final = wait_for(lambda: (s := status_now("served", env)) is not None and s["status"] == "finished" and s,
+                             400, "the campaign to finish on its own")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{_story('served', tmp_path / 'worker.log')}") from None
         # The flow run that finished rewrote Ax's SQL store from the log on its way out (issue 17).
         wait_for(lambda: _ax_store_trials(tmp_path / "home" / "ax.sqlite", "served") == budget, 120,
                  "Ax's SQL store to hold the campaign's trials")
@@ -155,8 +162,9 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
     events = read_events(env, "served")
     assert [e.seq for e in events] == list(range(1, len(events) + 1))  # no fork, no gap
     runs = [e for e in events if isinstance(e, RunStarted)]
-    # Three flow runs of the deployment, the two killed ones and the one that finished; no person
-    # resumed anything (a `resume` of a paused campaign logs CampaignResumed).
+    # Three flow runs of the deployment, the two killed ones and the one that finished (started by
+    # the restart automation, then by the safety net); no person resumed anything (a `resume` of a
+    # paused campaign logs CampaignResumed).
     assert len(runs) == 3 and len({r.flow_run_id for r in runs}) == 3 and [r.pid for r in runs[:2]] == killed
     assert not any(isinstance(e, CampaignResumed) for e in events)
     # Each flow run, started by `deploy` or by the automation after a crash, is named and tagged
@@ -171,6 +179,15 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
     completed = Counter(e.trial_id for e in events if isinstance(e, TrialCompleted))
     assert len(completed) == budget and set(completed.values()) == {1}  # each trial's result once
     assert_each_request_ran_once(tmp_path, ("dev-a", "dev-b"), events)
+    # The second crash, with the restart automation paused, was replaced by the safety net.
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    with get_client(sync_client=True) as client:
+        net, = client.read_automations_by_name("closedloop served: a crashed run was not replaced")
+        fired = [e.payload.get("triggering_labels", {}).get("prefect.resource.id") for e in client.read_events(
+            EventFilter(event=EventNameFilter(name=["prefect.automation.triggered"]),
+                        resource=EventResourceFilter(id=[f"prefect.automation.{net.id}"])), limit=50).events]
+    assert f"prefect.flow-run.{runs[1].flow_run_id}" in fired, fired
 
 
 def test_deploy_without_a_prefect_server_or_pool_is_one_line(tmp_path: Path, prefect_server: dict[str, str],
