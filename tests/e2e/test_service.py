@@ -188,6 +188,9 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
             EventFilter(event=EventNameFilter(name=["prefect.automation.triggered"]),
                         resource=EventResourceFilter(id=[f"prefect.automation.{net.id}"])), limit=50).events]
     assert f"prefect.flow-run.{runs[1].flow_run_id}" in fired, fired
+    # The worker ran the crashed runs' hooks (there are none) without an error in its log.
+    worker_log = (tmp_path / "worker.log").read_text()
+    assert "Traceback" not in worker_log and "failed to retrieve flow" not in worker_log, worker_log[-3000:]
 
 
 def test_deploy_without_a_prefect_server_or_pool_is_one_line(tmp_path: Path, prefect_server: dict[str, str],
