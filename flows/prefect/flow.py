@@ -44,6 +44,7 @@ from flows.prefect.suspension import (
     last_answer,
     suspend,
 )
+from flows.prefect.takeover import announce_takeover
 from optimizer import AxOptimizer
 from storage import MongoCommandInbox
 
@@ -108,8 +109,6 @@ def _prefect_notifier(campaign_id: str, inbox: MongoCommandInbox) -> Any:
 
 def _announce_takeover(events: Iterable[Any], flow_run_id: str, deployment_id: Any, logger: Any) -> None:
     """Tell Prefect this run took the campaign over from the flow run that ran it last (if any)."""
-    from flows.prefect.service import announce_takeover
-
     previous = [e.flow_run_id for e in events if isinstance(e, RunStarted) and e.flow_run_id not in (None, flow_run_id)]
     if previous:
         try:

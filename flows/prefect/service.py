@@ -27,6 +27,7 @@ from typing import Any
 from uuid import UUID
 
 from campaigns import ClosedLoopError, PrefectServerError, UsageError
+from flows.prefect.takeover import REPLACED_EVENT
 
 __all__ = [
     "HEARTBEAT_S",
@@ -45,8 +46,6 @@ HEARTBEAT_S = 30  # Prefect allows no less
 #: A crashed run must be taken over within this; else the campaign's safety-net automation
 #: starts a run (a busy Prefect server can fail the restart's action, or lose its trigger).
 REPLACED_WITHIN_S = 60
-#: Emitted by a deployed flow run about the flow run it took the campaign over from.
-REPLACED_EVENT = "closedloop.flow-run.replaced"
 #: The messages of Prefect 3.8's Failed state for a pause or suspension whose timeout passed
 #: (its pause-expiration service, or a resume that came too late).
 PAUSE_EXPIRED = [f"The flow was {name} and never resumed." for name in ("paused", "suspended", "scheduled", "running")]
@@ -214,18 +213,6 @@ def _ensure_automations(campaign_id: str, deployment_id: UUID) -> None:
         except ValueError:
             pass
         automation.create()
-
-
-def announce_takeover(previous_flow_run_id: str, flow_run_id: str, deployment_id: UUID) -> None:
-    """Tell Prefect that ``flow_run_id`` took the campaign over from ``previous_flow_run_id`` (the
-    event is about the previous run): the safety-net automation waits for it after a crash."""
-    from prefect.events import emit_event
-
-    emit_event(REPLACED_EVENT, resource={"prefect.resource.id": f"prefect.flow-run.{previous_flow_run_id}"},
-               related=[{"prefect.resource.id": f"prefect.deployment.{deployment_id}",
-                         "prefect.resource.role": "deployment"},
-                        {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
-                         "prefect.resource.role": "flow-run"}])
 
 
 def wake(campaign_id: str, flow_run_id: str, *, finished: bool) -> str:

@@ -1,0 +1,20 @@
+"""The event a deployed flow run emits about the flow run it took its campaign over from: the
+campaign's safety-net automation (``flows.prefect.service``) waits for it after a crash."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+REPLACED_EVENT = "closedloop.flow-run.replaced"
+
+
+def announce_takeover(previous_flow_run_id: str, flow_run_id: str, deployment_id: UUID) -> None:
+    """Tell Prefect that ``flow_run_id`` took the campaign over from ``previous_flow_run_id`` (the
+    event's resource is the previous run, as the automation's buckets are keyed)."""
+    from prefect.events import emit_event
+
+    emit_event(REPLACED_EVENT, resource={"prefect.resource.id": f"prefect.flow-run.{previous_flow_run_id}"},
+               related=[{"prefect.resource.id": f"prefect.deployment.{deployment_id}",
+                         "prefect.resource.role": "deployment"},
+                        {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                         "prefect.resource.role": "flow-run"}])
