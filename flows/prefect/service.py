@@ -45,7 +45,7 @@ __all__ = [
 HEARTBEAT_S = 30  # Prefect allows no less
 #: A crashed run must be taken over within this; else the campaign's safety-net automation
 #: starts a run (a busy Prefect server can fail the restart's action, or lose its trigger).
-REPLACED_WITHIN_S = 60
+REPLACED_WITHIN_S = 120
 #: The messages of Prefect 3.8's Failed state for a pause or suspension whose timeout passed
 #: (its pause-expiration service, or a resume that came too late).
 PAUSE_EXPIRED = [f"The flow was {name} and never resumed." for name in ("paused", "suspended", "scheduled", "running")]

@@ -1,12 +1,14 @@
 """A fork server for the end-to-end tests' `closedloop` commands (``tests.e2e.cli.run``).
 
 Started once per pytest worker, it imports the CLI and the libraries whose import does not
-depend on the environment (torch, BoTorch, SciPy: about a second of CPU per `run`), then
+depend on the environment (torch, BoTorch, SciPy, matplotlib: over a second of CPU per `run`), then
 forks one child per command. The child is a process of its own, as `closedloop` started
 from a shell is: it takes the test's environment, working directory and output files, runs
 the console script's ``sys.exit(main())`` and exits through the interpreter's normal
-shutdown; its exit code (or signal) is reported back. Prefect is not imported here: it reads
-its settings from the environment when it is imported, so each command imports it itself.
+shutdown; its exit code (or signal) is reported back. Prefect is imported here too (~0.8 s of
+CPU a `run`); it reads its settings and logging configuration from the environment when it is
+imported, so each child reads both again from its command's environment (and
+``flows.prefect.server.quiet_prefect_defaults`` once more after adding its defaults).
 
 The child ends as the interpreter's shutdown would for what the command made — non-daemon
 threads joined, ``atexit`` handlers run, the command's own garbage collected (its finalizers
@@ -32,11 +34,14 @@ import socket
 import sys
 import threading
 
+# Imported once here, inherited by every child: torch, BoTorch and SciPy read no environment when
+# imported; Prefect's settings and logging are read again in each child (_become).
 import botorch  # noqa: F401
+import prefect.main  # noqa: F401
 import scipy.optimize  # noqa: F401
-
-# Imported once here, inherited by every child (none reads the environment when imported).
 import torch  # noqa: F401
+from prefect.context import refresh_global_settings_context
+from prefect.logging.configuration import setup_logging
 
 import optimizer.fastbo  # noqa: F401
 from flows.cli.main import main
@@ -81,6 +86,8 @@ def _become(request: dict, fds: list[int]) -> None:
         os.dup2(fd, target)
         os.close(fd)
     sys.argv = list(request["argv"])
+    refresh_global_settings_context()  # what `import prefect` read, from this command's environment
+    setup_logging(incremental=False)
 
 
 def _run_command() -> int:
