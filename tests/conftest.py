@@ -79,10 +79,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 #: many short unit tests last, so that they fill the workers' gaps at the end instead of one
 #: worker running a 45 s scenario alone while the others are done (that tail was ~50 s).
 _LAYER_ORDER = {"e2e": 0, "integration": 1, "unit": 2}
+#: The end-to-end files whose scenarios run longest (deployed campaigns waiting on Prefect's
+#: automations, kills and restarts: 30-170 s each), first of all: handed out late, one of them
+#: ran alone for 80 s at the end.
+_LONGEST_FIRST = ("test_service.py", "test_stops.py", "test_cli_run.py", "test_replay_cli.py")
+
+
+def _order(item: pytest.Item) -> tuple[int, int]:
+    path = Path(item.path)
+    first = _LONGEST_FIRST.index(path.name) if path.name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+    return _LAYER_ORDER.get(path.parent.name, 1), first
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: _LAYER_ORDER.get(Path(item.path).parent.name, 1))  # stable: files keep their order
+    items.sort(key=_order)  # stable: files keep their order otherwise
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
