@@ -31,18 +31,27 @@ log = logging.getLogger("closedloop.prefect")
 
 
 def quiet_prefect_defaults() -> None:
-    """Before Prefect is imported (or at once, if it was): keep its console logs out of the progress display, don't try
-    to reach the internet, and give the ephemeral API server time to start on a slow machine."""
+    """Before Prefect is imported (or at once, if it was): keep its console logs out of the
+    progress display, don't try to reach the internet, and give the ephemeral API server time
+    to start on a slow machine."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    if "prefect.context" in sys.modules:  # imported already (closedloop called in-process): read them now
-        from prefect.context import refresh_global_settings_context
-        from prefect.logging.configuration import setup_logging
+    if "prefect.context" in sys.modules:  # imported already (closedloop called in-process)
+        reread_prefect_settings()
 
-        refresh_global_settings_context()
-        setup_logging(incremental=False)
+
+def reread_prefect_settings() -> None:
+    """Prefect's settings and logging configuration read again from the environment, as
+    ``import prefect`` reads them: for a process that imported Prefect before its environment
+    was final."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.logging.configuration import setup_logging
+
+    refresh_global_settings_context()
+    setup_logging(incremental=False)
+
 
 _HOST = "127.0.0.1"
 _ATTEMPTS = 3

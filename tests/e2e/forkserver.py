@@ -1,14 +1,15 @@
 """A fork server for the end-to-end tests' `closedloop` commands (``tests.e2e.cli.run``).
 
 Started once per pytest worker, it imports the CLI and the libraries whose import does not
-depend on the environment (torch, BoTorch, SciPy, matplotlib: over a second of CPU per `run`), then
-forks one child per command. The child is a process of its own, as `closedloop` started
+depend on the environment (torch, BoTorch, SciPy, matplotlib: over a second of CPU per
+`run`), then forks one child per command. The child is a process of its own, as `closedloop` started
 from a shell is: it takes the test's environment, working directory and output files, runs
 the console script's ``sys.exit(main())`` and exits through the interpreter's normal
 shutdown; its exit code (or signal) is reported back. Prefect is imported here too (~0.8 s of
 CPU a `run`); it reads its settings and logging configuration from the environment when it is
-imported, so each child reads both again from its command's environment (and
-``flows.prefect.server.quiet_prefect_defaults`` once more after adding its defaults).
+imported, so each child reads both again from its command's environment
+(``flows.prefect.server.reread_prefect_settings``; ``quiet_prefect_defaults`` does it once more
+after adding its defaults).
 
 The child ends as the interpreter's shutdown would for what the command made — non-daemon
 threads joined, ``atexit`` handlers run, the command's own garbage collected (its finalizers
@@ -17,8 +18,8 @@ preloaded modules (0.2-0.6 s of CPU with torch loaded) is left out. ``CLOSEDLOOP
 runs the same tests on processes started from the console script.
 
 Protocol, one JSON object a message on the SOCK_SEQPACKET socket given as ``argv[1]``: a
-request ``{"id", "argv", "env", "cwd", "session"}`` carrying the command's stdin, stdout and stderr as
-file descriptors is answered by ``{"id", "pid"}`` once forked and ``{"id", "code"}`` once the
+request ``{"id", "argv", "env", "cwd", "session"}`` carrying the command's stdin, stdout and
+stderr as file descriptors is answered by ``{"id", "pid"}`` once forked and ``{"id", "code"}`` once the
 child has ended (``-N`` for signal N, as subprocess reports it). The server ends when the
 socket closes.
 """
@@ -40,11 +41,10 @@ import botorch  # noqa: F401
 import prefect.main  # noqa: F401
 import scipy.optimize  # noqa: F401
 import torch  # noqa: F401
-from prefect.context import refresh_global_settings_context
-from prefect.logging.configuration import setup_logging
 
 import optimizer.fastbo  # noqa: F401
 from flows.cli.main import main
+from flows.prefect.server import reread_prefect_settings
 
 
 def _warm_matplotlib() -> None:
@@ -86,8 +86,7 @@ def _become(request: dict, fds: list[int]) -> None:
         os.dup2(fd, target)
         os.close(fd)
     sys.argv = list(request["argv"])
-    refresh_global_settings_context()  # what `import prefect` read, from this command's environment
-    setup_logging(incremental=False)
+    reread_prefect_settings()  # what `import prefect` read, from this command's environment
 
 
 def _run_command() -> int:
