@@ -107,6 +107,14 @@ def _story(campaign: str, worker_log: Path) -> str:
     return "\n".join(lines)
 
 
+def _wait_telling(pred, timeout: float, what: str, campaign: str, worker_log: Path) -> Any:  # type: ignore[no-untyped-def]
+    """``wait_for``, whose timeout also says what Prefect saw (``_story``)."""
+    try:
+        return wait_for(pred, timeout, what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{_story(campaign, worker_log)}") from None
+
+
 def _runs(env: dict[str, str], campaign: str) -> list[RunStarted]:
     return [e for e in read_events(env, campaign) if isinstance(e, RunStarted)]
 
@@ -131,24 +139,19 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
         killed: list[int] = []
         for completed_before_kill in (3, 7):
             # The current flow run (a worker's child process: its pid is in the log) mid-campaign.
-            try:
-                victim = wait_for(lambda n=completed_before_kill: (s := status_now("served", env)) is not None
-                                  and s["trials"]["completed"] >= n and s["trials"]["running"] >= 1
-                                  and (runs := _runs(env, "served")) and runs[-1].pid not in killed and runs[-1],
-                                  300, f"{completed_before_kill} trials completed and more in flight")
-            except AssertionError as e:
-                raise AssertionError(f"{e}\n{_story('served', tmp_path / 'worker.log')}") from None
+            victim = _wait_telling(lambda n=completed_before_kill: (s := status_now("served", env)) is not None
+                                   and s["trials"]["completed"] >= n and s["trials"]["running"] >= 1
+                                   and (runs := _runs(env, "served")) and runs[-1].pid not in killed and runs[-1],
+                                   300, f"{completed_before_kill} trials completed and more in flight",
+                                   "served", tmp_path / "worker.log")
             if killed:  # the second crash: as if the restart's action failed, the safety net must replace it
                 with get_client(sync_client=True) as client:
                     restart, = client.read_automations_by_name("closedloop served: restart a crashed run")
                     client.pause_automation(restart.id)
             os.kill(victim.pid, signal.SIGKILL)
             killed.append(victim.pid)
-        try:
-            final = wait_for(lambda: (s := status_now("served", env)) is not None and s["status"] == "finished" and s,
-                             400, "the campaign to finish on its own")
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n{_story('served', tmp_path / 'worker.log')}") from None
+        final = _wait_telling(lambda: (s := status_now("served", env)) is not None and s["status"] == "finished" and s,
+                              400, "the campaign to finish on its own", "served", tmp_path / "worker.log")
         # The flow run that finished rewrote Ax's SQL store from the log on its way out (issue 17).
         wait_for(lambda: _ax_store_trials(tmp_path / "home" / "ax.sqlite", "served") == budget, 120,
                  "Ax's SQL store to hold the campaign's trials")
