@@ -46,17 +46,22 @@ def check_in_space(spec: Any, trials: list[SuggestedTrial]) -> None:
         assert all(c.holds(t.parameters) for c in spec.parsed_parameter_constraints), t
 
 
+def optimize(opt: AxOptimizer, rounds: int, batch: int, score: Any) -> list[SuggestedTrial]:
+    """``rounds`` batches suggested, each trial completed with ``score(parameters)`` as y."""
+    trials: list[SuggestedTrial] = []
+    for _ in range(rounds):
+        suggested = opt.suggest(batch)
+        trials += suggested
+        for t in suggested:
+            opt.complete(t.trial_id, {"y": Measurement(mean=score(t.parameters))})
+    return trials
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_fast_suggestions_stay_in_a_mixed_constrained_space_whatever_the_seed(seed: int) -> None:
     spec = make_spec(PARAMETERS, parameter_constraints=CONSTRAINTS, seed=seed, optimizer={"initialization_trials": 5})
     assert model_engine(spec).engine == "fast"
-    opt = AxOptimizer(spec, threads=1)
-    trials: list[SuggestedTrial] = []
-    for _ in range(3):
-        batch = opt.suggest(4)
-        trials += batch
-        for t in batch:
-            opt.complete(t.trial_id, {"y": Measurement(mean=value(t.parameters))})
+    trials = optimize(AxOptimizer(spec, threads=1), 3, 4, value)
     assert [t.engine for t in trials][-4:] == ["fast"] * 4
     check_in_space(spec, trials)
     assert len({tuple(t.parameters.values()) for t in trials}) == len(trials)  # no trial twice
@@ -77,25 +82,13 @@ def test_fixed_choice_and_int_hold_and_a_small_discrete_space_is_not_repeated() 
     small = make_spec([{"name": "a", "type": "int", "bounds": [0, 2]}, {"name": "b", "type": "int", "bounds": [1, 4]},
                        {"name": "c", "type": "choice", "values": ["lo", "mid", "hi"], "is_ordered": True}],
                       optimizer={"initialization_trials": 4})
-    opt = AxOptimizer(small, threads=1)
-    trials = []
-    for _ in range(5):
-        batch = opt.suggest(4)
-        trials += batch
-        for t in batch:
-            opt.complete(t.trial_id, {"y": Measurement(mean=(int(t.parameters["a"]) - 1) ** 2 + int(t.parameters["b"]))})
+    trials = optimize(AxOptimizer(small, threads=1), 5, 4, lambda p: (int(p["a"]) - 1) ** 2 + int(p["b"]))
     check_in_space(small, trials)
     assert len({tuple(t.parameters.values()) for t in trials}) == 20 and "fast" in {t.engine for t in trials}
     # A choice and an int only, 3 x 3 = 9 points, each scored: all 9, none twice.
     tiny = make_spec([{"name": "a", "type": "choice", "values": ["x", "y", "z"]}, {"name": "b", "type": "int", "bounds": [0, 2]}],
                      optimizer={"initialization_trials": 3})
-    opt = AxOptimizer(tiny, threads=1)
-    trials = []
-    for _ in range(3):
-        batch = opt.suggest(3)
-        trials += batch
-        for t in batch:
-            opt.complete(t.trial_id, {"y": Measurement(mean=(t.parameters["a"] == "y") + int(t.parameters["b"]))})
+    trials = optimize(AxOptimizer(tiny, threads=1), 3, 3, lambda p: (p["a"] == "y") + int(p["b"]))
     assert [t.engine for t in trials][3:] == ["fast"] * 6 and len({tuple(t.parameters.values()) for t in trials}) == 9
 
 
