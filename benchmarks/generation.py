@@ -410,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
             verdicts["median regret ratio <= 1.1"] = ratios[worst_name] <= 1.1
             print(f"median regret ratio: highest {ratios[worst_name]:.2f} ({worst_name})")
 
+    return report_verdicts(verdicts)
+
+
+def report_verdicts(verdicts: dict[str, bool]) -> int:
+    """Print each verdict as PASS or FAIL; the exit code: 0 when all pass."""
     print()
     for what, ok in verdicts.items():
         print(f"{'PASS' if ok else 'FAIL'}: {what}")

@@ -51,7 +51,7 @@ import torch
 from botorch.test_functions import Hartmann
 from scipy.optimize import minimize
 
-from benchmarks.generation import BATCH, clock, ratio_interval, since
+from benchmarks.generation import BATCH, clock, ratio_interval, report_verdicts, since
 from benchmarks.generation import time_ax_capped as capped
 from campaigns import CampaignSpec, Measurement, TrialRecord, parse_spec, utcnow
 from optimizer import AxOptimizer, model_engine
@@ -333,10 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 line += f", Ax {ma:.4g}, ratio {ratio:.2f} (90 % bootstrap {lo:.2f}-{hi:.2f})"
                 verdicts[f"median regret ratio <= 1.0 on {p.name} ({ratio:.2f})"] = ratio <= 1.0
             print(line, flush=True)
-    print()
-    for what, ok in verdicts.items():
-        print(f"{'PASS' if ok else 'FAIL'}: {what}")
-    return 0 if all(verdicts.values()) else 1
+    return report_verdicts(verdicts)
 
 
 if __name__ == "__main__":
