@@ -147,6 +147,9 @@ def wake_deployed(state: CampaignState) -> str:
 
 
 def _suspended(flow_run_id: str) -> bool:
+    from flows.prefect.server import quiet_prefect_defaults
+
+    quiet_prefect_defaults()
     from flows.prefect.approval import prefect_server_configured
 
     if not prefect_server_configured():

@@ -38,7 +38,9 @@ def quiet_prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    if "prefect.context" in sys.modules:  # imported already (closedloop called in-process)
+    # Imported already (closedloop called in-process, or forked from a process that imported it):
+    # its settings are read again from this environment, as its import would read them.
+    if "prefect.context" in sys.modules:
         reread_prefect_settings()
 
 
