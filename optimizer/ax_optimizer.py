@@ -28,7 +28,7 @@ from campaigns.events import Measurement, ParameterValue, Prediction, SuggestedT
 from campaigns.spec import CampaignSpec
 from campaigns.state import TrialRecord
 from optimizer.engines import EngineChoice, default_initialization_trials, model_engine, sobol_phase
-from optimizer.records import TrialEntry, ordered_trials, training_rows
+from optimizer.records import TrialEntry, ordered_trials, training_entries
 from optimizer.robust import ModelFailure, numerical_failure
 from optimizer.sobol import SobolSampler, fixed_parameter_values
 
@@ -304,18 +304,11 @@ class AxOptimizer:
 
     def _suggest_fast(self, n: int, seed: int) -> list[SuggestedTrial]:
         """The fast method on a continuous space (``optimizer.fastbo``), from the records alone."""
-        import pandas as pd
         from botorch.exceptions.warnings import BadInitialCandidatesWarning
 
         from optimizer.fastbo import FAST_ERRORS, fast_generate
 
-        trained = [t for t in self._trials if t.status == "completed" and t.measurements]
-        means = pd.DataFrame([{m: v.mean for m, v in t.measurements.items()} for t in trained],
-                             index=[int(t.trial_id) for t in trained])
-        chosen = training_rows(self._spec, means, self._spec.optimizer.max_training_points)
-        if chosen is not None:
-            keep = set(chosen)
-            trained = [t for t in trained if int(t.trial_id) in keep]
+        trained = training_entries(self._spec, [t for t in self._trials if t.status == "completed" and t.measurements])
         pending = [t for t in self._trials if t.status == "pending"]
         self._last_fit = [t.trial_id for t in trained]
         try:

@@ -28,7 +28,7 @@ from campaigns.events import ParameterValue
 from campaigns.spec import CampaignSpec, fast_obstacle
 from campaigns.state import TrialRecord
 from optimizer.engines import default_initialization_trials
-from optimizer.records import TrialEntry, ordered_trials, training_rows
+from optimizer.records import TrialEntry, ordered_trials, training_entries
 
 __all__ = ["MIN_TRIALS", "Z95", "Estimate", "ModelBest", "TrialEstimate", "as_json", "entries_best", "model_best"]
 
@@ -147,24 +147,12 @@ def _not_served(obstacle: str) -> ModelBest:
                                "engine's model, which does not serve it")
 
 
-def _training(spec: CampaignSpec, done: list[TrialEntry]) -> list[TrialEntry]:
-    """The trials the engine fits on: all, or ``optimizer.max_training_points`` of them."""
-    if len(done) <= spec.optimizer.max_training_points:
-        return done
-    import pandas as pd  # only a long campaign needs it (~0.2 s)
-
-    means = pd.DataFrame([{m: v.mean for m, v in e.measurements.items()} for e in done],
-                         index=[int(e.trial_id) for e in done])
-    keep = set(training_rows(spec, means, spec.optimizer.max_training_points) or means.index)
-    return [e for e in done if int(e.trial_id) in keep]
-
-
 def _estimate(spec: CampaignSpec, done: list[TrialEntry]) -> ModelBest:
     import numpy as np
 
     from optimizer.fastbo import FAST_ERRORS, fit_models
 
-    trained = _training(spec, done)
+    trained = training_entries(spec, done)
     try:
         to_unit, models = fit_models(spec, trained, noisy_start=True)
         X = np.array([to_unit(e.parameters) for e in done], dtype=float)
