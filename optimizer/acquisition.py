@@ -11,7 +11,6 @@ hundreds of times per candidate, and autograd costs more than the arithmetic her
   points, averaged over the draws (BoTorch's ``qLogNEI``, Ax's default, with
   sequential-greedy pending points and its QMC sampler);
 - ``LogEHVI``: log expected hypervolume improvement of several objectives (analytic);
-- ``UpperBound``: posterior mean + ``kappa`` sd of one objective (a campaign's last batch);
 - ``maximize``: raw Sobol samples and samples around the baseline, BoTorch's
   ``initialize_q_batch`` for the starts (and the previous candidate's end points), L-BFGS-B.
 
@@ -35,7 +34,7 @@ from scipy.special import erfcx, log_ndtr, ndtr
 from campaigns.spec import CampaignSpec
 from optimizer.fastgp import EXACT, FastGP
 
-__all__ = ["Acquisition", "LogEHVI", "LogNEI", "UpperBound", "baseline", "feasible", "hypercells", "incumbent", "log_h", "maximize"]
+__all__ = ["Acquisition", "LogEHVI", "LogNEI", "baseline", "feasible", "hypercells", "incumbent", "log_h", "maximize"]
 
 _MIN_VAR = 1e-10  # posterior variance floor, relative to the output variance
 _FD_STEP = 1e-6  # forward-difference step in the unit cube (log EHVI's gradient)
@@ -215,30 +214,6 @@ class LogNEI(Acquisition):
         dsd = dvar / (2.0 * sd[:, None])  # (m, d)
         dmean = cond.mean_gradient(x, k, (c @ alpha.T) * sign)  # (m, d)
         return out, (dmean - (c * u).sum(1)[:, None] * dsd) / sd[:, None] + dsd / sd[:, None]
-
-
-class UpperBound(Acquisition):
-    """``sign * mean + kappa * sd`` of the objective: exploitation for a campaign's last batch.
-
-    With a small ``kappa`` its peak is next to the model's best; the batch's earlier
-    candidates, believed at their means, lower the sd there so that later ones move a little.
-    ``B`` is the best trial, for ``maximize``'s samples around it. No outcome constraints.
-    """
-
-    def __init__(self, objective: tuple[FastGP, float], B: np.ndarray, kappa: float) -> None:
-        super().__init__(objective, None, [])
-        self.B, self.kappa = B, kappa
-
-    def __call__(self, x: np.ndarray, grad: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """The bound at each row of ``x`` and, with ``grad``, its gradient."""
-        model, sign = self.objective
-        floor = _MIN_VAR * model.output_scale**2
-        if not grad:
-            mean, var = model.predict(x, grad=False)
-            return sign * mean + self.kappa * np.sqrt(np.maximum(var, floor)), None
-        mean, var, dmean, dvar = model.predict(x)
-        sd = np.sqrt(np.maximum(var, floor))
-        return sign * mean + self.kappa * sd, sign * dmean + self.kappa * dvar / (2.0 * sd[:, None])
 
 
 class LogEHVI(Acquisition):

@@ -321,7 +321,7 @@ class AxOptimizer:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", BadInitialCandidatesWarning)  # a flat acquisition: any start will do
-                candidates = fast_generate(self._spec, trained, pending, n, seed, self._fixed, last=self._last_batch(n))
+                candidates = fast_generate(self._spec, trained, pending, n, seed, self._fixed)
         except FAST_ERRORS as exc:
             reason = numerical_failure(exc)
             if reason is not None:
@@ -338,12 +338,6 @@ class AxOptimizer:
             out.append(self._add(TrialEntry(str(len(self._trials)), parameters, "botorch", None), engine="fast",
                                  prediction=prediction or None))
         return out
-
-    def _last_batch(self, n: int) -> bool:
-        """Whether ``n`` more trials end the budget (``max_trials``; counted as the campaign
-        counts them: every suggested trial but rejected ones and prior data)."""
-        used = sum(t.status != "rejected" and t.generator != "prior" for t in self._trials)
-        return used + n >= self._spec.budget.max_trials
 
     # ----------------------------------------------------------------- outcomes
     def complete(self, trial_id: str, measurements: Mapping[str, Measurement]) -> None:

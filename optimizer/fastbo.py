@@ -26,7 +26,6 @@ from optimizer.acquisition import (
     Acquisition,
     LogEHVI,
     LogNEI,
-    UpperBound,
     baseline,
     hypercells,
     maximize,
@@ -36,7 +35,7 @@ from optimizer.mixed import Space, maximize_mixed
 from optimizer.records import TrialEntry
 from optimizer.robust import metric_bounds, safety_cutoffs
 
-__all__ = ["FAST_ERRORS", "FAST_SETTINGS", "LAST_BATCH_KAPPA", "Candidate", "fast_generate", "fit_models", "supports_fast"]
+__all__ = ["FAST_ERRORS", "FAST_SETTINGS", "Candidate", "fast_generate", "fit_models", "supports_fast"]
 
 #: What a failed fit or acquisition optimization raises (e.g. a kernel matrix that is not
 #: positive definite: ``torch.linalg.LinAlgError`` is a ``RuntimeError``; an overflow: an
@@ -52,10 +51,6 @@ FAST_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, Arithm
 #: ``benchmarks/README.md``).
 FAST_SETTINGS: dict[str, float] = {"num_restarts": 10, "raw_samples": 512, "maxiter": 200, "factr": 1e10,
                                    "around_best": 512, "around_sd": 0.01}
-
-#: The last batch's ``UpperBound``: posterior mean + ``LAST_BATCH_KAPPA`` sd (a low value:
-#: exploitation, so that the model's best, which a campaign recommends, is measured nearby).
-LAST_BATCH_KAPPA = 0.5
 
 
 class Candidate(NamedTuple):
@@ -78,7 +73,6 @@ def fast_generate(
     seed: int,
     fixed: Mapping[str, ParameterValue],
     settings: Mapping[str, float] = FAST_SETTINGS,
-    last: bool = False,
 ) -> list[Candidate]:
     """``n`` candidates for a continuous campaign, in order (not yet trials), each with the
     fitted models' posterior mean and sd of every metric at it (no pending trial believed).
@@ -93,9 +87,6 @@ def fast_generate(
         fixed: Parameters every candidate must carry.
         settings: ``num_restarts``, ``raw_samples``, ``maxiter``, ``factr``, ``around_best``,
             ``around_sd`` of the acquisition optimizer.
-        last: The campaign's last batch (the budget ends with it): with one objective and no
-            outcome constraint, the candidates maximize ``UpperBound`` (exploitation) instead
-            of the noisy EI, the objective's model believed at the earlier ones.
     """
     space = Space(spec)
     generator = torch.Generator().manual_seed(seed)
@@ -107,8 +98,7 @@ def fast_generate(
     # The Kriging believer for the constraint models and for several objectives; a single
     # objective's model stays as fitted (LogNEI draws at pending points from it).
     believed = {c.metric for c in spec.parsed_outcome_constraints}
-    exploit = last and len(spec.objectives) == 1 and not conditions
-    if len(spec.objectives) > 1 or exploit:
+    if len(spec.objectives) > 1:
         believed |= {o.name for o in spec.objectives}
 
     def believe(X: np.ndarray) -> None:  # each believed model takes its mean at X as data
@@ -131,9 +121,7 @@ def fast_generate(
         if len(objectives) == 1:
             objective = objectives[0]
             B = baseline(objective, cons)
-            if exploit and B is not None:
-                acquisition = UpperBound(objective, B, LAST_BATCH_KAPPA)
-            elif B is None:  # no trial feasible by posterior means: the constraints alone
+            if B is None:  # no trial feasible by posterior means: the constraints alone
                 acquisition = Acquisition(objective, None, cons)
             else:
                 P = np.array(pending_x + out_x, dtype=float).reshape(-1, d)

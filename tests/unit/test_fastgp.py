@@ -25,7 +25,7 @@ from botorch.test_functions import Hartmann
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from campaigns import Measurement, parse_spec
-from optimizer.acquisition import Acquisition, LogNEI, UpperBound, baseline, incumbent, log_h, maximize
+from optimizer.acquisition import Acquisition, LogNEI, baseline, incumbent, log_h, maximize
 from optimizer.fastbo import FAST_SETTINGS
 from optimizer.model_best import entries_best
 from optimizer.fastgp import FastGP
@@ -128,7 +128,6 @@ def test_acquisition_gradients_match_finite_differences() -> None:
     for acquisition in (
         Acquisition((model, -1.0), float(-y.min()), [(model, 1.0, -1.0)]),
         LogNEI((model, -1.0), B, np.random.default_rng(2).random((2, 3)), [], g),
-        UpperBound((model, -1.0), B, 0.5),
     ):
         value, slope = acquisition(x)
         for j in range(3):

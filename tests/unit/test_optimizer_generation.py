@@ -122,22 +122,6 @@ def test_the_fast_method_keeps_fixed_parameters_log_scales_and_constraints() -> 
     assert all(float(t.parameters["x2"]) < 9.5 + 1.0 for t in batch)
 
 
-def test_the_last_batch_exploits_where_the_model_expects_the_best() -> None:
-    # 20 trials done; with 3 left, the batch goes where the model predicts better than the best
-    # reading; with 20 left, the noisy EI also explores where the model is unsure.
-    records = completed(BRANIN, 20)
-    best = min(r.measurements["branin"].mean for r in records)
-    predicted = {}
-    for budget in (23, 40):
-        spec = BRANIN.model_copy(update={"budget": BRANIN.budget.model_copy(update={"max_trials": budget})})
-        batch = AxOptimizer.rebuild(spec, records, threads=1).suggest(3)
-        assert [t.generator for t in batch] == ["botorch"] * 3
-        assert AxOptimizer.rebuild(spec, records, threads=1).suggest(3) == batch  # rebuilt: the same
-        predicted[budget] = [t.prediction["branin"].mean for t in batch if t.prediction]
-    assert len(predicted[23]) == 3 and all(m < best for m in predicted[23])
-    assert any(m > best for m in predicted[40])
-
-
 def test_winsorization_clips_only_the_bad_side_as_ax_does() -> None:
     y = np.array([0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 300.0])
     low, high = winsorization_cutoffs(BRANIN, "branin", y)  # minimized: large values clipped
