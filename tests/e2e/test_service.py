@@ -373,8 +373,9 @@ def test_a_suspended_approval_past_its_deadline_follows_its_timeout_policy(
         assert out.returncode == 0, out.stderr
         first = wait_for(lambda: _suspended_waiting(env, "deadline", trials=["0", "1"]), 300, "a suspended approval")
         _holds_no_process(first, worker)
-        wait_for(lambda: (s := status_now("deadline", env)) is not None and s["status"] == "finished", 300,
-                 "the deadline to pass and the campaign to finish, nothing typed")
+        _wait_telling(lambda: (s := status_now("deadline", env)) is not None and s["status"] == "finished", 300,
+                      "the deadline to pass and the campaign to finish, nothing typed", "deadline",
+                      tmp_path / "worker.log")
     finally:
         _stop_worker(worker)
     events = read_events(env, "deadline")
