@@ -49,9 +49,6 @@ import optimizer.fastbo  # noqa: F401
 # flow and the service, the log, the device hub, the instruments. Prefect's flow and task
 # decorators read its default retries when the flow's module is imported: no test sets them.
 import devices  # noqa: F401, I001
-import flows.cli.drive  # noqa: F401
-import flows.cli.people  # noqa: F401
-import flows.cli.report  # noqa: F401
 import flows.prefect.flow  # noqa: F401
 import flows.prefect.service  # noqa: F401
 import simulators  # noqa: F401
