@@ -26,6 +26,7 @@ Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/noisy.py --side ours --tag after --seeds 20 --out noisy.jsonl
     .venv/bin/python benchmarks/noisy.py --summary --tag after --out noisy.jsonl
+    .venv/bin/python benchmarks/noisy.py --summary --tag after --seeds 20 --out noisy.jsonl   # seeds 0-19 only
     # Ax's campaigns for more seeds, added to the recorded ones
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/noisy.py --side ax --first-seed 20 --seeds 10 \
         --out benchmarks/data/noisy-ax.jsonl
@@ -146,12 +147,13 @@ def read_all(out: Path, ax_from: str) -> list[dict[str, Any]]:
     return list((rows | {key(r): r for r in read(out)}).values())
 
 
-def summary(rows: list[dict[str, Any]], tag: str, known: bool) -> None:
-    """The table: per problem and noise sd, the seeds both sides finished."""
+def summary(rows: list[dict[str, Any]], tag: str, known: bool, seeds: range | None = None) -> None:
+    """The table: per problem and noise sd, the seeds both sides finished (those in ``seeds`` if given)."""
+    rows = [r for r in rows if seeds is None or r["seed"] in seeds]
     ours = {(r["problem"], r["sd"], r["seed"]): r for r in rows if r["side"] == "ours" and r["tag"] == tag and r["known"] == known}
     ax = {(r["problem"], r["sd"], r["seed"]): r for r in rows if r["side"] == "ax" and r["known"] == known}
     print(f"# noisy problems, closedloop '{tag}' vs Ax's client; regret of the true value at the recommended point"
-          f"{' (sem given)' if known else ''}")
+          f"{' (sem given)' if known else ''}{f' (seeds {seeds.start}-{seeds.stop - 1})' if seeds else ''}")
     print(f"{'problem':<11}{'sd':>6}{'seeds':>6}{'ours':>9}{'ax':>9}{'ratio':>7}{'90% interval':>15}{'wins':>7}"
           f"{'  | by best observed: ours':>26}{'ax':>8}{'ratio':>7}")
     for name, sds in NOISE.items():
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", choices=["ours", "ax", "both"], default="both")
     ap.add_argument("--tag", default="current", help="names this version of closedloop in --out")
     ap.add_argument("--problems", default=",".join(PROBLEMS))
-    ap.add_argument("--seeds", type=int, default=15)
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="how many seeds from --first-seed (15 when running; with --summary: all unless given)")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--budget", type=int, default=30)
     ap.add_argument("--known-noise", action="store_true", help="each measurement's sem = the noise sd")
@@ -186,14 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summary", action="store_true", help="print the table from --out and exit")
     args = ap.parse_args(argv)
     if args.summary:
-        summary(read_all(args.out, args.ax_from), args.tag, args.known_noise)
+        chosen = range(args.first_seed, args.first_seed + args.seeds) if args.seeds is not None else None
+        summary(read_all(args.out, args.ax_from), args.tag, args.known_noise, chosen)
         return 0
+    seeds = range(args.first_seed, args.first_seed + (15 if args.seeds is None else args.seeds))
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     logging.getLogger("ax").setLevel(logging.WARNING)
     done = {key(r) for r in read_all(args.out, args.ax_from)}
     sides = ["ours", "ax"] if args.side == "both" else [args.side]
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
+    for seed in seeds:
         for name in args.problems.split(","):
             for sd in NOISE[name]:
                 for side in sides:
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
-    summary(read_all(args.out, args.ax_from), args.tag, args.known_noise)
+    summary(read_all(args.out, args.ax_from), args.tag, args.known_noise, seeds)
     return 0
 
 
