@@ -147,9 +147,10 @@ def read_all(out: Path, ax_from: str) -> list[dict[str, Any]]:
     return list((rows | {key(r): r for r in read(out)}).values())
 
 
-def summary(rows: list[dict[str, Any]], tag: str, known: bool, seeds: range | None = None) -> None:
-    """The table: per problem and noise sd, the seeds both sides finished (those in ``seeds`` if given)."""
-    rows = [r for r in rows if seeds is None or r["seed"] in seeds]
+def summary(rows: list[dict[str, Any]], tag: str, known: bool, seeds: range | None = None, budget: int = 30) -> None:
+    """The table: per problem and noise sd, the seeds both sides finished with ``budget`` trials
+    (those in ``seeds`` if given)."""
+    rows = [r for r in rows if (seeds is None or r["seed"] in seeds) and r["budget"] == budget]
     ours = {(r["problem"], r["sd"], r["seed"]): r for r in rows if r["side"] == "ours" and r["tag"] == tag and r["known"] == known}
     ax = {(r["problem"], r["sd"], r["seed"]): r for r in rows if r["side"] == "ax" and r["known"] == known}
     print(f"# noisy problems, closedloop '{tag}' vs Ax's client; regret of the true value at the recommended point"
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.summary:
         chosen = range(args.first_seed, args.first_seed + args.seeds) if args.seeds is not None else None
-        summary(read_all(args.out, args.ax_from), args.tag, args.known_noise, chosen)
+        summary(read_all(args.out, args.ax_from), args.tag, args.known_noise, chosen, args.budget)
         return 0
     seeds = range(args.first_seed, args.first_seed + (15 if args.seeds is None else args.seeds))
     torch.set_num_threads(1)
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
-    summary(read_all(args.out, args.ax_from), args.tag, args.known_noise, seeds)
+    summary(read_all(args.out, args.ax_from), args.tag, args.known_noise, seeds, args.budget)
     return 0
 
 
