@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +93,16 @@ def run(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Path | 
 
 
 def start(args: list[str], env: dict[str, str], *, stdout: Any = None, stderr: Any = None, text: bool = False,
-          cwd: Path | None = None, start_new_session: bool = False) -> Any:
-    """`closedloop ARGS` started, as ``subprocess.Popen`` would (stdin from /dev/null): forked
-    from the fork server, or from the console script with ``CLOSEDLOOP_TEST_EXEC=1``."""
+          cwd: Path | None = None, start_new_session: bool = False, program: str = "closedloop") -> Any:
+    """`closedloop ARGS` (or `prefect ARGS`, ``program="prefect"``) started, as ``subprocess.Popen``
+    would (stdin from /dev/null): forked from the fork server, or from the console script with
+    ``CLOSEDLOOP_TEST_EXEC=1``."""
+    argv = [str(Path(CLOSEDLOOP).with_name(program)), *args]
     if os.environ.get("CLOSEDLOOP_TEST_EXEC") == "1":
-        return subprocess.Popen([CLOSEDLOOP, *args], env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                                 text=text, cwd=cwd, start_new_session=start_new_session)
-    return _Forked(_forkserver(), [CLOSEDLOOP, *args], env, Path.cwd() if cwd is None else cwd, stdout, stderr, text,
-                   start_new_session)
+    return _Forked(_forkserver(), argv, env, Path.cwd() if cwd is None else cwd, stdout, stderr, text,
+                   start_new_session, program)
 
 
 class _ForkServer:
@@ -110,10 +114,18 @@ class _ForkServer:
 
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as every command's (cli_env): read when BLAS loads
-        self._process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("forkserver.py")), str(theirs.fileno())],
-                                         pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, cwd=Path(__file__).parents[2])
+        #: Where it listens for Prefect's flow runs (``forked_engine.py``): bound here, so a flow
+        #: run that connects before the server has loaded waits in the backlog.
+        self.engine_socket = Path(tempfile.mkdtemp(prefix="closedloop-forks-")) / "engine.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(str(self.engine_socket))
+        listener.listen(16)
+        server = Path(__file__).with_name("forkserver.py")
+        self._process = subprocess.Popen([sys.executable, str(server), str(theirs.fileno()), str(listener.fileno())],
+                                         pass_fds=[theirs.fileno(), listener.fileno()], env=env,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd=Path(__file__).parents[2])
         theirs.close()
+        listener.close()
         self._sock = mine
         self._lock = threading.Lock()
         self._replies: dict[str, Any] = {}
@@ -131,15 +143,15 @@ class _ForkServer:
         with self._lock:
             return self._replies.setdefault(rid, queue.Queue())
 
-    def fork(self, argv: list[str], env: dict[str, str], cwd: Path, fds: list[int], *, session: bool = False
-             ) -> tuple[str, int]:
+    def fork(self, argv: list[str], env: dict[str, str], cwd: Path, fds: list[int], *, session: bool = False,
+             program: str = "closedloop") -> tuple[str, int]:
         """Send the command (its stdin, stdout and stderr as ``fds``; ``session``: in a session of
         its own); its id and pid."""
         import socket
 
         with self._lock:
             rid = str(next(self._ids))
-        request = {"id": rid, "argv": argv, "env": env, "cwd": str(cwd), "session": session}
+        request = {"id": rid, "argv": argv, "env": env, "cwd": str(cwd), "session": session, "program": program}
         socket.send_fds(self._sock, [json.dumps(request).encode()], fds)
         return rid, self.reply(rid, 60)["pid"]
 
@@ -160,7 +172,7 @@ class _Forked:
     terminate, kill, and ``with``."""
 
     def __init__(self, server: _ForkServer, argv: list[str], env: dict[str, str], cwd: Path,
-                 stdout: Any, stderr: Any, text: bool, session: bool = False) -> None:
+                 stdout: Any, stderr: Any, text: bool, session: bool = False, program: str = "closedloop") -> None:
         self.args = argv
         self.returncode: int | None = None
         self.stdin = None
@@ -172,6 +184,9 @@ class _Forked:
                 r, w = os.pipe()
                 theirs.append(w)
                 ours.append(open(r, "r" if text else "rb", **({"encoding": "utf-8"} if text else {})))
+            elif given == subprocess.STDOUT:
+                theirs.append(os.dup(theirs[1]))
+                ours.append(None)
             else:
                 fd = (os.open(os.devnull, os.O_WRONLY) if given == subprocess.DEVNULL
                       else os.dup(inherited if given is None else given if isinstance(given, int) else given.fileno()))
@@ -179,7 +194,7 @@ class _Forked:
                 ours.append(None)
         self.stdout, self.stderr = ours
         try:
-            self._id, self.pid = server.fork(argv, env, cwd, theirs, session=session)
+            self._id, self.pid = server.fork(argv, env, cwd, theirs, session=session, program=program)
         finally:
             for fd in theirs:
                 os.close(fd)
@@ -253,6 +268,16 @@ def _forkserver() -> _ForkServer:
     if _SERVER is None:
         _SERVER = _ForkServer()
     return _SERVER
+
+
+def engine_command() -> str | None:
+    """The command a process work pool runs a flow run with: ``python -m prefect.engine`` forked
+    from this worker's fork server (``forked_engine.py``), or None (Prefect's own, exec'd) with
+    ``CLOSEDLOOP_TEST_EXEC=1``."""
+    if os.environ.get("CLOSEDLOOP_TEST_EXEC") == "1":
+        return None
+    client = Path(__file__).with_name("forked_engine.py")
+    return shlex.join([sys.executable, str(client), str(_forkserver().engine_socket)])
 
 
 def status(campaign: str, env: dict[str, str]) -> dict[str, Any]:

@@ -19,19 +19,27 @@ preloaded modules (0.2-0.6 s of CPU with torch loaded) is left out. ``CLOSEDLOOP
 runs the same tests on processes started from the console script.
 
 Protocol, one JSON object a message on the SOCK_SEQPACKET socket given as ``argv[1]``: a
-request ``{"id", "argv", "env", "cwd", "session"}`` carrying the command's stdin, stdout and
-stderr as file descriptors is answered by ``{"id", "pid"}`` once forked and ``{"id", "code"}`` once the
-child has ended (``-N`` for signal N, as subprocess reports it). The server ends when the
-socket closes.
+request ``{"id", "argv", "env", "cwd", "session", "program"}`` (``closedloop`` or ``prefect``)
+carrying the command's stdin, stdout and stderr as file descriptors is answered by ``{"id",
+"pid"}`` once forked and ``{"id", "code"}`` once the child has ended (``-N`` for signal N, as
+subprocess reports it). The server ends when the socket closes.
+
+The listening socket given as ``argv[2]`` (SOCK_SEQPACKET) serves Prefect's flow runs
+(``tests/e2e/forked_engine.py``, the command of test_service's work pools): one request a
+connection, the same protocol, run as ``python -m prefect.engine`` would be. A connection that
+closes before its child ended (the worker killed the client) takes the child down with
+SIGKILL, as it would have taken down the exec'd process.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import json
 import os
 import select
+import signal
 import socket
 import sys
 import threading
@@ -97,10 +105,37 @@ def _become(request: dict, fds: list[int]) -> None:
     sys.argv = list(request["argv"])
 
 
-def _run_command() -> int:
+def _prefect_engine() -> int:
+    """``python -m prefect.engine``: Prefect's settings read from this child's environment first."""
+    import runpy
+    import warnings
+
+    from flows.prefect.server import reread_prefect_settings
+
+    reread_prefect_settings()
+    with warnings.catch_warnings():  # runpy: "found in sys.modules ... prior to execution" (preloaded)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+    return 0
+
+
+def _prefect_cli() -> int:
+    """The ``prefect`` console script (``prefect worker start`` in test_service)."""
+    from prefect.cli import app
+
+    from flows.prefect.server import reread_prefect_settings
+
+    reread_prefect_settings()
+    return app()  # type: ignore[no-any-return]
+
+
+_PROGRAMS = {"closedloop": main, "prefect": _prefect_cli}
+
+
+def _run_command(entry=main) -> int:  # type: ignore[no-untyped-def]
     """The console script's ``sys.exit(main())`` and the interpreter's exit, in this child."""
     try:
-        code = main()
+        code = entry()
     except SystemExit as exc:  # what sys.exit does with its argument
         if exc.code is None or isinstance(exc.code, int):
             code = exc.code or 0
@@ -121,24 +156,66 @@ def _run_command() -> int:
     return code
 
 
+_listener: socket.socket | None = None
+_engine_runs: dict[socket.socket, int] = {}  # a flow run's connection -> its child's pid
+if len(sys.argv) > 2:
+    _listener = socket.socket(fileno=int(sys.argv[2]))
+
+
+def _fork(request: dict, fds: list[int], entry, conn: socket.socket | None = None) -> int:  # type: ignore[no-untyped-def]
+    """Fork a child for ``request`` running ``entry``; the sockets it must not hold are closed in it."""
+    pid = os.fork()
+    if pid == 0:
+        for other in (_listener, conn, *_engine_runs):
+            if other is not None:
+                other.close()
+        _become(request, fds)
+        os._exit(_run_command(entry))
+    for fd in fds:
+        os.close(fd)
+    return pid
+
+
 gc.freeze()  # what was imported stays out of every child's collections
 while True:
-    readable, _, _ = select.select([_sock], [], [], 0.02)
-    if readable:
-        message, fds, _, _ = socket.recv_fds(_sock, 1 << 20, 3)
-        if not message:
+    readable, _, _ = select.select([_sock, *([_listener] if _listener else []), *_engine_runs], [], [], 0.02)
+    for ready in readable:
+        if ready is _sock:
+            message, fds, _, _ = socket.recv_fds(_sock, 1 << 20, 3)
+            if not message:
+                sys.exit(0)
+            request = json.loads(message)
+            pid = _fork(request, fds, _PROGRAMS[request.get("program", "closedloop")])
+            _children[pid] = request["id"]
+            _send({"id": request["id"], "pid": pid})
+        elif ready is _listener:
+            conn, _ = _listener.accept()
+            message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            if not message:
+                conn.close()
+                continue
+            request = json.loads(message)
+            pid = _fork(request, fds, _prefect_engine, conn)
+            _engine_runs[conn] = pid
+            conn.send(json.dumps({"id": request["id"], "pid": pid}).encode())
+        elif not ready.recv(1):  # its client is gone: so is the flow run
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(_engine_runs.pop(ready), signal.SIGKILL)
+            ready.close()
+    while True:  # every ended child reaped, a flow run killed for its gone client too
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
             break
-        request = json.loads(message)
-        pid = os.fork()
-        if pid == 0:
-            _become(request, fds)
-            os._exit(_run_command())
-        for fd in fds:
-            os.close(fd)
-        _children[pid] = request["id"]
-        _send({"id": request["id"], "pid": pid})
-    while _children:
-        pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
             break
-        _send({"id": _children.pop(pid), "code": os.waitstatus_to_exitcode(status)})
+        code = os.waitstatus_to_exitcode(status)
+        if pid in _children:
+            _send({"id": _children.pop(pid), "code": code})
+            continue
+        for conn, child in list(_engine_runs.items()):
+            if child == pid:
+                with contextlib.suppress(OSError):
+                    conn.send(json.dumps({"id": "engine", "code": code}).encode())
+                conn.close()
+                del _engine_runs[conn]
