@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     handover_wait_s: float = Field(default=30.0, ge=0, le=86400,
                                    description="how long approve/change/stop wait for a running orchestrator to "
                                                "apply the command before leaving it in its inbox.")
+    standby_s: float = Field(default=120.0, ge=20, le=86400,
+                             description="how far ahead a deployed flow run keeps its standby flow run scheduled "
+                                         "(started if the run dies and no restart came; flows.prefect.standby), "
+                                         "and how long after an approval's deadline its backup flow run starts.")
     ax_db_url: SecretStr | None = Field(default=None, description="SQLAlchemy URL of Ax's SQL store; "
                                         "unset = sqlite under home (ax.sqlite); off = none kept.")
 

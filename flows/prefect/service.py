@@ -11,6 +11,11 @@ id as its only parameter, and automations that keep it going without a person:
 - a flow run suspended on an approval whose deadline passed (Prefect fails it) starts a new
   flow run, which applies the approval's ``on_timeout``.
 
+Prefect's triggers on a busy SQLite server can lose the events these act on, so each is backed
+by a scheduled flow run that needs no trigger: a running flow run keeps a standby
+(`flows.prefect.standby`), a suspension with a deadline schedules a run just after it
+(`flows.prefect.suspension`).
+
 A new flow run resumes from the log, as `closedloop resume` does; the lease keeps one writer.
 Connection settings come from the worker's environment (or the work pool's job variables),
 never from the deployment: Prefect stores parameters in its database.
@@ -27,7 +32,6 @@ from typing import Any
 from uuid import UUID
 
 from campaigns import ClosedLoopError, PrefectServerError, UsageError
-from flows.prefect.takeover import REPLACED_EVENT
 
 __all__ = [
     "HEARTBEAT_S",
@@ -43,9 +47,6 @@ __all__ = [
 
 #: Seconds between a deployed flow run's heartbeats; one missing for three periods marks it crashed.
 HEARTBEAT_S = 30  # Prefect allows no less
-#: A crashed run must be taken over within this; else the campaign's safety-net automation
-#: starts a run (a busy Prefect server can fail the restart's action, or lose its trigger).
-REPLACED_WITHIN_S = 120
 #: The messages of Prefect 3.8's Failed state for a pause or suspension whose timeout passed
 #: (its pause-expiration service, or a resume that came too late).
 PAUSE_EXPIRED = [f"The flow was {name} and never resumed." for name in ("paused", "suspended", "scheduled", "running")]
@@ -155,8 +156,8 @@ def start_flow_run(campaign_id: str) -> Any:
 
 
 def _ensure_automations(campaign_id: str, deployment_id: UUID) -> None:
-    """The campaign's automations (restart a crashed run; a silent run is crashed; a crashed run
-    not replaced in time is replaced; a suspension past its approval's deadline restarts), once each."""
+    """The campaign's automations (restart a crashed run; a silent run is crashed; a suspension
+    past its approval's deadline restarts), once each."""
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState, RunDeployment
@@ -187,18 +188,6 @@ def _ensure_automations(campaign_id: str, deployment_id: UUID) -> None:
         ),
     ]
     wanted.append(Automation(
-        name=f"closedloop {campaign_id}: a crashed run was not replaced",
-        description=f"No flow run took the campaign over from a crashed one within {REPLACED_WITHIN_S} s (the "
-                    "restart's action failed, or its run never started): start one. A run started while "
-                    "another holds the campaign's lease fails without touching the campaign.",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.Crashed"}, expect={REPLACED_EVENT},
-            match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=of_deployment,
-            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
-            within=timedelta(seconds=REPLACED_WITHIN_S)),
-        actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
-    ))
-    wanted.append(Automation(
         name=f"closedloop {campaign_id}: an approval's deadline passed",
         description="A flow run suspended on an approval with a deadline fails when it passes (Prefect's "
                     "pause expiration): a new flow run applies the approval's on_timeout.",
@@ -207,11 +196,15 @@ def _ensure_automations(campaign_id: str, deployment_id: UUID) -> None:
                              match_related=of_deployment, posture=Posture.Reactive, threshold=1),
         actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
     ))
-    for automation in wanted:  # a campaign deployed again may have a new deployment id: replaced
+    # Retired: a crashed run not replaced within 120 s was replaced by this automation until the
+    # standby flow run (flows.prefect.standby) took its place.
+    retired = [f"closedloop {campaign_id}: a crashed run was not replaced"]
+    for name in [*(a.name for a in wanted), *retired]:  # deployed again: maybe a new deployment id
         try:
-            Automation.read(name=automation.name).delete()
+            Automation.read(name=name).delete()
         except ValueError:
             pass
+    for automation in wanted:
         automation.create()
 
 

@@ -8,7 +8,10 @@ or a `closedloop` command (`wake`) — reschedules the flow run on a worker; it 
 top, reads the answer of its last suspension (`last_answer`) and goes on from the log. An
 approval with a deadline suspends until then: Prefect fails the run when it passes, and the
 campaign's automation starts a new one, which applies the approval's ``on_timeout``
-(`flows.prefect.service`).
+(`flows.prefect.service`). Prefect's triggers can lose that event (SQLite under load), so the
+suspending run also schedules a flow run for a while after the deadline (``CLOSEDLOOP_STANDBY_S``,
+as a running flow run's standby: `schedule_deadline_run`); it ends at once, with nothing written, if the deadline was dealt with
+(`deadline_dealt_with`).
 
 Suspensions are keyed ``wait-<n>-pause`` or ``wait-<n>-approval-<id>`` (n counts the flow run's
 suspensions): a flow run resumed reads the answer to the highest. An answer
@@ -21,7 +24,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 from uuid import UUID
 
@@ -43,7 +46,21 @@ from flows.prefect.approval import (
     describe,
 )
 
-__all__ = ["Answer", "ResumeForm", "apply_answer", "command_id", "fired", "last_answer", "suspend"]
+__all__ = [
+    "DEADLINE_TAG",
+    "Answer",
+    "ResumeForm",
+    "apply_answer",
+    "command_id",
+    "deadline_dealt_with",
+    "fired",
+    "last_answer",
+    "schedule_deadline_run",
+    "suspend",
+]
+
+#: The tag of a deadline's backup flow run.
+DEADLINE_TAG = "closedloop:deadline"
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +195,16 @@ def _trials(state: CampaignState, trial_ids: list[str]) -> list[dict[str, Any]]:
             for t in trial_ids]
 
 
-def suspend(state: CampaignState, fired: list[tuple[int, str]], problem: str | None = None) -> NoReturn:
+def suspend(state: CampaignState, fired: list[tuple[int, str]], problem: str | None = None, *,
+            backup_after_s: float = 120.0) -> NoReturn:
     """Suspend this flow run until a person answers (raises Prefect's ``Pause``; the process exits).
 
     Args:
         state: The campaign, paused or waiting for an approval.
         fired: This flow run's suspensions so far (`fired`).
         problem: Why the previous answer was not accepted, shown above the form.
+        backup_after_s: How long after an approval's deadline its backup flow run starts
+            (`schedule_deadline_run`).
     """
     n = (fired[-1][0] if fired else 0) + 1
     timeout: int | None = None
@@ -202,6 +222,7 @@ def suspend(state: CampaignState, fired: list[tuple[int, str]], problem: str | N
                      if a.deadline is not None and a.on_timeout != "keep_waiting"]
         if deadlines:  # Prefect fails the suspended run then; a new run applies on_timeout
             timeout = max(1, math.ceil((min(deadlines) - datetime.now(UTC)).total_seconds()))
+            schedule_deadline_run(state, min(deadlines), backup_after_s)
         form = ApprovalForm.with_initial_data(
             description=describe(state.campaign_id, request.approval_id, _trials(state, request.trial_ids),
                                  request.why, answer_with(state.campaign_id, request.approval_id), problem,
@@ -209,3 +230,32 @@ def suspend(state: CampaignState, fired: list[tuple[int, str]], problem: str | N
             decision="approve", reject=[], edits="")
     suspend_flow_run(wait_for_input=form, key=_key(n, what), timeout=timeout)
     raise AssertionError("suspend_flow_run returned in the flow run it suspended")  # pragma: no cover
+
+
+def schedule_deadline_run(state: CampaignState, deadline: datetime, after_s: float) -> None:
+    """A flow run of this run's deployment, ``after_s`` after ``deadline``: it applies the
+    approval's ``on_timeout`` if the automation's run (Prefect fails the suspended run within
+    seconds of the deadline) never came. One per campaign instance
+    and deadline (Prefect's idempotency key), however often the campaign suspends before it."""
+    from prefect.context import get_run_context
+    from prefect.deployments import run_deployment
+
+    flow_run = get_run_context().flow_run  # type: ignore[union-attr]
+    key = f"closedloop:{state.instance or state.campaign_id}:deadline:{deadline.isoformat()}"
+    try:
+        run_deployment(flow_run.deployment_id, scheduled_time=deadline + timedelta(seconds=after_s),
+                       timeout=0, as_subflow=False, idempotency_key=key, flow_run_name=state.campaign_id,
+                       tags=["closedloop", f"campaign:{state.campaign_id}", DEADLINE_TAG])
+    except Exception as exc:  # the automation remains: the campaign is not stuck without it
+        log.warning("could not schedule the flow run that backs up the deadline of %s: %s", state.campaign_id, exc)
+
+
+def deadline_dealt_with(state: CampaignState, now: datetime) -> str | None:
+    """Why a deadline's backup run has nothing to do (None: an approval's deadline passed and its
+    ``on_timeout`` is not applied yet)."""
+    if state.status == "finished":
+        return f"campaign {state.campaign_id} is finished"
+    if any(a.deadline is not None and a.deadline <= now and a.on_timeout != "keep_waiting"
+           for a in state.open_approvals.values()):
+        return None
+    return f"no approval of campaign {state.campaign_id} is past its deadline and unanswered"

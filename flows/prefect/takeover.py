@@ -1,5 +1,6 @@
-"""The event a deployed flow run emits about the flow run it took its campaign over from: the
-campaign's safety-net automation (``flows.prefect.service``) waits for it after a crash."""
+"""The event a deployed flow run emits about the flow run it took its campaign over from: in
+Prefect's event feed, each takeover after a crash is on the record (a lab's own automations can
+act on it, or on its absence)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ REPLACED_EVENT = "closedloop.flow-run.replaced"
 
 def announce_takeover(previous_flow_run_id: str, flow_run_id: str, deployment_id: UUID) -> None:
     """Tell Prefect that ``flow_run_id`` took the campaign over from ``previous_flow_run_id`` (the
-    event's resource is the previous run, as the automation's buckets are keyed)."""
+    event's resource is the previous run)."""
     from prefect.events import emit_event
 
     emit_event(REPLACED_EVENT, resource={"prefect.resource.id": f"prefect.flow-run.{previous_flow_run_id}"},

@@ -8,7 +8,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -30,7 +29,7 @@ from campaigns import (
     fold,
 )
 from tests.conftest import free_port
-from tests.e2e.cli import read_events, run, shared_env, status_now, write_spec
+from tests.e2e.cli import engine_command, read_events, run, shared_env, start, status_now, write_spec
 from tests.e2e.test_crash_resume import (
     SPEC,
     assert_each_request_ran_once,
@@ -38,7 +37,6 @@ from tests.e2e.test_crash_resume import (
     wait_for,
 )
 
-BIN_DIR = Path(sys.executable).parent
 #: Two approvals (trials 0-1, then 2-3): every batch waits for a person; simulators in the flow run.
 APPROVAL_SPEC: dict[str, Any] = {
     "name": "asks", "seed": 3, "parameters": SPEC["parameters"], "objectives": SPEC["objectives"],
@@ -49,12 +47,26 @@ APPROVAL_SPEC: dict[str, Any] = {
 }
 
 
+def _create_pool(pool: str) -> None:
+    """`prefect work-pool create POOL --type process`; its flow runs are forked from this pytest
+    worker's fork server (``tests.e2e.cli.engine_command``), or exec'd with ``CLOSEDLOOP_TEST_EXEC=1``."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    if (command := engine_command()) is not None:
+        template["variables"]["properties"]["command"]["default"] = command
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
+
+
 def _worker(pool: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """`prefect worker start` as a lab runs it; it polls its pool every second (default 10 s)."""
+    """`prefect worker start` as a lab runs it; it polls its pool every second (default 10 s), and
+    its flow runs keep their standby 30 s ahead, and back up a deadline 30 s after it (default 120 s)."""
     with log.open("wb") as out:
-        return subprocess.Popen([str(BIN_DIR / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
-                                env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return start(["worker", "start", "--pool", pool, "--type", "process"],
+                     {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "CLOSEDLOOP_STANDBY_S": "30"},
+                     stdout=out, stderr=subprocess.STDOUT,
+                     start_new_session=True, program="prefect")
 
 
 def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
@@ -88,7 +100,7 @@ def _ax_store_trials(path: Path, experiment: str) -> int | None:
 def _story(campaign: str, worker_log: Path) -> str:
     """What Prefect saw of a deployed campaign, for a test that timed out: its flow runs and
     their states, the automations' actions, and the worker's and the server's last lines."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, LogFilter, LogFilterFlowRunId
     from prefect.events.filters import EventFilter, EventNameFilter
 
     lines = []
@@ -97,6 +109,8 @@ def _story(campaign: str, worker_log: Path) -> str:
                 all_=[f"campaign:{campaign}"]))), key=lambda r: r.created or 0):
             lines.append(f"flow run {r.name} {r.id} created {r.created} state {r.state_name}: "
                          f"{(r.state.message if r.state else '')!r}")
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id])), limit=30)
+            lines += [f"    {log.timestamp} {log.level} {log.message}"[:400] for log in logs]
         page = client.read_events(EventFilter(event=EventNameFilter(prefix=["prefect.automation."])), limit=50)
         lines += [f"{e.occurred} {e.event} {e.resource.get('prefect.resource.name')} {e.payload}"[:400]
                   for e in page.events]
@@ -127,20 +141,18 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
     pool = f"lab-{uuid.uuid4().hex[:8]}"
     budget = 14
     spec = write_spec(tmp_path / "spec.yaml", {**SPEC, "name": "served", "budget": {"max_trials": budget}})
-    with get_client(sync_client=True) as client:  # `prefect work-pool create POOL --type process`
-        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    _create_pool(pool)
     sims = {d: start_sim(d, env, tmp_path / f"{d}.jsonl") for d in ("dev-a", "dev-b")}
     worker = _worker(pool, env, tmp_path / "worker.log")
     try:
         out = run(["deploy", str(spec), "--pool", pool, "--no-simulators"], env, timeout=180)
         assert out.returncode == 0, out.stderr
         assert f"deployed as campaign/served on work pool {pool}" in out.stdout, out.stdout
-        # The first crash as if the restart automation's action were lost: paused now, while the
-        # first flow run starts on the worker and runs 3 trials. The safety net must replace that
-        # run. The restart automation is resumed once the net's run has taken over (the first
-        # crash's Crashed event was handled: under load it can reach Prefect's triggers seconds
-        # after the kill) and replaces the second crash (or, had Prefect not applied the
-        # resumption yet, the safety net does).
+        # The restart automation paused now, while the first flow run starts on the worker and runs
+        # 3 trials, as if Prefect's trigger lost the crash: the standby flow run that the killed
+        # run kept scheduled 30 s ahead must replace it. The restart automation is resumed once
+        # the standby's run has taken over (its RunStarted) and replaces the second crash (or,
+        # had Prefect not applied the resumption yet, the second run's standby does).
         with get_client(sync_client=True) as client:
             restart, = client.read_automations_by_name("closedloop served: restart a crashed run")
             client.pause_automation(restart.id)
@@ -153,7 +165,7 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
                                    and (runs := _runs(env, "served")) and runs[-1].pid not in killed and runs[-1],
                                    300, f"{completed_before_kill} trials completed and more in flight",
                                    "served", tmp_path / "worker.log")
-            if killed:  # the safety net's run took over from the first one (its RunStarted)
+            if killed:  # the standby's run took over from the first one (its RunStarted)
                 with get_client(sync_client=True) as client:
                     client.resume_automation(restart.id)
             os.kill(victim.pid, signal.SIGKILL)
@@ -163,6 +175,9 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
         # The flow run that finished rewrote Ax's SQL store from the log on its way out (issue 17).
         wait_for(lambda: _ax_store_trials(tmp_path / "home" / "ax.sqlite", "served") == budget, 120,
                  "Ax's SQL store to hold the campaign's trials")
+        last = _runs(env, "served")[-1]
+        ended = wait_for(lambda: (r := _flow_run(str(last.flow_run_id))).state.is_final() and r, 120,
+                         "the flow run that finished the campaign to end")
     finally:
         _stop_worker(worker)
         for p in sims.values():
@@ -174,31 +189,39 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
     assert [e.seq for e in events] == list(range(1, len(events) + 1))  # no fork, no gap
     runs = [e for e in events if isinstance(e, RunStarted)]
     # Three flow runs of the deployment, the two killed ones and the one that finished (started by
-    # the safety net, then by the restart automation); no person resumed anything (a `resume` of
-    # a paused campaign logs CampaignResumed).
+    # the first one's standby, then by the restart automation); no person resumed anything (a
+    # `resume` of a paused campaign logs CampaignResumed).
     assert len(runs) == 3 and len({r.flow_run_id for r in runs}) == 3 and [r.pid for r in runs[:2]] == killed
     assert not any(isinstance(e, CampaignResumed) for e in events)
-    # Each flow run, started by `deploy` or by the automation after a crash, is named and tagged
-    # after the campaign (flows.prefect.live).
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    # Each flow run, started by `deploy`, by a standby or by the automation after a crash, is
+    # named and tagged after the campaign (flows.prefect.live).
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterTags
+
+    from flows.prefect.standby import STANDBY_TAG, standby_of
 
     with get_client(sync_client=True) as client:
         seen = {str(r.id): r for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[uuid.UUID(r.flow_run_id) for r in runs if r.flow_run_id])))}
-        net, = client.read_automations_by_name("closedloop served: a crashed run was not replaced")
     assert [seen[str(r.flow_run_id)].name for r in runs] == ["served", "served · resume 1", "served · resume 2"]
     assert all({"closedloop", "campaign:served"} <= set(seen[str(r.flow_run_id)].tags) for r in runs)
     completed = Counter(e.trial_id for e in events if isinstance(e, TrialCompleted))
     assert len(completed) == budget and set(completed.values()) == {1}  # each trial's result once
     assert_each_request_ran_once(tmp_path, ("dev-a", "dev-b"), events)
-    # Who started each replacement, from the flow run's own row: an automation's RunDeployment
-    # keys the run "automation ID, action 0, invocation ID" (Prefect's events of an automation's
-    # firing are written later, by a service that can lose them on a busy SQLite server). The
-    # safety net replaced the first crash. The second was replaced by the restart automation or,
-    # had Prefect not applied its resumption yet, by the safety net.
-    starters = [seen[str(r.flow_run_id)].idempotency_key or "" for r in runs[1:]]
-    assert starters[0].startswith(f"automation {net.id},"), (starters, restart.id, net.id)
-    assert starters[1].startswith((f"automation {restart.id},", f"automation {net.id},")), (starters, restart.id, net.id)
+    # Who started each replacement, from the flow run's own row: the first run's standby (tagged
+    # with the run it stands in for) replaced the first crash; the second was replaced by the
+    # restart automation (which keys its run "automation ID, action 0, invocation ID") or, had
+    # Prefect not applied its resumption yet, by the second run's standby.
+    first, second = (seen[str(r.flow_run_id)] for r in runs[1:])
+    assert STANDBY_TAG in first.tags and standby_of(first.tags) == runs[0].flow_run_id, first.tags
+    assert ((second.idempotency_key or "").startswith(f"automation {restart.id},")
+            or standby_of(second.tags) == runs[1].flow_run_id), (second.idempotency_key, second.tags)
+    # The run that finished deleted its standby on its way out (a killed run's stays until it
+    # starts and ends).
+    assert ended.state.is_completed(), ended.state
+    with get_client(sync_client=True) as client:
+        standbys = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[STANDBY_TAG, "campaign:served"])))
+    assert [r for r in standbys if standby_of(r.tags) == runs[-1].flow_run_id] == [], standbys
     # The worker ran the crashed runs' hooks (there are none): it could load the flow.
     worker_log = (tmp_path / "worker.log").read_text()
     assert "ImportError" not in worker_log and "failed to retrieve flow" not in worker_log, worker_log[-3000:]
@@ -284,8 +307,7 @@ def test_a_deployed_campaign_waiting_for_a_person_holds_no_process_and_any_answe
     env = shared_env(tmp_path / "home", prefect_env, mongo_uri, mosquitto_url)
     pool = f"lab-{uuid.uuid4().hex[:8]}"
     spec = write_spec(tmp_path / "spec.yaml", {**APPROVAL_SPEC, "name": "asks"})
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    _create_pool(pool)
     worker = _worker(pool, env, tmp_path / "worker.log")
     try:
         out = run(["deploy", str(spec), "--pool", pool], env, timeout=180)  # its simulators run in its flow run
@@ -357,32 +379,58 @@ def test_a_deployed_campaign_waiting_for_a_person_holds_no_process_and_any_answe
     assert len({r.flow_run_id for r in runs}) == 1 and len({r.pid for r in runs}) == len(runs) == 5
 
 
+def _deadline_runs(campaign: str) -> list[Any]:
+    """The flow runs scheduled to back up the campaign's approval deadlines."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    from flows.prefect.suspension import DEADLINE_TAG
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[DEADLINE_TAG, f"campaign:{campaign}"])))
+
+
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("automation", ["acts", "lost"])
 def test_a_suspended_approval_past_its_deadline_follows_its_timeout_policy(
-        tmp_path: Path, prefect_env: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
+        automation: str, tmp_path: Path, prefect_env: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
+    """Prefect fails the suspended run at the deadline and the automation starts the run that
+    applies on_timeout; if the automation's action is lost (its triggers on SQLite under load),
+    the run the suspension scheduled for 30 s later (CLOSEDLOOP_STANDBY_S) does. Whichever comes second writes nothing."""
     env = shared_env(tmp_path / "home", prefect_env, mongo_uri, mosquitto_url)
     pool = f"lab-{uuid.uuid4().hex[:8]}"
+    name = f"deadline-{automation}"
     # 20 s: the run suspends within a second of asking; the deadline then passes while no process runs.
-    spec = write_spec(tmp_path / "spec.yaml", {**APPROVAL_SPEC, "name": "deadline", "budget": {"max_trials": 2},
+    spec = write_spec(tmp_path / "spec.yaml", {**APPROVAL_SPEC, "name": name, "budget": {"max_trials": 2},
                                                "approval": {"every_batch": True, "timeout_s": 20, "on_timeout": "approve"}})
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    _create_pool(pool)
     worker = _worker(pool, env, tmp_path / "worker.log")
     try:
         out = run(["deploy", str(spec), "--pool", pool], env, timeout=180)
         assert out.returncode == 0, out.stderr
-        first = wait_for(lambda: _suspended_waiting(env, "deadline", trials=["0", "1"]), 300, "a suspended approval")
+        if automation == "lost":  # paused before the first run even asks
+            with get_client(sync_client=True) as client:
+                deadline, = client.read_automations_by_name(f"closedloop {name}: an approval's deadline passed")
+                client.pause_automation(deadline.id)
+        first = wait_for(lambda: _suspended_waiting(env, name, trials=["0", "1"]), 300, "a suspended approval")
         _holds_no_process(first, worker)
-        _wait_telling(lambda: (s := status_now("deadline", env)) is not None and s["status"] == "finished", 300,
-                      "the deadline to pass and the campaign to finish, nothing typed", "deadline",
-                      tmp_path / "worker.log")
+        _wait_telling(lambda: (s := status_now(name, env)) is not None and s["status"] == "finished", 300,
+                      "the deadline to pass and the campaign to finish, nothing typed", name, tmp_path / "worker.log")
+        # The backup run of the deadline (one, however often the campaign suspended before it).
+        backup, = _deadline_runs(name)
+        if automation == "acts":  # it comes 30 s after the deadline, finds it dealt with and ends
+            ended = _wait_telling(lambda: (r := _flow_run(str(backup.id))).state.is_final() and r, 300,
+                                  "the deadline's backup run to end", name, tmp_path / "worker.log")
+            assert ended.state.is_completed(), ended.state
     finally:
         _stop_worker(worker)
-    events = read_events(env, "deadline")
+    events = read_events(env, name)
     assert [(e.actor, e.via) for e in events if isinstance(e, ApprovalGiven)] == [("orchestrator", "timeout")]
     assert fold(events).count("completed") == 2
-    # Prefect failed the suspended run at the deadline; the automation started the one that finished.
-    runs = _runs(env, "deadline")
+    runs = _runs(env, name)  # the backup run that came second wrote nothing
     assert len(runs) == 2 and runs[0].flow_run_id != runs[1].flow_run_id
+    # Prefect failed the suspended run at the deadline; the automation's run or the backup
+    # (whichever came first: the backup only, with the automation paused) finished the campaign.
+    assert automation == "acts" or runs[1].flow_run_id == str(backup.id)
     expired = _flow_run(first.flow_run_id).state
     assert expired is not None and expired.is_failed() and "never resumed" in (expired.message or "")

@@ -185,6 +185,7 @@ VARIABLES = {
                                                "mongodb+srv://h:1", "http://h", "mongodb://127.0.0.1:1/?w=banana",
                                                "mongodb://127.0.0.1:99999"]),
     "CLOSEDLOOP_HOME": st.sampled_from(["FILE", "FILE/sub", "", "\u00e9/home"]),
+    "CLOSEDLOOP_STANDBY_S": st.sampled_from(["", "x", "5", "-1", "nan", "inf", "1e9", "\u00e9"]),
     "CLOSEDLOOP_AX_DB_URL": st.sampled_from(["not a url", "foo://h/db", "sqlite://", "", "postgresql://u:p@h:x/db",
                                              "\u00e9", "sqlite:///:memory:", "mysql+nodriver://h/db"]),
 }
