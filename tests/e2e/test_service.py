@@ -432,5 +432,8 @@ def test_a_suspended_approval_past_its_deadline_follows_its_timeout_policy(
     # Prefect failed the suspended run at the deadline; the automation's run or the backup
     # (whichever came first: the backup only, with the automation paused) finished the campaign.
     assert automation == "acts" or runs[1].flow_run_id == str(backup.id)
+    # The suspended run: failed by Prefect at the deadline, or (Prefect's pause expiration not
+    # there yet) cancelled by the backup that applied on_timeout, so that its form answers nothing.
     expired = _flow_run(first.flow_run_id).state
-    assert expired is not None and expired.is_failed() and "never resumed" in (expired.message or "")
+    assert expired is not None and (expired.is_failed() and "never resumed" in (expired.message or "") or (
+        expired.is_cancelled() and "an approval's deadline passed" in (expired.message or ""))), expired
