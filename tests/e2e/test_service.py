@@ -129,6 +129,24 @@ def _wait_telling(pred, timeout: float, what: str, campaign: str, worker_log: Pa
         raise AssertionError(f"{e}\n{_story(campaign, worker_log)}") from None
 
 
+def _freeze_holding_a_trial(sim: Any, record: Path) -> None:
+    """SIGSTOP the simulator while it runs a trial it has not answered (its record says so: the
+    journal of started runs has a line more than the record), trying again on the next trial if
+    it answered the one it had just before it stopped."""
+    from simulators.record import executions_path
+
+    def lines(path: Path) -> int:
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    started = executions_path(record)
+    while True:
+        wait_for(lambda: lines(started) > lines(record), 120, f"{record.stem} to start a trial")
+        os.killpg(sim.pid, signal.SIGSTOP)
+        if lines(started) > lines(record):
+            return
+        os.killpg(sim.pid, signal.SIGCONT)
+
+
 def _runs(env: dict[str, str], campaign: str) -> list[RunStarted]:
     return [e for e in read_events(env, campaign) if isinstance(e, RunStarted)]
 
@@ -159,6 +177,9 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
 
         killed: list[int] = []
         for completed_before_kill in (3, 7):
+            # dev-b frozen while it holds a trial: the campaign has one in flight, however fast
+            # dev-a answers the others and however slowly this test looks.
+            _freeze_holding_a_trial(sims["dev-b"], tmp_path / "dev-b.jsonl")
             # The current flow run (a worker's child process: its pid is in the log) mid-campaign.
             victim = _wait_telling(lambda n=completed_before_kill: (s := status_now("served", env)) is not None
                                    and s["trials"]["completed"] >= n and s["trials"]["running"] >= 1
@@ -170,6 +191,7 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
                     client.resume_automation(restart.id)
             os.kill(victim.pid, signal.SIGKILL)
             killed.append(victim.pid)
+            os.killpg(sims["dev-b"].pid, signal.SIGCONT)  # its result reaches the run that takes over
         final = _wait_telling(lambda: (s := status_now("served", env)) is not None and s["status"] == "finished" and s,
                               400, "the campaign to finish on its own", "served", tmp_path / "worker.log")
         # The flow run that finished rewrote Ax's SQL store from the log on its way out (issue 17).
