@@ -404,7 +404,12 @@ def write_report(events: list[EventBase], out: Path, *, with_analyses: bool = Tr
     state = fold(events)
     if state.spec is None:
         raise CampaignNotFoundError("the log holds no campaign", "see `closedloop list`")
-    if out.is_dir():
+    try:
+        is_dir = out.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise OutputError(f"cannot write {str(out)!r}: {exc.strerror or exc}",
+                          "give a file path you can write, e.g. -o report.html") from None
+    if is_dir:
         raise OutputError(f"cannot write {str(out)!r}: it is a directory", "give a file path, e.g. -o report.html")
     try:  # the page goes to a file beside ``out``, renamed when whole: a bad path is refused before Ax runs
         temp = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.",

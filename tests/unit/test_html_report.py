@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from campaigns import CampaignState, EventBase, OutputError, fold, parse_spec
+from campaigns import CampaignCreated, CampaignState, EventBase, OutputError, fold, parse_spec
 from flows.cli.html_report import attempts, report_page, write_report
 from tests.unit.engine_rig import Rig
 
@@ -224,3 +224,14 @@ def test_the_report_command_writes_the_page_and_refuses_in_one_line(
         main(["report"])
     _, err = capsys.readouterr()
     assert exc.value.code == 2 and err.splitlines() == [err.strip()] and "campaign" in err
+
+
+def test_a_path_the_file_system_refuses_is_one_clear_error(tmp_path: Path) -> None:
+    """A name too long for the file system (found by the CLI's garbage property test): an
+    OutputError before Ax runs, not a traceback."""
+    spec = parse_spec({"name": "c", "parameters": [{"name": "x", "type": "float", "bounds": [0, 1]}],
+                       "objectives": [{"name": "y", "minimize": True}], "budget": {"max_trials": 2},
+                       "devices": [{"id": "d", "simulator": "branin"}]})
+    events: list[EventBase] = [CampaignCreated(campaign_id="c", seq=1, actor="user:test", spec=spec)]
+    with pytest.raises(OutputError, match="File name too long"):
+        write_report(events, tmp_path / ("a" * 5000))
