@@ -122,7 +122,7 @@ def _announce_takeover(events: Iterable[Any], flow_run_id: str, deployment_id: A
             logger.warning("could not tell Prefect this run took over from %s: %s", previous[-1], exc)
 
 
-def _needless(flow_run: Any, events: list[Any], answer: Any) -> str | None:
+def _needless(flow_run: Any, state: Any, answer: Any) -> str | None:
     """Why this deployed run should end at once, writing nothing (None: it runs the campaign).
 
     A deadline's backup run (`schedule_deadline_run`) whose deadline was dealt with; a standby
@@ -134,12 +134,11 @@ def _needless(flow_run: Any, events: list[Any], answer: Any) -> str | None:
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelled
 
-    state = fold(events)
     if DEADLINE_TAG in (flow_run.tags or []) and (why := deadline_dealt_with(state, datetime.now(UTC))):
         return why
     if answer is None and state.status == "finished":  # a standby, say, of a run killed as it ended
         return f"campaign {state.campaign_id} is finished"
-    last = next((e.flow_run_id for e in reversed(events) if isinstance(e, RunStarted)), None)
+    last = state.deployed_flow_run  # the flow run that ran the campaign last
     if (of := standby_of(flow_run.tags)) is not None and last not in (of, str(flow_run.id)):
         return f"flow run {last} took campaign {state.campaign_id} over from {of}"
     if answer is not None or last in (None, str(flow_run.id)):
@@ -208,10 +207,10 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
     # A deadline's backup or a standby: no lease waited for if it has nothing to do.
     if deployed and (DEADLINE_TAG in (flow_run.tags or []) or standby_of(flow_run.tags) is not None):
         with event_store(settings) as store:
-            events = store.read(campaign_id)
-        if (why := _needless(flow_run, events, answer)) is not None:
+            before = fold(store.read(campaign_id))
+        if (why := _needless(flow_run, before, answer)) is not None:
             logger.info("nothing for this flow run to do: %s", why)
-            return {**_summary(campaign_id, fold(events)), "nothing_to_do": why}
+            return {**_summary(campaign_id, before), "nothing_to_do": why}
 
     # What the orchestrator logs goes to the flow run's logs too (from any thread). The lease
     # first (one writer per campaign), then the run's resources under it.
@@ -232,9 +231,9 @@ def campaign(campaign_id: str, max_runtime_s: float | None = None,
                 problem = apply_answer(answer, fold(store.read(campaign_id)), flow_run.id,
                                        append=lambda e: store.append([e]), submit=submit, logger=logger)
             events = store.read(campaign_id)
-            if deployed and (why := _needless(flow_run, events, answer)) is not None:
+            if deployed and (why := _needless(flow_run, before := fold(events), answer)) is not None:
                 logger.info("nothing for this flow run to do: %s", why)
-                return {**_summary(campaign_id, fold(events)), "nothing_to_do": why}
+                return {**_summary(campaign_id, before), "nothing_to_do": why}
             if deployed:  # Prefect's event that a run took over from a crashed one
                 _announce_takeover(events, flow_run_id, flow_run.deployment_id, logger)
             live = LiveCampaign(events, ArtifactPublisher(campaign_id, flow_run.id), run_logs.say)
