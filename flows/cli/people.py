@@ -192,15 +192,17 @@ def _hand_over(store: MongoEventStore, settings: Settings, command: Command, loc
         current = wait_for(decided, settings.handover_wait_s, interval_s=0.3, sleep=interrupted.wait)
         if current is not None and current.state == "applied":
             events = store.read(command.campaign_id, after_seq=max(0, (current.seq or 1) - 1))
+            # Woken here: the run had suspended just before the command came, and its successor applied it.
             print(f"{command.campaign_id}: {_describe(events[0]) if events else 'applied'} "
-                  f"(applied by the running orchestrator, event {current.seq})")
+                  f"(applied by the running orchestrator, event {current.seq})"
+                  + "".join(f"; {line}" for line in woken))
             _timeout_note(command)
             return 0
         if current is not None:
             raise CommandRefusedError(f"refused: {current.error}", "fix the command and send it again",
                                   campaign_id=command.campaign_id)
     print(f"{command.campaign_id}: sent to the orchestrator that runs it ({locked.owner}); "
-          "it applies it when it next checks (see `closedloop history`)")
+          "it applies it when it next checks (see `closedloop history`)" + "".join(f"; {line}" for line in woken))
     return 0
 
 
