@@ -61,10 +61,10 @@ def _create_pool(pool: str) -> None:
 
 def _worker(pool: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """`prefect worker start` as a lab runs it; it polls its pool every second (default 10 s), and
-    its flow runs keep their standby 30 s ahead, and back up a deadline 30 s after it (default 120 s)."""
+    its flow runs keep their standby 20 s ahead (the least allowed), and back up a deadline 20 s after it (default 120 s)."""
     with log.open("wb") as out:
         return start(["worker", "start", "--pool", pool, "--type", "process"],
-                     {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "CLOSEDLOOP_STANDBY_S": "30"},
+                     {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "CLOSEDLOOP_STANDBY_S": "20"},
                      stdout=out, stderr=subprocess.STDOUT,
                      start_new_session=True, program="prefect")
 
@@ -168,7 +168,7 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
         assert f"deployed as campaign/served on work pool {pool}" in out.stdout, out.stdout
         # The restart automation paused now, while the first flow run starts on the worker and runs
         # 3 trials, as if Prefect's trigger lost the crash: the standby flow run that the killed
-        # run kept scheduled 30 s ahead must replace it. The restart automation is resumed once
+        # run kept scheduled 20 s ahead must replace it. The restart automation is resumed once
         # the standby's run has taken over (its RunStarted) and replaces the second crash (or,
         # had Prefect not applied the resumption yet, the second run's standby does).
         with get_client(sync_client=True) as client:
@@ -412,50 +412,72 @@ def _deadline_runs(campaign: str) -> list[Any]:
             tags=FlowRunFilterTags(all_=[DEADLINE_TAG, f"campaign:{campaign}"])))
 
 
+def _asked_and_left(env: dict[str, str], campaign: str) -> RunStarted | None:
+    """The campaign's first run once it has suspended (Prefect's Suspended, or a final state
+    after it: the deadline came), None before."""
+    runs = _runs(env, campaign)
+    if not runs or runs[0].flow_run_id is None:
+        return None
+    state = _flow_run(runs[0].flow_run_id).state
+    return runs[0] if state is not None and (state.name == "Suspended" or state.is_final()) else None
+
+
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("automation", ["acts", "lost"])
 def test_a_suspended_approval_past_its_deadline_follows_its_timeout_policy(
-        automation: str, tmp_path: Path, prefect_env: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
+        tmp_path: Path, prefect_env: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
     """Prefect fails the suspended run at the deadline and the automation starts the run that
-    applies on_timeout; if the automation's action is lost (its triggers on SQLite under load),
-    the run the suspension scheduled for 30 s later (CLOSEDLOOP_STANDBY_S) does. Whichever comes second writes nothing."""
+    applies on_timeout (campaign deadline-acts); if the automation's action is lost (its triggers
+    on SQLite under load), the run the suspension scheduled for 20 s later (CLOSEDLOOP_STANDBY_S)
+    does (deadline-lost, its automation paused). Whichever comes second writes nothing. The two
+    campaigns run side by side on one worker: their waits for the deadline overlap."""
     env = shared_env(tmp_path / "home", prefect_env, mongo_uri, mosquitto_url)
     pool = f"lab-{uuid.uuid4().hex[:8]}"
-    name = f"deadline-{automation}"
-    # 20 s: the run suspends within a second of asking; the deadline then passes while no process runs.
-    spec = write_spec(tmp_path / "spec.yaml", {**APPROVAL_SPEC, "name": name, "budget": {"max_trials": 2},
-                                               "approval": {"every_batch": True, "timeout_s": 20, "on_timeout": "approve"}})
+    names = {"acts": "deadline-acts", "lost": "deadline-lost"}
     _create_pool(pool)
     worker = _worker(pool, env, tmp_path / "worker.log")
     try:
-        out = run(["deploy", str(spec), "--pool", pool], env, timeout=180)
-        assert out.returncode == 0, out.stderr
-        if automation == "lost":  # paused before the first run even asks
-            with get_client(sync_client=True) as client:
-                deadline, = client.read_automations_by_name(f"closedloop {name}: an approval's deadline passed")
-                client.pause_automation(deadline.id)
-        first = wait_for(lambda: _suspended_waiting(env, name, trials=["0", "1"]), 300, "a suspended approval")
-        _holds_no_process(first, worker)
-        _wait_telling(lambda: (s := status_now(name, env)) is not None and s["status"] == "finished", 300,
-                      "the deadline to pass and the campaign to finish, nothing typed", name, tmp_path / "worker.log")
-        # The backup run of the deadline (one, however often the campaign suspended before it).
-        backup, = _deadline_runs(name)
-        if automation == "acts":  # it comes 30 s after the deadline, finds it dealt with and ends
-            ended = _wait_telling(lambda: (r := _flow_run(str(backup.id))).state.is_final() and r, 300,
-                                  "the deadline's backup run to end", name, tmp_path / "worker.log")
-            assert ended.state.is_completed(), ended.state
+        for automation, name in names.items():
+            # 20 s: the run suspends within a second of asking; the deadline then passes while no process runs.
+            spec = write_spec(tmp_path / f"{name}.yaml", {
+                **APPROVAL_SPEC, "name": name, "budget": {"max_trials": 2},
+                "approval": {"every_batch": True, "timeout_s": 20, "on_timeout": "approve"}})
+            out = run(["deploy", str(spec), "--pool", pool], env, timeout=180)
+            assert out.returncode == 0, out.stderr
+            if automation == "lost":  # paused before the first run even asks
+                with get_client(sync_client=True) as client:
+                    deadline, = client.read_automations_by_name(f"closedloop {name}: an approval's deadline passed")
+                    client.pause_automation(deadline.id)
+        # The run that asked: suspended (or, if this test looked late, past its deadline already),
+        # and its process gone while the deadline passes.
+        first = {name: wait_for(lambda n=name: _asked_and_left(env, n), 300, f"a suspended approval of {name}")
+                 for name in names.values()}
+        for name, started in first.items():
+            wait_for(lambda p=started.pid: not _alive(p), 60, f"the suspended flow run of {name} to exit")
+        backups = {}
+        for automation, name in names.items():
+            _wait_telling(lambda n=name: (s := status_now(n, env)) is not None and s["status"] == "finished", 300,
+                          f"the deadline of {name} to pass and the campaign to finish, nothing typed", name,
+                          tmp_path / "worker.log")
+            # The backup run of the deadline (one, however often the campaign suspended before it).
+            backups[name], = _deadline_runs(name)
+        # deadline-acts's backup comes 20 s after the deadline, finds it dealt with and ends.
+        backup = backups[names["acts"]]
+        ended = _wait_telling(lambda: (r := _flow_run(str(backup.id))).state.is_final() and r, 300,
+                              "the deadline's backup run to end", names["acts"], tmp_path / "worker.log")
+        assert ended.state.is_completed(), ended.state
     finally:
         _stop_worker(worker)
-    events = read_events(env, name)
-    assert [(e.actor, e.via) for e in events if isinstance(e, ApprovalGiven)] == [("orchestrator", "timeout")]
-    assert fold(events).count("completed") == 2
-    runs = _runs(env, name)  # the backup run that came second wrote nothing
-    assert len(runs) == 2 and runs[0].flow_run_id != runs[1].flow_run_id
-    # Prefect failed the suspended run at the deadline; the automation's run or the backup
-    # (whichever came first: the backup only, with the automation paused) finished the campaign.
-    assert automation == "acts" or runs[1].flow_run_id == str(backup.id)
-    # The suspended run: failed by Prefect at the deadline, or (Prefect's pause expiration not
-    # there yet) cancelled by the backup that applied on_timeout, so that its form answers nothing.
-    expired = _flow_run(first.flow_run_id).state
-    assert expired is not None and (expired.is_failed() and "never resumed" in (expired.message or "") or (
-        expired.is_cancelled() and "an approval's deadline passed" in (expired.message or ""))), expired
+    for automation, name in names.items():
+        events = read_events(env, name)
+        assert [(e.actor, e.via) for e in events if isinstance(e, ApprovalGiven)] == [("orchestrator", "timeout")]
+        assert fold(events).count("completed") == 2
+        runs = _runs(env, name)  # the backup run that came second wrote nothing
+        assert len(runs) == 2 and runs[0].flow_run_id != runs[1].flow_run_id
+        # Prefect failed the suspended run at the deadline; the automation's run or the backup
+        # (whichever came first: the backup only, with the automation paused) finished the campaign.
+        assert automation == "acts" or runs[1].flow_run_id == str(backups[name].id)
+        # The suspended run: failed by Prefect at the deadline, or (Prefect's pause expiration not
+        # there yet) cancelled by the backup that applied on_timeout, so that its form answers nothing.
+        expired = _flow_run(first[name].flow_run_id).state
+        assert expired is not None and (expired.is_failed() and "never resumed" in (expired.message or "") or (
+            expired.is_cancelled() and "an approval's deadline passed" in (expired.message or ""))), (name, expired)
