@@ -41,8 +41,13 @@ def test_run_status_export(tmp_path: Path, prefect_server: dict[str, str]) -> No
     proc = start(["run", str(spec)], env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     seen_while_running: list[dict] = []
+    approved: set[str] = set()
     try:
-        while proc.poll() is None:
+        # `status` in a second process until it has seen the campaign running with a trial
+        # completed and the three approvals are given; then the run is left to finish (each
+        # `status` is a process: polling to the end cost ~60 of them).
+        while proc.poll() is None and not (approved >= {"0", "1", "2"} and any(
+                s["status"] == "running" and s["trials"]["completed"] >= 1 for s in seen_while_running)):
             time.sleep(0.5)
             if not (tmp_path / "home" / "mongo.json").exists():
                 continue
@@ -55,7 +60,8 @@ def test_run_status_export(tmp_path: Path, prefect_server: dict[str, str]) -> No
                 if waiting and ("0" in waiting or seen["trials"]["completed"] >= 1):
                     approve = run(["approve", "branin-e2e", "--reason", "ok", "--by", "tester"], env, timeout=120)
                     assert approve.returncode == 0, approve.stderr
-        stdout, stderr = proc.communicate(timeout=30)
+                    approved.update(waiting)
+        stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
