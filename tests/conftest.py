@@ -109,6 +109,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     info = shared / "prefect.json"
     if info.exists():
         _stop(int(json.loads(info.read_text())["pid"]))
+    log = shared / "prefect-home" / "server.log"
+    if session.testsfailed and log.exists():  # what the server saw, for the failures above
+        kept = Path(tempfile.gettempdir()) / f"closedloop-tests-prefect-server-{os.getpid()}.log"
+        shutil.copyfile(log, kept)
+        print(f"\nthe session's Prefect server log: {kept}")
     shutil.rmtree(shared, ignore_errors=True)
 
 
@@ -132,7 +137,8 @@ def _launch_prefect(shared: Path) -> None:
     home = shared / "prefect-home"
     home.mkdir()
     port = free_port()
-    env = {**os.environ, **PREFECT_QUIET, "PREFECT_HOME": str(home)}
+    # Retryable errors (503: SQLite busy, ...) are logged with their cause, kept if a test fails.
+    env = {**os.environ, **PREFECT_QUIET, "PREFECT_HOME": str(home), "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true"}
     with (home / "server.log").open("wb") as log:
         proc = subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
