@@ -132,7 +132,7 @@ def _wait_telling(pred, timeout: float, what: str, campaign: str, worker_log: Pa
         raise AssertionError(f"{e}\n{_story(campaign, worker_log)}") from None
 
 
-def _freeze_holding_a_trial(sim: Any, record: Path) -> None:
+def _freeze_holding_a_trial(sim: Any, record: Path, campaign: str, worker_log: Path) -> None:
     """SIGSTOP the simulator while it runs a trial it has not answered (its record says so: the
     journal of started runs has a line more than the record), trying again on the next trial if
     it answered the one it had just before it stopped."""
@@ -142,8 +142,9 @@ def _freeze_holding_a_trial(sim: Any, record: Path) -> None:
         return len(path.read_text().splitlines()) if path.exists() else 0
 
     started = executions_path(record)
-    while True:
-        wait_for(lambda: lines(started) > lines(record), 120, f"{record.stem} to start a trial")
+    while True:  # a hang guard as long as the scenario's other waits (a takeover comes first)
+        _wait_telling(lambda: lines(started) > lines(record), 300, f"{record.stem} to start a trial", campaign,
+                      worker_log)
         os.killpg(sim.pid, signal.SIGSTOP)
         if lines(started) > lines(record):
             return
@@ -182,7 +183,7 @@ def test_a_deployed_campaign_survives_two_sigkills_of_its_flow_run(
         for completed_before_kill in (3, 7):
             # dev-b frozen while it holds a trial: the campaign has one in flight, however fast
             # dev-a answers the others and however slowly this test looks.
-            _freeze_holding_a_trial(sims["dev-b"], tmp_path / "dev-b.jsonl")
+            _freeze_holding_a_trial(sims["dev-b"], tmp_path / "dev-b.jsonl", "served", tmp_path / "worker.log")
             # The current flow run (a worker's child process: its pid is in the log) mid-campaign.
             victim = _wait_telling(lambda n=completed_before_kill: (s := status_now("served", env)) is not None
                                    and s["trials"]["completed"] >= n and s["trials"]["running"] >= 1
