@@ -68,6 +68,7 @@ class Standby:
             return
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        self._failing = False  # said whatever came before: a standby left scheduled is said too
         self._call(lambda client: client.delete_flow_run(self._id), "delete")
 
     def _due(self) -> datetime:
