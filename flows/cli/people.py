@@ -192,7 +192,7 @@ def _hand_over(store: MongoEventStore, settings: Settings, command: Command, loc
         current = wait_for(decided, settings.handover_wait_s, interval_s=0.3, sleep=interrupted.wait)
         if current is not None and current.state == "applied":
             events = store.read(command.campaign_id, after_seq=max(0, (current.seq or 1) - 1))
-            # Woken here: the run had suspended just before the command came, and its successor applied it.
+            # A run that had suspended just before the command came was woken here: said too.
             print(f"{command.campaign_id}: {_describe(events[0]) if events else 'applied'} "
                   f"(applied by the running orchestrator, event {current.seq})"
                   + "".join(f"; {line}" for line in woken))
