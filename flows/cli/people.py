@@ -190,19 +190,19 @@ def _hand_over(store: MongoEventStore, settings: Settings, command: Command, loc
             return None
 
         current = wait_for(decided, settings.handover_wait_s, interval_s=0.3, sleep=interrupted.wait)
+        # A run that had suspended just before the command came was woken here: said too.
+        also = "".join(f"; {line}" for line in woken)
         if current is not None and current.state == "applied":
             events = store.read(command.campaign_id, after_seq=max(0, (current.seq or 1) - 1))
-            # A run that had suspended just before the command came was woken here: said too.
             print(f"{command.campaign_id}: {_describe(events[0]) if events else 'applied'} "
-                  f"(applied by the running orchestrator, event {current.seq})"
-                  + "".join(f"; {line}" for line in woken))
+                  f"(applied by the running orchestrator, event {current.seq}){also}")
             _timeout_note(command)
             return 0
         if current is not None:
             raise CommandRefusedError(f"refused: {current.error}", "fix the command and send it again",
                                   campaign_id=command.campaign_id)
     print(f"{command.campaign_id}: sent to the orchestrator that runs it ({locked.owner}); "
-          "it applies it when it next checks (see `closedloop history`)" + "".join(f"; {line}" for line in woken))
+          f"it applies it when it next checks (see `closedloop history`){also}")
     return 0
 
 

@@ -398,7 +398,7 @@ def test_a_deployed_campaign_waiting_for_a_person_holds_no_process_and_any_answe
     assert decisions[:2] == [("user:dee", "prefect", "x1 above 5 risks a runaway"), ("user:dee", "cli", "looks safe")]
     assert [(e.actor, e.detail) for e in events if isinstance(e, CampaignPaused)] == [("user:eve", "lunch")]
     assert [e.reason for e in events if isinstance(e, CampaignResumed)] == ["back"]
-    # One flow run all along (suspended and resumed), a process per stretch:
+    # The flow run suspended and resumed, a process per stretch:
     # the first, after the refused answer, after the Prefect answer, after the resume, after the
     # CLI answer (woken by the pause, a run of a paused campaign suspends before any RunStarted).
     runs = _runs(env, "asks")
@@ -438,13 +438,13 @@ def _asked_and_left(env: dict[str, str], campaign: str) -> RunStarted | None:
 @pytest.mark.timeout(600)
 def test_a_suspended_approval_past_its_deadline_follows_its_timeout_policy(
         tmp_path: Path, prefect_env: dict[str, str], mongo_uri: str, mosquitto_url: str) -> None:
-    from flows.prefect.standby import standby_of
-
     """Prefect fails the suspended run at the deadline and the automation starts the run that
     applies on_timeout (campaign deadline-acts); if the automation's action is lost (its triggers
     on SQLite under load), the run the suspension scheduled for 20 s later (CLOSEDLOOP_STANDBY_S)
     does (deadline-lost, its automation paused). Whichever comes second writes nothing. The two
     campaigns run side by side on one worker: their waits for the deadline overlap."""
+    from flows.prefect.standby import standby_of
+
     env = shared_env(tmp_path / "home", prefect_env, mongo_uri, mosquitto_url)
     pool = f"lab-{uuid.uuid4().hex[:8]}"
     names = {"acts": "deadline-acts", "lost": "deadline-lost"}
