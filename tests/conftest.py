@@ -1,5 +1,6 @@
 """Shared fixtures: real brokers (tests/conftest_brokers.py), a MongoDB-wire server
-(tests/conftest_mongo.py) and one Prefect API server for the whole run (all xdist workers)."""
+(tests/conftest_mongo.py) and one Prefect API server, on PostgreSQL, for the whole run (all xdist
+workers)."""
 
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     info = shared / "prefect.json"
     if info.exists():
         _stop(int(json.loads(info.read_text())["pid"]))
+    _stop_database(shared)
     log = shared / "prefect-home" / "server.log"
     if session.testsfailed and log.exists():  # what the server saw, for the failures above
         kept = Path(tempfile.gettempdir()) / f"closedloop-tests-prefect-server-{os.getpid()}.log"
@@ -131,14 +133,39 @@ def _stop(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _launch_database(shared: Path) -> str:
+    """A PostgreSQL server (pgserver's bundled binaries, over a Unix socket in ``shared``) for
+    the session's Prefect server; returns its SQLAlchemy URL. Prefect advises PostgreSQL for
+    concurrent use: on its SQLite, the runs of four workers collided (*database is locked*,
+    answered 503 and retried by the clients, once for two minutes)."""
+    import pgserver
+
+    server = pgserver.get_server(shared / "prefect-db", cleanup_mode=None)
+    return server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def _stop_database(shared: Path) -> None:
+    """Fast shutdown (SIGINT) of the database `_launch_database` started, if it runs."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int((shared / "prefect-db" / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)  # raises ProcessLookupError once it is gone
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+
+
 def _launch_prefect(shared: Path) -> None:
-    """Start `prefect server start` in a session of its own and describe it in the shared
-    directory (``prefect.json``); it answers some 15 s later (`_wait_for_prefect`)."""
+    """Start `prefect server start` on `_launch_database`'s database in a session of its own
+    and describe it in the shared directory (``prefect.json``); it answers some 15 s later
+    (`_wait_for_prefect`)."""
     home = shared / "prefect-home"
     home.mkdir()
     port = free_port()
-    # Retryable errors (503: SQLite busy, ...) are logged with their cause, kept if a test fails.
-    env = {**os.environ, **PREFECT_QUIET, "PREFECT_HOME": str(home), "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true"}
+    # Retryable errors (503: database busy, ...) are logged with their cause, kept if a test fails.
+    env = {**os.environ, **PREFECT_QUIET, "PREFECT_HOME": str(home), "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
+           "PREFECT_SERVER_DATABASE_CONNECTION_URL": _launch_database(shared)}
     with (home / "server.log").open("wb") as log:
         proc = subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
