@@ -138,9 +138,13 @@ def _launch_database(shared: Path) -> str:
     the session's Prefect server; returns its SQLAlchemy URL. Prefect advises PostgreSQL for
     concurrent use: on its SQLite, the runs of four workers collided (*database is locked*,
     answered 503 and retried by the clients, once for two minutes)."""
-    import pgserver
+    import warnings
 
-    server = pgserver.get_server(shared / "prefect-db", cleanup_mode=None)
+    with warnings.catch_warnings():  # its lock file's directory: /tmp/runtime-<uid> without XDG_RUNTIME_DIR
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
+
+        server = pgserver.get_server(shared / "prefect-db", cleanup_mode=None)
     return server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
