@@ -5,8 +5,8 @@ encodes the space and optimizes the acquisition over it; what goes to Ax instead
 ``campaigns.spec.fast_obstacle``) from the optimizer's own records. The choices are Ax's defaults (one GP per metric with
 BoTorch's priors after Ax's winsorization; log noisy expected improvement, or log expected
 hypervolume improvement with several objectives, plus the log probability that each outcome
-constraint holds; candidates one at a time, earlier ones pending) but for two: the noisy EI's
-baseline is the best trial alone, and raw samples are also drawn around it. Without GPyTorch's
+constraint holds; candidates one at a time, earlier ones pending; the noisy EI's baseline the
+trials that may be the best) but for one: raw samples are also drawn around that baseline. Without GPyTorch's
 and Ax's per-call overhead it is many times faster (figures in ``benchmarks/README.md``).
 Every random draw comes from ``seed``, so a batch is a function of the records and the seed.
 """
@@ -120,7 +120,7 @@ def fast_generate(
         objectives = [(models[o.name], -1.0 if o.minimize else 1.0) for o in spec.objectives]
         if len(objectives) == 1:
             objective = objectives[0]
-            B = baseline(objective, cons)
+            B = baseline(objective, cons, int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
             if B is None:  # no trial feasible by posterior means: the constraints alone
                 acquisition = Acquisition(objective, None, cons)
             else:

@@ -167,6 +167,41 @@ def test_log_nei_is_botorchs_qlognei(pending: int) -> None:
     assert ours[-1] < ours[-2] - 1.0
 
 
+def test_the_baseline_is_botorchs_pruned_baseline() -> None:
+    X, y = data(30, 3, seed=7, noise=0.1)  # noisy: several trials may be the best
+    model = FastGP(X, y)
+    ours = baseline((model, -1.0), [], seed=0)
+    assert ours is not None
+    rows = [int(np.abs(X.numpy() - b).max(1).argmin()) for b in ours]
+    assert rows[0] == int(np.argmin(model.predict(X.numpy(), grad=False)[0]))  # the best posterior mean first
+    assert len(rows) >= 2
+    # How often each trial is the best in BoTorch's own joint draws of the same model.
+    ref = SingleTaskGP(X, -y.unsqueeze(-1), outcome_transform=Standardize(1))  # maximizes -y
+    ref.covar_module.lengthscale = model.lengthscale
+    ref.likelihood.noise = model.noise
+    ref.mean_module.constant = -model.constant
+    ref.eval()
+    with torch.no_grad():
+        draws = SobolQMCNormalSampler(torch.Size([16384]), seed=1)(ref.posterior(X)).squeeze(-1)
+    share = torch.bincount(draws.argmax(-1), minlength=len(X)).numpy() / 16384
+    assert set(rows) >= set(np.flatnonzero(share > 0.01).tolist())  # every likely best is in
+    assert share[rows].min() > 0  # and nothing that is never the best
+    assert baseline((model, -1.0), []) == pytest.approx(ours[:1])  # without a seed: the best alone
+
+
+def test_without_noise_the_baseline_is_the_best_trial_and_its_near_ties() -> None:
+    X, y = data(30, 3, seed=7)
+    model = FastGP(X, y)
+    B = baseline((model, -1.0), [], seed=0)
+    assert B is not None
+    rows = [int(np.abs(X.numpy() - b).max(1).argmin()) for b in B]
+    assert rows[0] == int(np.argmin(model.predict(X.numpy(), grad=False)[0]))
+    # Only trials within a few of the inferred noise's sds of the best (here 0.008 apart, noise sd 0.012).
+    noise_sd = math.sqrt(float(model.noise)) * float(y.std())  # type: ignore[arg-type]
+    assert float(y[rows].max() - y.min()) < 3 * noise_sd
+    assert 1 <= len(rows) <= 3
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_maximizer_finds_what_optimize_acqf_finds(seed: int) -> None:
     X, y = data(25, 6, seed=10 + seed)
