@@ -224,14 +224,23 @@ def prefect_server() -> dict[str, str]:
 
 @pytest.fixture
 def prefect_env(prefect_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """Point this process's Prefect at the session server."""
+    """Point this process's Prefect at the session server, its own threads too, as Prefect's
+    ``prefect_test_harness`` does: the settings become the process-global ones as well (the
+    thread that sends a flow run's logs has none of its own: it started a temporary server),
+    and what the test's runs left queued (logs, events) is sent before they are restored."""
+    import prefect.context
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     for k, v in prefect_server.items():
         monkeypatch.setenv(k, v)
     with temporary_settings(updates={PREFECT_API_URL: prefect_server["PREFECT_API_URL"],
-                                     PREFECT_HOME: prefect_server["PREFECT_HOME"]}):
+                                     PREFECT_HOME: prefect_server["PREFECT_HOME"]}), \
+            prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
         yield prefect_server
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
 
 
 def closedloop_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, broker: str, mongo_uri: str) -> dict[str, str]:
