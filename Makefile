@@ -10,12 +10,12 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[test]'
-	# Byte-compiled on every core (pip compiles one file at a time: ~25 s longer on two cores);
-	# torch's one Python-3.12-only test module is left out, as pip's own compilation skips it.
-	$(BIN)/python -m compileall -q -j 0 -x py312_intrinsics $(VENV)/lib
 	# BoTorch compiles its C++ kernel of qLogEHVI (multi-objective Ax campaigns) on first use,
-	# ~30 s of CPU (cached in ~/.cache/torch_extensions): once here, not mid-campaign or mid-suite.
-	$(BIN)/python -c "from botorch.acquisition.multi_objective.logei import _try_load_fused_kernel as build; build()"
+	# ~30 s of CPU (cached in ~/.cache/torch_extensions): once here, not mid-campaign or mid-suite;
+	# meanwhile the venv is byte-compiled on every core (pip compiles one file at a time: ~25 s
+	# longer on two cores), torch's one Python-3.12-only test module left out, as pip leaves it.
+	$(BIN)/python -c "from botorch.acquisition.multi_objective.logei import _try_load_fused_kernel as build; build()" & \
+	$(BIN)/python -m compileall -q -j 0 -x py312_intrinsics $(VENV)/lib && wait $$!
 	touch $(STAMP)
 
 # A real Branin campaign, `branin-demo` (README's next commands name it), on the embedded broker
