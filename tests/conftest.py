@@ -119,18 +119,28 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     shutil.rmtree(shared, ignore_errors=True)
 
 
-def _stop(pid: int) -> None:
-    """SIGTERM the server's process group (it was started in a session of its own), then SIGKILL."""
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has ended (and been reaped, if it is a child of this process)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _stop(pid: int, *, group: bool = True, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to the server's process group (it was started in a session of its own) or,
+    with ``group`` False, to the process alone; SIGKILL if it has not ended 20 s later."""
+    from campaigns.waiting import wait_for
+
+    kill = os.killpg if group else os.kill
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)  # raises ProcessLookupError once it is gone
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG) != (0, 0):
-                    return
-            time.sleep(0.1)
-        os.killpg(pid, signal.SIGKILL)
+        kill(pid, sig)
+        if not wait_for(lambda: _gone(pid), 20, interval_s=0.1):
+            kill(pid, signal.SIGKILL)
 
 
 def _launch_database(shared: Path) -> str:
@@ -150,14 +160,11 @@ def _launch_database(shared: Path) -> str:
 
 def _stop_database(shared: Path) -> None:
     """Fast shutdown (SIGINT) of the database `_launch_database` started, if it runs."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
+    try:
         pid = int((shared / "prefect-db" / "postmaster.pid").read_text().split()[0])
-        os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)  # raises ProcessLookupError once it is gone
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        return
+    _stop(pid, group=False, sig=signal.SIGINT)
 
 
 def _launch_prefect(shared: Path) -> None:
