@@ -131,7 +131,7 @@ def key(row: dict[str, Any]) -> tuple[Any, ...]:
     return row["side"], row["tag"], row["problem"], row["sd"], row["seed"], row["budget"], row["known"]
 
 
-#: Ax's recorded campaigns (``--side ax``, seeds 0-72, Hartmann6 sd 0.2 0-71; Ax is deterministic per seed).
+#: Ax's recorded campaigns (``--side ax``, seeds 0-119 of every row; Ax is deterministic per seed).
 AX_RECORDED = Path(__file__).resolve().parent / "data" / "noisy-ax.jsonl"
 
 
