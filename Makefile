@@ -9,21 +9,27 @@ UV_INSTALL = $(if $(PIP_CERT),SSL_CERT_FILE=$(PIP_CERT)) $(BIN)/uv pip install -
 
 .PHONY: demo test lint docs clean
 
+# Python's default: a module's bytecode is cached (in __pycache__) by its first import, also where
+# PYTHONDONTWRITEBYTECODE is set; otherwise every process would compile torch, Prefect and Ax
+# from source again (the suite starts some 300). The set-up imports what the commands, the
+# Prefect server and the test workers import, so that it is written once, before they start
+# (byte-compiling the whole venv instead costs twice the CPU: most of it is never imported).
+unexport PYTHONDONTWRITEBYTECODE
+WARM = import logging; logging.disable(logging.INFO); import ax.api.client, hypothesis, matplotlib.figure, plotly.graph_objects, prefect.main, prefect.server.api.server, pytest, xdist, flows.cli.main, flows.prefect.flow, flows.prefect.service, devices, simulators, storage
+
 # uv installs the same pins pip would, in seconds rather than ~30 s (pip unpacks torch on one
 # core). It reads no pip configuration, so pip's variables for the index, local wheels (a
 # CPU-only torch, say) and certificates are passed on (UV_INSTALL above).
 # torch and BoTorch come first: BoTorch compiles its C++ kernel of qLogEHVI (multi-objective Ax
 # campaigns) on first use, ~30 s of CPU, cached in ~/.cache/torch_extensions. It is built here,
-# not mid-campaign or mid-suite, while the rest is installed and the venv byte-compiled on
-# every core (but for the packages' own test suites, which nothing here imports, among them
-# torch's one module that only Python 3.12 compiles).
+# not mid-campaign or mid-suite, while the rest is installed and imported (WARM) on the other core.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt uv
 	$(UV_INSTALL) torch botorch
 	$(BIN)/python -c "from botorch.acquisition.multi_objective.logei import _try_load_fused_kernel as build; build()" & \
 	$(UV_INSTALL) -e '.[test]' && \
-	$(BIN)/python -m compileall -q -j 0 -x '(/tests?/|py312_intrinsics)' $(VENV)/lib && wait $$!
+	$(BIN)/python -c "$(WARM)" && wait $$!
 	touch $(STAMP)
 
 # A real Branin campaign, `branin-demo` (README's next commands name it), on the embedded broker
@@ -34,11 +40,8 @@ demo: $(STAMP)
 	$(BIN)/closedloop run campaigns/examples/branin.yaml --campaign-id $(DEMO)
 
 # Layer contracts, then the whole test suite (needs Mosquitto: `apt-get install mosquitto mosquitto-clients`).
-# Our modules are byte-compiled first: the suite starts some 300 `closedloop` processes, and
-# with PYTHONDONTWRITEBYTECODE set each would compile them from source.
 test: $(STAMP)
 	$(BIN)/lint-imports
-	$(BIN)/python -m compileall -q campaigns devices flows optimizer simulators storage
 	$(BIN)/python -m pytest
 
 # The layer contracts, and the generated documents (docs/asyncapi.yaml, docs/events.schema.json)
