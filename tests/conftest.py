@@ -9,6 +9,7 @@ import fcntl
 import gc
 import json
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -17,8 +18,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 # One BLAS/OpenMP thread per process, set before torch or numpy is first imported (the test
 # modules import them after this file). Test workers, servers and CLI subprocesses share two
@@ -59,6 +61,25 @@ PREFECT_QUIET = {
 #: A directory the controller makes and every xdist worker inherits (through the environment):
 #: the one Prefect server of the whole run is described there.
 SHARED_ENV = "CLOSEDLOOP_TEST_SHARED_DIR"
+
+
+_T = TypeVar("_T")
+
+
+def computed_once(name: str, make: Callable[[], _T]) -> _T:
+    """``make()`` once for the whole run: the first xdist worker to ask computes it, under a lock in
+    the run's shared directory, and the others read the pickled result (pytest-xdist's advice for
+    work a fixture should do once). For CPU-heavy module fixtures whose tests the workers share
+    out: each worker that runs one of them would otherwise compute the fixture again."""
+    shared = Path(os.environ[SHARED_ENV])
+    path = shared / f"once-{name}.pickle"
+    with (shared / f"once-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return pickle.loads(path.read_bytes())  # type: ignore[no-any-return]
+        value = make()
+        path.write_bytes(pickle.dumps(value))
+        return value
 
 
 def pytest_configure(config: pytest.Config) -> None:

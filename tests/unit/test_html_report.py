@@ -4,7 +4,7 @@ the device timeline and the people's decisions — offline, plotly.js inlined on
 
 Each campaign runs once, in process (engine_rig: the in-memory log, hub and simulators), with
 a person who edits and rejects trials at the first approval and narrows a bound at the second;
-each page (Ax's analyses included) is written once and read by every test.
+each page (Ax's analyses included) is written once in the run and read by every test.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 
 from campaigns import CampaignCreated, CampaignState, EventBase, OutputError, fold, parse_spec
 from flows.cli.html_report import attempts, report_page, write_report
+from tests.conftest import computed_once
 from tests.unit.engine_rig import Rig
 
 
@@ -61,18 +62,20 @@ def _campaign(name: str, two: bool) -> tuple[list[EventBase], CampaignState]:
     return rig.events(), state
 
 
+def _page(tmp_path_factory: pytest.TempPathFactory, name: str, two: bool) -> tuple[list[EventBase], CampaignState, str]:
+    events, state = _campaign(name, two=two)
+    out = write_report(events, tmp_path_factory.mktemp(name) / "report.html")
+    return events, state, out.read_text(encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[EventBase], CampaignState, str]:
-    events, state = _campaign("one-objective", two=False)
-    out = write_report(events, tmp_path_factory.mktemp("single") / "report.html")
-    return events, state, out.read_text(encoding="utf-8")
+    return computed_once("html-report-single", lambda: _page(tmp_path_factory, "one-objective", two=False))
 
 
 @pytest.fixture(scope="module")
 def double(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[EventBase], CampaignState, str]:
-    events, state = _campaign("two-objectives", two=True)
-    out = write_report(events, tmp_path_factory.mktemp("double") / "report.html")
-    return events, state, out.read_text(encoding="utf-8")
+    return computed_once("html-report-double", lambda: _page(tmp_path_factory, "two-objectives", two=True))
 
 
 def figures(page: str) -> list[dict[str, Any]]:
