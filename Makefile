@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 UV_INSTALL = $(if $(PIP_CERT),SSL_CERT_FILE=$(PIP_CERT)) $(BIN)/uv pip install --quiet --python $(BIN)/python \
 	$(if $(PIP_INDEX_URL),--index-url $(PIP_INDEX_URL)) $(foreach u,$(PIP_EXTRA_INDEX_URL),--extra-index-url $(u)) \
-	$(foreach f,$(PIP_FIND_LINKS),--find-links $(f)) -c constraints.txt
+	$(foreach f,$(PIP_FIND_LINKS),$(if $(or $(findstring ://,$(f)),$(wildcard $(f))),--find-links $(f))) \
+	-c constraints.txt
 
 .PHONY: demo test lint docs clean
 
@@ -19,7 +20,8 @@ WARM = import logging; logging.disable(logging.INFO); import ax.api.client, hypo
 
 # uv installs the same pins pip would, in seconds rather than ~30 s (pip unpacks torch on one
 # core). It reads no pip configuration, so pip's variables for the index, local wheels (a
-# CPU-only torch, say) and certificates are passed on (UV_INSTALL above).
+# CPU-only torch, say) and certificates are passed on (UV_INSTALL above); a local find-links
+# directory that does not exist is left out, as pip ignores it (uv would stop).
 # torch and BoTorch come first: BoTorch compiles its C++ kernel of qLogEHVI (multi-objective Ax
 # campaigns) on first use, ~30 s of CPU, cached in ~/.cache/torch_extensions. It is built here,
 # not mid-campaign or mid-suite, while the rest is installed and imported (WARM) on the other core.
