@@ -16,10 +16,11 @@ claimed one is never reported withdrawn.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, MongoClient, WriteConcern
+from pymongo import ASCENDING, MongoClient, ReturnDocument, WriteConcern
 
 from campaigns.command import Command, CommandKind
 from storage._errors import driver_errors
@@ -35,17 +36,20 @@ class MongoCommandInbox:
         uri: MongoDB URI.
         database: Database holding the log.
         timeout_s: How long to wait for the server.
+        now: UTC clock stamping ``submitted_at``.
     """
 
-    def __init__(self, uri: str, *, database: str = "closedloop", timeout_s: float = 5.0) -> None:
+    def __init__(self, uri: str, *, database: str = "closedloop", timeout_s: float = 5.0,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._uri = uri
+        self._now = now
         ms = max(1, int(timeout_s * 1000))
         self._client: MongoClient[dict[str, Any]] = MongoClient(
             uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, appname="closedloop"
         )
-        self._commands = self._client.get_database(database).get_collection(
-            "commands", write_concern=WriteConcern(w="majority", j=True)
-        )
+        db = self._client.get_database(database)
+        self._commands = db.get_collection("commands", write_concern=WriteConcern(w="majority", j=True))
+        self._counters = db.get_collection("command_counters", write_concern=WriteConcern(w="majority", j=True))
         self._indexed = False
 
     def _index(self) -> None:
@@ -56,21 +60,27 @@ class MongoCommandInbox:
     def submit(self, campaign_id: str, kind: CommandKind, payload: dict[str, Any], *, by: str, reason: str,
                command_id: str | None = None) -> Command:
         """Queue a command; returns it (with its id: ``command_id``, or a new one)."""
-        now = datetime.now(UTC)
+        now = self._now()
         command = Command(command_id=command_id or uuid.uuid4().hex, campaign_id=campaign_id, kind=kind, payload=payload,
                           by=by, reason=reason, submitted_at=now.replace(microsecond=now.microsecond // 1000 * 1000))
         with driver_errors(self._uri, "submit a command to", f"campaign {campaign_id!r}", campaign_id):
             self._index()
-            self._commands.insert_one({"_id": command.command_id, **command.model_dump(mode="json")})
+            # The order of submission, drawn atomically per campaign: ``submitted_at`` has millisecond
+            # precision, and two commands of one millisecond came back in either order.
+            counter = self._counters.find_one_and_update({"_id": str(campaign_id)}, {"$inc": {"n": 1}}, upsert=True,
+                                                         return_document=ReturnDocument.AFTER)
+            self._commands.insert_one({"_id": command.command_id, **command.model_dump(mode="json"),
+                                       "order": int(counter["n"])})
         return command
 
     def pending(self, campaign_id: str) -> list[Command]:
-        """Commands not yet applied, refused nor withdrawn, oldest first (claimed ones too: the
-        orchestrator that claimed one may have stopped before applying it)."""
+        """Commands not yet applied, refused nor withdrawn, in the order they were submitted
+        (claimed ones too: the orchestrator that claimed one may have stopped before applying it).
+        Commands stored by earlier versions, without ``order``, come first, by ``submitted_at``."""
         with driver_errors(self._uri, "read the commands of", f"campaign {campaign_id!r}", campaign_id):
             docs = self._commands.find({"campaign_id": _eq(campaign_id),
                                         "state": {"$in": ["pending", "claimed"]}}).sort(
-                "submitted_at", ASCENDING)
+                [("order", ASCENDING), ("submitted_at", ASCENDING)])
             return [Command.model_validate(d) for d in docs]
 
     def get(self, command_id: str) -> Command | None:

@@ -8,12 +8,14 @@ unreachable server, a malformed URI) runs on MongoDB alone.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import typing
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pymongo
 import pytest
@@ -309,14 +311,14 @@ def test_a_different_event_at_a_taken_seq_is_still_a_conflict(log_store: Store, 
 # -- the command inbox ---------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["mongodb", "memory"])
-def inbox(request: pytest.FixtureRequest) -> Iterator[Inbox]:
+def _inbox(request: pytest.FixtureRequest, now: Callable[[], datetime] | None = None) -> Iterator[Inbox]:
+    clock = {} if now is None else {"now": now}
     if request.param == "memory":
-        yield MemoryCommandInbox()
+        yield MemoryCommandInbox(**clock)
         return
     mongo_uri: str = request.getfixturevalue("mongo_uri")
     database = f"cl_test_{uuid.uuid4().hex[:12]}"
-    with MongoCommandInbox(mongo_uri, database=database) as mongo:
+    with MongoCommandInbox(mongo_uri, database=database, **clock) as mongo:
         yield mongo
     client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
     try:
@@ -325,9 +327,29 @@ def inbox(request: pytest.FixtureRequest) -> Iterator[Inbox]:
         client.close()
 
 
+@pytest.fixture(params=["mongodb", "memory"])
+def inbox(request: pytest.FixtureRequest) -> Iterator[Inbox]:
+    yield from _inbox(request)
+
+
+#: One instant for every command: ``submitted_at`` has millisecond precision.
+INSTANT = datetime(2026, 12, 7, 9, 0, 0, 123000, tzinfo=UTC)
+
+
+@pytest.fixture(params=["mongodb", "memory"])
+def inbox_of_one_instant(request: pytest.FixtureRequest) -> Iterator[Inbox]:
+    yield from _inbox(request, lambda: INSTANT)
+
+
+@pytest.fixture(params=["mongodb", "memory"])
+def ticking_inbox(request: pytest.FixtureRequest) -> Iterator[Inbox]:
+    """Its clock starts on a whole second and moves a millisecond a command."""
+    ticks = itertools.count()
+    yield from _inbox(request, lambda: datetime(2026, 12, 7, 9, 40, 12, tzinfo=UTC) + timedelta(milliseconds=next(ticks)))
+
+
 def test_submitted_commands_are_pending_oldest_first_per_campaign(inbox: Inbox) -> None:
     first = inbox.submit("c-1", "pause", {}, by="ana", reason="lunch")
-    time.sleep(0.002)  # submitted_at has millisecond precision: two distinct instants, in order
     second = inbox.submit("c-1", "approve", {"approval_id": "a0", "approved": ["0"]}, by="bo", reason="ok",
                           command_id="mine")
     inbox.submit("c-2", "stop", {}, by="ana", reason="done")
@@ -352,6 +374,29 @@ def test_a_claimed_command_stays_pending_until_applied_or_refused(inbox: Inbox) 
     assert applied is not None and applied.state == "applied" and applied.seq == 42
     assert refused is not None and refused.state == "refused" and refused.error == "the campaign is finished"
     assert not inbox.claim(a.command_id) and not inbox.claim(b.command_id)
+
+
+def test_commands_of_one_millisecond_stay_in_the_order_they_were_submitted(inbox_of_one_instant: Inbox) -> None:
+    """A pause and a stop submitted within one millisecond came back stop first once the pause
+    was claimed (a clean-clone run): the order of submission is kept, claimed or not."""
+    inbox = inbox_of_one_instant
+    submitted = [inbox.submit("c-1", kind, {}, by="ana", reason=str(i)).command_id
+                 for i, kind in enumerate(["pause", "stop", "change"] * 4)]
+    for command_id in submitted[::3]:
+        assert inbox.claim(command_id)
+    assert inbox.withdraw(submitted[1])
+    pending = inbox.pending("c-1")
+    assert [c.command_id for c in pending] == [c for c in submitted if c != submitted[1]]
+    assert {c.submitted_at for c in pending} == {INSTANT}
+
+
+def test_a_command_of_a_whole_second_comes_before_the_next_milliseconds(ticking_inbox: Inbox) -> None:
+    """``submitted_at`` is stored as text, without a fraction on a whole second: ``...:12Z``
+    sorted after ``...:12.001000Z``, so a pause at 09:40:12.000 came after a stop a millisecond later."""
+    first = ticking_inbox.submit("c-1", "pause", {}, by="ana", reason="r")
+    second = ticking_inbox.submit("c-1", "stop", {}, by="ana", reason="r")
+    assert first.submitted_at.microsecond == 0 and second.submitted_at.microsecond == 1000
+    assert [c.command_id for c in ticking_inbox.pending("c-1")] == [first.command_id, second.command_id]
 
 
 def test_a_command_is_withdrawn_only_while_pending_and_then_never_claimed(inbox: Inbox) -> None:
