@@ -399,6 +399,24 @@ def test_a_command_of_a_whole_second_comes_before_the_next_milliseconds(ticking_
     assert [c.command_id for c in ticking_inbox.pending("c-1")] == [first.command_id, second.command_id]
 
 
+def test_pending_commands_stored_by_an_earlier_version_come_first_by_their_time(mongo_uri: str) -> None:
+    """Commands stored before the submission number (no ``order``) are still pending, and are
+    taken before the ones submitted after the upgrade."""
+    database = f"cl_test_{uuid.uuid4().hex[:12]}"
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    try:
+        old = [{"_id": f"old-{i}", "command_id": f"old-{i}", "campaign_id": "c-1", "kind": "pause", "payload": {},
+                "by": "ana", "reason": "r", "submitted_at": f"2026-12-0{7 - i}T09:00:00.500000Z", "state": "pending"}
+               for i in range(2)]
+        client[database]["commands"].insert_many(old)
+        with MongoCommandInbox(mongo_uri, database=database) as inbox:
+            new = inbox.submit("c-1", "stop", {}, by="bo", reason="r")
+            assert [c.command_id for c in inbox.pending("c-1")] == ["old-1", "old-0", new.command_id]
+    finally:
+        client.drop_database(database)
+        client.close()
+
+
 def test_a_command_is_withdrawn_only_while_pending_and_then_never_claimed(inbox: Inbox) -> None:
     a = inbox.submit("c-1", "pause", {}, by="ana", reason="r")
     b = inbox.submit("c-1", "stop", {}, by="ana", reason="r")
