@@ -54,7 +54,7 @@ class MongoCommandInbox:
 
     def _index(self) -> None:
         if not self._indexed:
-            self._commands.create_index([("campaign_id", ASCENDING), ("submitted_at", ASCENDING)])
+            self._commands.create_index([("campaign_id", ASCENDING), ("order", ASCENDING), ("submitted_at", ASCENDING)])
             self._indexed = True
 
     def submit(self, campaign_id: str, kind: CommandKind, payload: dict[str, Any], *, by: str, reason: str,

@@ -212,11 +212,11 @@ class MemoryCommandInbox:
         return command
 
     def pending(self, campaign_id: str) -> list[Command]:
-        """Commands not yet applied, refused nor withdrawn (claimed ones too), oldest first."""
+        """Commands not yet applied, refused nor withdrawn (claimed ones too), in the order they
+        were submitted (the dict's: a claim replaces a command in its place)."""
         with self._lock:
-            found = [c for c in self._commands.values()
-                     if c.campaign_id == campaign_id and c.state in ("pending", "claimed")]
-        return sorted(found, key=lambda c: c.submitted_at)
+            return [c for c in self._commands.values()
+                    if c.campaign_id == campaign_id and c.state in ("pending", "claimed")]
 
     def get(self, command_id: str) -> Command | None:
         """A command by id."""
